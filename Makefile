@@ -1,0 +1,88 @@
+# entsync: the C host, the Lua C module the specs load, the specs.
+#
+# The C core is compiled once into position-independent objects that serve
+# both bin/entsync-run (Lua linked in) and build/lib/entsync/core.so (loaded
+# by the stock lua5.4 interpreter, which already carries Lua's symbols).
+
+PREFIX   ?= /usr/local
+BUILD    ?= build
+BIN      ?= bin
+CC       ?= cc
+PKGS      = lua5.4 libcurl sqlite3
+SANITIZE ?=
+
+OPT      ?= -O2 -g
+WARN      = -Wall -Wextra -Werror
+ES_CFLAGS = $(OPT) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(SANITIZE) $(CFLAGS)
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
+DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null)
+
+CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/core.c
+CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+MAIN_OBJ = $(BUILD)/obj/main.o
+MODULE   = $(BUILD)/lib/entsync/core.so
+HOST     = $(BIN)/entsync-run
+
+# Debian packages entsync builds and tests with; `make deps` installs the
+# missing ones and is silent when all are present.
+DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
+           lua-busted pkg-config sqlite3 python3
+
+BUSTED   = lua5.4 /usr/bin/busted
+
+.PHONY: all deps test asan clean install quickstart bench
+
+all: deps $(HOST) $(MODULE)
+
+deps:
+	@missing=""; for p in $(DEB_PKGS); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "make deps: installing$$missing"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(BUILD)/obj/%.o: src/%.c src/*.h | deps
+	@mkdir -p $(dir $@)
+	$(CC) $(ES_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+$(HOST): $(CORE_OBJ) $(MAIN_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ES_CFLAGS) -o $@ $^ $(LUA_LIBS) $(DEP_LIBS) -lm -Wl,-E
+
+$(MODULE): $(CORE_OBJ)
+	@mkdir -p $(dir $@)
+	$(CC) $(ES_CFLAGS) -shared -o $@ $^ $(DEP_LIBS)
+
+# The last line of `make test` is busted's own count as "N passed, N failed".
+test: all
+	@ENTSYNC_BIN=$(CURDIR)/$(HOST) ENTSYNC_CPATH=$(CURDIR)/$(BUILD)/lib/?.so \
+	  scripts/run-specs $(BUSTED)
+
+ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+asan: deps
+	$(MAKE) BUILD=build/asan BIN=build/asan/bin OPT="-O1 -g" SANITIZE="$(ASAN_FLAGS)" \
+	  build/asan/bin/entsync-run build/asan/lib/entsync/core.so
+	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	  ENTSYNC_BIN=$(CURDIR)/build/asan/bin/entsync-run \
+	  ENTSYNC_CPATH=$(CURDIR)/build/asan/lib/?.so \
+	  ENTSYNC_PRELOAD="$$($(CC) -print-file-name=libasan.so) $$($(CC) -print-file-name=libubsan.so)" \
+	  scripts/run-specs $(BUSTED)
+
+quickstart: all
+	$(HOST) examples/quickstart/job.lua run
+
+bench: all
+	scripts/bench
+
+install: all
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/entsync
+	install -m 755 $(HOST) $(DESTDIR)$(PREFIX)/bin/entsync-run
+	cp -R lua providers mappings $(DESTDIR)$(PREFIX)/share/entsync/
+
+clean:
+	rm -rf build bin

@@ -1,0 +1,328 @@
+-- entsync.cli: the command line of entsync-run.
+--
+-- main(args) parses the arguments, loads the job and runs the command; it
+-- returns the exit status and never raises: every error becomes one line
+-- on stderr (with its traceback under --verbose).
+
+local cjson = require "cjson"
+local core = require "entsync.core"
+local errors = require "entsync.errors"
+
+local M = {}
+
+local USAGE = [[
+usage: entsync-run JOB.lua [COMMAND] [ARGS] [OPTIONS]
+
+commands:
+  run [SYNC...]            import every sync (or the named ones and what they
+                           depend on), in dependency order; the default
+  import SYNC REMOTE_ID    import one remote entity
+  refresh SYNC LOCAL_ID... refresh local entities from their remotes
+  refresh SYNC --all       refresh every entity the sync has imported
+  retry SYNC               retry the sync's failed entities now
+  check                    validate the job, its mappings and providers
+  status                   per sync: settings, last run, cursor, lock, failures
+
+options:
+  --dry-run                report what would be created, updated and deleted;
+                           the store file is left untouched
+  --wait SECONDS           wait up to SECONDS for a sync locked by another run
+  --progress, --no-progress  force the live progress line on or off
+                           (default: on when stderr is a terminal)
+  --log-format text|json   how warnings and errors are written to stderr
+  --verbose, -v            tracebacks with errors, more detail
+  --help, -h               this text
+  --version                entsync's version
+
+exit status: 0 success, 1 the run finished but some entities failed,
+2 usage or configuration error, 3 a lock is held by another run,
+4 an internal error.
+]]
+
+local commands = {}
+
+local function usage_error(fmt, ...)
+  errors.raise("usage", string.format(fmt, ...) .. " (see entsync-run --help)")
+end
+
+-- Options that take a value, and flags.
+local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format" }
+local flag_options = {
+  ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
+  ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
+  ["--all"] = "all",
+}
+
+function M.parse(args)
+  local options, positional = {}, {}
+  local i = 1
+  while i <= #args do
+    local arg = args[i]
+    local name, inline = arg:match("^(%-%-[%w-]+)=(.*)$")
+    name = name or arg
+    if value_options[name] then
+      local value = inline
+      if value == nil then
+        i = i + 1
+        value = args[i]
+      end
+      if value == nil then usage_error("option %s needs a value", name) end
+      options[value_options[name]] = value
+    elseif flag_options[name] and not inline then
+      options[flag_options[name]] = true
+    elseif arg:sub(1, 1) == "-" and arg ~= "-" then
+      usage_error("unknown option %s", arg)
+    else
+      positional[#positional + 1] = arg
+    end
+    i = i + 1
+  end
+  if options.wait then
+    local seconds = tonumber(options.wait)
+    if not seconds or seconds < 0 then usage_error("--wait needs a number of seconds, got %s", options.wait) end
+    options.wait = seconds
+  end
+  if options.log_format and options.log_format ~= "text" and options.log_format ~= "json" then
+    usage_error("--log-format is text or json, got %s", options.log_format)
+  end
+  if options.progress then options.progress = true elseif options.no_progress then options.progress = false end
+  return options, positional
+end
+
+local function make_logger(options)
+  return function(level, message)
+    if options.log_format == "json" then
+      io.stderr:write(cjson.encode({ time = core.now(), level = level, message = message }), "\n")
+    else
+      io.stderr:write(string.format("entsync: %s: %s\n", level, message))
+    end
+  end
+end
+
+-- check ------------------------------------------------------------------------
+
+local function describe_remote(sync)
+  local provider = sync.provider
+  return sync.resource and string.format("%s %q", provider.name, sync.resource) or provider.name
+end
+
+function commands.check(job)
+  local out = {}
+  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  say("job %s: ok", job.display_path)
+  say("store     %s", job.store_file)
+  say("entities  %d", #job.entity_order)
+  for _, name in ipairs(job.entity_order) do
+    local fields = {}
+    for field, field_type in pairs(job.entities[name].fields) do fields[#fields + 1] = field .. " " .. field_type end
+    table.sort(fields)
+    say("  %-16s %s", name, table.concat(fields, ", "))
+  end
+  say("providers %d", #job.providers)
+  for _, provider in ipairs(job.providers) do
+    say("  %-16s %s (line %d)", provider.name, provider.type, provider.where.line)
+  end
+  say("syncs     %d, in run order", #job.run_order)
+  for _, name in ipairs(job.run_order) do
+    local sync = job.syncs[name]
+    local import = sync.import
+    local mode = import.mode .. (import.mode == "incremental" and (" on " .. import.changed) or "")
+    if import.limit then mode = mode .. ", limit " .. import.limit end
+    local depends = #sync.depends_on > 0 and ("; after " .. table.concat(sync.depends_on, ", ")) or ""
+    say("  %-16s %s -> %s; %s, deletes %s%s", name, describe_remote(sync), table.concat(sync.entities, ", "),
+      mode, import.deletes, depends)
+  end
+  print(table.concat(out, "\n"))
+  return 0
+end
+
+-- status -----------------------------------------------------------------------
+
+local function ago(t)
+  if not t then return "never" end
+  local seconds = core.now() - t
+  if seconds < 120 then return string.format("%.0fs ago", seconds) end
+  if seconds < 7200 then return string.format("%.0fm ago", seconds / 60) end
+  if seconds < 172800 then return string.format("%.1fh ago", seconds / 3600) end
+  return os.date("!%Y-%m-%d %H:%M UTC", math.floor(t))
+end
+
+function commands.status(job)
+  local store
+  if core.exists(job.store_file) then store = core.open_store(job.store_file) end
+  local out = {}
+  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
+  for _, name in ipairs(job.run_order) do
+    local sync = job.syncs[name]
+    local import = sync.import
+    say("")
+    say("sync %s: %s -> %s, %s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "), import.mode,
+      import.limit and (", limit " .. import.limit) or "", ", deletes " .. import.deletes)
+    if store then
+      local run = store:row("SELECT * FROM entsync_runs WHERE sync = ?1 ORDER BY id DESC LIMIT 1", name)
+      if run then
+        say("  last run   %s %s, %s (%s): %d created, %d updated, %d unchanged, %d stale, %d failed, %d deleted",
+          run.operation, ago(run.started_at), run.status, run.mode or "-", run.created, run.updated, run.unchanged,
+          run.stale, run.failed, run.deleted)
+        if run.error then say("  last error %s", run.error) end
+      else
+        say("  last run   never")
+      end
+      local state = store:row("SELECT * FROM entsync_state WHERE sync = ?1", name)
+      if state and state.cursor_mark ~= nil then
+        say("  cursor     %s / %s", tostring(state.cursor_mark), tostring(state.cursor_id))
+      elseif import.mode == "incremental" then
+        say("  cursor     none (the next run reads everything)")
+      end
+      if state and state.pass_open == 1 then
+        say("  full pass  %d in progress, resumes after %s records", state.pass, tostring(state.pass_resume or 0))
+      end
+      local mapped = store:value("SELECT count(DISTINCT remote_id) FROM entsync_idmap WHERE sync = ?1", name)
+      say("  mapped     %d remote entities", mapped)
+      local holder = core.lock_holder(store, "sync:" .. name)
+      if holder then
+        say("  lock       held by pid %d on %s since %s, expires in %.0fs", holder.pid, holder.host,
+          ago(holder.acquired_at), holder.expires_at - core.now())
+      else
+        say("  lock       free")
+      end
+      local failures = store:rows("SELECT remote_id, attempts, error, next_at FROM entsync_failures WHERE sync = ?1 "
+        .. "ORDER BY last_at DESC LIMIT 5", name)
+      local pending = store:value("SELECT count(*) FROM entsync_failures WHERE sync = ?1", name)
+      say("  failures   %d pending", pending)
+      for _, failure in ipairs(failures) do
+        say("    %s (attempt %d, retry %s): %s", failure.remote_id, failure.attempts,
+          failure.next_at <= core.now() and "due" or ("in " .. math.floor(failure.next_at - core.now()) .. "s"),
+          failure.error)
+      end
+    else
+      say("  last run   never")
+    end
+  end
+  if store then store:close() end
+  print(table.concat(out, "\n"))
+  return 0
+end
+
+-- operations -------------------------------------------------------------------
+
+local function with_session(job, options, fn)
+  local engine = require "entsync.engine"
+  local session = engine.open(job, { dry_run = options.dry_run, wait = options.wait, progress = options.progress,
+    log = options.log })
+  local ok, result = pcall(fn, engine, session)
+  session:close()
+  if not ok then error(result, 0) end
+  return result
+end
+
+local function report(engine, results, started, options)
+  local failed = false
+  for _, result in ipairs(results) do
+    print(engine.summary(result, core.monotonic() - started, options.dry_run))
+    failed = failed or result.counts.failed > 0
+  end
+  return failed and errors.exit_codes.failed or 0
+end
+
+local function sync_named(job, name)
+  if not name then usage_error("a sync name is needed") end
+  local sync = job.syncs[name]
+  if not sync then
+    errors.raise("usage", string.format("%s: no sync named \"%s\" (declared: %s)", job.display_path, name,
+      table.concat(job.sync_order, ", ")))
+  end
+  return sync
+end
+
+function commands.run(job, args, options)
+  local plan = require("entsync.job").plan(job, args)
+  return with_session(job, options, function(engine, session)
+    local results = {}
+    for _, name in ipairs(plan) do
+      local started = core.monotonic()
+      local result = engine.run_import(session, job.syncs[name], options)
+      print(engine.summary(result, core.monotonic() - started, options.dry_run))
+      results[#results + 1] = result
+    end
+    for _, result in ipairs(results) do
+      if result.counts.failed > 0 then return errors.exit_codes.failed end
+    end
+    return 0
+  end)
+end
+
+function commands.import(job, args, options)
+  local sync = sync_named(job, args[1])
+  if not args[2] or args[3] then usage_error("import takes a sync and one remote id") end
+  return with_session(job, options, function(engine, session)
+    local started = core.monotonic()
+    return report(engine, { engine.import_one(session, sync, args[2]) }, started, options)
+  end)
+end
+
+function commands.refresh(job, args, options)
+  local sync = sync_named(job, args[1])
+  local ids = { table.unpack(args, 2) }
+  if options.all == (#ids > 0) then usage_error("refresh takes a sync and local ids, or --all") end
+  return with_session(job, options, function(engine, session)
+    local started = core.monotonic()
+    return report(engine, { engine.refresh(session, sync, options.all and nil or ids) }, started, options)
+  end)
+end
+
+function commands.retry(job, args, options)
+  local sync = sync_named(job, args[1])
+  if args[2] then usage_error("retry takes one sync") end
+  return with_session(job, options, function(engine, session)
+    local started = core.monotonic()
+    return report(engine, { engine.retry(session, sync) }, started, options)
+  end)
+end
+
+-- main -------------------------------------------------------------------------
+
+local function report_error(e, options)
+  e = errors.wrap(e)
+  local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "
+  io.stderr:write(prefix, e.message, "\n")
+  if options.verbose and e.traceback then io.stderr:write(e.traceback, "\n") end
+  return errors.exit_codes[e.kind] or errors.exit_codes.internal
+end
+
+local function dispatch(args)
+  local options, positional = M.parse(args)
+  options.log = make_logger(options)
+  if options.help then
+    io.stdout:write(USAGE)
+    return 0
+  end
+  if options.version then
+    print(string.format("entsync %s (Lua %s, SQLite %s)", core.version, _VERSION:match("%d.*"), core.sqlite_version))
+    return 0
+  end
+  local job_path = positional[1]
+  if not job_path then usage_error("no job file given") end
+  local command = positional[2] or "run"
+  local handler = commands[command]
+  if not handler then usage_error("unknown command \"%s\"", command) end
+  local job = require("entsync.job").load(job_path)
+  return handler(job, { table.unpack(positional, 3) }, options)
+end
+
+function M.main(args)
+  local options = {}
+  for _, arg in ipairs(args) do
+    if arg == "--verbose" or arg == "-v" then options.verbose = true end
+  end
+  local ok, result = xpcall(dispatch, function(e)
+    if errors.is(e) then return e end
+    return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+  end, args)
+  io.stdout:flush()
+  if not ok then return report_error(result, options) end
+  return result
+end
+
+return M

@@ -1,0 +1,58 @@
+-- entsync.cursor: ordering of changed marks and remote ids.
+--
+-- A cursor is the pair (changed mark, remote id). Marks are numbers
+-- (epochs, versions) or strings (ISO 8601 timestamps compare as text);
+-- ids that are both integers compare as numbers, otherwise as text. The
+-- pair makes records that share a mark across a batch boundary neither
+-- lost nor repeated.
+
+local M = {}
+
+local function compare_scalar(a, b)
+  if a == b then return 0 end
+  local na, nb = tonumber(a), tonumber(b)
+  if na and nb and type(a) == type(b) then
+    if na < nb then return -1 elseif na > nb then return 1 end
+    return 0
+  end
+  if math.type(a) and math.type(b) then return a < b and -1 or 1 end
+  local sa, sb = tostring(a), tostring(b)
+  if sa < sb then return -1 elseif sa > sb then return 1 end
+  return 0
+end
+
+local function integer_text(s)
+  return type(s) == "string" and s:match("^%-?%d+$") and #s < 19
+end
+
+function M.compare_marks(a, b)
+  return compare_scalar(a, b)
+end
+
+function M.compare_ids(a, b)
+  if integer_text(a) and integer_text(b) then
+    local na, nb = tonumber(a), tonumber(b)
+    if na < nb then return -1 elseif na > nb then return 1 end
+    return 0
+  end
+  if a < b then return -1 elseif a > b then return 1 end
+  return 0
+end
+
+-- Compares (mark_a, id_a) with (mark_b, id_b); a nil mark sorts first.
+function M.compare(mark_a, id_a, mark_b, id_b)
+  if mark_a == nil or mark_b == nil then
+    if mark_a ~= nil then return 1 elseif mark_b ~= nil then return -1 end
+  else
+    local c = compare_scalar(mark_a, mark_b)
+    if c ~= 0 then return c end
+  end
+  return M.compare_ids(id_a, id_b)
+end
+
+function M.format(mark, id)
+  if mark == nil and id == nil then return nil end
+  return string.format("%s/%s", tostring(mark), tostring(id))
+end
+
+return M

@@ -1,0 +1,710 @@
+-- entsync.engine: the import engine.
+--
+-- A session opens the job's store and defines its entity tables. A run of
+-- one sync reads records from its provider, maps and hashes each, and
+-- writes what changed; each batch's writes and the checkpoint that covers
+-- them (cursor, pass position, counts) commit in one transaction, so a
+-- killed run resumes where it stopped with nothing lost or doubled.
+
+local cjson = require "cjson"
+local core = require "entsync.core"
+local cursor = require "entsync.cursor"
+local errors = require "entsync.errors"
+local mapping = require "entsync.mapping"
+local progress = require "entsync.progress"
+
+local M = {}
+
+local null = cjson.null
+local LOCK_TTL = 60
+
+local SQL = {
+  lookup = "SELECT entity, local_id, changed, hash FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
+  lookup_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
+  upsert_idmap = [[INSERT INTO entsync_idmap (sync, entity, local_id, remote_id, changed, hash, synced_at, seen_pass, gone_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, NULL)
+    ON CONFLICT (sync, remote_id, entity) DO UPDATE SET local_id = excluded.local_id,
+      changed = excluded.changed, hash = excluded.hash, synced_at = excluded.synced_at,
+      seen_pass = excluded.seen_pass, gone_at = NULL]],
+  mark_seen = "UPDATE entsync_idmap SET seen_pass = ?3, gone_at = NULL WHERE sync = ?1 AND remote_id = ?2",
+  state = "SELECT cursor_mark, cursor_id, pass, pass_resume, pass_open FROM entsync_state WHERE sync = ?1",
+  save_state = [[INSERT INTO entsync_state (sync, cursor_mark, cursor_id, pass, pass_resume, pass_open, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+    ON CONFLICT (sync) DO UPDATE SET cursor_mark = excluded.cursor_mark, cursor_id = excluded.cursor_id,
+      pass = excluded.pass, pass_resume = excluded.pass_resume, pass_open = excluded.pass_open,
+      updated_at = excluded.updated_at]],
+  failing = "SELECT remote_id FROM entsync_failures WHERE sync = ?1",
+  failure_attempts = "SELECT attempts FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
+  save_failure = [[INSERT INTO entsync_failures (sync, remote_id, local_id, error, payload, attempts, first_at, last_at, next_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+    ON CONFLICT (sync, remote_id) DO UPDATE SET error = excluded.error,
+      payload = coalesce(excluded.payload, payload), attempts = excluded.attempts,
+      last_at = excluded.last_at, next_at = excluded.next_at]],
+  clear_failure = "DELETE FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
+  due_failures = [[SELECT remote_id, payload FROM entsync_failures
+    WHERE sync = ?1 AND payload IS NOT NULL AND next_at <= ?2 ORDER BY first_at, remote_id]],
+  start_run = [[INSERT INTO entsync_runs (sync, operation, mode, started_at, status, cursor_before, pid, host)
+    VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)]],
+  progress_run = [[UPDATE entsync_runs SET created = ?2, updated = ?3, unchanged = ?4, stale = ?5,
+    failed = ?6, deleted = ?7, skipped = ?8, cursor_after = ?9 WHERE id = ?1]],
+  finish_run = [[UPDATE entsync_runs SET ended_at = ?2, status = ?3, created = ?4, updated = ?5,
+    unchanged = ?6, stale = ?7, failed = ?8, deleted = ?9, skipped = ?10, cursor_after = ?11, error = ?12
+    WHERE id = ?1]],
+  abandoned_runs = "UPDATE entsync_runs SET status = 'killed' WHERE sync = ?1 AND status = 'running'",
+  unseen = [[SELECT remote_id, entity, local_id FROM entsync_idmap
+    WHERE sync = ?1 AND gone_at IS NULL AND (seen_pass IS NULL OR seen_pass <> ?2)]],
+  forget = "DELETE FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
+  flag_gone = "UPDATE entsync_idmap SET gone_at = ?3 WHERE sync = ?1 AND remote_id = ?2",
+  remote_ids = "SELECT DISTINCT remote_id FROM entsync_idmap WHERE sync = ?1 ORDER BY remote_id",
+}
+
+local OUTCOMES = { "created", "updated", "unchanged", "stale", "failed", "deleted" }
+M.outcomes = OUTCOMES
+
+-- session ------------------------------------------------------------------
+
+local Session = {}
+Session.__index = Session
+
+local function file_exists(path)
+  return core.exists(path) ~= false
+end
+
+-- Opens the job's store (for a dry run, the existing file inside a
+-- transaction that is rolled back, or an in-memory store when there is no
+-- file yet) and brings the entity tables up to their declarations.
+function M.open(job, options)
+  options = options or {}
+  local dry = options.dry_run
+  local path = job.store_file
+  if dry and not file_exists(path) then path = ":memory:" end
+  local store = core.open_store(path)
+  local session = setmetatable({
+    job = job, store = store, dry = dry, options = options, providers = {},
+    log = options.log or function() end,
+    owner = string.format("%s:%d:%d", core.hostname(), core.getpid(), math.floor(core.now() * 1000)),
+  }, Session)
+  if dry then store:run("BEGIN") end
+  session:define_entities()
+  return session
+end
+
+function Session:define_entities()
+  local store = self.store
+  if not self.dry then store:run("BEGIN IMMEDIATE") end
+  local ok, err = pcall(function()
+    for _, name in ipairs(self.job.entity_order) do
+      store:define_entity(name, self.job.entities[name].fields)
+    end
+  end)
+  if not ok then
+    if not self.dry then store:run("ROLLBACK") end
+    error(err, 0)
+  end
+  if not self.dry then store:run("COMMIT") end
+end
+
+function Session:close()
+  if self.store:is_open() then
+    if self.dry and self.store:in_transaction() then self.store:run("ROLLBACK") end
+    self.store:close()
+  end
+end
+
+-- Batches are transactions; in a dry run they are savepoints inside the
+-- one transaction that is rolled back at the end.
+function Session:begin()
+  self.store:run(self.dry and "SAVEPOINT batch" or "BEGIN IMMEDIATE")
+end
+
+function Session:commit()
+  self.store:run(self.dry and "RELEASE batch" or "COMMIT")
+end
+
+function Session:rollback()
+  if self.store:in_transaction() then
+    self.store:run(self.dry and "ROLLBACK TO batch" or "ROLLBACK")
+    if self.dry then self.store:run("RELEASE batch") end
+  end
+end
+
+function Session:provider(handle)
+  local instance = self.providers[handle]
+  if not instance then
+    local ok, result = pcall(handle.module.new, handle.config, { base_dir = self.job.dir, name = handle.name })
+    if not ok then
+      errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.is(result) and result.message or tostring(result))
+    end
+    instance = result
+    self.providers[handle] = instance
+  end
+  return instance
+end
+
+-- locking --------------------------------------------------------------------
+
+local function describe_holder(holder)
+  return string.format("pid %s on %s (owner %s), heartbeat %.0fs ago, lease expires in %.0fs",
+    tostring(holder.pid), tostring(holder.host), tostring(holder.owner),
+    core.now() - (holder.heartbeat_at or 0), (holder.expires_at or 0) - core.now())
+end
+
+function Session:lock(sync)
+  if self.dry then return end
+  local name = "sync:" .. sync.name
+  local deadline = core.monotonic() + (self.options.wait or 0)
+  while true do
+    local ok, info = core.lock_acquire(self.store, name, self.owner, LOCK_TTL)
+    if ok then
+      if info then
+        self.log("warn", string.format("sync \"%s\": took over a lease whose holder is %s: %s", sync.name, info.reason,
+          describe_holder(info.holder)))
+      end
+      return
+    end
+    if core.monotonic() >= deadline then
+      errors.raise("lock", string.format("sync \"%s\" is locked by another run: %s", sync.name, describe_holder(info)),
+        { holder = info })
+    end
+    core.sleep(math.min(0.25, math.max(0.01, deadline - core.monotonic())))
+  end
+end
+
+function Session:heartbeat(sync)
+  if self.dry then return end
+  if not core.lock_heartbeat(self.store, "sync:" .. sync.name, self.owner, LOCK_TTL) then
+    errors.raise("lock", string.format("sync \"%s\": the lease was lost to another run", sync.name))
+  end
+end
+
+function Session:unlock(sync)
+  if self.dry or not self.store:is_open() then return end
+  if self.store:in_transaction() then self:rollback() end
+  core.lock_release(self.store, "sync:" .. sync.name, self.owner)
+end
+
+-- one run of one sync -----------------------------------------------------------
+
+local Run = {}
+Run.__index = Run
+
+local function new_counts()
+  local counts = { skipped = 0, retried = 0 }
+  for _, outcome in ipairs(OUTCOMES) do counts[outcome] = 0 end
+  return counts
+end
+
+local function remote_id_text(value)
+  if math.type(value) == "integer" then return string.format("%d", value) end
+  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
+  if type(value) == "string" and value ~= "" then return value end
+  return nil
+end
+
+function M.new_run(session, sync, operation)
+  local store = session.store
+  local run = setmetatable({
+    session = session, store = store, sync = sync, operation = operation, counts = new_counts(),
+    failing = {}, failures_shown = 0, writers = {},
+    track_seen = sync.import.deletes ~= "keep", pass = 0,
+  }, Run)
+  for _, row in ipairs(store:rows(SQL.failing, sync.name)) do run.failing[row.remote_id] = true end
+  for _, entity in ipairs(sync.mapping.entities) do
+    run.writers[entity.name] = store:writer(entity.name, entity.columns)
+  end
+  run.provider = session:provider(sync.provider)
+  return run
+end
+
+-- Stores a failed entity (its error, attempts and payload) and reports it;
+-- the run goes on.
+function Run:fail(remote_id, message, payload)
+  local sync, store = self.sync, self.store
+  self.counts.failed = self.counts.failed + 1
+  self.failures_shown = self.failures_shown + 1
+  if self.failures_shown <= 10 then
+    self.session.log("error", string.format("sync %s, entity %s: %s", sync.name, remote_id, message))
+  elseif self.failures_shown == 11 then
+    self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", sync.name,
+      self.session.job.display_path))
+  end
+  local encoded
+  if payload ~= nil then
+    local ok, json = pcall(cjson.encode, payload)
+    encoded = ok and json or nil
+  end
+  local attempts = (store:value(SQL.failure_attempts, sync.name, remote_id) or 0) + 1
+  local now = core.now()
+  local backoff = math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
+  store:run(SQL.save_failure, sync.name, remote_id, nil, message, encoded, attempts, now, now + backoff)
+  self.failing[remote_id] = true
+end
+
+-- Writes the mapped entities of one remote record; returns the outcome.
+function Run:write(remote_id, changed, mapped, hash, rows)
+  local store, sync = self.store, self.sync
+  local local_ids = {}
+  for _, row in ipairs(rows) do local_ids[row.entity] = row.local_id end
+  local now = core.now()
+  for _, entity in ipairs(sync.mapping.entities) do
+    local writer = self.writers[entity.name]
+    local row = mapping.storable(entity, mapped[entity.name])
+    local id = local_ids[entity.name]
+    if id then
+      if writer:update(id, row) == 0 then writer:insert(row, id) end
+    else
+      id = writer:insert(row)
+    end
+    store:run(SQL.upsert_idmap, sync.name, entity.name, id, remote_id, changed, hash, now, self.pass)
+  end
+  return rows[1] and "updated" or "created"
+end
+
+-- Imports one record; returns its outcome. Entity errors are stored as
+-- failures and never escape; anything else (the store failing) does.
+function Run:process(record)
+  local sync, store = self.sync, self.store
+  local raw_id = type(record) == "table" and record[sync.id_field] or nil
+  local remote_id = remote_id_text(raw_id)
+  if not remote_id then
+    local key = string.format("@%s#%d", sync.name, self.counts.failed + 1)
+    self:fail(key, string.format("record has no usable id in field \"%s\" (got %s)", sync.id_field,
+      raw_id == nil and "nothing" or tostring(raw_id)), record)
+    return "failed"
+  end
+  local changed = sync.changed_field and record[sync.changed_field]
+  if changed == null then changed = nil end
+  local rows = store:rows(SQL.lookup, sync.name, remote_id)
+  local stored = rows[1]
+  if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
+    return self:count("stale", remote_id)
+  end
+  local ctx = { sync = sync.name, entity = sync.entities, remote_id = remote_id, log = self.session.log }
+  local ok, mapped = pcall(mapping.apply, sync.mapping, record, ctx)
+  if not ok then
+    local message = errors.is(mapped) and mapped.message or tostring(mapped)
+    self:fail(remote_id, message, record)
+    return "failed"
+  end
+  local hash = core.hash(mapped)
+  if stored and stored.hash == hash and #rows == #sync.mapping.entities then
+    if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
+    return self:count("unchanged", remote_id)
+  end
+  store:run("SAVEPOINT entity")
+  local written, outcome = pcall(self.write, self, remote_id, changed, mapped, hash, rows)
+  if not written then
+    store:run("ROLLBACK TO entity")
+    store:run("RELEASE entity")
+    self:fail(remote_id, errors.is(outcome) and outcome.message or tostring(outcome), record)
+    return "failed"
+  end
+  store:run("RELEASE entity")
+  return self:count(outcome, remote_id)
+end
+
+function Run:count(outcome, remote_id)
+  self.counts[outcome] = self.counts[outcome] + 1
+  if self.failing[remote_id] then
+    self.store:run(SQL.clear_failure, self.sync.name, remote_id)
+    self.failing[remote_id] = nil
+  end
+  return outcome
+end
+
+function Run:start(mode, cursor_before)
+  local store = self.store
+  store:run(SQL.abandoned_runs, self.sync.name)
+  local _, id = store:run(SQL.start_run, self.sync.name, self.operation, mode, core.now(), cursor_before,
+    core.getpid(), core.hostname())
+  self.run_id = id
+end
+
+function Run:save_progress(cursor_after)
+  local c = self.counts
+  self.store:run(SQL.progress_run, self.run_id, c.created, c.updated, c.unchanged, c.stale, c.failed, c.deleted,
+    c.skipped, cursor_after)
+end
+
+function Run:finish(status, cursor_after, err)
+  local c = self.counts
+  if self.session.dry or not self.run_id then return end
+  self.store:run(SQL.finish_run, self.run_id, core.now(), status, c.created, c.updated, c.unchanged, c.stale,
+    c.failed, c.deleted, c.skipped, cursor_after, err)
+end
+
+-- Retries stored failures that are due (all of them when forced) from
+-- their stored payloads, in one batch.
+function Run:retry_failures(force)
+  local session, sync = self.session, self.sync
+  local due = self.store:rows(SQL.due_failures, sync.name, force and math.huge or core.now())
+  if #due == 0 then return end
+  session:begin()
+  for _, row in ipairs(due) do
+    local ok, record = pcall(cjson.decode, row.payload)
+    if ok then
+      self.counts.retried = self.counts.retried + 1
+      self:process(record)
+    end
+  end
+  session:commit()
+end
+
+-- Applies deletes = "delete" | "flag" to local entities whose remote was
+-- not seen in the pass that just completed.
+function Run:apply_deletes()
+  local sync, store = self.sync, self.store
+  local mode = sync.import.deletes
+  if mode == "keep" then return end
+  local gone, order = {}, {}
+  for _, row in ipairs(store:rows(SQL.unseen, sync.name, self.pass)) do
+    if not gone[row.remote_id] then
+      gone[row.remote_id] = {}
+      order[#order + 1] = row.remote_id
+    end
+    table.insert(gone[row.remote_id], row)
+  end
+  local now = core.now()
+  for _, remote_id in ipairs(order) do
+    if mode == "delete" then
+      for _, row in ipairs(gone[remote_id]) do
+        store:run(string.format('DELETE FROM "%s" WHERE id = ?1', row.entity), row.local_id)
+      end
+      store:run(SQL.forget, sync.name, remote_id)
+    else
+      store:run(SQL.flag_gone, sync.name, remote_id, now)
+    end
+    self.counts.deleted = self.counts.deleted + 1
+  end
+end
+
+-- record sources -------------------------------------------------------------------
+
+local function load_state(store, sync)
+  local state = store:row(SQL.state, sync.name) or { pass = 0 }
+  state.pass = state.pass or 0
+  return state
+end
+
+local function save_state(store, sync, state)
+  store:run(SQL.save_state, sync.name, state.cursor_mark, state.cursor_id, state.pass, state.pass_resume,
+    state.pass_open or 0, core.now())
+end
+
+-- A small binary heap keeping the `limit` smallest (mark, id) candidates
+-- for incremental runs with a limit over a source that is not ordered.
+local function heap_push(heap, item, limit)
+  local function less(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) > 0 end -- max-heap
+  local function up(i)
+    while i > 1 do
+      local parent = i // 2
+      if less(heap[i], heap[parent]) then heap[i], heap[parent] = heap[parent], heap[i]; i = parent else break end
+    end
+  end
+  local function down(i)
+    local n = #heap
+    while true do
+      local l, r, top = 2 * i, 2 * i + 1, i
+      if l <= n and less(heap[l], heap[top]) then top = l end
+      if r <= n and less(heap[r], heap[top]) then top = r end
+      if top == i then break end
+      heap[i], heap[top] = heap[top], heap[i]
+      i = top
+    end
+  end
+  if #heap < limit then
+    heap[#heap + 1] = item
+    up(#heap)
+  elseif cursor.compare(item.mark, item.id, heap[1].mark, heap[1].id) < 0 then
+    heap[1] = item
+    down(1)
+  end
+end
+
+-- The import run --------------------------------------------------------------------
+
+local function read_next(reader)
+  local record, err = reader:next()
+  if record == false then return false, err end
+  return record
+end
+
+-- Runs one managed import of sync: full or incremental, optionally limited.
+function M.run_import(session, sync, options)
+  options = options or {}
+  local store = session.store
+  session:lock(sync)
+  local run
+  local ok, result = xpcall(function()
+    run = M.new_run(session, sync, "run")
+    local settings = sync.import
+    local state = load_state(store, sync)
+    local before = cursor.format(state.cursor_mark, state.cursor_id)
+    if not session.dry then run:start(settings.mode, before) end
+    local incremental = settings.mode == "incremental"
+    if not incremental then
+      if state.pass_open == 0 then
+        state.pass, state.pass_resume, state.pass_open = state.pass + 1, nil, 1
+      end
+      run.pass = state.pass
+    end
+    local query = { offset = not incremental and tonumber(state.pass_resume) or nil, limit = settings.limit }
+    if incremental and state.cursor_mark ~= nil then query.since = { state.cursor_mark, state.cursor_id } end
+    local reader, list_err = run.provider:list(sync.resource, query)
+    if not reader then
+      errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
+        sync.name, tostring(list_err)))
+    end
+    local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
+    local limit = settings.limit or math.huge
+    local batch = settings.batch
+    local ordered = reader.ordered == true
+    local run_max -- the largest (mark, id) processed in this run
+    local processed, complete, pending_moves = 0, false, true
+
+    local function newer_than_cursor(record)
+      if not incremental or state.cursor_mark == nil then return true end
+      local mark = record[sync.changed_field]
+      if mark == nil or mark == null then return true end
+      local id = remote_id_text(record[sync.id_field]) or ""
+      return cursor.compare(mark, id, state.cursor_mark, state.cursor_id) > 0
+    end
+
+    local function note_mark(record)
+      if not incremental then return end
+      local mark = record[sync.changed_field]
+      if mark == nil or mark == null then return end
+      local id = remote_id_text(record[sync.id_field]) or ""
+      if run_max and cursor.compare(mark, id, run_max.mark, run_max.id) < 0 then
+        if ordered then
+          session.log("warn", string.format("sync \"%s\": the provider promised records in changed order but %s came after %s; "
+            .. "the cursor now advances only when the run completes", sync.name, cursor.format(mark, id),
+            cursor.format(run_max.mark, run_max.id)))
+        end
+        ordered = false
+      end
+      if not run_max or cursor.compare(mark, id, run_max.mark, run_max.id) > 0 then
+        run_max = { mark = mark, id = id }
+      end
+    end
+
+    local function handle(record, err)
+      if record == false then
+        -- A record that could not be read has no id: it is kept under its
+        -- place in the input ("@contacts.ndjson:7").
+        local place, message = tostring(err):match("^([^:]+:%d+): (.*)$")
+        run:fail("@" .. (place or "input"), message or tostring(err), nil)
+      else
+        note_mark(record)
+        run:process(record)
+      end
+      processed = processed + 1
+      meter:tick(processed)
+    end
+
+    local function checkpoint(done)
+      if incremental then
+        if run_max and (ordered or done) then
+          state.cursor_mark, state.cursor_id = run_max.mark, run_max.id
+        end
+      else
+        -- The reader's position is its resume offset: it counts only the
+        -- records of files that stay in place.
+        state.pass_resume = reader.position
+      end
+      save_state(store, sync, state)
+      if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
+    end
+
+    -- The records to process, in order: the stream itself, or for an
+    -- incremental limited run over an unordered source, the `limit`
+    -- smallest records newer than the cursor.
+    local next_record
+    if incremental and settings.limit and not ordered then
+      local heap, exhausted_all = {}, true
+      while true do
+        local record, err = read_next(reader)
+        if record == nil then break end
+        if record == false then
+          handle(false, err)
+        elseif newer_than_cursor(record) then
+          local id = remote_id_text(record[sync.id_field]) or ""
+          local mark = record[sync.changed_field]
+          if mark == null then mark = nil end
+          if #heap >= settings.limit then exhausted_all = false end
+          heap_push(heap, { mark = mark, id = id, record = record }, settings.limit)
+        else
+          run.counts.skipped = run.counts.skipped + 1
+        end
+      end
+      table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) < 0 end)
+      ordered = true
+      pending_moves = exhausted_all
+      local i = 0
+      next_record = function()
+        i = i + 1
+        if heap[i] then return heap[i].record end
+        return nil
+      end
+      limit = math.huge
+    else
+      next_record = function()
+        while true do
+          local record, err = read_next(reader)
+          if record == nil or record == false then return record, err end
+          if newer_than_cursor(record) then return record end
+          run.counts.skipped = run.counts.skipped + 1
+        end
+      end
+    end
+
+    while true do
+      session:begin()
+      local in_batch, exhausted = 0, false
+      while in_batch < batch and processed < limit do
+        local record, err = next_record()
+        if record == nil then exhausted = true; break end
+        handle(record, err)
+        in_batch = in_batch + 1
+      end
+      complete = exhausted
+      if complete and not incremental then
+        run:apply_deletes()
+        state.pass_open, state.pass_resume = 0, nil
+      end
+      checkpoint(complete)
+      session:commit()
+      if not session.dry and pending_moves and reader.committed then
+        local moved, move_err = reader:committed()
+        if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
+      end
+      session:heartbeat(sync)
+      if exhausted or processed >= limit then break end
+    end
+    if reader.close then reader:close() end
+    meter:finish()
+    if complete and settings.retry then run:retry_failures(false) end
+    local status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial")
+    run:finish(status, cursor.format(state.cursor_mark, state.cursor_id))
+    return { sync = sync.name, counts = run.counts, complete = complete, status = status,
+      cursor = cursor.format(state.cursor_mark, state.cursor_id) }
+  end, function(e)
+    if errors.is(e) then return e end
+    return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+  end)
+  if not ok then
+    session:rollback()
+    if run and run.run_id and store:is_open() then
+      pcall(run.finish, run, "error", nil, result.message)
+    end
+  end
+  session:unlock(sync)
+  if not ok then error(result, 0) end
+  return result
+end
+
+-- Imports single records by remote id (import) or by local id (refresh),
+-- within one run logged as that operation.
+local function run_single(session, sync, operation, remote_ids)
+  session:lock(sync)
+  local run
+  local ok, result = xpcall(function()
+    run = M.new_run(session, sync, operation)
+    if not session.dry then run:start(operation, nil) end
+    if type(run.provider.get) ~= "function" then
+      errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot fetch one record (it has no get)",
+        sync.name, sync.provider.name))
+    end
+    local meter = progress.new(session.options.progress, sync.name, #remote_ids)
+    for start = 1, #remote_ids, sync.import.batch do
+      session:begin()
+      for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
+        local remote_id = remote_ids[i]
+        local fetched, record, err = pcall(run.provider.get, run.provider, sync.resource, remote_id)
+        if not fetched then
+          run:fail(remote_id, "fetching it failed: " .. (errors.is(record) and record.message or tostring(record)))
+        elseif record == nil then
+          run:fail(remote_id, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
+        else
+          run:process(record)
+        end
+        meter:tick(i)
+      end
+      session:commit()
+      session:heartbeat(sync)
+    end
+    meter:finish()
+    local status = run.counts.failed > 0 and "failed" or "ok"
+    run:finish(status, nil)
+    return { sync = sync.name, counts = run.counts, complete = true, status = status }
+  end, function(e)
+    if errors.is(e) then return e end
+    return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+  end)
+  if not ok then
+    session:rollback()
+    if run and run.run_id and session.store:is_open() then pcall(run.finish, run, "error", nil, result.message) end
+  end
+  session:unlock(sync)
+  if not ok then error(result, 0) end
+  return result
+end
+
+function M.import_one(session, sync, remote_id)
+  return run_single(session, sync, "import", { remote_id })
+end
+
+-- refresh: local ids to remote ids through the id map; nil means --all.
+function M.refresh(session, sync, local_ids)
+  local store = session.store
+  local remote_ids = {}
+  if local_ids == nil then
+    for _, row in ipairs(store:rows(SQL.remote_ids, sync.name)) do remote_ids[#remote_ids + 1] = row.remote_id end
+  else
+    for _, local_id in ipairs(local_ids) do
+      local id = math.tointeger(tonumber(local_id))
+      local remote_id = id and store:value(SQL.lookup_local, sync.name, sync.entities[1], id)
+      if not remote_id then
+        errors.raise("usage", string.format("sync \"%s\": local %s %s has no remote in the id map",
+          sync.name, sync.entities[1], tostring(local_id)))
+      end
+      remote_ids[#remote_ids + 1] = remote_id
+    end
+  end
+  return run_single(session, sync, "refresh", remote_ids)
+end
+
+function M.retry(session, sync)
+  session:lock(sync)
+  local ok, result = pcall(function()
+    local run = M.new_run(session, sync, "retry")
+    if not session.dry then run:start("retry", nil) end
+    run:retry_failures(true)
+    local status = run.counts.failed > 0 and "failed" or "ok"
+    run:finish(status, nil)
+    return { sync = sync.name, counts = run.counts, complete = true, status = status }
+  end)
+  if not ok then session:rollback() end
+  session:unlock(sync)
+  if not ok then error(errors.wrap(result), 0) end
+  return result
+end
+
+-- A summary line of one run's counts.
+function M.summary(result, seconds, dry)
+  local c = result.counts
+  local parts = {}
+  local verbs = dry and { created = "would create", updated = "would update", deleted = "would delete" } or {}
+  for _, outcome in ipairs(OUTCOMES) do
+    parts[#parts + 1] = string.format("%d %s", c[outcome], verbs[outcome] or outcome)
+  end
+  local line = string.format("%s: %s", result.sync, table.concat(parts, ", "))
+  if c.skipped > 0 then line = line .. string.format(", %d before the cursor", c.skipped) end
+  if c.retried > 0 then line = line .. string.format(", %d retried", c.retried) end
+  if not result.complete then line = line .. " (limit reached: the next run continues here)" end
+  if seconds then line = line .. string.format(" in %.2fs", seconds) end
+  if dry then line = line .. " (dry run: nothing was written)" end
+  return line
+end
+
+return M

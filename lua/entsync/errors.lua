@@ -1,0 +1,50 @@
+-- entsync.errors: the one error shape entsync raises and reports.
+--
+-- An error is a table { kind, message, ... } with a __tostring, raised with
+-- error(e, 0) so no position is prepended twice: the message already names
+-- the job file and line, the sync and the entity where they are known.
+-- Kinds map to exit statuses: config and usage 2, lock 3, internal 4;
+-- entity failures are stored, never raised out of a run.
+
+local M = {}
+
+local Error = {}
+Error.__index = Error
+Error.__tostring = function(e) return e.message end
+
+M.exit_codes = { ok = 0, failed = 1, usage = 2, config = 2, lock = 3, internal = 4 }
+
+function M.new(kind, message, fields)
+  local e = setmetatable({ kind = kind, message = message }, Error)
+  for k, v in pairs(fields or {}) do e[k] = v end
+  return e
+end
+
+function M.raise(kind, message, fields)
+  error(M.new(kind, message, fields), 0)
+end
+
+-- Formats "file:line: message" when the location is known.
+function M.at(where, message)
+  if where and where.file then
+    return string.format("%s:%d: %s", where.file, where.line or 0, message)
+  end
+  return message
+end
+
+function M.config(where, fmt, ...)
+  M.raise("config", M.at(where, string.format(fmt, ...)))
+end
+
+function M.is(value, kind)
+  return getmetatable(value) == Error and (kind == nil or value.kind == kind)
+end
+
+-- Turns anything raised into an entsync error; Lua errors keep their text
+-- ("file:line: message") and become internal unless a kind is given.
+function M.wrap(value, kind)
+  if M.is(value) then return value end
+  return M.new(kind or "internal", tostring(value))
+end
+
+return M

@@ -1,0 +1,376 @@
+-- entsync.filesource: what the file providers (ndjson, csv, json) share.
+--
+-- A file provider only knows how to read one open file as a sequence of
+-- records. Everything else lives here: resolving paths against the job file,
+-- walking a drop folder, skipping a resume offset, keeping the resume
+-- position, and moving finished files into processed/ once the engine says
+-- their records are committed.
+--
+-- Writers should drop files under a hidden name (leading dot) and rename them
+-- when complete: hidden files are never read, so a half-written file is not
+-- taken and moved away while its writer still appends to it.
+
+local core = require "entsync.core"
+local cjson = require "cjson"
+
+local M = {}
+
+local BOM = "\239\187\191"
+local MAX_DEPTH = 256
+
+local find, sub, format = string.find, string.sub, string.format
+local tointeger, mtype = math.tointeger, math.type
+
+-- Paths --------------------------------------------------------------------
+
+local function join(dir, name)
+  if sub(dir, -1) == "/" then return dir .. name end
+  return dir .. "/" .. name
+end
+
+local function resolve(base, path)
+  if sub(path, 1, 1) == "/" then return path end
+  return join(base, path)
+end
+
+local function basename(path)
+  return path:match("([^/]*)/*$")
+end
+
+M.join, M.resolve, M.basename = join, resolve, basename
+
+-- Records ------------------------------------------------------------------
+
+-- A private instance, so settings made here never leak into other users of
+-- cjson in the same process.
+local json = cjson.new()
+json.decode_invalid_numbers(false)
+json.decode_max_depth(MAX_DEPTH)
+M.json = json
+
+-- cjson gives every JSON number as a float, so an id 17 would print as
+-- "17.0": integral values become integers, as the file's author meant.
+local function integerize(t)
+  for k, v in pairs(t) do
+    if mtype(v) == "float" then
+      local i = tointeger(v)
+      if i then t[k] = i end
+    elseif type(v) == "table" then
+      integerize(v)
+    end
+  end
+end
+
+local function kind_of(value, text)
+  if value == cjson.null then return "null" end
+  if type(value) == "table" then
+    return find(text, "^[ \t\r\n]*{") and "object" or "array"
+  end
+  return type(value)
+end
+
+-- decode_object(text) -> record | nil, message. A record must be a JSON
+-- object; anything else is one bad record.
+function M.decode_object(text)
+  local ok, value = pcall(json.decode, text)
+  if not ok then
+    return nil, "malformed JSON: " .. tostring(value)
+  end
+  local kind = kind_of(value, text)
+  if kind ~= "object" then
+    return nil, "expected a JSON object, got " .. kind
+  end
+  integerize(value)
+  return value
+end
+
+-- located("people.csv", 5, "...") -> "people.csv:5: ..."
+function M.located(name, line, message)
+  return format("%s:%d: %s", name, line, message)
+end
+
+function M.strip_bom(text)
+  if sub(text, 1, 3) == BOM then return sub(text, 4) end
+  return text
+end
+
+-- Reader -------------------------------------------------------------------
+--
+-- position is the offset to pass back as query.offset to resume: the number
+-- of records (good or bad) returned so far from files that stay where they
+-- are. A drop-folder file read to its end is due to move into processed/ at
+-- the next committed(), so its records leave the count at once. A checkpoint
+-- taken before the move then under-skips at worst (records read again are
+-- echoes), never over-skips.
+
+local Reader = {}
+Reader.__index = Reader
+
+local function new_reader(provider, files, dropdir, offset)
+  return setmetatable({
+    position = 0,
+    _provider = provider,
+    _files = files,
+    _index = 1,
+    _skip = offset,
+    _dropdir = dropdir,        -- nil for a single named file: never moved
+    _pending = {},             -- finished files waiting for committed()
+  }, Reader)
+end
+
+function Reader:_open(entry)
+  local f, err = io.open(entry.path, "rb")
+  if not f then
+    return nil, format("%s: cannot open: %s", entry.name, err)
+  end
+  local p = self._provider
+  return { entry = entry, file = f, count = 0,
+           source = p._open(f, entry.name, p.config) }
+end
+
+function Reader:_finish(current)
+  current.file:close()
+  self._current = nil
+  self._index = self._index + 1
+  -- A file that broke off (truncated, unbalanced) stays for its owner to fix.
+  if self._dropdir and self._provider.processed and not current.source.broken then
+    self.position = self.position - current.count
+    self._pending[#self._pending + 1] = current.entry
+  end
+end
+
+-- next() -> record | nil at the end of all input | false, message for one
+-- bad record (the following call goes on after it).
+function Reader:next()
+  if self._closed then return nil end
+  while true do
+    local current = self._current
+    if not current then
+      local entry = self._files[self._index]
+      if not entry then return nil end
+      local err
+      current, err = self:_open(entry)
+      if not current then
+        self._index = self._index + 1
+        return false, err
+      end
+      self._current = current
+    end
+    local record, err = current.source:next()
+    if record == nil then
+      self:_finish(current)
+    else
+      current.count = current.count + 1
+      self.position = self.position + 1
+      if self._skip > 0 then
+        self._skip = self._skip - 1
+      else
+        return record, err
+      end
+    end
+  end
+end
+
+-- A name already taken in processed/ (the same file dropped twice) gets a
+-- number, so an earlier delivery is never overwritten.
+local function free_name(dir, name)
+  local target = join(dir, name)
+  if not core.exists(target) then return target end
+  local stem, ext = name:match("^(.+)(%.[^.]*)$")
+  if not stem then stem, ext = name, "" end
+  local n = 2
+  while true do
+    target = join(dir, format("%s-%d%s", stem, n, ext))
+    if not core.exists(target) then return target end
+    n = n + 1
+  end
+end
+
+-- committed(): every record returned so far is durably stored, so the files
+-- read to their end may leave the drop folder now. Returns the position, or
+-- nil, message when a move fails (the rest are retried next time).
+function Reader:committed()
+  local pending = self._pending
+  if #pending == 0 then return self.position end
+  local dir = join(self._dropdir, self._provider.processed)
+  local ok, err = core.mkdir(dir)
+  if not ok then return nil, err end
+  while #pending > 0 do
+    local entry = pending[1]
+    ok, err = core.rename(entry.path, free_name(dir, entry.name))
+    if not ok then return nil, err end
+    table.remove(pending, 1)
+  end
+  return self.position
+end
+
+function Reader:close()
+  if self._current then
+    self._current.file:close()
+    self._current = nil
+  end
+  self._closed = true
+end
+
+Reader.__close = Reader.close
+
+-- Provider -----------------------------------------------------------------
+
+local Provider = {}
+Provider.__index = Provider
+
+function Provider:_target(resource)
+  local config, base = self.config, self.base_dir
+  if resource == nil or resource == "" then
+    return resolve(base, config.dir or config.path)
+  end
+  if type(resource) ~= "string" then
+    return nil, self.prefix .. "resource must be a string, got " .. type(resource)
+  end
+  return resolve(config.dir and resolve(base, config.dir) or base, resource)
+end
+
+function Provider:_wanted(name)
+  local lower = name:lower()
+  for _, ext in ipairs(self._extensions) do
+    if sub(lower, -#ext) == ext then return true end
+  end
+  return false
+end
+
+function Provider:_dropfiles(dir)
+  local names, err = core.listdir(dir)
+  if not names then return nil, self.prefix .. err end
+  local files = {}
+  for _, name in ipairs(names) do
+    local path = join(dir, name)
+    if name ~= self.processed and self:_wanted(name) and not core.isdir(path) then
+      files[#files + 1] = { path = path, name = name }
+    end
+  end
+  return files
+end
+
+local function offset_of(query)
+  if type(query) ~= "table" or query.offset == nil then return 0 end
+  local offset = tointeger(query.offset)
+  if not offset or offset < 0 then return nil end
+  return offset
+end
+
+-- list(resource, query) -> reader | nil, message
+function Provider:list(resource, query)
+  local offset = offset_of(query)
+  if not offset then
+    return nil, self.prefix .. "query.offset must be a non-negative integer"
+  end
+  local target, err = self:_target(resource)
+  if not target then return nil, err end
+  if core.isdir(target) then
+    local files
+    files, err = self:_dropfiles(target)
+    if not files then return nil, err end
+    return new_reader(self, files, target, offset)
+  end
+  if not core.exists(target) then
+    return nil, self.prefix .. target .. ": no such file or directory"
+  end
+  return new_reader(self, { { path = target, name = basename(target) } }, nil, offset)
+end
+
+-- get(resource, id) -> record | nil, message. A full scan: files have no index.
+function Provider:get(resource, id)
+  if id == nil then return nil, self.prefix .. "get needs an id" end
+  local reader, err = self:list(resource)
+  if not reader then return nil, err end
+  local want, field = tostring(id), self.id_field
+  while true do
+    local record = reader:next()
+    if record == nil then
+      reader:close()
+      return nil, "not found"
+    end
+    if record and record[field] ~= nil and tostring(record[field]) == want then
+      reader:close()
+      return record
+    end
+  end
+end
+
+function Provider:id(record)
+  return record[self.id_field]
+end
+
+-- Validation ---------------------------------------------------------------
+
+local function nonempty(value)
+  return type(value) == "string" and value ~= ""
+end
+
+local function check_common(config)
+  if type(config) ~= "table" then
+    return "expects a table, got " .. type(config)
+  end
+  if config.dir == nil and config.path == nil then
+    return "needs dir (a drop folder) or path (one file)"
+  end
+  if config.dir ~= nil and config.path ~= nil then
+    return "takes dir or path, not both"
+  end
+  for _, key in ipairs { "dir", "path" } do
+    if config[key] ~= nil and not nonempty(config[key]) then
+      return key .. " must be a non-empty string"
+    end
+  end
+  if config.id ~= nil and not nonempty(config.id) then
+    return "id must be a non-empty string (the field holding the remote id)"
+  end
+  local processed = config.processed
+  if processed ~= nil and processed ~= false and not (nonempty(processed)
+      and not find(processed, "/", 1, true) and processed ~= "." and processed ~= "..") then
+    return "processed must be false or a folder name without '/'"
+  end
+end
+
+-- provider(spec) -> the module a provider file returns.
+--   spec.kind        "ndjson", used in messages
+--   spec.extensions  file name endings read from a drop folder, lower case
+--   spec.validate    optional: config -> message | nil, for its own options
+--   spec.open        (file, name, config) -> source; source:next() gives
+--                    record | nil at end | false, message; source.broken set
+--                    true means it stopped early and the file must stay
+function M.provider(spec)
+  local prefix = "provider " .. spec.kind .. ": "
+  local P = {}
+
+  function P.validate(config)
+    local message = check_common(config) or (spec.validate and spec.validate(config))
+    if message then return nil, prefix .. message end
+    return true
+  end
+
+  function P.new(config, ctx)
+    local ok, err = P.validate(config)
+    if not ok then error(err, 0) end
+    ctx = ctx or {}
+    if ctx.base_dir ~= nil and type(ctx.base_dir) ~= "string" then
+      error(prefix .. "ctx.base_dir must be a string", 0)
+    end
+    local processed = config.processed
+    if processed == nil then processed = "processed" end
+    return setmetatable({
+      config = config,
+      name = ctx.name or spec.kind,
+      base_dir = ctx.base_dir or ".",
+      id_field = config.id or "id",
+      processed = processed,
+      prefix = prefix,
+      _extensions = spec.extensions,
+      _open = spec.open,
+    }, Provider)
+  end
+
+  return P
+end
+
+return M

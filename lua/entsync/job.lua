@@ -1,0 +1,359 @@
+-- entsync.job: the job DSL and its validation.
+--
+-- A job file runs in an environment holding store, entity, provider, sync
+-- and env. The calls only collect declarations (with the file and line of
+-- each); validate() then checks them as a whole, so a broken job fails
+-- before anything runs, with one line naming where.
+
+local core = require "entsync.core"
+local errors = require "entsync.errors"
+local mapping = require "entsync.mapping"
+
+local M = {}
+
+M.field_types = { text = true, integer = true, real = true, boolean = true, json = true, timestamp = true }
+
+local sync_options = {
+  remote = true, entity = true, mapping = true, import = true, export = true, id = true,
+  changed = true, depends_on = true, schedule = true, on_missing = true, filter = true,
+  after_map = true, conflict = true, description = true,
+}
+local import_options = {
+  mode = true, changed = true, limit = true, deletes = true, batch = true, retry = true,
+}
+local provider_marker = {}
+
+-- The job file's own frame: the nearest caller whose chunk is a file.
+local function where_called(job)
+  for level = 3, 8 do
+    local info = debug.getinfo(level, "Sl")
+    if not info then break end
+    if info.source == job.chunkname then
+      return { file = job.display_path, line = info.currentline }
+    end
+  end
+  return { file = job.display_path, line = 0 }
+end
+
+local function check_name(where, what, name)
+  if type(name) ~= "string" then
+    errors.config(where, "%s name must be a string, got %s", what, type(name))
+  end
+  if not core.valid_identifier(name) then
+    errors.config(where, "%s name \"%s\" is not an identifier (letters, digits and _, not starting with a digit)",
+      what, name)
+  end
+end
+
+local function dsl_store(job)
+  return function(path)
+    local where = where_called(job)
+    if type(path) ~= "string" or path == "" then
+      errors.config(where, "store expects a file path, got %s", type(path))
+    end
+    if job.store_where then
+      errors.config(where, "store is already declared at line %d", job.store_where.line)
+    end
+    job.store_path, job.store_where = path, where
+  end
+end
+
+local function dsl_entity(job)
+  return function(name)
+    local where = where_called(job)
+    check_name(where, "entity", name)
+    if name:lower():match("^entsync_") or name:lower():match("^sqlite_") then
+      errors.config(where, "entity \"%s\": names starting with entsync_ or sqlite_ are reserved", name)
+    end
+    if job.entities[name] then
+      errors.config(where, "entity \"%s\" is already declared at line %d", name, job.entities[name].where.line)
+    end
+    return function(fields)
+      if type(fields) ~= "table" then
+        errors.config(where, "entity \"%s\" expects a table of fields, got %s", name, type(fields))
+      end
+      local decl = { name = name, fields = {}, where = where }
+      for field, field_type in pairs(fields) do
+        if type(field) ~= "string" or not core.valid_identifier(field) then
+          errors.config(where, "entity \"%s\": field name %s is not an identifier", name,
+            type(field) == "string" and ('"' .. field .. '"') or tostring(field))
+        end
+        if field == "id" then
+          errors.config(where, "entity \"%s\": field \"id\" is the primary key and cannot be declared", name)
+        end
+        if not M.field_types[field_type] then
+          errors.config(where, "entity \"%s\": field \"%s\" has unknown type %s (text, integer, real, boolean, json, timestamp)",
+            name, field, type(field_type) == "string" and ('"' .. field_type .. '"') or type(field_type))
+        end
+        decl.fields[field] = field_type
+      end
+      job.entities[name] = decl
+      job.entity_order[#job.entity_order + 1] = name
+      return decl
+    end
+  end
+end
+
+-- A provider handle; calling it with a resource names what a sync reads.
+local function new_provider(job, module_name, module, config, where)
+  local handle = {
+    kind = provider_marker, type = module_name, module = module, config = config,
+    where = where, name = config.name or module_name,
+  }
+  return setmetatable(handle, {
+    __call = function(self, resource)
+      return { kind = provider_marker, provider = self, resource = resource, where = where_called(job) }
+    end,
+  })
+end
+
+local function dsl_provider(job)
+  return function(module_name)
+    local where = where_called(job)
+    if type(module_name) ~= "string" then
+      errors.config(where, "provider expects a provider name such as \"ndjson\", got %s", type(module_name))
+    end
+    local ok, module = pcall(require, "providers." .. module_name)
+    if not ok then
+      local missing = tostring(module):match("^module '[^']+' not found")
+      errors.config(where, "provider \"%s\": %s", module_name,
+        missing and "no such provider (looked for providers/" .. module_name .. ".lua)" or tostring(module))
+    end
+    if type(module) ~= "table" or type(module.new) ~= "function" then
+      errors.config(where, "provider \"%s\": its module must return a table with a new function", module_name)
+    end
+    return function(config)
+      if type(config) ~= "table" then
+        errors.config(where, "provider \"%s\" expects a table of settings, got %s", module_name, type(config))
+      end
+      if module.validate then
+        local valid, err = module.validate(config)
+        if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
+      end
+      local handle = new_provider(job, module_name, module, config, where)
+      job.providers[#job.providers + 1] = handle
+      return handle
+    end
+  end
+end
+
+local function dsl_sync(job)
+  return function(name)
+    local where = where_called(job)
+    check_name(where, "sync", name)
+    if job.syncs[name] then
+      errors.config(where, "sync \"%s\" is already declared at line %d", name, job.syncs[name].where.line)
+    end
+    return function(spec)
+      if type(spec) ~= "table" then
+        errors.config(where, "sync \"%s\" expects a table of settings, got %s", name, type(spec))
+      end
+      job.syncs[name] = { name = name, spec = spec, where = where }
+      job.sync_order[#job.sync_order + 1] = name
+      return job.syncs[name]
+    end
+  end
+end
+
+local function dsl_env(job)
+  return function(name, default)
+    local where = where_called(job)
+    if type(name) ~= "string" then
+      errors.config(where, "env expects a variable name, got %s", type(name))
+    end
+    local value = os.getenv(name)
+    if value == nil then
+      if default == nil then
+        errors.config(where, "environment variable %s is not set (give env a default to make it optional)", name)
+      end
+      return default
+    end
+    return value
+  end
+end
+
+-- validation ----------------------------------------------------------------
+
+local function sync_error(sync, fmt, ...)
+  errors.config(sync.where, "sync \"%s\": " .. fmt, sync.name, ...)
+end
+
+local function check_options(sync, tbl, allowed, what)
+  for key in pairs(tbl) do
+    if not allowed[key] then
+      local names = {}
+      for option in pairs(allowed) do names[#names + 1] = option end
+      table.sort(names)
+      sync_error(sync, "unknown %s option \"%s\" (known: %s)", what, tostring(key), table.concat(names, ", "))
+    end
+  end
+end
+
+local function validate_import(sync)
+  local import = sync.spec.import or {}
+  if type(import) ~= "table" then sync_error(sync, "import must be a table, got %s", type(import)) end
+  check_options(sync, import, import_options, "import")
+  local settings = {
+    mode = import.mode or "full",
+    changed = import.changed or sync.spec.changed,
+    limit = import.limit,
+    deletes = import.deletes or "keep",
+    batch = import.batch or 1000,
+    retry = import.retry ~= false,
+  }
+  if settings.mode ~= "full" and settings.mode ~= "incremental" then
+    sync_error(sync, "import mode must be \"full\" or \"incremental\", got %s", tostring(settings.mode))
+  end
+  if settings.mode == "incremental" and not settings.changed then
+    sync_error(sync, "incremental imports need the changed field (import = { changed = \"updated_at\" })")
+  end
+  if settings.limit ~= nil and (math.type(settings.limit) ~= "integer" or settings.limit < 1) then
+    sync_error(sync, "import limit must be a positive integer, got %s", tostring(settings.limit))
+  end
+  if math.type(settings.batch) ~= "integer" or settings.batch < 1 then
+    sync_error(sync, "import batch must be a positive integer, got %s", tostring(settings.batch))
+  end
+  if settings.deletes ~= "keep" and settings.deletes ~= "delete" and settings.deletes ~= "flag" then
+    sync_error(sync, "import deletes must be \"keep\", \"delete\" or \"flag\", got %s", tostring(settings.deletes))
+  end
+  if settings.changed ~= nil and type(settings.changed) ~= "string" then
+    sync_error(sync, "changed must be a field name, got %s", type(settings.changed))
+  end
+  return settings
+end
+
+local function validate_sync(job, sync)
+  local spec = sync.spec
+  check_options(sync, spec, sync_options, "sync")
+  local remote = spec.remote
+  if type(remote) ~= "table" or remote.kind ~= provider_marker then
+    sync_error(sync, "remote must be a provider (remote = crm \"contacts\"), got %s", type(remote))
+  end
+  if remote.provider then
+    sync.provider, sync.resource = remote.provider, remote.resource
+  else
+    sync.provider, sync.resource = remote, nil
+  end
+  local entities = spec.entity
+  if type(entities) == "string" then entities = { entities } end
+  if type(entities) ~= "table" or #entities == 0 then
+    sync_error(sync, "entity must name a declared entity or a list of them")
+  end
+  for _, entity in ipairs(entities) do
+    if type(entity) ~= "string" then sync_error(sync, "entity names must be strings, got %s", type(entity)) end
+    if not job.entities[entity] then sync_error(sync, "entity \"%s\" is not declared", entity) end
+  end
+  sync.entities = entities
+  sync.import = validate_import(sync)
+  sync.id_field = spec.id or sync.provider.config.id or "id"
+  sync.changed_field = sync.import.changed
+  if spec.mapping == nil then sync_error(sync, "mapping is missing (a module name such as \"mappings.contact\", or a table)") end
+  sync.mapping = mapping.compile(job, sync, spec.mapping)
+  local depends = spec.depends_on or {}
+  if type(depends) == "string" then depends = { depends } end
+  for _, other in ipairs(depends) do
+    if not job.syncs[other] then sync_error(sync, "depends_on names sync \"%s\", which is not declared", tostring(other)) end
+  end
+  sync.depends_on = depends
+end
+
+-- Orders syncs so each comes after what it depends on; a cycle is an error
+-- that names it.
+local function order_syncs(job)
+  local order, state = {}, {}
+  local function visit(name, path)
+    if state[name] == "done" then return end
+    if state[name] == "visiting" then
+      local cycle, started = {}, false
+      for _, step in ipairs(path) do
+        if step == name then started = true end
+        if started then cycle[#cycle + 1] = step end
+      end
+      cycle[#cycle + 1] = name
+      local sync = job.syncs[name]
+      sync_error(sync, "depends_on forms a cycle: %s", table.concat(cycle, " -> "))
+    end
+    state[name] = "visiting"
+    path[#path + 1] = name
+    for _, other in ipairs(job.syncs[name].depends_on) do visit(other, path) end
+    path[#path] = nil
+    state[name] = "done"
+    order[#order + 1] = name
+  end
+  for _, name in ipairs(job.sync_order) do visit(name, {}) end
+  job.run_order = order
+end
+
+function M.validate(job)
+  for _, name in ipairs(job.sync_order) do validate_sync(job, job.syncs[name]) end
+  order_syncs(job)
+  return job
+end
+
+-- The syncs to run for the given names (all when empty), with what each
+-- depends on, in dependency order.
+function M.plan(job, names)
+  if not names or #names == 0 then return job.run_order end
+  local wanted = {}
+  local function want(name)
+    if wanted[name] then return end
+    wanted[name] = true
+    for _, other in ipairs(job.syncs[name].depends_on) do want(other) end
+  end
+  for _, name in ipairs(names) do
+    if not job.syncs[name] then
+      errors.raise("usage", string.format("%s: no sync named \"%s\" (declared: %s)", job.display_path, name,
+        table.concat(job.sync_order, ", ")))
+    end
+    want(name)
+  end
+  local order = {}
+  for _, name in ipairs(job.run_order) do
+    if wanted[name] then order[#order + 1] = name end
+  end
+  return order
+end
+
+local function dirname(path)
+  return path:match("^(.*)/[^/]*$") or "."
+end
+
+local function absolute(path)
+  if path:sub(1, 1) == "/" then return path end
+  local cwd = core.cwd()
+  if path == "." then return cwd end
+  return (cwd .. "/" .. path:gsub("^%./", ""))
+end
+
+-- Loads and validates the job file at path; raises a config error naming
+-- the file and line on any problem.
+function M.load(path)
+  local job = {
+    path = path, display_path = path, chunkname = "@" .. path,
+    dir = absolute(dirname(path)),
+    entities = {}, entity_order = {}, providers = {}, syncs = {}, sync_order = {},
+  }
+  local env = setmetatable({
+    store = dsl_store(job), entity = dsl_entity(job), provider = dsl_provider(job),
+    sync = dsl_sync(job), env = dsl_env(job),
+  }, { __index = _G })
+  local file = io.open(path, "r")
+  if not file then errors.raise("usage", string.format("%s: cannot open the job file", path)) end
+  local source = file:read("a")
+  file:close()
+  local chunk, err = load(source, job.chunkname, "t", env)
+  if not chunk then errors.raise("config", err) end
+  local ok, failure = xpcall(chunk, function(e)
+    if errors.is(e) then return e end
+    return errors.new("config", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+  end)
+  if not ok then error(failure, 0) end
+  if not next(job.syncs) and not next(job.entities) then
+    errors.raise("config", string.format("%s: declares no entity and no sync", path))
+  end
+  local store_path = job.store_path or "entsync.db"
+  job.store_file = store_path:sub(1, 1) == "/" and store_path or (job.dir .. "/" .. store_path)
+  return M.validate(job)
+end
+
+return M

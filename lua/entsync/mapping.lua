@@ -1,0 +1,295 @@
+-- entsync.mapping: mapping tables, compiled once per sync and applied to
+-- every record.
+--
+-- A mapping is keyed by local field. A value is a remote path ("email",
+-- "company.name", "addresses[1].city") or a table { path, import = fn,
+-- export = fn, default = v, required = true, type = "integer" }. A sync
+-- over several entities (a split) has one sub-table per entity. Compiling
+-- checks every field against the entity's declaration and remembers the
+-- file and line of each, so errors point at the mapping source.
+
+local cjson = require "cjson"
+local errors = require "entsync.errors"
+
+local M = {}
+
+local null = cjson.null
+local field_options = { path = true, import = true, export = true, default = true, required = true, type = true }
+
+-- Compiles "a.b[2].c" into { "a", "b", 2, "c" }.
+function M.compile_path(path)
+  local keys = {}
+  for part in path:gmatch("[^%.]+") do
+    local name, rest = part:match("^([^%[]*)(.*)$")
+    if name ~= "" then keys[#keys + 1] = name end
+    for index in rest:gmatch("%[(%d+)%]") do keys[#keys + 1] = tonumber(index) end
+    if rest:gsub("%[%d+%]", "") ~= "" then return nil end
+  end
+  if #keys == 0 then return nil end
+  return keys
+end
+
+function M.get_path(record, keys)
+  local value = record
+  for i = 1, #keys do
+    if type(value) ~= "table" then return nil end
+    value = value[keys[i]]
+  end
+  return value
+end
+
+-- The line of "key =" in a mapping source, searched from a given line, so
+-- errors about a field point at the line that maps it.
+local function key_line(source_lines, key, from)
+  if not source_lines then return nil end
+  local pattern = "[%s{,]" .. key:gsub("%p", "%%%0") .. "%s*="
+  for i = from or 1, #source_lines do
+    if (" " .. source_lines[i]):find(pattern) then return i end
+  end
+  return nil
+end
+
+local function read_lines(file)
+  local handle = file and io.open(file, "r")
+  if not handle then return nil end
+  local lines = {}
+  for line in handle:lines() do lines[#lines + 1] = line end
+  handle:close()
+  return lines
+end
+
+-- Resolves the mapping named by a sync: a module name found through
+-- package.path (beside the job first), or a table given inline.
+local function load_mapping(job, sync, value)
+  if type(value) == "table" then
+    return value, { file = job.display_path, lines = read_lines(job.path), base = sync.where.line }
+  end
+  if type(value) ~= "string" then
+    errors.config(sync.where, "sync \"%s\": mapping must be a module name or a table, got %s", sync.name, type(value))
+  end
+  local file, err = package.searchpath(value, package.path)
+  if not file then
+    errors.config(sync.where, "sync \"%s\": mapping \"%s\" not found:%s", sync.name, value, err:gsub("\n\t", " "))
+  end
+  local chunk, load_err = loadfile(file, "t")
+  if not chunk then errors.raise("config", load_err) end
+  local ok, result = pcall(chunk)
+  if not ok then errors.raise("config", tostring(result)) end
+  if type(result) ~= "table" then
+    errors.config({ file = file, line = 1 }, "mapping must return a table, got %s", type(result))
+  end
+  return result, { file = file, lines = read_lines(file), base = 1 }
+end
+
+local function compile_field(job, sync, entity, field, spec, source, entity_line)
+  local line = key_line(source.lines, field, entity_line) or entity_line or source.base
+  local where = { file = source.file, line = line }
+  local function fail(fmt, ...)
+    errors.config(where, "sync \"%s\": " .. fmt, sync.name, ...)
+  end
+  local declared = job.entities[entity].fields
+  if type(field) ~= "string" then fail("mapping keys must be local field names, got %s", type(field)) end
+  if not declared[field] then
+    fail("field \"%s\" is not declared in entity \"%s\"", field, entity)
+  end
+  if type(spec) == "string" then spec = { spec } end
+  if type(spec) == "function" then spec = { import = spec } end
+  if type(spec) ~= "table" then
+    fail("field \"%s\": expected a remote path, a function or a table, got %s", field, type(spec))
+  end
+  for key in pairs(spec) do
+    if key ~= 1 and not field_options[key] then fail("field \"%s\": unknown option \"%s\"", field, tostring(key)) end
+  end
+  local path = spec.path or spec[1]
+  local keys
+  if path ~= nil then
+    if type(path) ~= "string" then fail("field \"%s\": path must be a string, got %s", field, type(path)) end
+    keys = M.compile_path(path)
+    if not keys then fail("field \"%s\": \"%s\" is not a remote path (name.name[1].name)", field, path) end
+  end
+  for _, callback in ipairs({ "import", "export" }) do
+    if spec[callback] ~= nil and type(spec[callback]) ~= "function" then
+      fail("field \"%s\": %s must be a function, got %s", field, callback, type(spec[callback]))
+    end
+  end
+  if spec.required and not keys and not spec.import then
+    fail("field \"%s\" is required but has no path", field)
+  end
+  local field_type = spec.type or declared[field]
+  if spec.type and not require("entsync.job").field_types[spec.type] then
+    fail("field \"%s\": unknown type \"%s\"", field, tostring(spec.type))
+  end
+  return {
+    name = field, path = path, keys = keys, import = spec.import, export = spec.export,
+    default = spec.default, required = spec.required, type = field_type, where = where,
+  }
+end
+
+-- Compiles the mapping of a sync into { entities = { { name, fields } } }.
+function M.compile(job, sync, value)
+  local tbl, source = load_mapping(job, sync, value)
+  local split = #sync.entities > 1
+  local single = sync.entities[1]
+  if not split and type(tbl[single]) == "table" and next(tbl, next(tbl)) == nil
+     and not job.entities[single].fields[single] then
+    split = true
+  end
+  local compiled = { entities = {}, source = source.file }
+  for key in pairs(tbl) do
+    if split then
+      local known = false
+      for _, entity in ipairs(sync.entities) do known = known or entity == key end
+      if not known then
+        local line = key_line(source.lines, tostring(key)) or source.base
+        errors.config({ file = source.file, line = line }, "sync \"%s\": mapping names entity \"%s\", which the sync does not write",
+          sync.name, tostring(key))
+      end
+    end
+  end
+  for _, entity in ipairs(sync.entities) do
+    local fields_spec = split and tbl[entity] or tbl
+    local entity_line = split and key_line(source.lines, entity) or source.base
+    if type(fields_spec) ~= "table" then
+      errors.config({ file = source.file, line = entity_line or 1 }, "sync \"%s\": mapping has no table for entity \"%s\"",
+        sync.name, entity)
+    end
+    local fields, names = {}, {}
+    for field in pairs(fields_spec) do names[#names + 1] = field end
+    table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
+    for _, field in ipairs(names) do
+      fields[#fields + 1] = compile_field(job, sync, entity, field, fields_spec[field], source, entity_line)
+    end
+    local columns, json_fields = {}, {}
+    for i, field in ipairs(fields) do
+      columns[i] = field.name
+      if field.type == "json" then json_fields[#json_fields + 1] = field.name end
+    end
+    compiled.entities[#compiled.entities + 1] = { name = entity, fields = fields, columns = columns, json_fields = json_fields }
+  end
+  return compiled
+end
+
+-- coercion -------------------------------------------------------------------
+
+local function describe(value)
+  if type(value) == "string" then return string.format("%q", value) end
+  if type(value) == "table" then return "a table" end
+  return tostring(value)
+end
+
+local function iso_from_epoch(seconds)
+  local whole = math.floor(seconds)
+  local text = os.date("!%Y-%m-%dT%H:%M:%S", whole)
+  local fraction = seconds - whole
+  if fraction > 0 then text = text .. string.format(".%03d", math.floor(fraction * 1000 + 0.5)) end
+  return text .. "Z"
+end
+
+local coerce = {}
+
+function coerce.text(value)
+  local t = type(value)
+  if t == "string" then return value end
+  if t == "number" then
+    return math.type(value) == "float" and value == math.floor(value) and math.abs(value) < 2^53
+      and string.format("%d", value) or tostring(value)
+  end
+  if t == "boolean" then return tostring(value) end
+  return nil
+end
+
+function coerce.integer(value)
+  if math.type(value) == "integer" then return value end
+  if type(value) == "number" then return math.tointeger(value) end
+  if type(value) == "string" and value:match("^%s*[-+]?%d+%s*$") then return math.tointeger(tonumber(value)) end
+  if type(value) == "boolean" then return value and 1 or 0 end
+  return nil
+end
+
+function coerce.real(value)
+  if type(value) == "number" then return value + 0.0 end
+  if type(value) == "string" then
+    local n = tonumber(value)
+    return n and n + 0.0
+  end
+  return nil
+end
+
+local truthy = { ["true"] = true, ["1"] = true, yes = true, on = true, ["false"] = false, ["0"] = false, no = false, off = false }
+
+function coerce.boolean(value)
+  if type(value) == "boolean" then return value end
+  if value == 1 or value == 0 then return value == 1 end
+  if type(value) == "string" then return truthy[value:lower()] end
+  return nil
+end
+
+function coerce.json(value)
+  return value
+end
+
+function coerce.timestamp(value)
+  if type(value) == "number" then return iso_from_epoch(value) end
+  if type(value) == "string" and value:match("^%d%d%d%d%-%d%d%-%d%d") then return value end
+  return nil
+end
+
+M.coerce = coerce
+M.iso_from_epoch = iso_from_epoch
+
+-- Applies a compiled mapping to a record. Returns { entity = values } or
+-- raises an entity error naming the field, the problem and the mapping
+-- line. Values are typed but not yet encoded: the content hash is taken
+-- over them, so json fields hash by content, not by encoder key order.
+function M.apply(compiled, record, ctx)
+  local mapped = {}
+  for e = 1, #compiled.entities do
+    local entity = compiled.entities[e]
+    local values = {}
+    local fields = entity.fields
+    for i = 1, #fields do
+      local field = fields[i]
+      local value
+      if field.keys then value = M.get_path(record, field.keys) else value = record end
+      if field.import then
+        local ok, result = pcall(field.import, value, record, ctx)
+        if not ok then
+          errors.raise("entity", string.format("field %s: %s (%s:%d)", field.name,
+            errors.is(result) and result.message or tostring(result), field.where.file, field.where.line))
+        end
+        value = result
+      end
+      if value == nil or value == null then value = field.default end
+      if value == nil then
+        if field.required then
+          errors.raise("entity", string.format("field %s: required value missing at %s (%s:%d)", field.name,
+            field.path or "(callback)", field.where.file, field.where.line))
+        end
+      else
+        local typed = coerce[field.type](value)
+        if typed == nil then
+          errors.raise("entity", string.format("field %s: expected %s, got %s (%s:%d)", field.name, field.type,
+            describe(value), field.where.file, field.where.line))
+        end
+        values[field.name] = typed
+      end
+    end
+    mapped[entity.name] = values
+  end
+  return mapped
+end
+
+-- The row to store for mapped values: json fields encoded.
+function M.storable(entity, values)
+  local json_fields = entity.json_fields
+  if #json_fields == 0 then return values end
+  local row = {}
+  for k, v in pairs(values) do row[k] = v end
+  for i = 1, #json_fields do
+    local name = json_fields[i]
+    if row[name] ~= nil then row[name] = cjson.encode(row[name]) end
+  end
+  return row
+end
+
+return M

@@ -1,0 +1,39 @@
+-- ndjson: one JSON object per line (.ndjson, .jsonl), read line by line so
+-- memory stays flat whatever the file size.
+--
+--   provider "ndjson" { dir = "inbox" }                 -- a drop folder
+--   provider "ndjson" { path = "data/contacts.ndjson" } -- one file
+
+local filesource = require "entsync.filesource"
+
+local find = string.find
+local decode_object, located, strip_bom =
+  filesource.decode_object, filesource.located, filesource.strip_bom
+
+local function open(f, name)
+  local line_no = 0
+  local source = {}
+
+  function source.next()
+    while true do
+      local line = f:read("l")
+      if not line then return nil end
+      line_no = line_no + 1
+      if line_no == 1 then line = strip_bom(line) end
+      -- Blank lines carry no record: editors and concatenation leave them.
+      if find(line, "[^ \t\r]") then
+        local record, err = decode_object(line)
+        if record then return record end
+        return false, located(name, line_no, err)
+      end
+    end
+  end
+
+  return source
+end
+
+return filesource.provider {
+  kind = "ndjson",
+  extensions = { ".ndjson", ".jsonl" },
+  open = open,
+}

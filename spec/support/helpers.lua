@@ -1,0 +1,127 @@
+-- Helpers shared by entsync's specs: temp dirs, files, and the real
+-- entsync-run binary run as a child process.
+
+local core = require "entsync.core"
+
+local M = {}
+
+local function shell_quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = shell_quote
+
+local root = core.cwd()
+M.root = root
+M.bin = os.getenv("ENTSYNC_BIN") or (root .. "/bin/entsync-run")
+
+function M.tmpdir()
+  local name = os.tmpname()
+  os.remove(name)
+  assert(core.mkdir(name))
+  return name
+end
+
+function M.rmdir(dir)
+  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
+end
+
+function M.write(path, content)
+  local dir = path:match("^(.*)/[^/]*$")
+  if dir then os.execute("mkdir -p " .. shell_quote(dir)) end
+  local f = assert(io.open(path, "wb"))
+  f:write(content)
+  f:close()
+  return path
+end
+
+function M.read(path)
+  local f = io.open(path, "rb")
+  if not f then return nil end
+  local content = f:read("a")
+  f:close()
+  return content
+end
+
+local function command_line(args)
+  if type(args) == "string" then return args end
+  local parts = {}
+  for i, arg in ipairs(args) do parts[i] = shell_quote(arg) end
+  return table.concat(parts, " ")
+end
+
+-- Runs entsync-run with args (a table, or a string already quoted) in dir;
+-- returns { code, stdout, stderr }.
+function M.run(dir, args, env)
+  local out, err = os.tmpname(), os.tmpname()
+  local prefix = ""
+  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
+  local cmd = string.format("cd %s && %s%s %s </dev/null >%s 2>%s", shell_quote(dir), prefix, shell_quote(M.bin),
+    command_line(args), out, err)
+  local _, _, code = os.execute(cmd)
+  local result = { code = code, stdout = M.read(out) or "", stderr = M.read(err) or "" }
+  os.remove(out)
+  os.remove(err)
+  return result
+end
+
+-- Starts entsync-run in the background; returns its pid and the paths of
+-- its stdout and stderr.
+function M.spawn(dir, args, env)
+  local out, err = os.tmpname(), os.tmpname()
+  local prefix = ""
+  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
+  local cmd = string.format("cd %s && %sexec %s %s </dev/null >%s 2>%s & echo $!", shell_quote(dir), prefix,
+    shell_quote(M.bin), command_line(args), out, err)
+  local pipe = io.popen("sh -c " .. shell_quote(cmd))
+  local pid = tonumber(pipe:read("l"))
+  pipe:close()
+  return { pid = pid, stdout = out, stderr = err }
+end
+
+-- Is the process alive (not gone, not a zombie)?
+function M.alive(pid)
+  local stat = M.read("/proc/" .. pid .. "/stat")
+  if not stat then return false end
+  local state = stat:match("^%d+ %b() (%a)")
+  return state ~= "Z" and state ~= "X"
+end
+
+function M.kill(pid, signal)
+  os.execute(string.format("kill -%s %d 2>/dev/null", signal or "TERM", pid))
+end
+
+-- Waits until the process is gone, at most timeout seconds; true if gone.
+function M.wait_gone(pid, timeout)
+  local deadline = core.monotonic() + (timeout or 10)
+  while core.monotonic() < deadline do
+    if not M.alive(pid) then return true end
+    core.sleep(0.01)
+  end
+  return false
+end
+
+-- Polls fn until it returns a truthy value, at most timeout seconds.
+function M.wait_for(fn, timeout)
+  local deadline = core.monotonic() + (timeout or 10)
+  repeat
+    local value = fn()
+    if value then return value end
+    core.sleep(0.01)
+  until core.monotonic() >= deadline
+  return nil
+end
+
+-- Opens the store file with entsync's own C store, for assertions.
+function M.open_store(path)
+  return core.open_store(path)
+end
+
+-- Rows of a query on a store file, through a fresh connection.
+function M.query(path, sql, ...)
+  local store = core.open_store(path)
+  local rows = store:rows(sql, ...)
+  store:close()
+  return rows
+end
+
+return M

@@ -1,0 +1,28 @@
+/*
+ * core: assembles the C concerns into the entsync.core table.
+ */
+#include "core.h"
+
+#include "fsutil.h"
+#include "hash.h"
+#include "lock.h"
+#include "store.h"
+
+#include <lauxlib.h>
+#include <sqlite3.h>
+
+int luaopen_entsync_core(lua_State *L)
+{
+    lua_newtable(L);
+    entsync_store_register(L);
+    entsync_hash_register(L);
+    entsync_lock_register(L);
+    entsync_fsutil_register(L);
+    lua_pushliteral(L, ENTSYNC_VERSION);
+    lua_setfield(L, -2, "version");
+    lua_pushstring(L, sqlite3_libversion());
+    lua_setfield(L, -2, "sqlite_version");
+    lua_pushinteger(L, ENTSYNC_SCHEMA_VERSION);
+    lua_setfield(L, -2, "schema_version");
+    return 1;
+}

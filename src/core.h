@@ -1,0 +1,15 @@
+/*
+ * core: the C side of entsync as one Lua module, "entsync.core". It is
+ * preloaded into bin/entsync-run and built as build/lib/entsync/core.so for
+ * the stock lua5.4 interpreter, from the same objects.
+ */
+#ifndef ENTSYNC_CORE_H
+#define ENTSYNC_CORE_H
+
+#include <lua.h>
+
+#define ENTSYNC_VERSION "0.1.0"
+
+int luaopen_entsync_core(lua_State *L);
+
+#endif

@@ -1,0 +1,821 @@
+/*
+ * store: SQLite persistence for one job.
+ *
+ * Every statement is prepared once and kept in a per-connection cache keyed
+ * by its SQL text (a Lua table maps the text to a slot in a C array), so the
+ * hot paths of an import bind and step statements that already exist. Names
+ * of tables and columns come from job files, so they are validated as
+ * identifiers and quoted; values are always bound, never pasted into SQL.
+ */
+#include "store.h"
+
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define STORE_META "entsync.store"
+#define WRITER_META "entsync.writer"
+#define IDENT_MAX 63
+
+struct entsync_store {
+    sqlite3 *db;
+    char *path;
+    sqlite3_stmt **stmts;
+    int count, cap;
+};
+
+/* Forward migrations of entsync's own tables; entry i brings the schema
+ * from version i to version i + 1. Never edit a released entry: add one. */
+static const char *const migrations[] = {
+    "CREATE TABLE entsync_idmap ("
+    "  sync TEXT NOT NULL, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"
+    "  remote_id TEXT NOT NULL, changed, hash INTEGER, synced_at REAL,"
+    "  seen_pass INTEGER, gone_at REAL,"
+    "  PRIMARY KEY (sync, remote_id, entity)) WITHOUT ROWID;"
+    "CREATE UNIQUE INDEX entsync_idmap_local ON entsync_idmap (sync, entity, local_id);"
+    "CREATE TABLE entsync_state ("
+    "  sync TEXT PRIMARY KEY, cursor_mark, cursor_id TEXT,"
+    "  pass INTEGER NOT NULL DEFAULT 0, pass_resume TEXT,"
+    "  pass_open INTEGER NOT NULL DEFAULT 0, updated_at REAL);"
+    "CREATE TABLE entsync_runs ("
+    "  id INTEGER PRIMARY KEY, sync TEXT NOT NULL, operation TEXT NOT NULL, mode TEXT,"
+    "  started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,"
+    "  created INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0,"
+    "  unchanged INTEGER NOT NULL DEFAULT 0, stale INTEGER NOT NULL DEFAULT 0,"
+    "  failed INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,"
+    "  skipped INTEGER NOT NULL DEFAULT 0,"
+    "  cursor_before TEXT, cursor_after TEXT, error TEXT, pid INTEGER, host TEXT);"
+    "CREATE INDEX entsync_runs_sync ON entsync_runs (sync, id);"
+    "CREATE TABLE entsync_failures ("
+    "  sync TEXT NOT NULL, remote_id TEXT NOT NULL, local_id INTEGER,"
+    "  error TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 1,"
+    "  first_at REAL NOT NULL, last_at REAL NOT NULL, next_at REAL NOT NULL,"
+    "  PRIMARY KEY (sync, remote_id)) WITHOUT ROWID;"
+    "CREATE TABLE entsync_outbox ("
+    "  id INTEGER PRIMARY KEY, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"
+    "  operation TEXT NOT NULL, queued_at REAL NOT NULL,"
+    "  attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, next_at REAL,"
+    "  UNIQUE (entity, local_id));"
+    "CREATE TABLE entsync_locks ("
+    "  name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL,"
+    "  host TEXT NOT NULL, acquired_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"
+    "  expires_at REAL NOT NULL) WITHOUT ROWID;",
+};
+
+#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+
+/* --- errors and identifiers ------------------------------------------- */
+
+int entsync_store_error(lua_State *L, entsync_store *store, const char *sql)
+{
+    const char *message = store->db ? sqlite3_errmsg(store->db) : "store is closed";
+    if (sql)
+        return luaL_error(L, "store %s: %s (in: %.80s)", store->path, message, sql);
+    return luaL_error(L, "store %s: %s", store->path, message);
+}
+
+static int is_identifier(const char *name, size_t len)
+{
+    if (len == 0 || len > IDENT_MAX)
+        return 0;
+    if (!(name[0] == '_' || (name[0] >= 'A' && name[0] <= 'Z') || (name[0] >= 'a' && name[0] <= 'z')))
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        char c = name[i];
+        if (!(c == '_' || (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')))
+            return 0;
+    }
+    return 1;
+}
+
+static int has_reserved_prefix(const char *name)
+{
+    return strncasecmp(name, "entsync_", 8) == 0 || strncasecmp(name, "sqlite_", 7) == 0;
+}
+
+/* Checks argument idx is an identifier usable as a table or column name. */
+static const char *check_identifier(lua_State *L, int idx, const char *what)
+{
+    size_t len;
+    const char *name = luaL_checklstring(L, idx, &len);
+    if (!is_identifier(name, len))
+        luaL_error(L, "%s \"%s\" is not an identifier (letters, digits and _, not starting with a digit, at most %d)",
+                   what, name, IDENT_MAX);
+    return name;
+}
+
+/* valid_identifier(name) -> boolean */
+static int store_valid_identifier(lua_State *L)
+{
+    size_t len;
+    const char *name = lua_tolstring(L, 1, &len);
+    lua_pushboolean(L, lua_type(L, 1) == LUA_TSTRING && is_identifier(name, len));
+    return 1;
+}
+
+/* --- the handle -------------------------------------------------------- */
+
+static entsync_store *to_store(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, STORE_META);
+}
+
+entsync_store *entsync_store_check(lua_State *L, int idx)
+{
+    entsync_store *store = to_store(L, idx);
+    if (!store->db)
+        luaL_error(L, "store %s is closed", store->path ? store->path : "?");
+    return store;
+}
+
+sqlite3 *entsync_store_db(entsync_store *store)
+{
+    return store->db;
+}
+
+/* Finalizes every cached statement and closes the connection; safe to call
+ * again (from __gc after close()). */
+static void store_release(entsync_store *store)
+{
+    for (int i = 0; i < store->count; i++)
+        sqlite3_finalize(store->stmts[i]);
+    free(store->stmts);
+    store->stmts = NULL;
+    store->count = store->cap = 0;
+    if (store->db) {
+        sqlite3_close(store->db);
+        store->db = NULL;
+    }
+}
+
+static int store_gc(lua_State *L)
+{
+    entsync_store *store = to_store(L, 1);
+    store_release(store);
+    free(store->path);
+    store->path = NULL;
+    return 0;
+}
+
+static int store_close(lua_State *L)
+{
+    store_release(to_store(L, 1));
+    return 0;
+}
+
+/* The statement for the SQL string at sql_idx. Looking the cache up with the
+ * caller's own Lua string reuses its cached hash, which matters on hot
+ * paths where the same constant SQL is run per entity. */
+static sqlite3_stmt *stmt_for(lua_State *L, int store_idx, int sql_idx)
+{
+    entsync_store *store = entsync_store_check(L, store_idx);
+    sql_idx = lua_absindex(L, sql_idx);
+    lua_getiuservalue(L, store_idx, 1);
+    lua_pushvalue(L, sql_idx);
+    lua_rawget(L, -2);
+    int slot = lua_isinteger(L, -1) ? (int)lua_tointeger(L, -1) : -1;
+    lua_pop(L, 1);
+    if (slot >= 0) {
+        lua_pop(L, 1);
+        sqlite3_stmt *stmt = store->stmts[slot];
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+        return stmt;
+    }
+    const char *sql = lua_tostring(L, sql_idx);
+    if (store->count == store->cap) {
+        int cap = store->cap ? store->cap * 2 : 32;
+        sqlite3_stmt **grown = realloc(store->stmts, (size_t)cap * sizeof *grown);
+        if (!grown)
+            luaL_error(L, "store %s: out of memory", store->path);
+        store->stmts = grown;
+        store->cap = cap;
+    }
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v3(store->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
+        entsync_store_error(L, store, sql);
+    if (!stmt)
+        luaL_error(L, "store %s: empty statement", store->path);
+    store->stmts[store->count] = stmt;
+    lua_pushvalue(L, sql_idx);
+    lua_pushinteger(L, store->count++);
+    lua_rawset(L, -3);
+    lua_pop(L, 1);
+    return stmt;
+}
+
+sqlite3_stmt *entsync_store_stmt(lua_State *L, int store_idx, const char *sql)
+{
+    store_idx = lua_absindex(L, store_idx);
+    lua_pushstring(L, sql);
+    sqlite3_stmt *stmt = stmt_for(L, store_idx, -1);
+    lua_pop(L, 1);
+    return stmt;
+}
+
+void entsync_store_bind(lua_State *L, entsync_store *store, sqlite3_stmt *stmt,
+                        int n, int idx, const char *what)
+{
+    int rc;
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        rc = sqlite3_bind_null(stmt, n);
+        break;
+    case LUA_TLIGHTUSERDATA: /* cjson.null */
+        rc = sqlite3_bind_null(stmt, n);
+        break;
+    case LUA_TBOOLEAN:
+        rc = sqlite3_bind_int(stmt, n, lua_toboolean(L, idx));
+        break;
+    case LUA_TNUMBER:
+        if (lua_isinteger(L, idx))
+            rc = sqlite3_bind_int64(stmt, n, (sqlite3_int64)lua_tointeger(L, idx));
+        else
+            rc = sqlite3_bind_double(stmt, n, (double)lua_tonumber(L, idx));
+        break;
+    case LUA_TSTRING: {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        rc = sqlite3_bind_text64(stmt, n, s, len, SQLITE_TRANSIENT, SQLITE_UTF8);
+        break;
+    }
+    default:
+        sqlite3_reset(stmt);
+        luaL_error(L, "cannot store a %s in %s", luaL_typename(L, idx), what);
+        return;
+    }
+    if (rc != SQLITE_OK) {
+        sqlite3_reset(stmt);
+        entsync_store_error(L, store, sqlite3_sql(stmt));
+    }
+}
+
+void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i)
+{
+    switch (sqlite3_column_type(stmt, i)) {
+    case SQLITE_INTEGER:
+        lua_pushinteger(L, (lua_Integer)sqlite3_column_int64(stmt, i));
+        break;
+    case SQLITE_FLOAT:
+        lua_pushnumber(L, (lua_Number)sqlite3_column_double(stmt, i));
+        break;
+    case SQLITE_TEXT:
+        lua_pushlstring(L, (const char *)sqlite3_column_text(stmt, i),
+                        (size_t)sqlite3_column_bytes(stmt, i));
+        break;
+    case SQLITE_BLOB: {
+        const void *blob = sqlite3_column_blob(stmt, i);
+        lua_pushlstring(L, blob ? blob : "", (size_t)sqlite3_column_bytes(stmt, i));
+        break;
+    }
+    default:
+        lua_pushnil(L);
+    }
+}
+
+/* Prepares sql (argument 2) and binds arguments 3..top to it. */
+static sqlite3_stmt *prepare_with_args(lua_State *L, entsync_store **store_out)
+{
+    entsync_store *store = entsync_store_check(L, 1);
+    const char *sql = luaL_checkstring(L, 2);
+    sqlite3_stmt *stmt = stmt_for(L, 1, 2);
+    int params = sqlite3_bind_parameter_count(stmt), given = lua_gettop(L) - 2;
+    if (given > params)
+        luaL_error(L, "store: %d values given for %d parameters (in: %.80s)", given, params, sql);
+    for (int i = 1; i <= given; i++)
+        entsync_store_bind(L, store, stmt, i, i + 2, "a statement parameter");
+    *store_out = store;
+    return stmt;
+}
+
+static int step_or_raise(lua_State *L, entsync_store *store, sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        sqlite3_reset(stmt);
+        entsync_store_error(L, store, sqlite3_sql(stmt));
+    }
+    return rc;
+}
+
+static void push_row(lua_State *L, sqlite3_stmt *stmt)
+{
+    int columns = sqlite3_column_count(stmt);
+    lua_createtable(L, 0, columns);
+    for (int i = 0; i < columns; i++) {
+        entsync_store_push_column(L, stmt, i);
+        lua_setfield(L, -2, sqlite3_column_name(stmt, i));
+    }
+}
+
+/* store:run(sql, ...) -> changes, last_insert_rowid */
+static int store_run(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    while (step_or_raise(L, store, stmt) == SQLITE_ROW)
+        ;
+    sqlite3_reset(stmt);
+    lua_pushinteger(L, sqlite3_changes(store->db));
+    lua_pushinteger(L, (lua_Integer)sqlite3_last_insert_rowid(store->db));
+    return 2;
+}
+
+/* store:row(sql, ...) -> { column = value } | nil */
+static int store_row(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    if (step_or_raise(L, store, stmt) == SQLITE_ROW)
+        push_row(L, stmt);
+    else
+        lua_pushnil(L);
+    sqlite3_reset(stmt);
+    return 1;
+}
+
+/* store:value(sql, ...) -> the first column of the first row, or nil */
+static int store_value(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    if (step_or_raise(L, store, stmt) == SQLITE_ROW && sqlite3_column_count(stmt) > 0)
+        entsync_store_push_column(L, stmt, 0);
+    else
+        lua_pushnil(L);
+    sqlite3_reset(stmt);
+    return 1;
+}
+
+/* store:rows(sql, ...) -> { row, ... } */
+static int store_rows(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    lua_newtable(L);
+    lua_Integer n = 0;
+    while (step_or_raise(L, store, stmt) == SQLITE_ROW) {
+        push_row(L, stmt);
+        lua_rawseti(L, -2, ++n);
+    }
+    sqlite3_reset(stmt);
+    return 1;
+}
+
+/* store:exec(sql): runs one or more statements without parameters (DDL,
+ * pragmas, scripts); nothing is cached. */
+static int store_exec(lua_State *L)
+{
+    entsync_store *store = entsync_store_check(L, 1);
+    const char *sql = luaL_checkstring(L, 2);
+    char *message = NULL;
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
+        lua_pushfstring(L, "store %s: %s (in: %.80s)", store->path,
+                        message ? message : sqlite3_errmsg(store->db), sql);
+        sqlite3_free(message);
+        return lua_error(L);
+    }
+    return 0;
+}
+
+static int store_in_transaction(lua_State *L)
+{
+    entsync_store *store = entsync_store_check(L, 1);
+    lua_pushboolean(L, !sqlite3_get_autocommit(store->db));
+    return 1;
+}
+
+static int store_path(lua_State *L)
+{
+    entsync_store *store = to_store(L, 1);
+    lua_pushstring(L, store->path);
+    return 1;
+}
+
+static int store_is_open(lua_State *L)
+{
+    lua_pushboolean(L, to_store(L, 1)->db != NULL);
+    return 1;
+}
+
+/* store:data_version() -> integer that changes when another connection
+ * commits, for noticing outside writes cheaply. */
+static int store_data_version(lua_State *L)
+{
+    entsync_store *store = entsync_store_check(L, 1);
+    int version = 0;
+    if (sqlite3_file_control(store->db, "main", SQLITE_FCNTL_DATA_VERSION, &version) != SQLITE_OK)
+        return entsync_store_error(L, store, NULL);
+    lua_pushinteger(L, version);
+    return 1;
+}
+
+/* --- entity tables ----------------------------------------------------- */
+
+static const char *column_type(const char *field_type)
+{
+    static const char *const types[][2] = {
+        {"text", "TEXT"},    {"integer", "INTEGER"},  {"real", "REAL"},
+        {"boolean", "INTEGER"}, {"json", "TEXT"},     {"timestamp", "TEXT"},
+    };
+    for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+        if (strcmp(types[i][0], field_type) == 0)
+            return types[i][1];
+    return NULL;
+}
+
+/* Pushes the set { column = declared type } of table name. */
+static void push_columns(lua_State *L, int store_idx, const char *name)
+{
+    entsync_store *store = entsync_store_check(L, store_idx);
+    sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx,
+        "SELECT name, type FROM pragma_table_info(?1)");
+    sqlite3_bind_text(stmt, 1, name, -1, SQLITE_TRANSIENT);
+    lua_newtable(L);
+    while (step_or_raise(L, store, stmt) == SQLITE_ROW) {
+        lua_pushstring(L, (const char *)sqlite3_column_text(stmt, 1));
+        lua_setfield(L, -2, (const char *)sqlite3_column_text(stmt, 0));
+    }
+    sqlite3_reset(stmt);
+}
+
+/* store:columns(table) -> { column = declared type } (empty: no table) */
+static int store_columns(lua_State *L)
+{
+    const char *name = check_identifier(L, 2, "table");
+    push_columns(L, 1, name);
+    return 1;
+}
+
+static void exec_or_raise(lua_State *L, entsync_store *store, const char *sql)
+{
+    char *message = NULL;
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
+        lua_pushfstring(L, "store %s: %s (in: %.80s)", store->path,
+                        message ? message : sqlite3_errmsg(store->db), sql);
+        sqlite3_free(message);
+        lua_error(L);
+    }
+}
+
+/* store:define_entity(name, { field = type, ... }) -> created, { added... }
+ * Creates the table with an integer primary key "id", then adds each
+ * declared field it lacks. Nothing is ever dropped or rewritten: a column
+ * whose declaration went away stays, with its data. */
+static int store_define_entity(lua_State *L)
+{
+    entsync_store *store = entsync_store_check(L, 1);
+    const char *name = check_identifier(L, 2, "entity");
+    luaL_checktype(L, 3, LUA_TTABLE);
+    if (has_reserved_prefix(name))
+        return luaL_error(L, "entity \"%s\": names starting with entsync_ or sqlite_ are reserved", name);
+
+    /* Sorted field names give the same column order on every machine. */
+    lua_newtable(L);
+    int fields = lua_gettop(L);
+    lua_Integer n = 0;
+    lua_pushnil(L);
+    while (lua_next(L, 3) != 0) {
+        lua_pop(L, 1);
+        lua_pushvalue(L, -1);
+        lua_rawseti(L, fields, ++n);
+    }
+    lua_getglobal(L, "table");
+    lua_getfield(L, -1, "sort");
+    lua_pushvalue(L, fields);
+    lua_call(L, 1, 0);
+    lua_pop(L, 1);
+
+    push_columns(L, 1, name);
+    int existing = lua_gettop(L);
+    int created = 0;
+    lua_pushnil(L); /* is the column set empty? */
+    if (lua_next(L, existing) == 0) {
+        created = 1;
+    } else {
+        lua_pop(L, 2);
+    }
+    if (created) {
+        lua_pushfstring(L, "CREATE TABLE \"%s\" (id INTEGER PRIMARY KEY)", name);
+        exec_or_raise(L, store, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_newtable(L);
+    int added = lua_gettop(L);
+    lua_Integer n_added = 0;
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, fields, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "entity \"%s\": field names must be strings", name);
+        const char *field = check_identifier(L, -1, "field");
+        if (strcmp(field, "id") == 0)
+            return luaL_error(L, "entity \"%s\": field \"id\" is the primary key and cannot be declared", name);
+        lua_getfield(L, 3, field);
+        const char *type = lua_tostring(L, -1);
+        const char *sql_type = type ? column_type(type) : NULL;
+        if (!sql_type)
+            return luaL_error(L, "entity \"%s\": field \"%s\" has unknown type \"%s\" "
+                              "(text, integer, real, boolean, json, timestamp)",
+                              name, field, type ? type : luaL_typename(L, -1));
+        lua_pop(L, 1);
+        lua_getfield(L, existing, field);
+        int present = !lua_isnil(L, -1);
+        lua_pop(L, 1);
+        if (!present) {
+            lua_pushfstring(L, "ALTER TABLE \"%s\" ADD COLUMN \"%s\" %s", name, field, sql_type);
+            exec_or_raise(L, store, lua_tostring(L, -1));
+            lua_pop(L, 1);
+            lua_pushvalue(L, -1);
+            lua_rawseti(L, added, ++n_added);
+        }
+        lua_pop(L, 1);
+    }
+    lua_pushboolean(L, created);
+    lua_pushvalue(L, added);
+    return 2;
+}
+
+/* --- writers: fixed column lists, statements prepared once ------------- */
+
+typedef struct entsync_writer {
+    sqlite3_stmt *insert, *insert_with_id, *update;
+    int columns;
+} entsync_writer;
+
+/* Builds the three statements of a writer for table name and the column
+ * names in the array at cols_idx, all validated. */
+static void build_writer_sql(lua_State *L, const char *name, int cols_idx, int columns)
+{
+    luaL_Buffer b;
+    /* INSERT INTO "t" ("a","b") VALUES (?1,?2) */
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "INSERT INTO \"%s\" (", name);
+    luaL_addvalue(&b);
+    for (int i = 1; i <= columns; i++) {
+        lua_rawgeti(L, cols_idx, i);
+        lua_pushfstring(L, "%s\"%s\"", i > 1 ? "," : "", lua_tostring(L, -1));
+        lua_remove(L, -2);
+        luaL_addvalue(&b);
+    }
+    luaL_addstring(&b, columns ? ") VALUES (" : ") DEFAULT VALUES");
+    for (int i = 1; columns && i <= columns; i++) {
+        lua_pushfstring(L, "%s?%d", i > 1 ? "," : "", i);
+        luaL_addvalue(&b);
+    }
+    if (columns)
+        luaL_addstring(&b, ")");
+    luaL_pushresult(&b);
+
+    /* INSERT INTO "t" ("a","b",id) VALUES (?1,?2,?3) */
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "INSERT INTO \"%s\" (", name);
+    luaL_addvalue(&b);
+    for (int i = 1; i <= columns; i++) {
+        lua_rawgeti(L, cols_idx, i);
+        lua_pushfstring(L, "\"%s\",", lua_tostring(L, -1));
+        lua_remove(L, -2);
+        luaL_addvalue(&b);
+    }
+    luaL_addstring(&b, "id) VALUES (");
+    for (int i = 1; i <= columns + 1; i++) {
+        lua_pushfstring(L, "%s?%d", i > 1 ? "," : "", i);
+        luaL_addvalue(&b);
+    }
+    luaL_addstring(&b, ")");
+    luaL_pushresult(&b);
+
+    /* UPDATE "t" SET "a"=?1,"b"=?2 WHERE id=?3 */
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "UPDATE \"%s\" SET ", name);
+    luaL_addvalue(&b);
+    for (int i = 1; i <= columns; i++) {
+        lua_rawgeti(L, cols_idx, i);
+        lua_pushfstring(L, "%s\"%s\"=?%d", i > 1 ? "," : "", lua_tostring(L, -1), i);
+        lua_remove(L, -2);
+        luaL_addvalue(&b);
+    }
+    if (!columns)
+        luaL_addstring(&b, "id=id");
+    lua_pushfstring(L, " WHERE id=?%d", columns + 1);
+    luaL_addvalue(&b);
+    luaL_pushresult(&b);
+}
+
+/* store:writer(table, { column, ... }) -> writer
+ * A writer inserts and updates rows of one table through exactly the named
+ * columns (the fields one mapping owns), with statements prepared once. */
+static int store_writer(lua_State *L)
+{
+    entsync_store_check(L, 1);
+    const char *name = check_identifier(L, 2, "table");
+    luaL_checktype(L, 3, LUA_TTABLE);
+    int columns = (int)lua_rawlen(L, 3);
+    lua_createtable(L, columns, 0);
+    int cols = lua_gettop(L);
+    for (int i = 1; i <= columns; i++) {
+        lua_rawgeti(L, 3, i);
+        check_identifier(L, -1, "column");
+        lua_rawseti(L, cols, i);
+    }
+    build_writer_sql(L, name, cols, columns);
+    entsync_writer *writer = lua_newuserdatauv(L, sizeof *writer, 2);
+    memset(writer, 0, sizeof *writer);
+    writer->columns = columns;
+    luaL_setmetatable(L, WRITER_META);
+    writer->insert = entsync_store_stmt(L, 1, lua_tostring(L, -4));
+    writer->insert_with_id = entsync_store_stmt(L, 1, lua_tostring(L, -3));
+    writer->update = entsync_store_stmt(L, 1, lua_tostring(L, -2));
+    lua_pushvalue(L, 1);
+    lua_setiuservalue(L, -2, 1);
+    lua_pushvalue(L, cols);
+    lua_setiuservalue(L, -2, 2);
+    return 1;
+}
+
+/* Binds values[column i] to parameter i for every column; returns the store. */
+static entsync_store *writer_bind(lua_State *L, entsync_writer *writer,
+                                  sqlite3_stmt *stmt, int values_idx)
+{
+    lua_getiuservalue(L, 1, 1);
+    entsync_store *store = entsync_store_check(L, -1);
+    lua_getiuservalue(L, 1, 2);
+    int cols = lua_gettop(L);
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    for (int i = 1; i <= writer->columns; i++) {
+        lua_rawgeti(L, cols, i);
+        lua_pushvalue(L, -1);
+        lua_rawget(L, values_idx);
+        if (lua_istable(L, -1))
+            luaL_error(L, "field %s: cannot store a table (declare it json)", lua_tostring(L, -2));
+        entsync_store_bind(L, store, stmt, i, -1, "a field");
+        lua_pop(L, 2);
+    }
+    lua_pop(L, 2);
+    return store;
+}
+
+static int writer_step(lua_State *L, entsync_store *store, sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+    sqlite3_reset(stmt);
+    if (rc != SQLITE_DONE)
+        entsync_store_error(L, store, sqlite3_sql(stmt));
+    return sqlite3_changes(store->db);
+}
+
+/* writer:insert(values [, id]) -> id */
+static int writer_insert(lua_State *L)
+{
+    entsync_writer *writer = luaL_checkudata(L, 1, WRITER_META);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    int with_id = !lua_isnoneornil(L, 3);
+    sqlite3_stmt *stmt = with_id ? writer->insert_with_id : writer->insert;
+    entsync_store *store = writer_bind(L, writer, stmt, 2);
+    if (with_id)
+        sqlite3_bind_int64(stmt, writer->columns + 1, (sqlite3_int64)luaL_checkinteger(L, 3));
+    writer_step(L, store, stmt);
+    lua_pushinteger(L, (lua_Integer)sqlite3_last_insert_rowid(store->db));
+    return 1;
+}
+
+/* writer:update(id, values) -> rows changed (0: the row is gone) */
+static int writer_update(lua_State *L)
+{
+    entsync_writer *writer = luaL_checkudata(L, 1, WRITER_META);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    entsync_store *store = writer_bind(L, writer, writer->update, 3);
+    sqlite3_bind_int64(writer->update, writer->columns + 1, (sqlite3_int64)id);
+    lua_pushinteger(L, writer_step(L, store, writer->update));
+    return 1;
+}
+
+/* --- opening and migrating --------------------------------------------- */
+
+static int schema_version(lua_State *L, entsync_store *store)
+{
+    exec_or_raise(L, store,
+        "CREATE TABLE IF NOT EXISTS entsync_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID");
+    sqlite3_stmt *stmt = NULL;
+    const char *sql = "SELECT value FROM entsync_meta WHERE key = 'schema_version'";
+    if (sqlite3_prepare_v2(store->db, sql, -1, &stmt, NULL) != SQLITE_OK)
+        entsync_store_error(L, store, sql);
+    int rc = sqlite3_step(stmt);
+    int version = rc == SQLITE_ROW ? sqlite3_column_int(stmt, 0) : 0;
+    sqlite3_finalize(stmt);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        entsync_store_error(L, store, sql);
+    return version;
+}
+
+/* Brings entsync's tables to the current version in one transaction, so a
+ * failed migration leaves the previous schema whole. */
+static void migrate(lua_State *L, entsync_store *store)
+{
+    exec_or_raise(L, store, "BEGIN IMMEDIATE");
+    int version = schema_version(L, store);
+    if (version > MIGRATION_COUNT) {
+        exec_or_raise(L, store, "ROLLBACK");
+        luaL_error(L, "store %s has schema version %d; this entsync knows up to %d: upgrade entsync",
+                   store->path, version, MIGRATION_COUNT);
+    }
+    for (int v = version; v < MIGRATION_COUNT; v++) {
+        char *message = NULL;
+        if (sqlite3_exec(store->db, migrations[v], NULL, NULL, &message) != SQLITE_OK) {
+            lua_pushfstring(L, "store %s: migration to schema %d failed: %s", store->path, v + 1,
+                            message ? message : sqlite3_errmsg(store->db));
+            sqlite3_free(message);
+            sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
+            lua_error(L);
+        }
+    }
+    if (version < MIGRATION_COUNT) {
+        char sql[128];
+        snprintf(sql, sizeof sql,
+                 "INSERT OR REPLACE INTO entsync_meta (key, value) VALUES ('schema_version', %d)",
+                 MIGRATION_COUNT);
+        exec_or_raise(L, store, sql);
+    }
+    exec_or_raise(L, store, "COMMIT");
+}
+
+/* open_store(path) -> store */
+static int store_open(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    entsync_store *store = lua_newuserdatauv(L, sizeof *store, 1);
+    memset(store, 0, sizeof *store);
+    luaL_setmetatable(L, STORE_META);
+    lua_newtable(L);
+    lua_setiuservalue(L, -2, 1);
+    store->path = strdup(path);
+    if (!store->path)
+        return luaL_error(L, "out of memory");
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    if (sqlite3_open_v2(path, &store->db, flags, NULL) != SQLITE_OK) {
+        lua_pushfstring(L, "cannot open store %s: %s", path,
+                        store->db ? sqlite3_errmsg(store->db) : "out of memory");
+        store_release(store);
+        return lua_error(L);
+    }
+    sqlite3_extended_result_codes(store->db, 1);
+    /* Other programs read and write the same file while entsync runs:
+     * WAL lets them read during an import, the busy timeout lets writers
+     * queue instead of failing, and NORMAL sync is durable in WAL mode
+     * against a killed process, which is what resumable runs rely on. */
+    if (sqlite3_busy_timeout(store->db, 10000) != SQLITE_OK)
+        entsync_store_error(L, store, NULL);
+    exec_or_raise(L, store, "PRAGMA journal_mode=WAL");
+    exec_or_raise(L, store, "PRAGMA synchronous=NORMAL");
+    migrate(L, store);
+    return 1;
+}
+
+void entsync_store_register(lua_State *L)
+{
+    static const luaL_Reg store_methods[] = {
+        {"exec", store_exec},
+        {"run", store_run},
+        {"row", store_row},
+        {"rows", store_rows},
+        {"value", store_value},
+        {"columns", store_columns},
+        {"define_entity", store_define_entity},
+        {"writer", store_writer},
+        {"in_transaction", store_in_transaction},
+        {"data_version", store_data_version},
+        {"path", store_path},
+        {"is_open", store_is_open},
+        {"close", store_close},
+        {NULL, NULL},
+    };
+    static const luaL_Reg writer_methods[] = {
+        {"insert", writer_insert},
+        {"update", writer_update},
+        {NULL, NULL},
+    };
+    static const luaL_Reg functions[] = {
+        {"open_store", store_open},
+        {"valid_identifier", store_valid_identifier},
+        {NULL, NULL},
+    };
+    if (luaL_newmetatable(L, STORE_META)) {
+        luaL_newlib(L, store_methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, store_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, store_close);
+        lua_setfield(L, -2, "__close");
+        lua_pushliteral(L, "entsync.store");
+        lua_setfield(L, -2, "__name");
+    }
+    lua_pop(L, 1);
+    if (luaL_newmetatable(L, WRITER_META)) {
+        luaL_newlib(L, writer_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    luaL_setfuncs(L, functions, 0);
+}

@@ -1,0 +1,45 @@
+/*
+ * store: the SQLite file of one job. It owns the connection, entsync's own
+ * tables and their migrations, a cache of prepared statements reused for the
+ * life of the connection, and the local entity tables.
+ *
+ * To Lua a store is a userdata (metatable "entsync.store") made by
+ * core.open_store(path); close() or __gc/__close finalizes every statement
+ * and closes the connection exactly once.
+ */
+#ifndef ENTSYNC_STORE_H
+#define ENTSYNC_STORE_H
+
+#include <lua.h>
+#include <sqlite3.h>
+
+typedef struct entsync_store entsync_store;
+
+/* The current schema version of entsync's own tables. */
+#define ENTSYNC_SCHEMA_VERSION 1
+
+/* Checks that the value at idx is an open store, raising a Lua error if not. */
+entsync_store *entsync_store_check(lua_State *L, int idx);
+
+sqlite3 *entsync_store_db(entsync_store *store);
+
+/* Returns the cached prepared statement for sql, preparing it on first use;
+ * the statement is reset and its bindings cleared. Raises a Lua error when
+ * the SQL does not prepare. The store at store_idx anchors the cache. */
+sqlite3_stmt *entsync_store_stmt(lua_State *L, int store_idx, const char *sql);
+
+/* Raises a Lua error naming the store file and the failing SQL. */
+int entsync_store_error(lua_State *L, entsync_store *store, const char *sql);
+
+/* Binds the Lua value at idx to parameter n (nil and JSON null as NULL,
+ * booleans as 0/1); tables raise an error naming what. */
+void entsync_store_bind(lua_State *L, entsync_store *store, sqlite3_stmt *stmt,
+                        int n, int idx, const char *what);
+
+/* Pushes column i of the current row as a Lua value. */
+void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i);
+
+/* Registers open_store and valid_identifier into the table on top. */
+void entsync_store_register(lua_State *L);
+
+#endif
