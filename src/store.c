@@ -51,6 +51,7 @@ static const char *const migrations[] = {
     "  sync TEXT NOT NULL, remote_id TEXT NOT NULL, local_id INTEGER,"
     "  error TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 1,"
     "  first_at REAL NOT NULL, last_at REAL NOT NULL, next_at REAL NOT NULL,"
+    "  waits_for TEXT,"
     "  PRIMARY KEY (sync, remote_id)) WITHOUT ROWID;"
     "CREATE TABLE entsync_outbox ("
     "  id INTEGER PRIMARY KEY, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"

@@ -187,14 +187,15 @@ function commands.status(job)
       else
         say("  lock       free")
       end
-      local failures = store:rows("SELECT remote_id, attempts, error, next_at FROM entsync_failures WHERE sync = ?1 "
+      local failures = store:rows("SELECT remote_id, attempts, error, next_at, waits_for FROM entsync_failures WHERE sync = ?1 "
         .. "ORDER BY last_at DESC LIMIT 5", name)
       local pending = store:value("SELECT count(*) FROM entsync_failures WHERE sync = ?1", name)
       say("  failures   %d pending", pending)
       for _, failure in ipairs(failures) do
-        say("    %s (attempt %d, retry %s): %s", failure.remote_id, failure.attempts,
-          failure.next_at <= core.now() and "due" or ("in " .. math.floor(failure.next_at - core.now()) .. "s"),
-          failure.error)
+        local when = failure.next_at <= core.now() and "due"
+          or failure.waits_for and failure.next_at > 1e100 and ("after " .. failure.waits_for .. " runs")
+          or string.format("in %.0fs", failure.next_at - core.now())
+        say("    %s (attempt %d, retry %s): %s", failure.remote_id, failure.attempts, when, failure.error)
       end
     else
       say("  last run   never")

@@ -35,11 +35,14 @@ local SQL = {
       updated_at = excluded.updated_at]],
   failing = "SELECT remote_id FROM entsync_failures WHERE sync = ?1",
   failure_attempts = "SELECT attempts FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
-  save_failure = [[INSERT INTO entsync_failures (sync, remote_id, local_id, error, payload, attempts, first_at, last_at, next_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8)
+  save_failure = [[INSERT INTO entsync_failures
+      (sync, remote_id, local_id, error, payload, attempts, first_at, last_at, next_at, waits_for)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7, ?8, ?9)
     ON CONFLICT (sync, remote_id) DO UPDATE SET error = excluded.error,
       payload = coalesce(excluded.payload, payload), attempts = excluded.attempts,
-      last_at = excluded.last_at, next_at = excluded.next_at]],
+      last_at = excluded.last_at, next_at = excluded.next_at, waits_for = excluded.waits_for]],
+  release_deferred = "UPDATE entsync_failures SET next_at = ?2 WHERE waits_for = ?1",
+  ref_lookup = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND remote_id = ?3",
   clear_failure = "DELETE FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
   due_failures = [[SELECT remote_id, payload FROM entsync_failures
     WHERE sync = ?1 AND payload IS NOT NULL AND next_at <= ?2 ORDER BY first_at, remote_id]],
@@ -60,6 +63,8 @@ local SQL = {
 
 local OUTCOMES = { "created", "updated", "unchanged", "stale", "failed", "deleted" }
 M.outcomes = OUTCOMES
+-- A deferred entity waits for its dependency's next run, not for a clock.
+local WAITING = 1e300
 
 -- session ------------------------------------------------------------------
 
@@ -209,6 +214,7 @@ function M.new_run(session, sync, operation)
     track_seen = sync.import.deletes ~= "keep", pass = 0,
   }, Run)
   for _, row in ipairs(store:rows(SQL.failing, sync.name)) do run.failing[row.remote_id] = true end
+  run.ctx = M.new_context(run)
   for _, entity in ipairs(sync.mapping.entities) do
     run.writers[entity.name] = store:writer(entity.name, entity.columns)
   end
@@ -216,14 +222,83 @@ function M.new_run(session, sync, operation)
   return run
 end
 
+-- The context mapping callbacks and hooks receive: which sync, entities
+-- and remote id are at hand, references to other syncs, and a logger.
+local Context = {}
+Context.__index = Context
+
+function M.new_context(run)
+  return setmetatable({ run = run, sync = run.sync.name, entities = run.sync.entities,
+    entity = run.sync.entities[1] }, Context)
+end
+
+function Context:log(message, level)
+  self.run.session.log(level or "info", string.format("%s %s: %s", self.sync, tostring(self.remote_id), message))
+end
+
+-- The local id of remote_id in sync_name's id map. One not yet imported
+-- follows this sync's on_missing: "import" imports it through that sync's
+-- provider now, "defer" fails this entity until that sync runs again,
+-- "null" gives nil.
+function Context:ref(sync_name, remote_id)
+  local run = self.run
+  local session = run.session
+  local target = session.job.syncs[sync_name]
+  if not target then errors.raise("entity", string.format("ref: no sync named \"%s\"", tostring(sync_name))) end
+  local id = remote_id_text(remote_id)
+  if not id then return nil end
+  return session:resolve(target, target.entities[1], id, run.sync.on_missing)
+end
+
+-- Resolves a remote id of sync target to the local id of entity, applying
+-- an on_missing policy when it has not been imported yet.
+function Session:resolve(target, entity, remote_id, on_missing)
+  local store = self.store
+  local local_id = store:value(SQL.ref_lookup, target.name, entity, remote_id)
+  if local_id or on_missing == "null" then return local_id end
+  if on_missing == "import" then
+    local dependency = self:dependent_run(target)
+    local ok, record, err = pcall(dependency.provider.get, dependency.provider, target.resource, remote_id)
+    if not ok or record == nil then
+      errors.raise("entity", string.format("reference %s %s: the remote has no such entity%s", target.name, remote_id,
+        (not ok or err) and (" (" .. tostring(errors.is(record) and record.message or record or err) .. ")") or ""))
+    end
+    local outcome, message = dependency:process(record)
+    if outcome == "failed" then
+      errors.raise("entity", string.format("reference %s %s could not be imported: %s", target.name, remote_id,
+        tostring(message)))
+    end
+    local_id = store:value(SQL.ref_lookup, target.name, entity, remote_id)
+    if local_id then return local_id end
+    errors.raise("entity", string.format("reference %s %s: imported, but no %s came of it", target.name, remote_id, entity))
+  end
+  errors.raise("defer", string.format("reference %s %s is not imported yet; retried after %s runs", target.name,
+    remote_id, target.name), { waits_for = target.name })
+end
+
+-- A run of a dependency used for imports on demand ("import" references):
+-- it writes inside the referring run's transaction and is not logged.
+function Session:dependent_run(target)
+  self.dependents = self.dependents or {}
+  local run = self.dependents[target.name]
+  if not run then
+    run = M.new_run(self, target, "import")
+    run.quiet = true
+    self.dependents[target.name] = run
+  end
+  return run
+end
+
 -- Stores a failed entity (its error, attempts and payload) and reports it;
--- the run goes on.
-function Run:fail(remote_id, message, payload)
+-- the run goes on. waits_for names a sync whose next run makes it due.
+function Run:fail(remote_id, message, payload, waits_for)
   local sync, store = self.sync, self.store
   self.counts.failed = self.counts.failed + 1
   self.failures_shown = self.failures_shown + 1
-  if self.failures_shown <= 10 then
-    self.session.log("error", string.format("sync %s, entity %s: %s", sync.name, remote_id, message))
+  if self.quiet then
+    -- a dependency imported on demand: the referring entity reports it
+  elseif self.failures_shown <= 10 then
+    self.session.log("error", string.format("%s %s: %s", sync.name, remote_id, message))
   elseif self.failures_shown == 11 then
     self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", sync.name,
       self.session.job.display_path))
@@ -235,16 +310,17 @@ function Run:fail(remote_id, message, payload)
   end
   local attempts = (store:value(SQL.failure_attempts, sync.name, remote_id) or 0) + 1
   local now = core.now()
-  local backoff = math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
-  store:run(SQL.save_failure, sync.name, remote_id, nil, message, encoded, attempts, now, now + backoff)
+  local next_at = waits_for and WAITING or now + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
+  store:run(SQL.save_failure, sync.name, remote_id, nil, message, encoded, attempts, now, next_at, waits_for)
   self.failing[remote_id] = true
 end
 
 -- Writes the mapped entities of one remote record; returns the outcome.
-function Run:write(remote_id, changed, mapped, hash, rows)
+function Run:write(remote_id, changed, mapped, hash, rows, record)
   local store, sync = self.store, self.sync
   local local_ids = {}
   for _, row in ipairs(rows) do local_ids[row.entity] = row.local_id end
+  if sync.link then self:link(local_ids, remote_id, record) end
   local now = core.now()
   for _, entity in ipairs(sync.mapping.entities) do
     local writer = self.writers[entity.name]
@@ -260,10 +336,29 @@ function Run:write(remote_id, changed, mapped, hash, rows)
   return rows[1] and "updated" or "created"
 end
 
+-- A merge: this sync completes entities another sync owns. Entities the
+-- two syncs share, and this one has not written yet, are found through the
+-- other sync's id map (by the record's id, or by the link's key path).
+function Run:link(local_ids, remote_id, record)
+  local link = self.sync.link
+  local target = self.session.job.syncs[link.sync]
+  local key = link.key and remote_id_text(mapping.get_path(record, link.key)) or remote_id
+  for _, entity in ipairs(self.sync.entities) do
+    if not local_ids[entity] then
+      for _, owned in ipairs(target.entities) do
+        if owned == entity then
+          if not key then errors.raise("entity", "link key is missing from the record") end
+          local_ids[entity] = self.session:resolve(target, entity, key, self.sync.on_missing)
+        end
+      end
+    end
+  end
+end
+
 -- Imports one record; returns its outcome. Entity errors are stored as
 -- failures and never escape; anything else (the store failing) does.
 function Run:process(record)
-  local sync, store = self.sync, self.store
+  local sync, store, ctx = self.sync, self.store, self.ctx
   local raw_id = type(record) == "table" and record[sync.id_field] or nil
   local remote_id = remote_id_text(raw_id)
   if not remote_id then
@@ -279,12 +374,16 @@ function Run:process(record)
   if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
     return self:count("stale", remote_id)
   end
-  local ctx = { sync = sync.name, entity = sync.entities, remote_id = remote_id, log = self.session.log }
-  local ok, mapped = pcall(mapping.apply, sync.mapping, record, ctx)
+  ctx.remote_id = remote_id
+  local ok, mapped = pcall(self.map, self, record, ctx)
   if not ok then
     local message = errors.is(mapped) and mapped.message or tostring(mapped)
-    self:fail(remote_id, message, record)
-    return "failed"
+    self:fail(remote_id, message, record, errors.is(mapped) and mapped.waits_for or nil)
+    return "failed", message
+  end
+  if mapped == false then
+    self.counts.skipped = self.counts.skipped + 1
+    return "skipped"
   end
   local hash = core.hash(mapped)
   if stored and stored.hash == hash and #rows == #sync.mapping.entities then
@@ -292,15 +391,29 @@ function Run:process(record)
     return self:count("unchanged", remote_id)
   end
   store:run("SAVEPOINT entity")
-  local written, outcome = pcall(self.write, self, remote_id, changed, mapped, hash, rows)
+  local written, outcome = pcall(self.write, self, remote_id, changed, mapped, hash, rows, record)
   if not written then
     store:run("ROLLBACK TO entity")
     store:run("RELEASE entity")
-    self:fail(remote_id, errors.is(outcome) and outcome.message or tostring(outcome), record)
-    return "failed"
+    local message = errors.is(outcome) and outcome.message or tostring(outcome)
+    self:fail(remote_id, message, record, errors.is(outcome) and outcome.waits_for or nil)
+    return "failed", message
   end
   store:run("RELEASE entity")
   return self:count(outcome, remote_id)
+end
+
+-- Maps a record through the sync's hooks and mapping: false when the
+-- filter skips it, else { entity = values }.
+function Run:map(record, ctx)
+  local sync = self.sync
+  if sync.filter and sync.filter(record, ctx) == false then return false end
+  local mapped = mapping.apply(sync.mapping, record, ctx)
+  if sync.after_map then
+    local adjusted = sync.after_map(mapped, record, ctx)
+    if type(adjusted) == "table" then mapped = adjusted end
+  end
+  return mapped
 end
 
 function Run:count(outcome, remote_id)
@@ -331,6 +444,11 @@ function Run:finish(status, cursor_after, err)
   if self.session.dry or not self.run_id then return end
   self.store:run(SQL.finish_run, self.run_id, core.now(), status, c.created, c.updated, c.unchanged, c.stale,
     c.failed, c.deleted, c.skipped, cursor_after, err)
+end
+
+-- A finished run of this sync makes the entities deferred on it due.
+function Run:release_dependents()
+  if not self.session.dry then self.store:run(SQL.release_deferred, self.sync.name, core.now()) end
 end
 
 -- Retries stored failures that are due (all of them when forced) from
@@ -584,6 +702,7 @@ function M.run_import(session, sync, options)
     if reader.close then reader:close() end
     meter:finish()
     if complete and settings.retry then run:retry_failures(false) end
+    run:release_dependents()
     local status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial")
     run:finish(status, cursor.format(state.cursor_mark, state.cursor_id))
     return { sync = sync.name, counts = run.counts, complete = complete, status = status,
@@ -634,6 +753,7 @@ local function run_single(session, sync, operation, remote_ids)
       session:heartbeat(sync)
     end
     meter:finish()
+    run:release_dependents()
     local status = run.counts.failed > 0 and "failed" or "ok"
     run:finish(status, nil)
     return { sync = sync.name, counts = run.counts, complete = true, status = status }

@@ -16,7 +16,7 @@ M.field_types = { text = true, integer = true, real = true, boolean = true, json
 local sync_options = {
   remote = true, entity = true, mapping = true, import = true, export = true, id = true,
   changed = true, depends_on = true, schedule = true, on_missing = true, filter = true,
-  after_map = true, conflict = true, description = true,
+  after_map = true, conflict = true, description = true, link = true,
 }
 local import_options = {
   mode = true, changed = true, limit = true, deletes = true, batch = true, retry = true,
@@ -255,6 +255,27 @@ local function validate_sync(job, sync)
     if not job.syncs[other] then sync_error(sync, "depends_on names sync \"%s\", which is not declared", tostring(other)) end
   end
   sync.depends_on = depends
+  sync.on_missing = spec.on_missing or "defer"
+  if sync.on_missing ~= "import" and sync.on_missing ~= "defer" and sync.on_missing ~= "null" then
+    sync_error(sync, "on_missing must be \"import\", \"defer\" or \"null\", got %s", tostring(spec.on_missing))
+  end
+  for _, hook in ipairs({ "filter", "after_map" }) do
+    if spec[hook] ~= nil and type(spec[hook]) ~= "function" then
+      sync_error(sync, "%s must be a function, got %s", hook, type(spec[hook]))
+    end
+  end
+  sync.filter, sync.after_map = spec.filter, spec.after_map
+  if spec.link ~= nil then
+    local link = spec.link
+    if type(link) == "string" then link = { sync = link } end
+    if type(link) ~= "table" or type(link.sync) ~= "string" then
+      sync_error(sync, "link must name the sync whose entities this one completes: link = { sync = \"users\", key = \"user_id\" }")
+    end
+    local other = job.syncs[link.sync]
+    if not other then sync_error(sync, "link names sync \"%s\", which is not declared", link.sync) end
+    if link.key ~= nil and type(link.key) ~= "string" then sync_error(sync, "link key must be a remote field name") end
+    sync.link = { sync = link.sync, key = link.key and mapping.compile_path(link.key) }
+  end
 end
 
 -- Orders syncs so each comes after what it depends on; a cycle is an error

@@ -108,9 +108,15 @@ local function compile_field(job, sync, entity, field, spec, source, entity_line
     if not keys then fail("field \"%s\": \"%s\" is not a remote path (name.name[1].name)", field, path) end
   end
   for _, callback in ipairs({ "import", "export" }) do
-    if spec[callback] ~= nil and type(spec[callback]) ~= "function" then
-      fail("field \"%s\": %s must be a function, got %s", field, callback, type(spec[callback]))
+    local fn = spec[callback]
+    local callable = type(fn) == "function" or (getmetatable(fn) or {}).__call ~= nil
+    if fn ~= nil and not callable then
+      fail("field \"%s\": %s must be a function, got %s", field, callback, type(fn))
     end
+  end
+  local map = require "entsync.map"
+  if map.is_refs(spec.import) and not job.syncs[spec.import.sync] then
+    fail("field \"%s\": refs names sync \"%s\", which is not declared", field, spec.import.sync)
   end
   if spec.required and not keys and not spec.import then
     fail("field \"%s\" is required but has no path", field)
@@ -254,8 +260,10 @@ function M.apply(compiled, record, ctx)
       if field.import then
         local ok, result = pcall(field.import, value, record, ctx)
         if not ok then
-          errors.raise("entity", string.format("field %s: %s (%s:%d)", field.name,
-            errors.is(result) and result.message or tostring(result), field.where.file, field.where.line))
+          local is_error = errors.is(result)
+          errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
+            string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
+              field.where.file, field.where.line), { waits_for = is_error and result.waits_for or nil })
         end
         value = result
       end
