@@ -14,19 +14,30 @@ local function open(f, name)
   local line_no = 0
   local source = {}
 
-  function source.next()
+  -- The next non-blank line, undecoded; blank lines carry no record
+  -- (editors and concatenation leave them).
+  function source.next_raw()
     while true do
       local line = f:read("l")
       if not line then return nil end
       line_no = line_no + 1
       if line_no == 1 then line = strip_bom(line) end
-      -- Blank lines carry no record: editors and concatenation leave them.
-      if find(line, "[^ \t\r]") then
-        local record, err = decode_object(line)
-        if record then return record end
-        return false, located(name, line_no, err)
-      end
+      if find(line, "[^ \t\r]") then return line end
     end
+  end
+
+  -- decode(line) -> record | false, message naming the file and line of the
+  -- line last read.
+  function source.decode(line)
+    local record, err = decode_object(line)
+    if record then return record end
+    return false, located(name, line_no, err)
+  end
+
+  function source.next()
+    local line = source.next_raw()
+    if not line then return nil end
+    return source.decode(line)
   end
 
   return source
@@ -35,5 +46,6 @@ end
 return filesource.provider {
   kind = "ndjson",
   extensions = { ".ndjson", ".jsonl" },
+  raw = true,
   open = open,
 }

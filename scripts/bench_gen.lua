@@ -1,15 +1,19 @@
 -- bench_gen.lua: writes N contact records as NDJSON for scripts/bench.
 --
---   lua5.4 scripts/bench_gen.lua N OUT [CHANGE_EVERY]
+--   lua5.4 scripts/bench_gen.lua N OUT [CHANGED_OUT CHANGE_EVERY]
 --
--- Record i is a pure function of i, so two runs write the same file. With
--- CHANGE_EVERY = k, every k-th record (i % k == 1) comes out modified: a
--- newer updated_at (2027, later than every unmodified record) and another
--- city, as if the remote had edited it since the first import.
+-- Record i is a pure function of i, so two runs write the same file.
+-- CHANGED_OUT, when given, receives the same N records in one pass except
+-- every CHANGE_EVERY-th (i % CHANGE_EVERY == 1), which comes out modified:
+-- a newer updated_at (in 2027, later than every unmodified record) and
+-- another city, as if the remote had edited it since the first import.
 
-local N = math.tointeger(tonumber(arg[1] or "")) or error("usage: bench_gen.lua N OUT [CHANGE_EVERY]")
-local out = assert(arg[2], "usage: bench_gen.lua N OUT [CHANGE_EVERY]")
-local change_every = math.tointeger(tonumber(arg[3] or "0")) or 0
+local USAGE = "usage: bench_gen.lua N OUT [CHANGED_OUT CHANGE_EVERY]"
+local N = math.tointeger(tonumber(arg[1] or "")) or error(USAGE)
+local out = assert(arg[2], USAGE)
+local changed_out = arg[3]
+local change_every = changed_out and (math.tointeger(tonumber(arg[4] or "")) or error(USAGE)) or 0
+if changed_out and change_every < 1 then error(USAGE) end
 
 local first = { "Ada", "Alan", "Barbara", "Brian", "Claude", "Dennis", "Donald", "Edsger", "Frances", "Grace",
   "Guido", "Hedy", "John", "Ken", "Katherine", "Leslie", "Linus", "Margaret", "Niklaus", "Radia", "Rob",
@@ -58,7 +62,8 @@ local CHANGED_BASE = 1798761600 -- 2027-01-01T00:00:00Z
 local date = os.date
 
 local f = assert(io.open(out, "wb"))
-local buf, n = {}, 0
+local g = changed_out and assert(io.open(changed_out, "wb"))
+local buf, gbuf, n = {}, {}, 0
 local nf, nl, nc, ny, nk = #first, #last, #companies, #cities, #kinds
 local day_cache = {}
 local function stamp_text(t)
@@ -68,14 +73,16 @@ local function stamp_text(t)
   local s = t % 86400
   return format("%s%02d:%02d:%02dZ", d, s // 3600, s % 3600 // 60, s % 60)
 end
+local RECORD = '{"id":%d,"email":"%s.%s%d@example.org","first_name":%s,"last_name":%s,"status":"%s",'
+  .. '"active":%s,"updated_at":"%s","company":{"name":%s,"city":%s},"tags":[%s],"phones":[%s]}\n'
 for i = 1, N do
   local a, b = mix(i), mix(i + 0x5555555555)
   local fi, li = a % nf + 1, a // 32 % nl + 1
   a = a // 1024
-  local changed = change_every > 0 and i % change_every == 1
-  local stamp = changed and (CHANGED_BASE + b % 86400) or (BASE + b % (365 * 86400))
+  local time = b % (365 * 86400)
   b = b // (365 * 86400)
-  local city = cities_q[(changed and a // 64 or a) % ny + 1]
+  local city = a % ny + 1
+  local other_city = a // 64 % ny + 1
   a = a // 4096
   local company = companies_q[a % nc + 1]
   a = a // 16
@@ -92,15 +99,28 @@ for i = 1, N do
     phones = format('%s,{"kind":"home","number":"+44-20-%08d"}', phones, mix(b) % 100000000)
   end
   local active = b // 4 % 5 ~= 0
+  local status, flag = active and "active" or "inactive", active and "true" or "false"
+  local line = format(RECORD, i, first_s[fi], last_s[li], i, first_q[fi], last_q[li], status, flag,
+    stamp_text(BASE + time), company, cities_q[city], tags, phones)
   n = n + 1
-  buf[n] = format('{"id":%d,"email":"%s.%s%d@example.org","first_name":%s,"last_name":%s,"status":"%s",'
-    .. '"active":%s,"updated_at":"%s","company":{"name":%s,"city":%s},"tags":[%s],"phones":[%s]}\n',
-    i, first_s[fi], last_s[li], i, first_q[fi], last_q[li], active and "active" or "inactive",
-    active and "true" or "false", stamp_text(stamp), company, city, tags, phones)
+  buf[n] = line
+  if g then
+    if i % change_every == 1 or change_every == 1 then
+      if other_city == city then other_city = city % ny + 1 end
+      line = format(RECORD, i, first_s[fi], last_s[li], i, first_q[fi], last_q[li], status, flag,
+        stamp_text(CHANGED_BASE + time % 86400), company, cities_q[other_city], tags, phones)
+    end
+    gbuf[n] = line
+  end
   if n == 4096 then
     f:write(concat(buf))
+    if g then g:write(concat(gbuf)) end
     n = 0
   end
 end
 f:write(concat(buf, "", 1, n))
 f:close()
+if g then
+  g:write(concat(gbuf, "", 1, n))
+  g:close()
+end

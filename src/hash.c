@@ -11,15 +11,23 @@
 
 #define HASH_MAX_DEPTH 64
 
-uint64_t entsync_hash_bytes(const void *data, size_t len)
+#define FNV_OFFSET 14695981039346656037ULL
+#define FNV_PRIME 1099511628211ULL
+
+uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len)
 {
     const unsigned char *p = data;
-    uint64_t h = 14695981039346656037ULL;
+    uint64_t h = seed;
     for (size_t i = 0; i < len; i++) {
         h ^= p[i];
-        h *= 1099511628211ULL;
+        h *= FNV_PRIME;
     }
     return h;
+}
+
+uint64_t entsync_hash_bytes(const void *data, size_t len)
+{
+    return entsync_hash_continue(FNV_OFFSET, data, len);
 }
 
 /* The encoding is built in one growable buffer per Lua state, kept as an
@@ -64,29 +72,47 @@ static int buf_gc(lua_State *L)
 
 static void encode_value(lua_State *L, canon_buf *out, int idx, int depth);
 
+/* Appends tag, the decimal digits of n, then end: snprintf was a tenth of
+ * the time of an import, hashing mostly small integers and lengths. */
+static void buf_add_tagged(lua_State *L, canon_buf *b, char tag, long long n, char end)
+{
+    char text[32];
+    char *p = text + sizeof text;
+    unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
+    *--p = end;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (n < 0)
+        *--p = '-';
+    *--p = tag;
+    buf_add(L, b, p, (size_t)(text + sizeof text - p));
+}
+
 static void encode_number(lua_State *L, canon_buf *out, int idx)
 {
     char text[64];
     if (lua_isinteger(L, idx)) {
-        snprintf(text, sizeof text, "i%lld;", (long long)lua_tointeger(L, idx));
-    } else {
-        lua_Number n = lua_tonumber(L, idx);
-        /* 2^63 bounds the integral floats that fit an int64 exactly. */
-        if (n == floor(n) && n >= -9223372036854775808.0 && n < 9223372036854775808.0)
-            snprintf(text, sizeof text, "i%lld;", (long long)n);
-        else if (isnan(n))
-            snprintf(text, sizeof text, "dnan;");
-        else
-            snprintf(text, sizeof text, "d%.17g;", n);
+        buf_add_tagged(L, out, 'i', (long long)lua_tointeger(L, idx), ';');
+        return;
     }
+    lua_Number n = lua_tonumber(L, idx);
+    /* 2^63 bounds the integral floats that fit an int64 exactly. */
+    if (n == floor(n) && n >= -9223372036854775808.0 && n < 9223372036854775808.0) {
+        buf_add_tagged(L, out, 'i', (long long)n, ';');
+        return;
+    }
+    if (isnan(n))
+        snprintf(text, sizeof text, "dnan;");
+    else
+        snprintf(text, sizeof text, "d%.17g;", n);
     buf_addstr(L, out, text);
 }
 
 static void encode_string(lua_State *L, canon_buf *out, const char *s, size_t len)
 {
-    char head[32];
-    snprintf(head, sizeof head, "s%zu:", len);
-    buf_addstr(L, out, head);
+    buf_add_tagged(L, out, 's', (long long)len, ':');
     buf_add(L, out, s, len);
 }
 
@@ -111,9 +137,7 @@ static size_t count_entries(lua_State *L, int idx, int *sequence)
 
 static void encode_sequence(lua_State *L, canon_buf *out, int idx, size_t n, int depth)
 {
-    char head[32];
-    snprintf(head, sizeof head, "a%zu:", n);
-    buf_addstr(L, out, head);
+    buf_add_tagged(L, out, 'a', (long long)n, ':');
     for (size_t i = 1; i <= n; i++) {
         lua_rawgeti(L, idx, (lua_Integer)i);
         encode_value(L, out, lua_gettop(L), depth + 1);
@@ -122,70 +146,87 @@ static void encode_sequence(lua_State *L, canon_buf *out, int idx, size_t n, int
 }
 
 struct hash_key {
-    const char *key; /* anchored in the keys table while sorting */
+    const char *key; /* a string key of the table itself, or number below */
     size_t len;
-    lua_Integer slot; /* where key and value sit in the keys table */
+    char number[40]; /* the canonical text of a number key */
+    int kind;        /* LUA_TSTRING or LUA_TNUMBER */
+    lua_Integer integer;
+    lua_Number real;
+    int is_integer;
 };
+
+/* A number key's text lives in its own entry, which qsort moves. */
+static const char *key_text(const struct hash_key *k)
+{
+    return k->kind == LUA_TNUMBER ? k->number : k->key;
+}
 
 static int compare_keys(const void *a, const void *b)
 {
     const struct hash_key *x = a, *y = b;
     size_t n = x->len < y->len ? x->len : y->len;
-    int c = memcmp(x->key, y->key, n);
+    int c = memcmp(key_text(x), key_text(y), n);
     if (c != 0)
         return c;
     return (x->len > y->len) - (x->len < y->len);
 }
 
-/* Pushes the canonical string of the key on top of the stack. */
-static void push_key_string(lua_State *L)
-{
-    if (lua_type(L, -1) == LUA_TSTRING) {
-        lua_pushvalue(L, -1);
-    } else if (lua_isinteger(L, -1)) {
-        lua_pushfstring(L, "%I", (LUAI_UACINT)lua_tointeger(L, -1));
-    } else if (lua_type(L, -1) == LUA_TNUMBER) {
-        char number[64];
-        snprintf(number, sizeof number, "%.17g", lua_tonumber(L, -1));
-        lua_pushstring(L, number);
-    } else {
-        luaL_error(L, "hash: table keys must be strings or numbers, got %s",
-                   luaL_typename(L, -1));
-    }
-}
+#define HASH_SMALL_OBJECT 32
 
-/* Keys and values are copied into a Lua table (so they stay anchored and an
- * error frees them through the collector), sorted by key, then encoded. */
+/* Objects are encoded as their entries sorted by the canonical text of the
+ * keys. String keys are pointed to in place (the table anchors them while
+ * it is encoded); number keys are rendered into the entry. Small objects,
+ * the common case of a mapped entity, sort on the C stack. */
 static void encode_object(lua_State *L, canon_buf *out, int idx, size_t count, int depth)
 {
-    struct hash_key *keys = lua_newuserdatauv(L, count * sizeof *keys + 1, 0);
-    lua_createtable(L, (int)(2 * count), 0);
-    int slots = lua_gettop(L);
+    struct hash_key small[HASH_SMALL_OBJECT];
+    struct hash_key *keys = small;
+    int anchored = 0;
+    if (count > HASH_SMALL_OBJECT) {
+        keys = lua_newuserdatauv(L, count * sizeof *keys, 0);
+        anchored = 1;
+    }
     size_t n = 0;
     lua_pushnil(L);
     while (lua_next(L, idx) != 0) {
-        lua_pushvalue(L, -2);
-        push_key_string(L);
-        lua_rawseti(L, slots, (lua_Integer)(2 * n + 1));
+        struct hash_key *k = &keys[n];
         lua_pop(L, 1);
-        lua_rawseti(L, slots, (lua_Integer)(2 * n + 2)); /* the value */
-        lua_rawgeti(L, slots, (lua_Integer)(2 * n + 1));
-        keys[n].key = lua_tolstring(L, -1, &keys[n].len);
-        keys[n].slot = (lua_Integer)(2 * n + 1);
-        lua_pop(L, 1);
+        k->kind = lua_type(L, -1);
+        if (k->kind == LUA_TSTRING) {
+            k->key = lua_tolstring(L, -1, &k->len);
+        } else if (k->kind == LUA_TNUMBER) {
+            k->is_integer = lua_isinteger(L, -1);
+            if (k->is_integer) {
+                k->integer = lua_tointeger(L, -1);
+                snprintf(k->number, sizeof k->number, "%lld", (long long)k->integer);
+            } else {
+                k->real = lua_tonumber(L, -1);
+                snprintf(k->number, sizeof k->number, "%.17g", k->real);
+            }
+            k->key = NULL;
+            k->len = strlen(k->number);
+        } else {
+            luaL_error(L, "hash: table keys must be strings or numbers, got %s", luaL_typename(L, -1));
+        }
         n++;
     }
     qsort(keys, n, sizeof *keys, compare_keys);
-    char head[32];
-    snprintf(head, sizeof head, "o%zu:", n);
-    buf_addstr(L, out, head);
+    buf_add_tagged(L, out, 'o', (long long)n, ':');
     for (size_t i = 0; i < n; i++) {
-        encode_string(L, out, keys[i].key, keys[i].len);
-        lua_rawgeti(L, slots, keys[i].slot + 1);
+        struct hash_key *k = &keys[i];
+        encode_string(L, out, key_text(k), k->len);
+        if (k->kind == LUA_TSTRING)
+            lua_pushlstring(L, k->key, k->len);
+        else if (k->is_integer)
+            lua_pushinteger(L, k->integer);
+        else
+            lua_pushnumber(L, k->real);
+        lua_rawget(L, idx);
         encode_value(L, out, lua_gettop(L), depth + 1);
         lua_pop(L, 1);
     }
-    lua_pop(L, 2);
+    if (anchored)
+        lua_pop(L, 1);
 }
 
 static void encode_value(lua_State *L, canon_buf *out, int idx, int depth)
@@ -262,8 +303,149 @@ static int hash_canonical(lua_State *L)
     return 1;
 }
 
+/* --- hash sets --------------------------------------------------------- */
+
+#define HASHSET_META "entsync.hashset"
+
+struct entsync_hashset {
+    uint64_t *slots; /* 0 marks an empty slot; the hash 0 is kept aside */
+    size_t count, mask;
+    int has_zero;
+};
+
+static int hashset_gc(lua_State *L)
+{
+    entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
+    free(set->slots);
+    set->slots = NULL;
+    set->count = 0;
+    set->mask = 0;
+    return 0;
+}
+
+entsync_hashset *entsync_hashset_push(lua_State *L)
+{
+    entsync_hashset *set = lua_newuserdatauv(L, sizeof *set, 0);
+    memset(set, 0, sizeof *set);
+    if (luaL_newmetatable(L, HASHSET_META)) {
+        lua_pushcfunction(L, hashset_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_setmetatable(L, -2);
+    return set;
+}
+
+static void hashset_insert(entsync_hashset *set, uint64_t hash)
+{
+    size_t i = (size_t)(hash ^ (hash >> 29)) & set->mask;
+    while (set->slots[i] != 0) {
+        if (set->slots[i] == hash)
+            return;
+        i = (i + 1) & set->mask;
+    }
+    set->slots[i] = hash;
+    set->count++;
+}
+
+void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash)
+{
+    if (hash == 0) {
+        set->has_zero = 1;
+        return;
+    }
+    /* Kept at most half full so probes stay short. */
+    if (!set->slots || 2 * (set->count + 1) > set->mask + 1) {
+        size_t size = set->slots ? 2 * (set->mask + 1) : 1024;
+        uint64_t *old = set->slots;
+        size_t old_size = old ? set->mask + 1 : 0;
+        set->slots = calloc(size, sizeof *set->slots);
+        if (!set->slots) {
+            set->slots = old;
+            luaL_error(L, "hash set: out of memory");
+            return;
+        }
+        set->mask = size - 1;
+        set->count = 0;
+        for (size_t i = 0; i < old_size; i++)
+            if (old[i] != 0)
+                hashset_insert(set, old[i]);
+        free(old);
+    }
+    hashset_insert(set, hash);
+}
+
+static int hashset_has_hash(const entsync_hashset *set, uint64_t hash)
+{
+    if (hash == 0)
+        return set->has_zero;
+    if (!set->slots)
+        return 0;
+    size_t i = (size_t)(hash ^ (hash >> 29)) & set->mask;
+    while (set->slots[i] != 0) {
+        if (set->slots[i] == hash)
+            return 1;
+        i = (i + 1) & set->mask;
+    }
+    return 0;
+}
+
+static int hashset_new(lua_State *L)
+{
+    entsync_hashset_push(L);
+    return 1;
+}
+
+static int hashset_add(lua_State *L)
+{
+    entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
+    entsync_hashset_add(L, set, (uint64_t)luaL_checkinteger(L, 2));
+    return 0;
+}
+
+static int hashset_has(lua_State *L)
+{
+    entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
+    lua_pushboolean(L, hashset_has_hash(set, (uint64_t)luaL_checkinteger(L, 2)));
+    return 1;
+}
+
+static int hashset_count(lua_State *L)
+{
+    entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
+    lua_pushinteger(L, (lua_Integer)(set->count + (size_t)set->has_zero));
+    return 1;
+}
+
+/* hash_bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
+ * from seed when given. */
+static int hash_bytes(lua_State *L)
+{
+    size_t len;
+    const char *text = luaL_checklstring(L, 1, &len);
+    uint64_t seed = lua_isnoneornil(L, 2) ? FNV_OFFSET : (uint64_t)luaL_checkinteger(L, 2);
+    lua_pushinteger(L, (lua_Integer)entsync_hash_continue(seed, text, len));
+    return 1;
+}
+
 void entsync_hash_register(lua_State *L)
 {
+    static const luaL_Reg set_methods[] = {
+        {"add", hashset_add},
+        {"has", hashset_has},
+        {"count", hashset_count},
+        {NULL, NULL},
+    };
+    entsync_hashset_push(L); /* creates the metatable once */
+    lua_getmetatable(L, -1);
+    luaL_setfuncs(L, set_methods, 0);
+    lua_pop(L, 2);
+    lua_pushcfunction(L, hash_bytes);
+    lua_setfield(L, -2, "hash_bytes");
+    lua_pushcfunction(L, hashset_new);
+    lua_setfield(L, -2, "hashset");
+
     static const luaL_Reg functions[] = {
         {"hash", hash_value},
         {"hash_hex", hash_hex},

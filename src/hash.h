@@ -19,8 +19,22 @@
 
 uint64_t entsync_hash_bytes(const void *data, size_t len);
 
-/* Registers hash(value) -> integer, hash_hex(value) -> string and
- * canonical(value) -> string into the table on top of the stack. */
+/* FNV-1a 64 continued from a previous hash (seed), so a hash can cover a
+ * fingerprint and then the bytes of a record. */
+uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len);
+
+/* A set of 64-bit hashes (open addressing), given to Lua as a userdata. */
+typedef struct entsync_hashset entsync_hashset;
+
+/* Pushes a new empty set; returns it. */
+entsync_hashset *entsync_hashset_push(lua_State *L);
+
+/* Adds a hash; raises a Lua error when out of memory. */
+void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash);
+
+/* Registers hash(value) -> integer, hash_hex(value) -> string,
+ * canonical(value) -> string, hash_bytes(text [, seed]) -> integer and
+ * hashset() -> set (with add, has and count) into the table on top. */
 void entsync_hash_register(lua_State *L);
 
 #endif

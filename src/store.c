@@ -9,6 +9,8 @@
  */
 #include "store.h"
 
+#include "hash.h"
+
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
@@ -30,7 +32,7 @@ struct entsync_store {
 static const char *const migrations[] = {
     "CREATE TABLE entsync_idmap ("
     "  sync TEXT NOT NULL, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"
-    "  remote_id TEXT NOT NULL, changed, hash INTEGER, synced_at REAL,"
+    "  remote_id TEXT NOT NULL, changed, hash INTEGER, raw_hash INTEGER, synced_at REAL,"
     "  seen_pass INTEGER, gone_at REAL,"
     "  PRIMARY KEY (sync, remote_id, entity)) WITHOUT ROWID;"
     "CREATE UNIQUE INDEX entsync_idmap_local ON entsync_idmap (sync, entity, local_id);"
@@ -68,11 +70,21 @@ static const char *const migrations[] = {
 
 /* --- errors and identifiers ------------------------------------------- */
 
+/* The start of a statement, for messages: lua_pushfstring has no
+ * precision, so the text is cut here. */
+static const char *sql_snippet(char *out, size_t size, const char *sql)
+{
+    snprintf(out, size, "%s", sql ? sql : "");
+    return out;
+}
+
 int entsync_store_error(lua_State *L, entsync_store *store, const char *sql)
 {
+    char snippet[96];
     const char *message = store->db ? sqlite3_errmsg(store->db) : "store is closed";
     if (sql)
-        return luaL_error(L, "store %s: %s (in: %.80s)", store->path, message, sql);
+        return luaL_error(L, "store %s: %s (in: %s)", store->path, message,
+                          sql_snippet(snippet, sizeof snippet, sql));
     return luaL_error(L, "store %s: %s", store->path, message);
 }
 
@@ -282,8 +294,11 @@ static sqlite3_stmt *prepare_with_args(lua_State *L, entsync_store **store_out)
     const char *sql = luaL_checkstring(L, 2);
     sqlite3_stmt *stmt = stmt_for(L, 1, 2);
     int params = sqlite3_bind_parameter_count(stmt), given = lua_gettop(L) - 2;
-    if (given > params)
-        luaL_error(L, "store: %d values given for %d parameters (in: %.80s)", given, params, sql);
+    if (given > params) {
+        char snippet[96];
+        luaL_error(L, "store: %d values given for %d parameters (in: %s)", given, params,
+                   sql_snippet(snippet, sizeof snippet, sql));
+    }
     for (int i = 1; i <= given; i++)
         entsync_store_bind(L, store, stmt, i, i + 2, "a statement parameter");
     *store_out = store;
@@ -364,6 +379,20 @@ static int store_rows(lua_State *L)
     return 1;
 }
 
+/* store:hash_set(sql, ...) -> a hash set of the first column's integers,
+ * built in C: a run loads hundreds of thousands of them. */
+static int store_hash_set(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    entsync_hashset *set = entsync_hashset_push(L);
+    while (step_or_raise(L, store, stmt) == SQLITE_ROW)
+        if (sqlite3_column_type(stmt, 0) == SQLITE_INTEGER)
+            entsync_hashset_add(L, set, (uint64_t)sqlite3_column_int64(stmt, 0));
+    sqlite3_reset(stmt);
+    return 1;
+}
+
 /* store:exec(sql): runs one or more statements without parameters (DDL,
  * pragmas, scripts); nothing is cached. */
 static int store_exec(lua_State *L)
@@ -372,8 +401,9 @@ static int store_exec(lua_State *L)
     const char *sql = luaL_checkstring(L, 2);
     char *message = NULL;
     if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
-        lua_pushfstring(L, "store %s: %s (in: %.80s)", store->path,
-                        message ? message : sqlite3_errmsg(store->db), sql);
+        char snippet[96];
+        lua_pushfstring(L, "store %s: %s (in: %s)", store->path,
+                        message ? message : sqlite3_errmsg(store->db), sql_snippet(snippet, sizeof snippet, sql));
         sqlite3_free(message);
         return lua_error(L);
     }
@@ -453,8 +483,9 @@ static void exec_or_raise(lua_State *L, entsync_store *store, const char *sql)
 {
     char *message = NULL;
     if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
-        lua_pushfstring(L, "store %s: %s (in: %.80s)", store->path,
-                        message ? message : sqlite3_errmsg(store->db), sql);
+        char snippet[96];
+        lua_pushfstring(L, "store %s: %s (in: %s)", store->path,
+                        message ? message : sqlite3_errmsg(store->db), sql_snippet(snippet, sizeof snippet, sql));
         sqlite3_free(message);
         lua_error(L);
     }
@@ -782,6 +813,7 @@ void entsync_store_register(lua_State *L)
         {"row", store_row},
         {"rows", store_rows},
         {"value", store_value},
+        {"hash_set", store_hash_set},
         {"columns", store_columns},
         {"define_entity", store_define_entity},
         {"writer", store_writer},

@@ -107,7 +107,7 @@ local Reader = {}
 Reader.__index = Reader
 
 local function new_reader(provider, files, dropdir, offset)
-  return setmetatable({
+  local reader = setmetatable({
     position = 0,
     _provider = provider,
     _files = files,
@@ -116,6 +116,8 @@ local function new_reader(provider, files, dropdir, offset)
     _dropdir = dropdir,        -- nil for a single named file: never moved
     _pending = {},             -- finished files waiting for committed()
   }, Reader)
+  if not provider._raw then reader.next_raw = false end
+  return reader
 end
 
 function Reader:_open(entry)
@@ -139,9 +141,10 @@ function Reader:_finish(current)
   end
 end
 
--- next() -> record | nil at the end of all input | false, message for one
--- bad record (the following call goes on after it).
-function Reader:next()
+-- Pulls the next item through the current file's source with method
+-- ("next" for records, "next_raw" for undecoded text), moving across files
+-- and skipping the resume offset.
+function Reader:_pull(method)
   if self._closed then return nil end
   while true do
     local current = self._current
@@ -156,8 +159,8 @@ function Reader:next()
       end
       self._current = current
     end
-    local record, err = current.source:next()
-    if record == nil then
+    local item, err = current.source[method](current.source)
+    if item == nil then
       self:_finish(current)
     else
       current.count = current.count + 1
@@ -165,10 +168,28 @@ function Reader:next()
       if self._skip > 0 then
         self._skip = self._skip - 1
       else
-        return record, err
+        self._last = current.source
+        return item, err
       end
     end
   end
+end
+
+-- next() -> record | nil at the end of all input | false, message for one
+-- bad record (the following call goes on after it).
+function Reader:next()
+  return self:_pull("next")
+end
+
+-- For sources that read one record per line of text (ndjson), next_raw()
+-- gives the text undecoded and decode(text) the record, so the engine can
+-- recognise an unchanged record by its bytes without decoding it.
+function Reader:next_raw()
+  return self:_pull("next_raw")
+end
+
+function Reader:decode(text)
+  return self._last.decode(text)
 end
 
 -- A name already taken in processed/ (the same file dropped twice) gets a
@@ -336,6 +357,7 @@ end
 --   spec.kind        "ndjson", used in messages
 --   spec.extensions  file name endings read from a drop folder, lower case
 --   spec.validate    optional: config -> message | nil, for its own options
+--   spec.raw         true when sources also offer next_raw() and decode(text)
 --   spec.open        (file, name, config) -> source; source:next() gives
 --                    record | nil at end | false, message; source.broken set
 --                    true means it stopped early and the file must stay
@@ -367,6 +389,7 @@ function M.provider(spec)
       prefix = prefix,
       _extensions = spec.extensions,
       _open = spec.open,
+      _raw = spec.raw,
     }, Provider)
   end
 

@@ -276,6 +276,12 @@ local function validate_sync(job, sync)
     if link.key ~= nil and type(link.key) ~= "string" then sync_error(sync, "link key must be a remote field name") end
     sync.link = { sync = link.sync, key = link.key and mapping.compile_path(link.key) }
   end
+  -- Everything that decides how a record maps: a record whose bytes and
+  -- fingerprint were seen before maps to what is stored. Syncs whose
+  -- mapping reads other syncs' id maps (refs, links) have no fingerprint.
+  if not sync.mapping.has_refs and not sync.link then
+    sync.fingerprint = core.hash({ core.version, name = sync.name, job = job.source, mapping = sync.mapping.source_text })
+  end
 end
 
 -- Orders syncs so each comes after what it depends on; a cycle is an error
@@ -362,6 +368,7 @@ function M.load(path)
   if not file then errors.raise("usage", string.format("%s: cannot open the job file", path)) end
   local source = file:read("a")
   file:close()
+  job.source = source
   local chunk, err = load(source, job.chunkname, "t", env)
   if not chunk then errors.raise("config", err) end
   local ok, failure = xpcall(chunk, function(e)

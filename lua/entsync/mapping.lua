@@ -131,6 +131,8 @@ local function compile_field(job, sync, entity, field, spec, source, entity_line
   }
 end
 
+local generate -- defined with the other code generation below
+
 -- Compiles the mapping of a sync into { entities = { { name, fields } } }.
 function M.compile(job, sync, value)
   local tbl, source = load_mapping(job, sync, value)
@@ -140,7 +142,9 @@ function M.compile(job, sync, value)
      and not job.entities[single].fields[single] then
     split = true
   end
-  local compiled = { entities = {}, source = source.file }
+  local compiled = { entities = {}, source = source.file,
+    source_text = source.lines and table.concat(source.lines, "\n") or "" }
+  local map = require "entsync.map"
   for key in pairs(tbl) do
     if split then
       local known = false
@@ -168,10 +172,12 @@ function M.compile(job, sync, value)
     local columns, json_fields = {}, {}
     for i, field in ipairs(fields) do
       columns[i] = field.name
+      if map.is_refs(field.import) then compiled.has_refs = true end
       if field.type == "json" then json_fields[#json_fields + 1] = field.name end
     end
     compiled.entities[#compiled.entities + 1] = { name = entity, fields = fields, columns = columns, json_fields = json_fields }
   end
+  compiled.apply = generate(compiled)
   return compiled
 end
 
@@ -243,61 +249,143 @@ end
 M.coerce = coerce
 M.iso_from_epoch = iso_from_epoch
 
+-- Failures while mapping one field, raised as entity errors (or defer
+-- errors, for references not imported yet) naming the mapping line.
+local function callback_failed(field, result)
+  local is_error = errors.is(result)
+  errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
+    string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
+      field.where.file, field.where.line), { waits_for = is_error and result.waits_for or nil })
+end
+
+local function value_missing(field)
+  errors.raise("entity", string.format("field %s: required value missing at %s (%s:%d)", field.name,
+    field.path or "(callback)", field.where.file, field.where.line))
+end
+
+local function wrong_type(field, value)
+  errors.raise("entity", string.format("field %s: expected %s, got %s (%s:%d)", field.name, field.type,
+    describe(value), field.where.file, field.where.line))
+end
+
+local function call_import(field, value, record, ctx)
+  local ok, result = pcall(field.import, value, record, ctx)
+  if not ok then callback_failed(field, result) end
+  return result
+end
+
+-- The check that keeps a value already of its column's type as it is, so
+-- coercion runs only for values that need it.
+local native_check = {
+  text = 'type(value) == "string"',
+  integer = 'math_type(value) == "integer"',
+  real = 'math_type(value) == "float"',
+  boolean = 'type(value) == "boolean"',
+  json = "true",
+  timestamp = "false",
+}
+
+-- Emits the Lua that reads a remote path into `value`.
+local function emit_path(out, keys)
+  local function key(k)
+    return type(k) == "number" and string.format("[%d]", k) or string.format("[%q]", k)
+  end
+  out[#out + 1] = "  value = record" .. key(keys[1])
+  for i = 2, #keys do
+    out[#out + 1] = string.format('  if type(value) == "table" then value = value%s else value = nil end', key(keys[i]))
+  end
+end
+
+-- Generates the apply function of a compiled mapping: straight-line Lua
+-- per field into locals, and each entity's values built by one table
+-- constructor, which sizes the table once (growing it field by field was
+-- most of the cost). Behaviour is that of the table: path, import
+-- callback, default, required, coercion to the column type.
+-- Mappings too wide for Lua's 200 locals are interpreted instead.
+local MAX_GENERATED_FIELDS = 150
+
+local function interpret(compiled)
+  return function(record, ctx)
+    local mapped = {}
+    for _, entity in ipairs(compiled.entities) do
+      local values = {}
+      for _, field in ipairs(entity.fields) do
+        local value = record
+        if field.keys then value = M.get_path(record, field.keys) end
+        if field.import then value = call_import(field, value, record, ctx) end
+        if value == null then value = nil end
+        if value == nil then value = field.default end
+        if value ~= nil then
+          local typed = coerce[field.type](value)
+          if typed == nil then wrong_type(field, value) end
+          values[field.name] = typed
+        elseif field.required then
+          value_missing(field)
+        end
+      end
+      mapped[entity.name] = values
+    end
+    return mapped
+  end
+end
+
+generate = function(compiled)
+  local total = 0
+  for _, entity in ipairs(compiled.entities) do total = total + #entity.fields end
+  if total > MAX_GENERATED_FIELDS then return interpret(compiled) end
+  local out = {
+    "local fields, coerce, null, call_import, value_missing, wrong_type = ...",
+    "local type, math_type = type, math.type",
+    "return function(record, ctx)",
+    "  local value, typed",
+  }
+  local entity_tables = {}
+  for e, entity in ipairs(compiled.entities) do
+    local members = {}
+    for i, field in ipairs(entity.fields) do
+      local ref = string.format("fields[%d][%d]", e, i)
+      local var = string.format("v%d_%d", e, i)
+      if field.keys then emit_path(out, field.keys) else out[#out + 1] = "  value = record" end
+      if field.import then out[#out + 1] = string.format("  value = call_import(%s, value, record, ctx)", ref) end
+      out[#out + 1] = "  if value == null then value = nil end"
+      if field.default ~= nil then out[#out + 1] = string.format("  if value == nil then value = %s.default end", ref) end
+      out[#out + 1] = string.format("  local %s", var)
+      out[#out + 1] = "  if value ~= nil then"
+      out[#out + 1] = string.format("    if %s then typed = value else typed = coerce[%q](value) end", native_check[field.type], field.type)
+      out[#out + 1] = string.format("    if typed == nil then wrong_type(%s, value) end", ref)
+      out[#out + 1] = string.format("    %s = typed", var)
+      if field.required then out[#out + 1] = string.format("  else value_missing(%s)", ref) end
+      out[#out + 1] = "  end"
+      members[#members + 1] = string.format("[%q] = %s", field.name, var)
+    end
+    entity_tables[#entity_tables + 1] = string.format("[%q] = { %s }", entity.name, table.concat(members, ", "))
+  end
+  out[#out + 1] = "  return { " .. table.concat(entity_tables, ", ") .. " }"
+  out[#out + 1] = "end"
+  local fields = {}
+  for e, entity in ipairs(compiled.entities) do fields[e] = entity.fields end
+  local chunk = assert(load(table.concat(out, "\n"), "=(mapping " .. tostring(compiled.source) .. ")", "t"))
+  return chunk(fields, coerce, null, call_import, value_missing, wrong_type)
+end
+
 -- Applies a compiled mapping to a record. Returns { entity = values } or
 -- raises an entity error naming the field, the problem and the mapping
 -- line. Values are typed but not yet encoded: the content hash is taken
 -- over them, so json fields hash by content, not by encoder key order.
 function M.apply(compiled, record, ctx)
-  local mapped = {}
-  for e = 1, #compiled.entities do
-    local entity = compiled.entities[e]
-    local values = {}
-    local fields = entity.fields
-    for i = 1, #fields do
-      local field = fields[i]
-      local value
-      if field.keys then value = M.get_path(record, field.keys) else value = record end
-      if field.import then
-        local ok, result = pcall(field.import, value, record, ctx)
-        if not ok then
-          local is_error = errors.is(result)
-          errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
-            string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
-              field.where.file, field.where.line), { waits_for = is_error and result.waits_for or nil })
-        end
-        value = result
-      end
-      if value == nil or value == null then value = field.default end
-      if value == nil then
-        if field.required then
-          errors.raise("entity", string.format("field %s: required value missing at %s (%s:%d)", field.name,
-            field.path or "(callback)", field.where.file, field.where.line))
-        end
-      else
-        local typed = coerce[field.type](value)
-        if typed == nil then
-          errors.raise("entity", string.format("field %s: expected %s, got %s (%s:%d)", field.name, field.type,
-            describe(value), field.where.file, field.where.line))
-        end
-        values[field.name] = typed
-      end
-    end
-    mapped[entity.name] = values
-  end
-  return mapped
+  return compiled.apply(record, ctx)
 end
 
--- The row to store for mapped values: json fields encoded.
+-- The row to store for mapped values: json fields encoded, in place (the
+-- values were hashed already and are not used again).
 function M.storable(entity, values)
   local json_fields = entity.json_fields
-  if #json_fields == 0 then return values end
-  local row = {}
-  for k, v in pairs(values) do row[k] = v end
   for i = 1, #json_fields do
     local name = json_fields[i]
-    if row[name] ~= nil then row[name] = cjson.encode(row[name]) end
+    local value = values[name]
+    if value ~= nil then values[name] = cjson.encode(value) end
   end
-  return row
+  return values
 end
 
 return M

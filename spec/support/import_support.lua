@@ -1,0 +1,239 @@
+-- Shared by the import specs (import, runs, kill, lock): job files and data
+-- written into temp dirs, the summary line parsed, and the store read back
+-- through entsync's own C store (helpers.query).
+
+local cjson = require "cjson"
+local core = require "entsync.core"
+local helpers = require "helpers"
+
+local M = {}
+
+-- A JSON object with its keys in a fixed order, so generated files are the
+-- same bytes every time.
+local function encode_record(record)
+  local keys = {}
+  for k in pairs(record) do keys[#keys + 1] = k end
+  table.sort(keys, function(a, b)
+    if a == "id" then return b ~= "id" end
+    if b == "id" then return false end
+    return a < b
+  end)
+  local parts = {}
+  for _, k in ipairs(keys) do
+    parts[#parts + 1] = cjson.encode(k) .. ":" .. cjson.encode(record[k])
+  end
+  return "{" .. table.concat(parts, ",") .. "}"
+end
+M.encode = encode_record
+
+-- NDJSON text of a list of records; a string item is written as it is (a
+-- malformed line, a blank line).
+function M.ndjson(records)
+  local lines = {}
+  for i, record in ipairs(records) do
+    lines[i] = type(record) == "string" and record or encode_record(record)
+  end
+  return table.concat(lines, "\n") .. "\n"
+end
+
+-- A contact record with predictable fields.
+function M.contact(id, fields)
+  local record = { id = id, email = "c" .. id .. "@example.com", name = "Contact " .. id, age = 20 + id % 50 }
+  for k, v in pairs(fields or {}) do
+    if v == cjson.null then record[k] = nil else record[k] = v end
+  end
+  return record
+end
+
+-- Writes a job file. opts:
+--   mode, changed, limit, batch, deletes, retry  the import settings
+--   provider      provider source (default: ndjson over dir "data")
+--   remote        remote expression (default: files "contacts.ndjson")
+--   mapping       mapping source (default: email, name, age)
+--   prelude       Lua put before the declarations
+--   extra         Lua put after the sync
+function M.job(dir, opts)
+  opts = opts or {}
+  local import = {}
+  local function add(key, value)
+    if value ~= nil then
+      import[#import + 1] = string.format("%s = %s", key, type(value) == "string" and string.format("%q", value)
+        or tostring(value))
+    end
+  end
+  add("mode", opts.mode or "full")
+  add("changed", opts.changed)
+  add("limit", opts.limit)
+  add("batch", opts.batch)
+  add("deletes", opts.deletes)
+  add("retry", opts.retry)
+  local source = table.concat({
+    opts.prelude or "",
+    'entity "contact" { email = "text", name = "text", age = "integer" }',
+    "local files = " .. (opts.provider or 'provider "ndjson" { dir = "data" }'),
+    'sync "contacts" { remote = ' .. (opts.remote or 'files "contacts.ndjson"') .. ', entity = "contact",',
+    "  mapping = " .. (opts.mapping or '{ email = "email", name = "name", age = "age" }') .. ",",
+    "  import = { " .. table.concat(import, ", ") .. " } }",
+    opts.extra or "",
+  }, "\n") .. "\n"
+  helpers.write(dir .. "/job.lua", source)
+  return dir .. "/job.lua"
+end
+
+function M.data(dir, records, name)
+  return helpers.write(dir .. "/data/" .. (name or "contacts.ndjson"), M.ndjson(records))
+end
+
+-- Runs the job in dir: helpers.run with "job.lua" and the args.
+function M.run(dir, ...)
+  local args = { "job.lua", ... }
+  return helpers.run(dir, args)
+end
+
+-- The counts of the summary line of sync in stdout, or nil: { line,
+-- created = n, ..., would_create = n, before_cursor = n, retried = n }.
+function M.summary(stdout, sync)
+  sync = sync or "contacts"
+  for line in stdout:gmatch("[^\n]+") do
+    if line:sub(1, #sync + 2) == sync .. ": " then
+      local counts = { line = line }
+      local body = line:sub(#sync + 3):gsub(" %(.-%)", ""):gsub(" in %d+%.%d+s.*$", "")
+      for item in body:gmatch("[^,]+") do
+        local n, words = item:match("^%s*(%d+) (.-)%s*$")
+        if n then
+          words = words:gsub("^would ", "would_"):gsub("before the cursor", "before_cursor")
+          counts[words] = tonumber(n)
+        end
+      end
+      return counts
+    end
+  end
+  return nil
+end
+
+function M.db(dir)
+  return dir .. "/entsync.db"
+end
+
+function M.query(dir, sql, ...)
+  return helpers.query(M.db(dir), sql, ...)
+end
+
+function M.value(dir, sql, ...)
+  local row = M.query(dir, sql, ...)[1]
+  if not row then return nil end
+  local _, v = next(row)
+  return v
+end
+
+function M.count(dir, table_name, where)
+  return M.value(dir, "SELECT count(*) AS n FROM " .. table_name .. (where and (" WHERE " .. where) or ""))
+end
+
+-- Contacts as { [id] = "email|name|age" } and the sorted list of remote ids
+-- in the id map.
+function M.contacts(dir)
+  local out = {}
+  for _, row in ipairs(M.query(dir, [[SELECT m.remote_id, c.email, c.name, c.age FROM contact c
+      JOIN entsync_idmap m ON m.entity = 'contact' AND m.local_id = c.id ORDER BY c.id]])) do
+    out[tonumber(row.remote_id) or row.remote_id] = string.format("%s|%s|%s", tostring(row.email), tostring(row.name),
+      tostring(row.age))
+  end
+  return out
+end
+
+function M.expected(records)
+  local out = {}
+  for _, r in ipairs(records) do
+    if type(r) == "table" then
+      out[r.id] = string.format("%s|%s|%s", tostring(r.email), tostring(r.name), tostring(r.age))
+    end
+  end
+  return out
+end
+
+-- The whole imported state in a canonical text: entity rows by local id and
+-- the id map by remote id (without synced_at, which is a clock reading).
+function M.dump(dir)
+  local lines = {}
+  for _, row in ipairs(M.query(dir, "SELECT id, email, name, age FROM contact ORDER BY id")) do
+    lines[#lines + 1] = string.format("contact %d %s %s %s", row.id, tostring(row.email), tostring(row.name),
+      tostring(row.age))
+  end
+  for _, row in ipairs(M.query(dir, [[SELECT sync, entity, local_id, remote_id, changed, hash, seen_pass, gone_at
+      FROM entsync_idmap ORDER BY sync, remote_id, entity]])) do
+    lines[#lines + 1] = string.format("idmap %s %s %d %s %s %s %s %s", row.sync, row.entity, row.local_id,
+      row.remote_id, tostring(row.changed), tostring(row.hash), tostring(row.seen_pass), tostring(row.gone_at))
+  end
+  return table.concat(lines, "\n")
+end
+
+-- Installs triggers that log every write to the contact table and the id
+-- map into import_audit, to prove that a run wrote nothing.
+function M.audit(dir)
+  local store = helpers.open_store(M.db(dir))
+  store:exec([[
+    CREATE TABLE IF NOT EXISTS import_audit (what TEXT);
+    CREATE TRIGGER IF NOT EXISTS import_audit_ci AFTER INSERT ON contact BEGIN INSERT INTO import_audit VALUES ('contact insert'); END;
+    CREATE TRIGGER IF NOT EXISTS import_audit_cu AFTER UPDATE ON contact BEGIN INSERT INTO import_audit VALUES ('contact update'); END;
+    CREATE TRIGGER IF NOT EXISTS import_audit_cd AFTER DELETE ON contact BEGIN INSERT INTO import_audit VALUES ('contact delete'); END;
+    CREATE TRIGGER IF NOT EXISTS import_audit_mi AFTER INSERT ON entsync_idmap BEGIN INSERT INTO import_audit VALUES ('idmap insert'); END;
+    CREATE TRIGGER IF NOT EXISTS import_audit_mu AFTER UPDATE ON entsync_idmap BEGIN INSERT INTO import_audit VALUES ('idmap update'); END;
+    CREATE TRIGGER IF NOT EXISTS import_audit_md AFTER DELETE ON entsync_idmap BEGIN INSERT INTO import_audit VALUES ('idmap delete'); END;
+    DELETE FROM import_audit;
+  ]])
+  store:close()
+end
+
+function M.audited(dir)
+  local out = {}
+  for _, row in ipairs(M.query(dir, "SELECT what FROM import_audit ORDER BY rowid")) do out[#out + 1] = row.what end
+  return out
+end
+
+function M.exists(path)
+  return core.exists(path) ~= false
+end
+
+function M.ls(dir)
+  local names = core.listdir(dir)
+  if not names then return {} end
+  table.sort(names)
+  return names
+end
+
+-- A long-lived process we own (for a live pid in a hand-made lease).
+function M.sleeper(seconds)
+  local pipe = io.popen("sleep " .. (seconds or 30) .. " >/dev/null 2>&1 & echo $!")
+  local pid = tonumber(pipe:read("l"))
+  pipe:close()
+  return pid
+end
+
+-- A pid that has exited.
+function M.dead_pid()
+  local pipe = io.popen("sh -c 'echo $$'")
+  local pid = tonumber(pipe:read("l"))
+  pipe:close()
+  helpers.wait_gone(pid, 5)
+  return pid
+end
+
+-- Writes a lease row for sync into the store.
+function M.lease(dir, sync, fields)
+  local store = helpers.open_store(M.db(dir))
+  local now = core.now()
+  store:run([[INSERT OR REPLACE INTO entsync_locks (name, owner, pid, host, acquired_at, heartbeat_at, expires_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)]], "sync:" .. (sync or "contacts"), fields.owner or "spec-owner",
+    fields.pid, fields.host or core.hostname(), fields.acquired_at or now, fields.heartbeat_at or now,
+    fields.expires_at or (now + 300))
+  store:close()
+end
+
+-- Puts the slow provider (spec/support/import_slow_provider.lua) into the
+-- job folder as providers/slow.lua.
+function M.install_slow_provider(dir)
+  helpers.write(dir .. "/providers/slow.lua", helpers.read(helpers.root .. "/spec/support/import_slow_provider.lua"))
+end
+
+return M
