@@ -161,9 +161,13 @@ static const char *key_text(const struct hash_key *k)
     return k->kind == LUA_TNUMBER ? k->number : k->key;
 }
 
+/* String keys sort before number keys, each bytewise by their text, so a
+ * key 1.5 and a key "1.5" in one table have a fixed order. */
 static int compare_keys(const void *a, const void *b)
 {
     const struct hash_key *x = a, *y = b;
+    if (x->kind != y->kind)
+        return x->kind == LUA_TSTRING ? -1 : 1;
     size_t n = x->len < y->len ? x->len : y->len;
     int c = memcmp(key_text(x), key_text(y), n);
     if (c != 0)
@@ -214,7 +218,15 @@ static void encode_object(lua_State *L, canon_buf *out, int idx, size_t count, i
     buf_add_tagged(L, out, 'o', (long long)n, ':');
     for (size_t i = 0; i < n; i++) {
         struct hash_key *k = &keys[i];
-        encode_string(L, out, key_text(k), k->len);
+        if (k->kind == LUA_TSTRING) {
+            encode_string(L, out, k->key, k->len);
+        } else if (k->is_integer) {
+            buf_add_tagged(L, out, 'i', (long long)k->integer, ';');
+        } else {
+            buf_add(L, out, "d", 1);
+            buf_add(L, out, k->number, k->len);
+            buf_add(L, out, ";", 1);
+        }
         if (k->kind == LUA_TSTRING)
             lua_pushlstring(L, k->key, k->len);
         else if (k->is_integer)

@@ -5,8 +5,9 @@
  * Encoding: nil and JSON null "n"; booleans "t"/"f"; numbers with an
  * integral value (1 and 1.0 alike) "i<digits>;", other numbers
  * "d<%.17g>;"; strings "s<len>:<bytes>"; tables that are sequences
- * "a<n>:" then their items; other tables "o<n>:" then key/value pairs in
- * bytewise order of the keys' canonical strings. The hash is FNV-1a 64 of
+ * "a<n>:" then their items; other tables "o<n>:" then key/value pairs,
+ * string keys first (encoded as strings) in bytewise order, then number
+ * keys (encoded as numbers) in bytewise order of their text. The hash is FNV-1a 64 of
  * those bytes: simple, documented and stable, which matters more here
  * than speed (records are a few hundred bytes).
  */

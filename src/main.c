@@ -61,12 +61,18 @@ static int find_root(char *root, size_t size)
     return 0;
 }
 
-/* The job file is the first argument that is not an option. */
+/* The job file is the first argument that is neither an option nor the
+ * value of one (entsync.cli parses the rest; these two take a value). */
 static const char *job_argument(int argc, char **argv)
 {
-    for (int i = 1; i < argc; i++)
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--log-format") == 0) {
+            i++;
+            continue;
+        }
         if (argv[i][0] != '-')
             return argv[i];
+    }
     return NULL;
 }
 

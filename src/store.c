@@ -491,6 +491,16 @@ static void exec_or_raise(lua_State *L, entsync_store *store, const char *sql)
     }
 }
 
+/* Pushes name in ASCII lower case: SQLite compares identifiers so. */
+static void push_lower(lua_State *L, const char *name)
+{
+    char folded[IDENT_MAX + 1];
+    size_t i = 0;
+    for (; name[i] && i < IDENT_MAX; i++)
+        folded[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i]);
+    lua_pushlstring(L, folded, i);
+}
+
 /* store:define_entity(name, { field = type, ... }) -> created, { added... }
  * Creates the table with an integer primary key "id", then adds each
  * declared field it lacks. Nothing is ever dropped or rewritten: a column
@@ -519,6 +529,31 @@ static int store_define_entity(lua_State *L)
     lua_call(L, 1, 0);
     lua_pop(L, 1);
 
+    /* Every field is checked before any DDL runs, so a bad declaration
+     * changes nothing. */
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, fields, i);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            return luaL_error(L, "entity \"%s\": field names must be strings", name);
+        const char *field = check_identifier(L, -1, "field");
+        if (strcasecmp(field, "id") == 0)
+            return luaL_error(L, "entity \"%s\": field \"%s\" is the primary key and cannot be declared", name, field);
+        for (lua_Integer j = 1; j < i; j++) {
+            lua_rawgeti(L, fields, j);
+            if (strcasecmp(lua_tostring(L, -1), field) == 0)
+                return luaL_error(L, "entity \"%s\": fields \"%s\" and \"%s\" differ only in case",
+                                  name, lua_tostring(L, -1), field);
+            lua_pop(L, 1);
+        }
+        lua_getfield(L, 3, field);
+        const char *type = lua_tostring(L, -1);
+        if (!type || !column_type(type))
+            return luaL_error(L, "entity \"%s\": field \"%s\" has unknown type \"%s\" "
+                              "(text, integer, real, boolean, json, timestamp)",
+                              name, field, type ? type : luaL_typename(L, -1));
+        lua_pop(L, 2);
+    }
+
     push_columns(L, 1, name);
     int existing = lua_gettop(L);
     int created = 0;
@@ -533,26 +568,28 @@ static int store_define_entity(lua_State *L)
         exec_or_raise(L, store, lua_tostring(L, -1));
         lua_pop(L, 1);
     }
+    /* Existing column names, folded to lower case as SQLite compares them. */
+    lua_newtable(L);
+    int folded = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, existing) != 0) {
+        lua_pop(L, 1);
+        push_lower(L, lua_tostring(L, -1));
+        lua_pushboolean(L, 1);
+        lua_rawset(L, folded);
+    }
     lua_newtable(L);
     int added = lua_gettop(L);
     lua_Integer n_added = 0;
     for (lua_Integer i = 1; i <= n; i++) {
         lua_rawgeti(L, fields, i);
-        if (lua_type(L, -1) != LUA_TSTRING)
-            return luaL_error(L, "entity \"%s\": field names must be strings", name);
-        const char *field = check_identifier(L, -1, "field");
-        if (strcmp(field, "id") == 0)
-            return luaL_error(L, "entity \"%s\": field \"id\" is the primary key and cannot be declared", name);
+        const char *field = lua_tostring(L, -1);
         lua_getfield(L, 3, field);
-        const char *type = lua_tostring(L, -1);
-        const char *sql_type = type ? column_type(type) : NULL;
-        if (!sql_type)
-            return luaL_error(L, "entity \"%s\": field \"%s\" has unknown type \"%s\" "
-                              "(text, integer, real, boolean, json, timestamp)",
-                              name, field, type ? type : luaL_typename(L, -1));
+        const char *sql_type = column_type(lua_tostring(L, -1));
         lua_pop(L, 1);
-        lua_getfield(L, existing, field);
-        int present = !lua_isnil(L, -1);
+        push_lower(L, field);
+        lua_rawget(L, folded);
+        int present = lua_toboolean(L, -1);
         lua_pop(L, 1);
         if (!present) {
             lua_pushfstring(L, "ALTER TABLE \"%s\" ADD COLUMN \"%s\" %s", name, field, sql_type);

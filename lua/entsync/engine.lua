@@ -85,7 +85,12 @@ function M.open(job, options)
   local dry = options.dry_run
   local path = job.store_file
   if dry and not file_exists(path) then path = ":memory:" end
-  local store = core.open_store(path)
+  local opened, store = pcall(core.open_store, path)
+  if not opened then
+    -- A store that cannot be opened or was written by a newer entsync is
+    -- a problem of the job's setup, not of entsync.
+    errors.raise("config", string.format("%s: %s", job.display_path, tostring(store):gsub("^[^\n]-%.lua:%d+: ", "")))
+  end
   local session = setmetatable({
     job = job, store = store, dry = dry, options = options, providers = {},
     log = options.log or function() end,

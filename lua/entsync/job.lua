@@ -65,22 +65,32 @@ local function dsl_entity(job)
     if name:lower():match("^entsync_") or name:lower():match("^sqlite_") then
       errors.config(where, "entity \"%s\": names starting with entsync_ or sqlite_ are reserved", name)
     end
-    if job.entities[name] then
-      errors.config(where, "entity \"%s\" is already declared at line %d", name, job.entities[name].where.line)
+    -- SQLite compares table names without regard to case.
+    local same = job.entity_names[name:lower()]
+    if same then
+      errors.config(where, "entity \"%s\" is already declared at line %d%s", name, same.where.line,
+        same.name ~= name and (" as \"" .. same.name .. "\"") or "")
     end
     return function(fields)
       if type(fields) ~= "table" then
         errors.config(where, "entity \"%s\" expects a table of fields, got %s", name, type(fields))
       end
       local decl = { name = name, fields = {}, where = where }
+      local folded = {}
       for field, field_type in pairs(fields) do
         if type(field) ~= "string" or not core.valid_identifier(field) then
           errors.config(where, "entity \"%s\": field name %s is not an identifier", name,
             type(field) == "string" and ('"' .. field .. '"') or tostring(field))
         end
-        if field == "id" then
-          errors.config(where, "entity \"%s\": field \"id\" is the primary key and cannot be declared", name)
+        if field:lower() == "id" then
+          errors.config(where, "entity \"%s\": field \"%s\" is the primary key and cannot be declared", name, field)
         end
+        local other = folded[field:lower()]
+        if other then
+          errors.config(where, "entity \"%s\": fields \"%s\" and \"%s\" differ only in case (SQLite treats them as one)",
+            name, other < field and other or field, other < field and field or other)
+        end
+        folded[field:lower()] = field
         if not M.field_types[field_type] then
           errors.config(where, "entity \"%s\": field \"%s\" has unknown type %s (text, integer, real, boolean, json, timestamp)",
             name, field, type(field_type) == "string" and ('"' .. field_type .. '"') or type(field_type))
@@ -88,6 +98,7 @@ local function dsl_entity(job)
         decl.fields[field] = field_type
       end
       job.entities[name] = decl
+      job.entity_names[name:lower()] = decl
       job.entity_order[#job.entity_order + 1] = name
       return decl
     end
@@ -115,9 +126,13 @@ local function dsl_provider(job)
     end
     local ok, module = pcall(require, "providers." .. module_name)
     if not ok then
-      local missing = tostring(module):match("^module '[^']+' not found")
+      local message = tostring(module)
+      local missing = message:match("^module '[^']+' not found")
+      -- require's own message spans lines ("error loading module ...:\n\t
+      -- file:line: reason"); its last line says what is wrong.
+      local reason = message:match("\n%s*([^\n]+)$") or message
       errors.config(where, "provider \"%s\": %s", module_name,
-        missing and "no such provider (looked for providers/" .. module_name .. ".lua)" or tostring(module))
+        missing and "no such provider (looked for providers/" .. module_name .. ".lua)" or reason)
     end
     if type(module) ~= "table" or type(module.new) ~= "function" then
       errors.config(where, "provider \"%s\": its module must return a table with a new function", module_name)
@@ -358,7 +373,7 @@ function M.load(path)
   local job = {
     path = path, display_path = path, chunkname = "@" .. path,
     dir = absolute(dirname(path)),
-    entities = {}, entity_order = {}, providers = {}, syncs = {}, sync_order = {},
+    entities = {}, entity_names = {}, entity_order = {}, providers = {}, syncs = {}, sync_order = {},
   }
   local env = setmetatable({
     store = dsl_store(job), entity = dsl_entity(job), provider = dsl_provider(job),
@@ -373,7 +388,11 @@ function M.load(path)
   if not chunk then errors.raise("config", err) end
   local ok, failure = xpcall(chunk, function(e)
     if errors.is(e) then return e end
-    return errors.new("config", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+    local message = type(e) == "table" and e.message ~= nil and tostring(e.message) or tostring(e)
+    -- An error raised without a position (error({...}), error("x", 0))
+    -- still names the job file.
+    if not message:match("^[^:\n]+:%d+:") then message = path .. ": " .. message end
+    return errors.new("config", message, { traceback = debug.traceback(message, 2) })
   end)
   if not ok then error(failure, 0) end
   if not next(job.syncs) and not next(job.entities) then
