@@ -31,7 +31,7 @@ local function open(f, name)
   function source.decode(line)
     local record, err = decode_object(line)
     if record then return record end
-    return false, located(name, line_no, err)
+    return false, located(name, line_no, err), line
   end
 
   function source.next()

@@ -26,6 +26,7 @@ after_each(function()
     helpers.wait_gone(pid, 5)
   end
   owned = {}
+  S.cleanup()
   helpers.rmdir(dir)
 end)
 
@@ -39,7 +40,7 @@ local function five()
   return records
 end
 
--- A job whose store exists (one run done) and whose data is there.
+-- A job with its data and its store (no run yet).
 local function prepared()
   S.job(dir, {})
   S.data(dir, five())
@@ -51,10 +52,10 @@ local function leases()
   return S.query(dir, "SELECT * FROM entsync_locks ORDER BY name")
 end
 
-local function slow_job(count, delay)
+local function slow_job(count, delay, list_delay)
   S.install_slow_provider(dir)
-  S.job(dir, { provider = string.format('provider "slow" { count = %d, delay = %s }', count, delay), remote = "files",
-    batch = 2 })
+  S.job(dir, { provider = string.format('provider "slow" { count = %d, delay = %s, list_delay = %s }', count, delay,
+    list_delay or 0), remote = "files", batch = 2 })
 end
 
 describe("a held lease", function()
@@ -107,7 +108,7 @@ describe("a held lease", function()
     prepared()
     local sleeper = own(S.sleeper(30))
     S.lease(dir, "contacts", { pid = sleeper })
-    os.execute(string.format("(sleep 0.5; sqlite3 %s \"DELETE FROM entsync_locks\") >/dev/null 2>&1 &",
+    os.execute(string.format("(sleep 0.5; sqlite3 -cmd '.timeout 3000' %s 'DELETE FROM entsync_locks') >/dev/null 2>&1 &",
       helpers.quote(S.db(dir))))
     local t0 = core.monotonic()
     local r = S.run(dir, "run", "--no-progress", "--wait", "5")
@@ -161,18 +162,24 @@ describe("leases of real runs", function()
     assert.same({}, leases())
   end)
 
-  it("a second run while a real run holds the lease exits 3 naming it; --wait lets it follow", function()
-    slow_job(16, 0.05)
-    local child = helpers.spawn(dir, { "job.lua", "run", "--no-progress" })
-    own(child.pid)
-    local lease = helpers.wait_for(function()
+  -- The child's lease, read without taking the store's write lock.
+  local function child_lease(pid)
+    return helpers.wait_for(function()
       if not S.exists(S.db(dir)) then return nil end
-      return S.query(dir, "SELECT * FROM entsync_locks WHERE name = 'sync:contacts'")[1]
+      local row = S.peek(dir, "SELECT pid, host, expires_at FROM entsync_locks WHERE name = 'sync:contacts'")[1]
+      return row and tonumber(row[1]) == pid and row or nil
     end, 5)
+  end
+
+  it("a second run while a real run holds the lease exits 3 naming it; --wait lets it follow", function()
+    -- the child holds its lease for 1.5 s before its first batch
+    slow_job(6, 0, 1.5)
+    local child = S.track(helpers.spawn(dir, { "job.lua", "run", "--no-progress" }))
+    own(child.pid)
+    local lease = child_lease(child.pid)
     assert.is_not_nil(lease, "the child took no lease")
-    assert.equal(child.pid, lease.pid)
-    assert.equal(core.hostname(), lease.host)
-    assert.is_true(lease.expires_at > core.now())
+    assert.equal(core.hostname(), lease[2])
+    assert.is_true(tonumber(lease[3]) > core.now())
 
     local r = S.run(dir, "run", "--no-progress")
     assert.equal(3, r.code, r.stderr)
@@ -184,31 +191,47 @@ describe("leases of real runs", function()
     local follower = S.run(dir, "run", "--no-progress", "--wait", "10")
     assert.equal(0, follower.code, follower.stderr)
     assert.is_true(helpers.wait_gone(child.pid, 5))
-    assert.equal(16, summary(helpers.read(child.stdout)).created)
-    assert.equal(16, summary(follower.stdout).unchanged)
+    assert.equal(6, summary(helpers.read(child.stdout)).created)
+    assert.equal(6, summary(follower.stdout).unchanged)
     assert.same({}, leases())
-    os.remove(child.stdout)
-    os.remove(child.stderr)
+  end)
+
+  it("a second run while a real run is inside a batch exits 3 promptly, naming it", function()
+    -- the child's provider is slow between records, inside its batches
+    slow_job(10, 0.1)
+    local child = S.track(helpers.spawn(dir, { "job.lua", "run", "--no-progress" }))
+    own(child.pid)
+    assert.is_not_nil(child_lease(child.pid), "the child took no lease")
+    local t0 = core.monotonic()
+    local r = S.run(dir, "run", "--no-progress")
+    local elapsed = core.monotonic() - t0
+    local child_running = helpers.alive(child.pid)
+    assert.is_true(helpers.wait_gone(child.pid, 15))
+    assert.equal(3, r.code, string.format("exit %s after %.1fs (child still running: %s): %s%s", tostring(r.code),
+      elapsed, tostring(child_running), r.stdout, r.stderr))
+    assert.matches("pid " .. child.pid, r.stderr)
+    assert.is_true(elapsed < 1.5, "took " .. elapsed .. "s")
   end)
 
   it("a run killed while holding the lease leaves it to the next run, which takes it over", function()
     slow_job(40, 0.05)
-    local child = helpers.spawn(dir, { "job.lua", "run", "--no-progress" })
+    local child = S.spawn(dir, { "job.lua", "run", "--no-progress" })
     own(child.pid)
+    assert.is_not_nil(child_lease(child.pid), "the child took no lease")
     assert.is_not_nil(helpers.wait_for(function()
-      return S.exists(S.db(dir)) and S.count(dir, "contact") >= 4
+      local row = S.peek(dir, "SELECT count(*) FROM entsync_idmap")[1]
+      return row and tonumber(row[1]) >= 4
     end, 10))
     helpers.kill(child.pid, "KILL")
     assert.is_true(helpers.wait_gone(child.pid, 5))
+    assert.is_true(S.wait_reaped(child.pid, 5))
     assert.equal(child.pid, leases()[1].pid)
-    S.job(dir, { provider = 'provider "slow" { count = 40, delay = 0 }', remote = "files", batch = 2 })
+    slow_job(40, 0)
     local r = S.run(dir, "run", "--no-progress")
     assert.equal(0, r.code, r.stderr)
     assert.matches("took over", r.stderr)
     assert.matches("pid " .. child.pid, r.stderr)
     assert.equal(40, S.count(dir, "contact"))
     assert.same({}, leases())
-    os.remove(child.stdout)
-    os.remove(child.stderr)
   end)
 end)

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <lauxlib.h>
 #include <signal.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -27,9 +28,24 @@ static void this_host(char *name, size_t size)
     name[size - 1] = '\0';
 }
 
+/* A zombie has exited: its lease is as dead as its process. */
+static int is_zombie(sqlite3_int64 pid)
+{
+    char path[64], stat[256];
+    snprintf(path, sizeof path, "/proc/%lld/stat", (long long)pid);
+    FILE *file = fopen(path, "r");
+    if (!file)
+        return 0;
+    size_t n = fread(stat, 1, sizeof stat - 1, file);
+    fclose(file);
+    stat[n] = '\0';
+    const char *end = strrchr(stat, ')'); /* the command may hold spaces */
+    return end && end[1] == ' ' && (end[2] == 'Z' || end[2] == 'X');
+}
+
 static int pid_alive(sqlite3_int64 pid)
 {
-    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM);
+    return pid > 0 && (kill((pid_t)pid, 0) == 0 || errno == EPERM) && !is_zombie(pid);
 }
 
 static void run_or_raise(lua_State *L, entsync_store *store, const char *sql)

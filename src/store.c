@@ -39,7 +39,8 @@ static const char *const migrations[] = {
     "CREATE TABLE entsync_state ("
     "  sync TEXT PRIMARY KEY, cursor_mark, cursor_id TEXT,"
     "  pass INTEGER NOT NULL DEFAULT 0, pass_resume TEXT,"
-    "  pass_open INTEGER NOT NULL DEFAULT 0, updated_at REAL);"
+    "  pass_open INTEGER NOT NULL DEFAULT 0, pass_unreadable INTEGER NOT NULL DEFAULT 0,"
+    "  updated_at REAL);"
     "CREATE TABLE entsync_runs ("
     "  id INTEGER PRIMARY KEY, sync TEXT NOT NULL, operation TEXT NOT NULL, mode TEXT,"
     "  started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,"
@@ -67,6 +68,7 @@ static const char *const migrations[] = {
 };
 
 #define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
+_Static_assert(MIGRATION_COUNT == ENTSYNC_SCHEMA_VERSION, "store.h names the schema version");
 
 /* --- errors and identifiers ------------------------------------------- */
 
@@ -779,10 +781,29 @@ static int schema_version(lua_State *L, entsync_store *store)
     return version;
 }
 
+/* Reads the schema version without locking; false when the meta table is
+ * missing or the version differs from this entsync's. */
+static int current_schema(entsync_store *store)
+{
+    sqlite3_stmt *stmt = NULL;
+    const char *sql = "SELECT value FROM entsync_meta WHERE key = 'schema_version'";
+    if (sqlite3_prepare_v2(store->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
+        sqlite3_finalize(stmt);
+        return 0;
+    }
+    int current = sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_int(stmt, 0) == MIGRATION_COUNT;
+    sqlite3_finalize(stmt);
+    return current;
+}
+
 /* Brings entsync's tables to the current version in one transaction, so a
  * failed migration leaves the previous schema whole. */
 static void migrate(lua_State *L, entsync_store *store)
 {
+    /* A current store needs no write lock: another run may be writing a
+     * batch, and status must not wait for it. */
+    if (current_schema(store))
+        return;
     exec_or_raise(L, store, "BEGIN IMMEDIATE");
     int version = schema_version(L, store);
     if (version > MIGRATION_COUNT) {

@@ -269,7 +269,9 @@ function commands.refresh(job, args, options)
   if options.all == (#ids > 0) then usage_error("refresh takes a sync and local ids, or --all") end
   return with_session(job, options, function(engine, session)
     local started = core.monotonic()
-    return report(engine, { engine.refresh(session, sync, options.all and nil or ids) }, started, options)
+    local local_ids = ids
+    if options.all then local_ids = nil end
+    return report(engine, { engine.refresh(session, sync, local_ids) }, started, options)
   end)
 end
 

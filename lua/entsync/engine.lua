@@ -29,12 +29,15 @@ local SQL = {
       synced_at = excluded.synced_at, seen_pass = excluded.seen_pass, gone_at = NULL]],
   raw_hashes = "SELECT raw_hash FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND raw_hash IS NOT NULL",
   mark_seen = "UPDATE entsync_idmap SET seen_pass = ?3, gone_at = NULL WHERE sync = ?1 AND remote_id = ?2",
-  state = "SELECT cursor_mark, cursor_id, pass, pass_resume, pass_open FROM entsync_state WHERE sync = ?1",
-  save_state = [[INSERT INTO entsync_state (sync, cursor_mark, cursor_id, pass, pass_resume, pass_open, updated_at)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+  state = [[SELECT cursor_mark, cursor_id, pass, pass_resume, pass_open, pass_unreadable
+    FROM entsync_state WHERE sync = ?1]],
+  save_state = [[INSERT INTO entsync_state
+      (sync, cursor_mark, cursor_id, pass, pass_resume, pass_open, pass_unreadable, updated_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
     ON CONFLICT (sync) DO UPDATE SET cursor_mark = excluded.cursor_mark, cursor_id = excluded.cursor_id,
       pass = excluded.pass, pass_resume = excluded.pass_resume, pass_open = excluded.pass_open,
-      updated_at = excluded.updated_at]],
+      pass_unreadable = excluded.pass_unreadable, updated_at = excluded.updated_at]],
+  clear_unreadable = "DELETE FROM entsync_failures WHERE sync = ?1 AND remote_id LIKE '@%' AND last_at < ?2",
   failing = "SELECT remote_id FROM entsync_failures WHERE sync = ?1",
   failure_attempts = "SELECT attempts FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
   save_failure = [[INSERT INTO entsync_failures
@@ -47,7 +50,7 @@ local SQL = {
   ref_lookup = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND remote_id = ?3",
   clear_failure = "DELETE FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
   due_failures = [[SELECT remote_id, payload FROM entsync_failures
-    WHERE sync = ?1 AND payload IS NOT NULL AND next_at <= ?2 ORDER BY first_at, remote_id]],
+    WHERE sync = ?1 AND next_at <= ?2 ORDER BY first_at, remote_id]],
   start_run = [[INSERT INTO entsync_runs (sync, operation, mode, started_at, status, cursor_before, pid, host)
     VALUES (?1, ?2, ?3, ?4, 'running', ?5, ?6, ?7)]],
   progress_run = [[UPDATE entsync_runs SET created = ?2, updated = ?3, unchanged = ?4, stale = ?5,
@@ -101,17 +104,27 @@ function M.open(job, options)
   return session
 end
 
+-- Brings the entity tables up to their declarations. The write
+-- transaction is taken only when a table or column is missing, so opening
+-- a current store never waits for another run's batch.
 function Session:define_entities()
   local store = self.store
+  local needed = {}
+  for _, name in ipairs(self.job.entity_order) do
+    local columns, lower = store:columns(name), {}
+    for column in pairs(columns) do lower[column:lower()] = true end
+    local missing = next(columns) == nil
+    for field in pairs(self.job.entities[name].fields) do missing = missing or not lower[field:lower()] end
+    if missing then needed[#needed + 1] = name end
+  end
+  if #needed == 0 then return end
   if not self.dry then store:run("BEGIN IMMEDIATE") end
   local ok, err = pcall(function()
-    for _, name in ipairs(self.job.entity_order) do
-      store:define_entity(name, self.job.entities[name].fields)
-    end
+    for _, name in ipairs(needed) do store:define_entity(name, self.job.entities[name].fields) end
   end)
   if not ok then
     if not self.dry then store:run("ROLLBACK") end
-    error(err, 0)
+    errors.raise("config", string.format("%s: %s", self.job.display_path, tostring(err)))
   end
   if not self.dry then store:run("COMMIT") end
 end
@@ -213,15 +226,32 @@ local function remote_id_text(value)
   return nil
 end
 
+local function load_state(store, sync)
+  local state = store:row(SQL.state, sync.name) or {}
+  state.pass = state.pass or 0
+  state.pass_open = state.pass_open or 0
+  state.pass_unreadable = state.pass_unreadable or 0
+  return state
+end
+
+local function save_state(store, sync, state)
+  store:run(SQL.save_state, sync.name, state.cursor_mark, state.cursor_id, state.pass, state.pass_resume,
+    state.pass_open, state.pass_unreadable, core.now())
+end
+
 function M.new_run(session, sync, operation)
   local store = session.store
   local run = setmetatable({
     session = session, store = store, sync = sync, operation = operation, counts = new_counts(),
     failing = {}, failures_shown = 0, writers = {},
-    track_seen = sync.import.deletes ~= "keep", pass = 0,
+    track_seen = sync.import.deletes ~= "keep",
   }, Run)
   for _, row in ipairs(store:rows(SQL.failing, sync.name)) do run.failing[row.remote_id] = true end
   run.ctx = M.new_context(run)
+  -- Entities written outside a managed run (import, refresh) count as seen
+  -- in the current full pass, so completing it does not delete them.
+  run.state = load_state(store, sync)
+  run.pass = run.state.pass
   for _, entity in ipairs(sync.mapping.entities) do
     run.writers[entity.name] = store:writer(entity.name, entity.columns)
   end
@@ -310,13 +340,16 @@ function Run:fail(remote_id, message, payload, waits_for)
     self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", sync.name,
       self.session.job.display_path))
   end
-  local encoded
-  if payload ~= nil then
+  local encoded = payload
+  if type(payload) == "table" then
     local ok, json = pcall(cjson.encode, payload)
     encoded = ok and json or nil
   end
   local attempts = (store:value(SQL.failure_attempts, sync.name, remote_id) or 0) + 1
   local now = core.now()
+  -- A remote that is there but fails to import is still there: a full
+  -- pass must not delete what is stored for it.
+  if self.track_seen and remote_id:sub(1, 1) ~= "@" then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
   local next_at = waits_for and WAITING or now + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
   store:run(SQL.save_failure, sync.name, remote_id, nil, message, encoded, attempts, now, next_at, waits_for)
   self.failing[remote_id] = true
@@ -370,7 +403,9 @@ function Run:process(record, raw_hash)
   local raw_id = type(record) == "table" and record[sync.id_field] or nil
   local remote_id = remote_id_text(raw_id)
   if not remote_id then
-    local key = string.format("@%s#%d", sync.name, self.counts.failed + 1)
+    -- Keyed by its content, so the same record failing again is one row.
+    local hashed, hex = pcall(core.hash_hex, record)
+    local key = "@no-id:" .. (hashed and hex or "unhashable")
     self:fail(key, string.format("record has no usable id in field \"%s\" (got %s)", sync.id_field,
       raw_id == nil and "nothing" or tostring(raw_id)), record)
     return "failed"
@@ -380,6 +415,7 @@ function Run:process(record, raw_hash)
   local rows = store:rows(SQL.lookup, sync.name, remote_id)
   local stored = rows[1]
   if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
+    if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
     return self:count("stale", remote_id)
   end
   ctx.remote_id = remote_id
@@ -454,6 +490,13 @@ function Run:finish(status, cursor_after, err)
     c.failed, c.deleted, c.skipped, cursor_after, err)
 end
 
+-- Failures of unreadable or id-less input ("@...") that a full pass read
+-- from its start did not meet again are gone from the input: cleared.
+function Run:clear_unseen_unreadable(started)
+  if self.session.dry then return end
+  self.store:run(SQL.clear_unreadable, self.sync.name, started)
+end
+
 -- A finished run of this sync makes the entities deferred on it due.
 function Run:release_dependents()
   if not self.session.dry then self.store:run(SQL.release_deferred, self.sync.name, core.now()) end
@@ -465,12 +508,30 @@ function Run:retry_failures(force)
   local session, sync = self.session, self.sync
   local due = self.store:rows(SQL.due_failures, sync.name, force and math.huge or core.now())
   if #due == 0 then return end
+  local provider = self.provider
+  local can_get = type(provider.get) == "function"
   session:begin()
   for _, row in ipairs(due) do
-    local ok, record = pcall(cjson.decode, row.payload)
-    if ok then
-      self.counts.retried = self.counts.retried + 1
+    self.counts.retried = self.counts.retried + 1
+    local record, fetch_error
+    if can_get and row.remote_id:sub(1, 1) ~= "@" then
+      -- The remote may have been fixed since: fetch it again.
+      local fetched, value, err = pcall(provider.get, provider, sync.resource, row.remote_id)
+      if fetched and value ~= nil then
+        record = value
+      elseif fetched then
+        fetch_error = "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or "")
+      end
+    end
+    if record == nil and fetch_error == nil and row.payload then
+      local decoded, value = pcall(cjson.decode, row.payload)
+      if decoded and type(value) == "table" then record = value end
+      if not decoded then fetch_error = "malformed JSON: " .. tostring(value) end
+    end
+    if record ~= nil then
       self:process(record)
+    else
+      self:fail(row.remote_id, fetch_error or "nothing to retry", nil)
     end
   end
   session:commit()
@@ -478,10 +539,17 @@ end
 
 -- Applies deletes = "delete" | "flag" to local entities whose remote was
 -- not seen in the pass that just completed.
-function Run:apply_deletes()
+function Run:apply_deletes(pass_had_unreadable)
   local sync, store = self.sync, self.store
   local mode = sync.import.deletes
   if mode == "keep" then return end
+  if pass_had_unreadable then
+    -- An unreadable record may be any stored entity: deleting what was not
+    -- seen could delete it.
+    self.session.log("warn", string.format("sync \"%s\": the pass read records it could not parse; "
+      .. "deletes = \"%s\" is not applied this time", sync.name, mode))
+    return
+  end
   local gone, order = {}, {}
   for _, row in ipairs(store:rows(SQL.unseen, sync.name, self.pass)) do
     if not gone[row.remote_id] then
@@ -505,17 +573,6 @@ function Run:apply_deletes()
 end
 
 -- record sources -------------------------------------------------------------------
-
-local function load_state(store, sync)
-  local state = store:row(SQL.state, sync.name) or { pass = 0 }
-  state.pass = state.pass or 0
-  return state
-end
-
-local function save_state(store, sync, state)
-  store:run(SQL.save_state, sync.name, state.cursor_mark, state.cursor_id, state.pass, state.pass_resume,
-    state.pass_open or 0, core.now())
-end
 
 -- A small binary heap keeping the `limit` smallest (mark, id) candidates
 -- for incremental runs with a limit over a source that is not ordered.
@@ -549,13 +606,107 @@ end
 
 -- The import run --------------------------------------------------------------------
 
-local function read_next(reader)
-  local record, err = reader:next()
-  if record == false then return false, err end
-  return record
+-- What a record source gives the batch loop: a decoded record, a record
+-- known unchanged by its bytes, or an input that could not be read.
+local RECORD, UNCHANGED, UNREADABLE = 1, 2, 3
+
+local function mark_of(sync, record)
+  local mark = record[sync.changed_field]
+  if mark == null then return nil end
+  return mark
+end
+
+-- Builds the source of one run: next() -> kind, value, extra | nil.
+-- Three shapes: for an incremental limited run over a source that is not
+-- ordered, the `limit` smallest records newer than the cursor (read in
+-- full first, so `truncated` tells whether records were left for later
+-- runs); for ndjson-like readers under a fingerprinted mapping, raw lines
+-- whose bytes were imported before are UNCHANGED without decoding; else
+-- the stream of records itself.
+local function record_source(run, reader, state, incremental)
+  local sync, store, settings = run.sync, run.store, run.sync.import
+  local source = { truncated = false, moves_each_batch = true }
+
+  local function newer_than_cursor(record)
+    if not incremental or state.cursor_mark == nil then return true end
+    local mark = mark_of(sync, record)
+    if mark == nil then return true end
+    return cursor.compare(mark, remote_id_text(record[sync.id_field]) or "", state.cursor_mark, state.cursor_id) > 0
+  end
+
+  local function skip()
+    run.counts.skipped = run.counts.skipped + 1
+  end
+
+  if incremental and settings.limit and not reader.ordered then
+    local heap, unreadable = {}, {}
+    while true do
+      local record, err, raw = reader:next()
+      if record == nil then break end
+      if record == false then
+        unreadable[#unreadable + 1] = { err, raw }
+      elseif newer_than_cursor(record) then
+        if #heap >= settings.limit then source.truncated = true end
+        heap_push(heap, { mark = mark_of(sync, record), id = remote_id_text(record[sync.id_field]) or "",
+          record = record }, settings.limit)
+      else
+        skip()
+      end
+    end
+    table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) < 0 end)
+    -- Everything was read already: files may move only once every record
+    -- taken from them is committed, at the end, and only if none was left.
+    source.moves_each_batch, source.ordered = false, true
+    local u, h = 0, 0
+    function source.next()
+      if u < #unreadable then
+        u = u + 1
+        return UNREADABLE, unreadable[u][1], unreadable[u][2]
+      end
+      h = h + 1
+      if heap[h] then return RECORD, heap[h].record end
+      return nil
+    end
+    return source
+  end
+
+  source.ordered = reader.ordered == true
+  if reader.next_raw and sync.fingerprint and not run.track_seen then
+    local known = store:hash_set(SQL.raw_hashes, sync.name, sync.entities[1])
+    local fingerprint = sync.fingerprint
+    function source.next()
+      while true do
+        local text, err = reader:next_raw()
+        if text == nil then return nil end
+        if text == false then return UNREADABLE, err end
+        local raw_hash = core.hash_bytes(text, fingerprint)
+        if known:has(raw_hash) then return UNCHANGED end
+        local record
+        record, err = reader:decode(text)
+        if record == false then return UNREADABLE, err, text end
+        if newer_than_cursor(record) then return RECORD, record, raw_hash end
+        skip()
+      end
+    end
+    return source
+  end
+
+  function source.next()
+    while true do
+      local record, err, raw = reader:next()
+      if record == nil then return nil end
+      if record == false then return UNREADABLE, err, raw end
+      if newer_than_cursor(record) then return RECORD, record end
+      skip()
+    end
+  end
+  return source
 end
 
 -- Runs one managed import of sync: full or incremental, optionally limited.
+-- Each batch is read first, outside any transaction, then written in one
+-- short transaction with its checkpoint, so other programs and runs wait
+-- for the store no longer than a batch takes to write.
 function M.run_import(session, sync, options)
   options = options or {}
   local store = session.store
@@ -564,16 +715,18 @@ function M.run_import(session, sync, options)
   local ok, result = xpcall(function()
     run = M.new_run(session, sync, "run")
     local settings = sync.import
-    local state = load_state(store, sync)
-    local before = cursor.format(state.cursor_mark, state.cursor_id)
-    if not session.dry then run:start(settings.mode, before) end
+    local state = run.state
+    local started = core.now()
+    if not session.dry then run:start(settings.mode, cursor.format(state.cursor_mark, state.cursor_id)) end
     local incremental = settings.mode == "incremental"
     if not incremental then
       if state.pass_open == 0 then
-        state.pass, state.pass_resume, state.pass_open = state.pass + 1, nil, 1
+        state.pass, state.pass_resume, state.pass_open, state.pass_unreadable = state.pass + 1, nil, 1, 0
       end
       run.pass = state.pass
     end
+    -- A pass read whole by this run re-met every input still there.
+    local pass_from_start = not incremental and state.pass_resume == nil
     local query = { offset = not incremental and tonumber(state.pass_resume) or nil, limit = settings.limit }
     if incremental and state.cursor_mark ~= nil then query.since = { state.cursor_mark, state.cursor_id } end
     local reader, list_err = run.provider:list(sync.resource, query)
@@ -581,25 +734,16 @@ function M.run_import(session, sync, options)
       errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
         sync.name, tostring(list_err)))
     end
+    local source = record_source(run, reader, state, incremental)
     local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
-    local limit = settings.limit or math.huge
-    local batch = settings.batch
-    local ordered = reader.ordered == true
+    local limit = (source.moves_each_batch and settings.limit) or math.huge
+    local ordered = source.ordered
     local run_max -- the largest (mark, id) processed in this run
-    local processed, complete, pending_moves = 0, false, true
-
-    local function newer_than_cursor(record)
-      if not incremental or state.cursor_mark == nil then return true end
-      local mark = record[sync.changed_field]
-      if mark == nil or mark == null then return true end
-      local id = remote_id_text(record[sync.id_field]) or ""
-      return cursor.compare(mark, id, state.cursor_mark, state.cursor_id) > 0
-    end
+    local processed, complete = 0, false
 
     local function note_mark(record)
-      if not incremental then return end
-      local mark = record[sync.changed_field]
-      if mark == nil or mark == null then return end
+      local mark = mark_of(sync, record)
+      if not incremental or mark == nil then return end
       local id = remote_id_text(record[sync.id_field]) or ""
       if run_max and cursor.compare(mark, id, run_max.mark, run_max.id) < 0 then
         if ordered then
@@ -614,27 +758,44 @@ function M.run_import(session, sync, options)
       end
     end
 
-    local function handle(record, err, raw_hash)
-      if record == true then
+    local function handle(kind, value, extra)
+      if kind == UNCHANGED then
         run.counts.unchanged = run.counts.unchanged + 1
-      elseif record == false then
-        -- A record that could not be read has no id: it is kept under its
-        -- place in the input ("@contacts.ndjson:7").
-        local place, message = tostring(err):match("^([^:]+:%d+): (.*)$")
-        run:fail("@" .. (place or "input"), message or tostring(err), nil)
+      elseif kind == UNREADABLE then
+        -- An input that could not be read has no id: it is kept under its
+        -- place in the input ("@contacts.ndjson:7"), with its text.
+        local place, message = tostring(value):match("^([^:]+:%d+): (.*)$")
+        run:fail("@" .. (place or "input"), message or tostring(value), extra)
+        state.pass_unreadable = 1
       else
-        note_mark(record)
-        run:process(record, raw_hash)
+        note_mark(value)
+        run:process(value, extra)
       end
-      processed = processed + 1
-      meter:tick(processed)
     end
 
-    local function checkpoint(done)
+    local kinds, values, extras = {}, {}, {}
+    while true do
+      local n, exhausted = 0, false
+      while n < settings.batch and processed + n < limit do
+        local kind, value, extra = source.next()
+        if kind == nil then exhausted = true; break end
+        n = n + 1
+        kinds[n], values[n], extras[n] = kind, value, extra
+      end
+      session:begin()
+      for i = 1, n do
+        handle(kinds[i], values[i], extras[i])
+        values[i], extras[i] = nil, nil
+        meter:tick(processed + i)
+      end
+      processed = processed + n
+      complete = exhausted and not source.truncated
       if incremental then
-        if run_max and (ordered or done) then
-          state.cursor_mark, state.cursor_id = run_max.mark, run_max.id
-        end
+        if run_max and (ordered or complete) then state.cursor_mark, state.cursor_id = run_max.mark, run_max.id end
+      elseif exhausted then
+        run:apply_deletes(state.pass_unreadable == 1)
+        if pass_from_start then run:clear_unseen_unreadable(started) end
+        state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
       else
         -- The reader's position is its resume offset: it counts only the
         -- records of files that stay in place.
@@ -642,86 +803,8 @@ function M.run_import(session, sync, options)
       end
       save_state(store, sync, state)
       if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
-    end
-
-    -- The records to process, in order: the stream itself, or for an
-    -- incremental limited run over an unordered source, the `limit`
-    -- smallest records newer than the cursor.
-    local next_record
-    if incremental and settings.limit and not ordered then
-      local heap, exhausted_all = {}, true
-      while true do
-        local record, err = read_next(reader)
-        if record == nil then break end
-        if record == false then
-          handle(false, err)
-        elseif newer_than_cursor(record) then
-          local id = remote_id_text(record[sync.id_field]) or ""
-          local mark = record[sync.changed_field]
-          if mark == null then mark = nil end
-          if #heap >= settings.limit then exhausted_all = false end
-          heap_push(heap, { mark = mark, id = id, record = record }, settings.limit)
-        else
-          run.counts.skipped = run.counts.skipped + 1
-        end
-      end
-      table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) < 0 end)
-      ordered = true
-      pending_moves = exhausted_all
-      local i = 0
-      next_record = function()
-        i = i + 1
-        if heap[i] then return heap[i].record end
-        return nil
-      end
-      limit = math.huge
-    elseif reader.next_raw and sync.fingerprint and not run.track_seen then
-      -- Records whose exact bytes were imported before under the same
-      -- job and mapping are unchanged without decoding them: true stands
-      -- for such a record.
-      local known = store:hash_set(SQL.raw_hashes, sync.name, sync.entities[1])
-      local fingerprint = sync.fingerprint
-      next_record = function()
-        while true do
-          local text, err = reader:next_raw()
-          if text == nil or text == false then return text, err end
-          local raw_hash = core.hash_bytes(text, fingerprint)
-          if known:has(raw_hash) then return true end
-          local record
-          record, err = reader:decode(text)
-          if record == false then return false, err end
-          if newer_than_cursor(record) then return record, nil, raw_hash end
-          run.counts.skipped = run.counts.skipped + 1
-        end
-      end
-    else
-      next_record = function()
-        while true do
-          local record, err = read_next(reader)
-          if record == nil or record == false then return record, err end
-          if newer_than_cursor(record) then return record end
-          run.counts.skipped = run.counts.skipped + 1
-        end
-      end
-    end
-
-    while true do
-      session:begin()
-      local in_batch, exhausted = 0, false
-      while in_batch < batch and processed < limit do
-        local record, err, raw_hash = next_record()
-        if record == nil then exhausted = true; break end
-        handle(record, err, raw_hash)
-        in_batch = in_batch + 1
-      end
-      complete = exhausted
-      if complete and not incremental then
-        run:apply_deletes()
-        state.pass_open, state.pass_resume = 0, nil
-      end
-      checkpoint(complete)
       session:commit()
-      if not session.dry and pending_moves and reader.committed then
+      if not session.dry and reader.committed and (source.moves_each_batch or complete) then
         local moved, move_err = reader:committed()
         if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
       end
@@ -730,7 +813,9 @@ function M.run_import(session, sync, options)
     end
     if reader.close then reader:close() end
     meter:finish()
-    if complete and settings.retry then run:retry_failures(false) end
+    -- A full run reads every record again, failed ones included; an
+    -- incremental one retries the failures that are due.
+    if complete and incremental and settings.retry then run:retry_failures(false) end
     run:release_dependents()
     local status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial")
     run:finish(status, cursor.format(state.cursor_mark, state.cursor_id))

@@ -159,7 +159,7 @@ function Reader:_pull(method)
       end
       self._current = current
     end
-    local item, err = current.source[method](current.source)
+    local item, err, raw = current.source[method](current.source)
     if item == nil then
       self:_finish(current)
     else
@@ -169,14 +169,15 @@ function Reader:_pull(method)
         self._skip = self._skip - 1
       else
         self._last = current.source
-        return item, err
+        return item, err, raw
       end
     end
   end
 end
 
--- next() -> record | nil at the end of all input | false, message for one
--- bad record (the following call goes on after it).
+-- next() -> record | nil at the end of all input | false, message [, text]
+-- for one bad record, with its text when the source has it (the following
+-- call goes on after it).
 function Reader:next()
   return self:_pull("next")
 end

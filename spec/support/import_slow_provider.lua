@@ -1,8 +1,9 @@
 -- A provider for specs that need a run to take a while: it makes `count`
--- contacts and sleeps `delay` seconds before each one. The import specs copy
--- it into a job's folder as providers/slow.lua.
+-- contacts, sleeps `list_delay` seconds when a run lists them (before any
+-- batch starts) and `delay` seconds before each record (inside the batch).
+-- The import specs copy it into a job's folder as providers/slow.lua.
 --
---   provider "slow" { count = 20, delay = 0.05 }
+--   provider "slow" { count = 20, delay = 0.05, list_delay = 1 }
 
 local core = require "entsync.core"
 
@@ -25,6 +26,7 @@ end
 
 function P:list(_, query)
   local n, delay = self.config.count, self.config.delay
+  if self.config.list_delay then core.sleep(self.config.list_delay) end
   local i = query and query.offset or 0
   local reader = { position = i }
   function reader.next(r)

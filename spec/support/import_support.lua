@@ -153,17 +153,19 @@ function M.expected(records)
 end
 
 -- The whole imported state in a canonical text: entity rows by local id and
--- the id map by remote id (without synced_at, which is a clock reading).
+-- the id map by remote id (without synced_at, a clock reading, and
+-- seen_pass, the number of the full pass that last saw the entity, which
+-- counts runs rather than describing the data).
 function M.dump(dir)
   local lines = {}
   for _, row in ipairs(M.query(dir, "SELECT id, email, name, age FROM contact ORDER BY id")) do
     lines[#lines + 1] = string.format("contact %d %s %s %s", row.id, tostring(row.email), tostring(row.name),
       tostring(row.age))
   end
-  for _, row in ipairs(M.query(dir, [[SELECT sync, entity, local_id, remote_id, changed, hash, seen_pass, gone_at
+  for _, row in ipairs(M.query(dir, [[SELECT sync, entity, local_id, remote_id, changed, hash, gone_at
       FROM entsync_idmap ORDER BY sync, remote_id, entity]])) do
-    lines[#lines + 1] = string.format("idmap %s %s %d %s %s %s %s %s", row.sync, row.entity, row.local_id,
-      row.remote_id, tostring(row.changed), tostring(row.hash), tostring(row.seen_pass), tostring(row.gone_at))
+    lines[#lines + 1] = string.format("idmap %s %s %d %s %s %s %s", row.sync, row.entity, row.local_id,
+      row.remote_id, tostring(row.changed), tostring(row.hash), tostring(row.gone_at))
   end
   return table.concat(lines, "\n")
 end
@@ -228,6 +230,59 @@ function M.lease(dir, sync, fields)
     fields.pid, fields.host or core.hostname(), fields.acquired_at or now, fields.heartbeat_at or now,
     fields.expires_at or (now + 300))
   store:close()
+end
+
+-- Reads the store with the sqlite3 shell, read-only: an observer that
+-- never takes the write lock, for polling while a run is in a batch.
+-- Returns the rows as lists of strings.
+function M.peek(dir, sql)
+  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null",
+    helpers.quote(M.db(dir)), helpers.quote(sql)))
+  local rows = {}
+  for line in pipe:lines() do
+    local row = {}
+    for field in (line .. "|"):gmatch("([^|]*)|") do row[#row + 1] = field end
+    rows[#rows + 1] = row
+  end
+  pipe:close()
+  return rows
+end
+
+-- Like helpers.spawn, but the child's parent is a shell that waits for it,
+-- so a child killed by a signal is reaped at once. (helpers.spawn's child is
+-- an orphan; until the machine's init reaps it, a killed child stays a
+-- zombie that kill(pid, 0) still finds, so its lease would look alive.)
+function M.spawn(dir, args)
+  local out, err = os.tmpname(), os.tmpname()
+  local parts = {}
+  for i, arg in ipairs(args) do parts[i] = helpers.quote(arg) end
+  local cmd = string.format("(cd %s && %s %s </dev/null >%s 2>%s & echo $!; wait) &", helpers.quote(dir),
+    helpers.quote(helpers.bin), table.concat(parts, " "), out, err)
+  local pipe = io.popen("sh -c " .. helpers.quote(cmd))
+  local pid = tonumber(pipe:read("l"))
+  pipe:close()
+  M.spawned[#M.spawned + 1] = out
+  M.spawned[#M.spawned + 1] = err
+  return { pid = pid, stdout = out, stderr = err }
+end
+M.spawned = {}
+
+-- Registers the output files of a helpers.spawn child for M.cleanup.
+function M.track(child)
+  M.spawned[#M.spawned + 1] = child.stdout
+  M.spawned[#M.spawned + 1] = child.stderr
+  return child
+end
+
+-- Removes the output files of every child spawned so far.
+function M.cleanup()
+  for _, path in ipairs(M.spawned) do os.remove(path) end
+  M.spawned = {}
+end
+
+-- Waits until no process has the pid any more (not even a zombie).
+function M.wait_reaped(pid, timeout)
+  return helpers.wait_for(function() return not core.process_alive(pid) end, timeout or 10) or false
 end
 
 -- Puts the slow provider (spec/support/import_slow_provider.lua) into the
