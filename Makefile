@@ -18,7 +18,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
 DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null)
 
-CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/core.c
+CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/core.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ = $(BUILD)/obj/main.o
 MODULE   = $(BUILD)/lib/entsync/core.so

@@ -5,6 +5,7 @@
 
 #include "fsutil.h"
 #include "hash.h"
+#include "http.h"
 #include "lock.h"
 #include "store.h"
 
@@ -18,6 +19,7 @@ int luaopen_entsync_core(lua_State *L)
     entsync_hash_register(L);
     entsync_lock_register(L);
     entsync_fsutil_register(L);
+    entsync_http_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, sqlite3_libversion());

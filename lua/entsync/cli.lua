@@ -237,20 +237,43 @@ local function sync_named(job, name)
   return sync
 end
 
+-- Runs the planned syncs as tasks of the HTTP scheduler: a sync starts
+-- once what it depends on has finished, so independent syncs run side by
+-- side while their requests are in flight.
 function commands.run(job, args, options)
   local plan = require("entsync.job").plan(job, args)
+  local http = require "entsync.http"
   return with_session(job, options, function(engine, session)
-    local results = {}
+    local finished, failed_entities, first_error = {}, false, nil
+    local planned = {}
+    for _, name in ipairs(plan) do planned[name] = true end
+    local tasks = {}
     for _, name in ipairs(plan) do
-      local started = core.monotonic()
-      local result = engine.run_import(session, job.syncs[name], options)
-      print(engine.summary(result, core.monotonic() - started, options.dry_run))
-      results[#results + 1] = result
+      tasks[#tasks + 1] = function()
+        local sync = job.syncs[name]
+        for _, other in ipairs(sync.depends_on) do
+          while planned[other] and finished[other] == nil do http.sleep(0.005) end
+          if finished[other] == false then
+            finished[name] = false
+            return
+          end
+        end
+        local started = core.monotonic()
+        local ok, result = pcall(engine.run_import, session, sync, options)
+        if not ok then
+          finished[name] = false
+          first_error = first_error or result
+          return
+        end
+        print(engine.summary(result, core.monotonic() - started, options.dry_run))
+        io.stdout:flush()
+        failed_entities = failed_entities or result.counts.failed > 0
+        finished[name] = true
+      end
     end
-    for _, result in ipairs(results) do
-      if result.counts.failed > 0 then return errors.exit_codes.failed end
-    end
-    return 0
+    http.run(tasks)
+    if first_error then error(first_error, 0) end
+    return failed_entities and errors.exit_codes.failed or 0
   end)
 end
 
@@ -297,6 +320,7 @@ end
 local function dispatch(args)
   local options, positional = M.parse(args)
   options.log = make_logger(options)
+  require("entsync.http").set_logger(options.log, options.verbose)
   if options.help then
     io.stdout:write(USAGE)
     return 0

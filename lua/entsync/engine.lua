@@ -10,6 +10,7 @@ local cjson = require "cjson"
 local core = require "entsync.core"
 local cursor = require "entsync.cursor"
 local errors = require "entsync.errors"
+local http = require "entsync.http"
 local mapping = require "entsync.mapping"
 local progress = require "entsync.progress"
 
@@ -782,28 +783,32 @@ function M.run_import(session, sync, options)
         n = n + 1
         kinds[n], values[n], extras[n] = kind, value, extra
       end
-      session:begin()
-      for i = 1, n do
-        handle(kinds[i], values[i], extras[i])
-        values[i], extras[i] = nil, nil
-        meter:tick(processed + i)
-      end
-      processed = processed + n
-      complete = exhausted and not source.truncated
-      if incremental then
-        if run_max and (ordered or complete) then state.cursor_mark, state.cursor_id = run_max.mark, run_max.id end
-      elseif exhausted then
-        run:apply_deletes(state.pass_unreadable == 1)
-        if pass_from_start then run:clear_unseen_unreadable(started) end
-        state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
-      else
-        -- The reader's position is its resume offset: it counts only the
-        -- records of files that stay in place.
-        state.pass_resume = reader.position
-      end
-      save_state(store, sync, state)
-      if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
-      session:commit()
+      -- The write phase never yields: other tasks' requests wait, and no
+      -- other task runs inside this transaction.
+      http.blocking(function()
+        session:begin()
+        for i = 1, n do
+          handle(kinds[i], values[i], extras[i])
+          values[i], extras[i] = nil, nil
+          meter:tick(processed + i)
+        end
+        processed = processed + n
+        complete = exhausted and not source.truncated
+        if incremental then
+          if run_max and (ordered or complete) then state.cursor_mark, state.cursor_id = run_max.mark, run_max.id end
+        elseif exhausted then
+          run:apply_deletes(state.pass_unreadable == 1)
+          if pass_from_start then run:clear_unseen_unreadable(started) end
+          state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
+        else
+          -- The reader's position is its resume offset: it counts only the
+          -- records of files that stay in place.
+          state.pass_resume = reader.position
+        end
+        save_state(store, sync, state)
+        if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
+        session:commit()
+      end)
       if not session.dry and reader.committed and (source.moves_each_batch or complete) then
         local moved, move_err = reader:committed()
         if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end

@@ -1,0 +1,416 @@
+-- http_json: a provider for HTTP/JSON APIs.
+--
+--   local crm = provider "http_json" {
+--     base_url = env "CRM_URL",
+--     auth = { bearer = env "CRM_TOKEN" },
+--     page = { style = "page", size = 100 },   -- page | offset | cursor | link | next
+--     records = "data",                        -- where the records are in a page
+--     since = { param = "updated_since" },     -- incremental filter at the source
+--     concurrency = 8, rate = { per_second = 50 },
+--   }
+--   sync "contacts" { remote = crm "/contacts", ... }
+--
+-- A resource is a path on base_url (or a name in `resources`); single
+-- records are at <path>/<id>. Page and offset styles fetch `concurrency`
+-- pages ahead, so the next pages arrive while the current one is stored;
+-- cursor, link and next styles follow the chain one page at a time.
+
+local cjson = require "cjson"
+local core = require "entsync.core"
+local errors = require "entsync.errors"
+local http = require "entsync.http"
+
+local M = {}
+
+local null = cjson.null
+local styles = { page = true, offset = true, cursor = true, link = true, next = true, none = true }
+local known = {
+  base_url = true, auth = true, page = true, records = true, id = true, changed = true, since = true,
+  headers = true, timeout = true, connect_timeout = true, attempts = true, concurrency = true, rate = true,
+  verify = true, cafile = true, resources = true, ordered = true, update_method = true, name = true,
+  secret_headers = true, record_path = true,
+}
+
+local function fail(fmt, ...)
+  return nil, "provider http_json: " .. string.format(fmt, ...)
+end
+
+function M.validate(config)
+  if type(config) ~= "table" then return fail("expects a table, got %s", type(config)) end
+  for key in pairs(config) do
+    if not known[key] then return fail("unknown setting %q", tostring(key)) end
+  end
+  if type(config.base_url) ~= "string" or not config.base_url:match("^https?://") then
+    return fail("base_url must be an http:// or https:// URL")
+  end
+  local page = config.page or {}
+  if type(page) ~= "table" or not styles[page.style or "none"] then
+    return fail("page.style must be one of page, offset, cursor, link, next")
+  end
+  if page.size ~= nil and (math.type(page.size) ~= "integer" or page.size < 1) then
+    return fail("page.size must be a positive integer")
+  end
+  local auth = config.auth
+  if auth ~= nil then
+    if type(auth) ~= "table" then return fail("auth must be a table") end
+    local kinds = 0
+    for _, kind in ipairs({ "bearer", "basic", "api_key", "oauth2" }) do
+      if auth[kind] ~= nil then kinds = kinds + 1 end
+    end
+    if kinds ~= 1 then return fail("auth takes one of bearer, basic, api_key, oauth2") end
+    if auth.basic and (type(auth.basic) ~= "table" or #auth.basic ~= 2) then
+      return fail("auth.basic is { user, password }")
+    end
+    if auth.api_key and (type(auth.api_key) ~= "table" or not (auth.api_key.header or auth.api_key.query)
+        or auth.api_key.value == nil) then
+      return fail("auth.api_key is { header = name, value = key } or { query = name, value = key }")
+    end
+    if auth.oauth2 and (type(auth.oauth2) ~= "table" or not auth.oauth2.client_id or not auth.oauth2.client_secret) then
+      return fail("auth.oauth2 needs client_id and client_secret (and token_url)")
+    end
+  end
+  if config.concurrency ~= nil and (math.type(config.concurrency) ~= "integer" or config.concurrency < 1) then
+    return fail("concurrency must be a positive integer")
+  end
+  if config.update_method ~= nil and config.update_method ~= "PUT" and config.update_method ~= "PATCH" then
+    return fail("update_method is PUT or PATCH")
+  end
+  return true
+end
+
+local Provider = {}
+Provider.__index = Provider
+
+local function basic_header(user, password)
+  local text = tostring(user) .. ":" .. tostring(password)
+  local chars = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+  local out = {}
+  for i = 1, #text, 3 do
+    local a, b, c = text:byte(i, i + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local quad = {}
+    for j = 3, 0, -1 do
+      local index = (n >> (6 * j)) & 63
+      quad[#quad + 1] = chars:sub(index + 1, index + 1)
+    end
+    if not b then quad[3], quad[4] = "=", "=" elseif not c then quad[4] = "=" end
+    out[#out + 1] = table.concat(quad)
+  end
+  return "Basic " .. table.concat(out)
+end
+M.basic_header = basic_header
+
+function M.new(config, ctx)
+  local ok, err = M.validate(config)
+  if not ok then error(err, 0) end
+  local self = setmetatable({
+    config = config, name = (ctx and ctx.name) or "http_json",
+    base = config.base_url:gsub("/+$", ""),
+    page = config.page or { style = "none" },
+    id_field = config.id or "id",
+    limits = http.limits({ concurrency = config.concurrency or 4, per_second = config.rate and config.rate.per_second }),
+  }, Provider)
+  for _, name in ipairs(config.secret_headers or {}) do http.secret_header(name) end
+  local auth = config.auth or {}
+  if auth.api_key and auth.api_key.header then http.secret_header(auth.api_key.header) end
+  if auth.api_key and auth.api_key.query then http.secret_param(auth.api_key.query) end
+  return self
+end
+
+-- auth ----------------------------------------------------------------------------
+
+-- The OAuth2 client-credentials token, fetched on first use and again
+-- when it expires or the API answers 401.
+function Provider:token(force)
+  local oauth = self.config.auth.oauth2
+  if not force and self.oauth_token and core.monotonic() < self.oauth_expires then return self.oauth_token end
+  local url = oauth.token_url or "/oauth/token"
+  if not url:match("^https?://") then url = self.base .. url end
+  local form = { grant_type = "client_credentials", client_id = oauth.client_id, client_secret = oauth.client_secret,
+    scope = oauth.scope }
+  local response = http.request({ method = "POST", url = url, body = http.encode_query(form),
+    headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }, timeout = self.config.timeout,
+    verify = self.config.verify, cafile = self.config.cafile })
+  if response.status ~= 200 then
+    errors.raise("http", string.format("POST %s: the token request failed with status %d", url, response.status))
+  end
+  local body = response:json()
+  if type(body.access_token) ~= "string" then
+    errors.raise("http", string.format("POST %s: the token response has no access_token", url))
+  end
+  self.oauth_token = body.access_token
+  self.oauth_expires = core.monotonic() + math.max(1, (tonumber(body.expires_in) or 3600) - 30)
+  return self.oauth_token
+end
+
+function Provider:auth_headers(headers, query)
+  local auth = self.config.auth
+  if not auth then return end
+  if auth.bearer then
+    headers.Authorization = "Bearer " .. tostring(auth.bearer)
+  elseif auth.basic then
+    headers.Authorization = basic_header(auth.basic[1], auth.basic[2])
+  elseif auth.api_key then
+    if auth.api_key.header then headers[auth.api_key.header] = tostring(auth.api_key.value)
+    else query[auth.api_key.query] = tostring(auth.api_key.value) end
+  elseif auth.oauth2 then
+    headers.Authorization = "Bearer " .. self:token(false)
+  end
+end
+
+-- Builds a request on this API: url (a path or an absolute URL), with
+-- auth, default headers, limits and the 401 refresh for OAuth2.
+function Provider:req(method, url, query, body)
+  local config = self.config
+  if not url:match("^https?://") then url = self.base .. (url:sub(1, 1) == "/" and url or ("/" .. url)) end
+  local headers, q = {}, {}
+  for k, v in pairs(config.headers or {}) do headers[k] = v end
+  for k, v in pairs(query or {}) do q[k] = v end
+  self:auth_headers(headers, q)
+  local req = {
+    method = method, url = url, query = q, headers = headers, json = body, timeout = config.timeout,
+    connect_timeout = config.connect_timeout, attempts = config.attempts, verify = config.verify,
+    cafile = config.cafile, limits = self.limits,
+  }
+  if config.auth and config.auth.oauth2 then
+    req.on_response = function(response, attempt)
+      if response.status == 401 and attempt == 1 then return "retry" end
+    end
+    req.refresh = function(r)
+      r.headers.Authorization = "Bearer " .. self:token(true)
+      return r
+    end
+  end
+  return req
+end
+
+local function check_status(response, what)
+  if response.status >= 200 and response.status < 300 then return end
+  errors.raise("http", string.format("%s %s: status %d; the body starts %q", response.method,
+    http.redacted_url(response.url), response.status, response.body:sub(1, 200)), { status = response.status })
+end
+
+local function dig(value, path)
+  if not path or path == "" then return value end
+  for key in path:gmatch("[^%.]+") do
+    if type(value) ~= "table" then return nil end
+    value = value[tonumber(key) or key]
+  end
+  return value
+end
+
+-- The records of a decoded page: at config.records, or the page itself
+-- when it is an array, or its "data".
+function Provider:records_of(body, response)
+  local records = self.config.records and dig(body, self.config.records)
+  if records == nil and not self.config.records then
+    records = (type(body) == "table" and body[1] ~= nil or next(body or {}) == nil) and body or body.data
+  end
+  if type(records) ~= "table" then
+    errors.raise("http", string.format("%s %s: no list of records at %q in the response", response.method,
+      http.redacted_url(response.url), tostring(self.config.records or "data")))
+  end
+  return records
+end
+
+function Provider:path(resource)
+  local resources = self.config.resources or {}
+  local path = resources[resource] or resource or ""
+  return path
+end
+
+-- listing --------------------------------------------------------------------------
+
+local Reader = {}
+Reader.__index = Reader
+
+-- list(resource, query) -> reader. query.since = { mark, id } filters at
+-- the source through config.since (the parameter must include records
+-- whose mark equals since: the engine drops those already imported).
+function Provider:list(resource, query)
+  query = query or {}
+  local params = {}
+  local since = self.config.since
+  if query.since and since then
+    local value = query.since[1]
+    if type(since) == "string" then params[since] = value else params[since.param or "updated_since"] = value end
+  end
+  local reader = setmetatable({
+    provider = self, path = self:path(resource), params = params, buffer = {}, index = 0,
+    position = 0, done = false, ordered = self.config.ordered == true, inflight = {}, next_page = nil,
+    skip = query.offset or 0,
+  }, Reader)
+  local style, size = self.page.style or "none", self.page.size or 100
+  reader.style, reader.size = style, size
+  if style == "page" then
+    reader.next_page = self.page.first or 1
+  elseif style == "offset" then
+    reader.next_page = 0
+  end
+  return reader
+end
+
+-- The request for page number n (page style) or offset n (offset style).
+function Reader:numbered_request(n)
+  local page, params = self.provider.page, {}
+  for k, v in pairs(self.params) do params[k] = v end
+  if self.style == "page" then
+    params[page.page_param or "page"] = n
+    params[page.size_param or "per_page"] = self.size
+  else
+    params[page.offset_param or "offset"] = n
+    params[page.limit_param or "limit"] = self.size
+  end
+  return self.provider:req("GET", self.path, params)
+end
+
+-- Keeps `concurrency` numbered pages in flight ahead of the one read.
+function Reader:fill_window()
+  local window = self.provider.config.concurrency or 4
+  while not self.stop_issuing and #self.inflight < window do
+    local n = self.next_page
+    self.inflight[#self.inflight + 1] = http.start(self:numbered_request(n))
+    self.next_page = n + (self.style == "page" and 1 or self.size)
+  end
+end
+
+function Reader:fetch_numbered()
+  self:fill_window()
+  local future = table.remove(self.inflight, 1)
+  local response = future:wait()
+  check_status(response)
+  local records = self.provider:records_of(response:json(), response)
+  if #records < self.size then
+    -- A short page is the last: pages asked for beyond it are dropped.
+    self.stop_issuing, self.done = true, true
+    for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
+    self.inflight = {}
+  end
+  return records
+end
+
+-- Cursor, link and next styles: each page names the next.
+function Reader:fetch_chained()
+  local page, provider = self.provider.page, self.provider
+  local req
+  if self.next_url then
+    req = provider:req("GET", self.next_url, nil)
+  else
+    local params = {}
+    for k, v in pairs(self.params) do params[k] = v end
+    if self.style == "cursor" then
+      params[page.limit_param or "limit"] = self.size
+      if self.cursor then params[page.cursor_param or "cursor"] = self.cursor end
+    elseif self.style ~= "none" then
+      params[page.page_param or "page"] = page.first or 1
+      params[page.size_param or "per_page"] = self.size
+    end
+    req = provider:req("GET", self.path, params)
+  end
+  local response = http.request(req)
+  check_status(response)
+  local body = response:json()
+  local records = provider:records_of(body, response)
+  if self.style == "cursor" then
+    local cursor = dig(body, page.cursor_path or "next_cursor")
+    if cursor == nil or cursor == null or cursor == "" or #records == 0 then self.done = true else self.cursor = cursor end
+  elseif self.style == "link" then
+    local link = response.headers["link"] or ""
+    local next_url = link:match('<([^>]+)>%s*;%s*rel="?next"?')
+    if next_url and #records > 0 then self.next_url = next_url else self.done = true end
+  elseif self.style == "next" then
+    local next_url = dig(body, page.next_path or "next")
+    if type(next_url) == "string" and next_url ~= "" and #records > 0 then self.next_url = next_url else self.done = true end
+  else
+    self.done = true
+  end
+  return records
+end
+
+-- next() -> record | nil at the end; a page that fails raises (the run
+-- stops with the method, URL and status; nothing of it is stored).
+function Reader:next()
+  while true do
+    if self.index < #self.buffer then
+      self.index = self.index + 1
+      local record = self.buffer[self.index]
+      self.buffer[self.index] = nil
+      self.position = self.position + 1
+      if self.skip > 0 then
+        self.skip = self.skip - 1
+      elseif type(record) == "table" then
+        return record
+      else
+        return false, string.format("%s: a record that is not an object (%s)", self.path, type(record))
+      end
+    elseif self.done then
+      return nil
+    else
+      self.buffer, self.index = {}, 0
+      if self.style == "page" or self.style == "offset" then
+        self.buffer = self:fetch_numbered()
+      else
+        self.buffer = self:fetch_chained()
+      end
+      if #self.buffer == 0 then self.done = true end
+    end
+  end
+end
+
+function Reader:close()
+  for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
+  self.inflight = {}
+  self.done = true
+end
+
+-- single records and writes ---------------------------------------------------------------
+
+function Provider:record_url(resource, id)
+  return self:path(resource):gsub("/+$", "") .. "/" .. http.encode(id)
+end
+
+-- get(resource, id) -> record | nil, "not found"
+function Provider:get(resource, id)
+  local response = http.request(self:req("GET", self:record_url(resource, id)))
+  if response.status == 404 then return nil, "not found" end
+  check_status(response)
+  local body = response:json()
+  if self.config.record_path then body = dig(body, self.config.record_path) end
+  return body
+end
+
+-- create(resource, record) -> remote id, the created record
+function Provider:create(resource, record)
+  local response = http.request(self:req("POST", self:path(resource), nil, record))
+  check_status(response)
+  local body = response.body ~= "" and response:json() or {}
+  if self.config.record_path then body = dig(body, self.config.record_path) end
+  local id = type(body) == "table" and body[self.id_field] or nil
+  if id == nil then
+    errors.raise("http", string.format("POST %s: the response names no id in %q", http.redacted_url(response.url),
+      self.id_field))
+  end
+  return id, body
+end
+
+-- update(resource, id, record) -> the updated record
+function Provider:update(resource, id, record)
+  local response = http.request(self:req(self.config.update_method or "PUT", self:record_url(resource, id), nil, record))
+  check_status(response)
+  if response.body == "" then return record end
+  return response:json()
+end
+
+-- delete(resource, id) -> true (a remote already gone counts as deleted)
+function Provider:delete(resource, id)
+  local response = http.request(self:req("DELETE", self:record_url(resource, id)))
+  if response.status == 404 then return true end
+  check_status(response)
+  return true
+end
+
+function Provider:id(record)
+  return record[self.id_field]
+end
+
+return M

@@ -1,0 +1,746 @@
+#!/usr/bin/env python3
+"""A fake REST remote for entsync's specs (Python 3 standard library only).
+
+    python3 spec/support/fixture_server.py --data FILE.json [--latency-ms N]
+        [--auth JSON] [--port 0] [--max-seconds 600] [--parent-pid PID] [--verbose]
+
+Binds 127.0.0.1 only, prints "LISTENING <port>" as its first stdout line and
+serves until SIGTERM/SIGINT, until --max-seconds have passed, or until the
+process --parent-pid names is gone. Records live in memory; listings are in
+(updated_at, id) order. Pagination styles, writes, auth, injected faults and a
+request log are described in spec/support/fixture.lua and the docstrings below.
+"""
+
+import argparse
+import base64
+import email.utils
+import json
+import math
+import os
+import secrets
+import signal
+import sys
+import threading
+import time
+import traceback
+import urllib.parse
+from datetime import datetime, timedelta, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STYLES = ("page", "offset", "cursor", "link", "next", "api")
+DEFAULT_LIMIT = 100
+ONE_MS = timedelta(milliseconds=1)
+
+
+class HttpError(Exception):
+    def __init__(self, status, message, headers=None):
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": message}
+        self.headers = headers or {}
+
+
+# ---------------------------------------------------------------- timestamps
+
+def parse_time(value):
+    """A datetime (UTC-aware) for an ISO 8601 string or epoch number, else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc)
+        except (OverflowError, OSError, ValueError):
+            return None
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    for candidate in (text, text.replace(" ", "+")):
+        try:
+            parsed = datetime.fromisoformat(candidate)
+        except ValueError:
+            continue
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    return None
+
+
+def time_key(value):
+    """Sort key of an updated_at value: missing < parsable (by instant) < other text."""
+    if value is None:
+        return (-1, "")
+    parsed = parse_time(value)
+    if parsed is not None:
+        return (0, parsed)
+    return (1, str(value))
+
+
+def id_key(value):
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (0, value, "")
+    if isinstance(value, float):
+        return (0, value, "")
+    return (1, 0, str(value))
+
+
+def format_time(moment):
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + "%03dZ" % (moment.microsecond // 1000)
+
+
+# ---------------------------------------------------------------- state
+
+class State:
+    """Resources, auth, faults, latency and the request log, behind one lock."""
+
+    def __init__(self, resources, auth, latency_ms):
+        self.lock = threading.RLock()
+        self.resources = {}
+        self.sorted_cache = {}
+        self.set_resources(resources)
+        self.auth = None
+        self.tokens = {}
+        self.set_auth(auth)
+        self.latency_ms = float(latency_ms or 0)
+        self.faults = []
+        self.log = []
+        self.last_time = None
+
+    # data ----------------------------------------------------------------
+    @staticmethod
+    def normalize(resources):
+        if resources is None:
+            return {}
+        if isinstance(resources, dict) and isinstance(resources.get("resources"), dict):
+            resources = resources["resources"]
+        if isinstance(resources, list) and not resources:
+            resources = {}  # an empty Lua table encodes as []
+        if not isinstance(resources, dict):
+            raise HttpError(400, "resources must be an object of lists")
+        out = {}
+        for name, records in resources.items():
+            if isinstance(records, dict):
+                records = list(records.values())  # {} from an empty Lua table, or id -> record
+            if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+                raise HttpError(400, "resource %s must be a list of objects" % name)
+            out[str(name)] = [dict(r) for r in records]
+        return out
+
+    def set_resources(self, resources):
+        normalized = self.normalize(resources)
+        with self.lock:
+            self.resources = normalized
+            self.sorted_cache = {}
+
+    def sorted_records(self, name):
+        """(records, keys) of a resource in listing order; None for an unknown one."""
+        with self.lock:
+            if name not in self.resources:
+                return None
+            cached = self.sorted_cache.get(name)
+            if cached is None:
+                records = sorted(self.resources[name],
+                                 key=lambda r: (time_key(r.get("updated_at")), id_key(r.get("id"))))
+                cached = (records, [time_key(r.get("updated_at")) for r in records])
+                self.sorted_cache[name] = cached
+            return cached
+
+    def dump_resources(self):
+        with self.lock:
+            return {name: list(self.sorted_records(name)[0]) for name in self.resources}
+
+    def find(self, name, record_id):
+        with self.lock:
+            for index, record in enumerate(self.resources.get(name, ())):
+                if "id" in record and str(record["id"]) == record_id:
+                    return index, record
+        return None, None
+
+    def now(self, previous=None):
+        """Now as ISO 8601 UTC with milliseconds, strictly after every value
+        this server issued and after `previous` (the record's old updated_at)."""
+        with self.lock:
+            moment = datetime.now(timezone.utc)
+            moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+            floors = [self.last_time]
+            old = parse_time(previous) if previous is not None else None
+            floors.append(old)
+            for floor in floors:
+                if floor is not None and moment <= floor:
+                    moment = floor.replace(microsecond=floor.microsecond // 1000 * 1000) + ONE_MS
+            self.last_time = moment
+            return format_time(moment)
+
+    def touched(self, name):
+        self.sorted_cache.pop(name, None)
+
+    # auth ----------------------------------------------------------------
+    def set_auth(self, auth):
+        if auth in (None, {}, []):
+            auth = None
+        elif not isinstance(auth, dict) or len(auth) != 1 or \
+                next(iter(auth)) not in ("bearer", "basic", "api_key", "oauth2"):
+            raise HttpError(400, "auth must be one of bearer, basic, api_key, oauth2")
+        with self.lock:
+            self.auth = auth
+            self.tokens = {}
+
+    # faults --------------------------------------------------------------
+    def set_faults(self, faults):
+        if faults in (None, {}):
+            faults = []
+        if isinstance(faults, dict):
+            faults = [faults]
+        if not isinstance(faults, list):
+            raise HttpError(400, "faults must be a list")
+        kinds = ("latency", "status", "retry_after", "malformed", "truncate", "drop", "slow")
+        prepared = []
+        for fault in faults:
+            if not isinstance(fault, dict) or fault.get("kind") not in kinds:
+                raise HttpError(400, "each fault needs a kind among " + ", ".join(kinds))
+            fault = dict(fault)
+            fault.setdefault("path", "/")
+            fault.setdefault("count", 1)
+            prepared.append(fault)
+        with self.lock:
+            self.faults = prepared
+
+    def take_fault(self, method, path):
+        with self.lock:
+            for fault in self.faults:
+                if fault["count"] <= 0 or not path.startswith(fault["path"]):
+                    continue
+                if fault.get("method") and fault["method"].upper() != method:
+                    continue
+                fault["count"] -= 1
+                return dict(fault)
+        return None
+
+
+# ---------------------------------------------------------------- handler
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "entsync-fixture/1"
+    timeout = 60  # idle keep-alive connections close after this
+
+    # quiet unless --verbose
+    def log_message(self, fmt, *args):
+        if self.server.verbose:
+            sys.stderr.write("fixture: %s - %s\n" % (self.address_string(), fmt % args))
+
+    @property
+    def state(self):
+        return self.server.state
+
+    def do_GET(self):
+        self.dispatch()
+
+    def do_POST(self):
+        self.dispatch()
+
+    def do_PUT(self):
+        self.dispatch()
+
+    def do_PATCH(self):
+        self.dispatch()
+
+    def do_DELETE(self):
+        self.dispatch()
+
+    def do_HEAD(self):
+        self.dispatch()
+
+    # request plumbing ----------------------------------------------------
+    def read_body(self):
+        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+            parts = []
+            while True:
+                line = self.rfile.readline(65537)
+                size = int(line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                parts.append(self.rfile.read(size))
+                self.rfile.readline(65537)
+            return b"".join(parts)
+        length = int(self.headers.get("Content-Length") or 0)
+        return self.rfile.read(length) if length > 0 else b""
+
+    def dispatch(self):
+        split = urllib.parse.urlsplit(self.path)
+        path, query = split.path, split.query
+        self.params = urllib.parse.parse_qs(query, keep_blank_values=True)
+        self.raw_query = query
+        self.body_bytes = self.read_body()
+        try:
+            if path.startswith("/_control/") or path == "/_control":
+                status, body, headers = self.control(path)
+                self.respond(status, body, headers)
+            else:
+                self.serve(path, query)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    def encode(self, body):
+        if body is None:
+            return b""
+        if isinstance(body, bytes):
+            return body
+        if isinstance(body, str):
+            return body.encode("utf-8")
+        return json.dumps(body).encode("utf-8")
+
+    def respond(self, status, body, headers=None, fault=None):
+        data = self.encode(body)
+        self.send_response(status)
+        headers = dict(headers or {})
+        if status != 204:
+            if data or "Content-Type" not in headers:
+                headers.setdefault("Content-Type", "application/json")
+            headers["Content-Length"] = str(len(data))
+        else:
+            data = b""
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        kind = fault and fault["kind"]
+        if kind == "truncate":
+            self.wfile.write(data[: len(data) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        elif kind == "slow" and data:
+            pieces = max(1, min(len(data), int(fault.get("pieces", 10))))
+            size = math.ceil(len(data) / pieces)
+            pause = float(fault.get("ms", 1000)) / 1000.0 / pieces
+            for start in range(0, len(data), size):
+                time.sleep(pause)
+                self.wfile.write(data[start:start + size])
+                self.wfile.flush()
+        else:
+            self.wfile.write(data)
+
+    # non-control requests ------------------------------------------------
+    def serve(self, path, query):
+        entry = {
+            "method": self.command,
+            "path": path,
+            "query": query,
+            "headers": {k: v for k, v in self.headers.items()},
+            "body": self.body_bytes.decode("utf-8", errors="replace"),
+            "start": time.time(),
+            "end": None,
+            "status": None,
+        }
+        state = self.state
+        with state.lock:
+            state.log.append(entry)
+        status = None
+        try:
+            fault = state.take_fault(self.command, path)
+            if fault:
+                entry["fault"] = fault["kind"]
+            delay = state.latency_ms
+            if fault and fault["kind"] == "latency":
+                delay += float(fault.get("ms", 300))
+            if delay > 0:
+                time.sleep(delay / 1000.0)
+            status = self.serve_with_fault(path, fault)
+        finally:
+            entry["status"] = status
+            entry["end"] = time.time()
+
+    def serve_with_fault(self, path, fault):
+        kind = fault and fault["kind"]
+        if kind == "drop":
+            self.close_connection = True
+            return None
+        if kind == "status":
+            status = int(fault.get("status", 500))
+            body = fault.get("body", {"error": "injected %d" % status})
+            self.respond(status, body, fault.get("headers"))
+            return status
+        if kind == "retry_after":
+            seconds = fault.get("seconds", 1)
+            if fault.get("date"):
+                value = email.utils.formatdate(math.ceil(time.time()) + float(seconds), usegmt=True)
+            else:
+                value = str(seconds)
+            status = int(fault.get("status", 429))
+            self.respond(status, fault.get("body", {"error": "rate limited"}), {"Retry-After": value})
+            return status
+        if kind == "malformed":
+            body = fault.get("body", '{"data": [{"id": 1, "name": "trunc')
+            self.respond(200, body if isinstance(body, str) else json.dumps(body)[:-1])
+            return 200
+        try:
+            status, body, headers = self.handle_api(path)
+        except HttpError as err:
+            status, body, headers = err.status, err.body, err.headers
+        except Exception as err:  # a bug here must show as a 500, not a hang
+            traceback.print_exc()
+            status, body, headers = 500, {"error": "fixture server error: %s" % err}, {}
+        self.respond(status, body, headers, fault if kind in ("truncate", "slow") else None)
+        return status
+
+    # auth ----------------------------------------------------------------
+    def basic_credentials(self):
+        header = self.headers.get("Authorization") or ""
+        if not header[:6].lower() == "basic ":
+            return None
+        try:
+            user, _, password = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+        except Exception:
+            return None
+        return user, password
+
+    def check_auth(self):
+        state = self.state
+        with state.lock:
+            auth = state.auth
+        if not auth:
+            return
+        kind, conf = next(iter(auth.items()))
+        header = self.headers.get("Authorization") or ""
+        bearer = header[7:].strip() if header[:7].lower() == "bearer " else None
+        if kind == "bearer":
+            if bearer is not None and bearer == str(conf):
+                return
+            challenge = 'Bearer realm="fixture"'
+        elif kind == "basic":
+            if self.basic_credentials() == (str(conf[0]), str(conf[1])):
+                return
+            challenge = 'Basic realm="fixture"'
+        elif kind == "api_key":
+            if conf.get("header"):
+                given = self.headers.get(conf["header"])
+            else:
+                given = (self.params.get(conf.get("query", "api_key")) or [None])[0]
+            if given is not None and given == str(conf.get("value")):
+                return
+            challenge = 'ApiKey realm="fixture"'
+        else:  # oauth2
+            with state.lock:
+                expiry = state.tokens.get(bearer) if bearer else None
+            if expiry is not None and time.time() < expiry:
+                return
+            challenge = 'Bearer realm="fixture"' + (', error="invalid_token"' if bearer else "")
+        raise HttpError(401, "unauthorized", {"WWW-Authenticate": challenge})
+
+    def token(self):
+        state = self.state
+        with state.lock:
+            auth = state.auth
+        if not auth or "oauth2" not in auth:
+            raise HttpError(404, "not found")
+        if self.command != "POST":
+            raise HttpError(405, "method not allowed")
+        conf = auth["oauth2"]
+        text = self.body_bytes.decode("utf-8", errors="replace")
+        if "json" in (self.headers.get("Content-Type") or ""):
+            try:
+                form = {k: str(v) for k, v in json.loads(text or "{}").items()}
+            except (ValueError, AttributeError):
+                raise HttpError(400, "invalid_request")
+        else:
+            form = {k: v[0] for k, v in urllib.parse.parse_qs(text, keep_blank_values=True).items()}
+        if form.get("grant_type") != "client_credentials":
+            raise HttpError(400, "unsupported_grant_type")
+        client = (form.get("client_id"), form.get("client_secret"))
+        if client[0] is None:
+            client = self.basic_credentials() or (None, None)
+        if client != (str(conf.get("client_id")), str(conf.get("client_secret"))):
+            raise HttpError(401, "invalid_client", {"WWW-Authenticate": 'Basic realm="fixture"'})
+        expires_in = conf.get("expires_in", 3600)
+        access = secrets.token_urlsafe(24)
+        with state.lock:
+            state.tokens[access] = time.time() + float(expires_in)
+        return 200, {"access_token": access, "token_type": "bearer", "expires_in": expires_in}, {}
+
+    # REST ----------------------------------------------------------------
+    def int_param(self, name, default, minimum):
+        values = self.params.get(name)
+        if not values or values[0] == "":
+            return default
+        try:
+            value = int(values[0])
+        except ValueError:
+            raise HttpError(400, "bad %s" % name)
+        if value < minimum:
+            raise HttpError(400, "bad %s" % name)
+        return value
+
+    def since_param(self):
+        for name in ("updated_since", "updated_after"):
+            values = self.params.get(name)
+            if values and values[0] != "":
+                if parse_time(values[0]) is None:
+                    raise HttpError(400, "bad %s" % name)
+                return values[0]
+        return None
+
+    def listing(self, name, since):
+        cached = self.state.sorted_records(name)
+        if cached is None:
+            raise HttpError(404, "not found")
+        records, keys = cached
+        if since is None:
+            return records
+        floor = time_key(since)
+        return [r for r, k in zip(records, keys) if k > floor]
+
+    def url_with(self, **changes):
+        host = self.headers.get("Host") or "127.0.0.1:%d" % self.server.server_address[1]
+        pairs = [(k, v) for k, v in urllib.parse.parse_qsl(self.raw_query, keep_blank_values=True)
+                 if k not in changes]
+        pairs += [(k, str(v)) for k, v in changes.items()]
+        path = urllib.parse.urlsplit(self.path).path
+        return "http://%s%s?%s" % (host, path, urllib.parse.urlencode(pairs))
+
+    def handle_api(self, path):
+        if path == "/oauth/token":
+            return self.token()
+        parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+        if len(parts) < 2 or len(parts) > 3 or parts[0] not in STYLES or not parts[1]:
+            raise HttpError(404, "not found")
+        self.check_auth()
+        style, name = parts[0], parts[1]
+        record_id = parts[2] if len(parts) == 3 else None
+        method = "GET" if self.command == "HEAD" else self.command
+        if method != "GET" and style != "api":
+            raise HttpError(405, "method not allowed")
+        if method == "GET":
+            if record_id is not None:
+                _, record = self.state.find(name, record_id)
+                if record is None:
+                    raise HttpError(404, "not found")
+                return 200, record, {}
+            return self.list_style(style, name)
+        return self.write(method, name, record_id)
+
+    def list_style(self, style, name):
+        since = self.since_param()
+        if style == "cursor":
+            cursor = (self.params.get("cursor") or [""])[0]
+            offset = 0
+            if cursor:
+                try:
+                    padded = cursor + "=" * (-len(cursor) % 4)
+                    token = json.loads(base64.urlsafe_b64decode(padded.encode()).decode())
+                    offset = int(token["offset"])
+                    if since is None:
+                        since = token.get("since")
+                except Exception:
+                    raise HttpError(400, "bad cursor")
+            limit = self.int_param("limit", DEFAULT_LIMIT, 1)
+            records = self.listing(name, since)
+            chunk = records[offset:offset + limit]
+            next_cursor = None
+            if offset + limit < len(records):
+                token = {"offset": offset + limit}
+                if since is not None:
+                    token["since"] = since
+                raw = base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
+                next_cursor = raw.rstrip("=")
+            return 200, {"data": chunk, "next_cursor": next_cursor}, {}
+        if style == "offset":
+            offset = self.int_param("offset", 0, 0)
+            limit = self.int_param("limit", DEFAULT_LIMIT, 1)
+            records = self.listing(name, since)
+            return 200, {"results": {"items": records[offset:offset + limit]}, "total": len(records)}, {}
+        page = self.int_param("page", 1, 1)
+        per_page = self.int_param("per_page", DEFAULT_LIMIT, 1)
+        records = self.listing(name, since)
+        chunk = records[(page - 1) * per_page: page * per_page]
+        has_next = page * per_page < len(records)
+        if style == "link":
+            headers = {"Link": '<%s>; rel="next"' % self.url_with(page=page + 1)} if has_next else {}
+            return 200, chunk, headers
+        if style == "next":
+            return 200, {"items": chunk, "next": self.url_with(page=page + 1) if has_next else None}, {}
+        return 200, {"data": chunk, "page": page, "total": len(records)}, {}  # page, api
+
+    def json_body(self):
+        try:
+            body = json.loads(self.body_bytes.decode("utf-8") or "null")
+        except ValueError:
+            raise HttpError(400, "invalid JSON body")
+        if body == []:
+            body = {}  # an empty Lua table
+        if not isinstance(body, dict):
+            raise HttpError(400, "body must be a JSON object")
+        return body
+
+    def write(self, method, name, record_id):
+        state = self.state
+        if method == "POST":
+            if record_id is not None:
+                raise HttpError(405, "method not allowed")
+            body = self.json_body()
+            with state.lock:
+                records = state.resources.setdefault(name, [])
+                if "id" in body:
+                    if state.find(name, str(body["id"]))[1] is not None:
+                        raise HttpError(409, "conflict")
+                else:
+                    ints = [r["id"] for r in records
+                            if isinstance(r.get("id"), int) and not isinstance(r.get("id"), bool)]
+                    body = dict(body, id=max(ints, default=0) + 1)
+                if body.get("updated_at") is None:
+                    body["updated_at"] = state.now()
+                records.append(body)
+                state.touched(name)
+            return 201, body, {}
+        if record_id is None:
+            raise HttpError(405, "method not allowed")
+        if method == "DELETE":
+            with state.lock:
+                index, _ = state.find(name, record_id)
+                if index is None:
+                    raise HttpError(404, "not found")
+                del state.resources[name][index]
+                state.touched(name)
+            return 204, None, {}
+        if method not in ("PUT", "PATCH"):
+            raise HttpError(405, "method not allowed")
+        body = self.json_body()
+        with state.lock:
+            index, old = state.find(name, record_id)
+            if index is None:
+                raise HttpError(404, "not found")
+            record = dict(old, **body) if method == "PATCH" else dict(body)
+            record["id"] = old["id"]
+            record["updated_at"] = state.now(old.get("updated_at"))
+            state.resources[name][index] = record
+            state.touched(name)
+        return 200, record, {}
+
+    # control -------------------------------------------------------------
+    def control(self, path):
+        state = self.state
+        method = self.command
+        what = path[len("/_control/"):].strip("/")
+
+        def body_json():
+            try:
+                return json.loads(self.body_bytes.decode("utf-8") or "null")
+            except ValueError:
+                raise HttpError(400, "invalid JSON body")
+
+        try:
+            if what == "log" and method == "GET":
+                with state.lock:
+                    return 200, json.dumps(state.log), {}
+            if what == "reset_log" and method == "POST":
+                with state.lock:
+                    state.log = []
+                return 200, {"ok": True}, {}
+            if what == "faults" and method == "POST":
+                state.set_faults(body_json())
+                return 200, {"ok": True, "faults": len(state.faults)}, {}
+            if what == "faults" and method == "GET":
+                with state.lock:
+                    return 200, json.dumps(state.faults), {}
+            if what == "revoke" and method == "POST":
+                with state.lock:
+                    revoked = len(state.tokens)
+                    state.tokens = {}
+                return 200, {"ok": True, "revoked": revoked}, {}
+            if what == "data" and method == "GET":
+                return 200, state.dump_resources(), {}
+            if what == "data" and method == "POST":
+                state.set_resources(body_json())
+                return 200, {"ok": True}, {}
+            if what == "latency" and method == "POST":
+                body = body_json()
+                ms = body.get("ms", 0) if isinstance(body, dict) else body
+                if not isinstance(ms, (int, float)) or isinstance(ms, bool) or ms < 0:
+                    raise HttpError(400, "latency needs {\"ms\": N}")
+                with state.lock:
+                    state.latency_ms = float(ms)
+                return 200, {"ok": True, "ms": ms}, {}
+            if what == "latency" and method == "GET":
+                return 200, {"ms": state.latency_ms}, {}
+            if what == "auth" and method == "POST":
+                state.set_auth(body_json())
+                return 200, {"ok": True}, {}
+            if what == "auth" and method == "GET":
+                return 200, {"auth": state.auth}, {}
+            if what == "ping":
+                return 200, {"ok": True, "port": self.server.server_address[1], "pid": os.getpid()}, {}
+        except HttpError as err:
+            return err.status, err.body, {}
+        return 404, {"error": "not found"}, {}
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def handle_error(self, request, client_address):
+        kind = sys.exc_info()[0]
+        if kind and issubclass(kind, (ConnectionError, TimeoutError)):
+            return
+        if self.verbose or not (kind and issubclass(kind, OSError)):
+            super().handle_error(request, client_address)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", help="JSON file: {\"resources\": {name: [records]}}")
+    parser.add_argument("--latency-ms", type=float, default=0)
+    parser.add_argument("--auth", help="JSON auth config, e.g. '{\"bearer\": \"T\"}'")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--max-seconds", type=float, default=600)
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    resources = {}
+    if args.data:
+        with open(args.data, "rb") as f:
+            text = f.read().decode("utf-8")
+        resources = json.loads(text) if text.strip() else {}
+    auth = json.loads(args.auth) if args.auth else None
+    state = State(resources, auth, args.latency_ms)
+
+    server = Server(("127.0.0.1", args.port), Handler)
+    server.state = state
+    server.verbose = args.verbose
+    started = time.monotonic()
+
+    def stop_soon(*_):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop_soon)
+    signal.signal(signal.SIGINT, stop_soon)
+    signal.signal(signal.SIGHUP, stop_soon)
+
+    def watchdog():
+        while True:
+            time.sleep(0.25)
+            if time.monotonic() - started > args.max_seconds:
+                break
+            if args.parent_pid:
+                try:
+                    os.kill(args.parent_pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        server.shutdown()
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    sys.stdout.write("LISTENING %d\n" % server.server_address[1])
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.1)
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+-- Shared by the mapping, map and depends specs: a job folder in a temp dir
+-- (job.lua, mapping modules, NDJSON data), the real entsync-run run in it,
+-- and the store read back through entsync's own C store or changed through
+-- the sqlite3 shell.
+
+local helpers = require "helpers"
+local S = require "import_support"
+
+local M = {}
+
+-- A fresh job folder; M.cleanup removes every one made.
+local made = {}
+function M.dir()
+  local dir = helpers.tmpdir()
+  made[#made + 1] = dir
+  return dir
+end
+
+function M.cleanup()
+  for _, dir in ipairs(made) do helpers.rmdir(dir) end
+  made = {}
+end
+
+-- Writes a file under dir (folders made as needed).
+function M.file(dir, name, content)
+  return helpers.write(dir .. "/" .. name, content)
+end
+
+-- Writes dir/job.lua.
+function M.job(dir, source)
+  return M.file(dir, "job.lua", source)
+end
+
+-- Writes dir/data/<name>.ndjson from a list of records (tables, or lines as
+-- strings).
+function M.data(dir, name, records)
+  return M.file(dir, "data/" .. name .. ".ndjson", S.ndjson(records))
+end
+
+-- Runs entsync-run job.lua ARGS... in dir, without the progress line.
+function M.run(dir, ...)
+  local args = { "job.lua", ... }
+  args[#args + 1] = "--no-progress"
+  return helpers.run(dir, args)
+end
+
+M.db = S.db
+M.summary = S.summary
+
+function M.query(dir, sql, ...)
+  return helpers.query(S.db(dir), sql, ...)
+end
+
+function M.value(dir, sql, ...)
+  local row = M.query(dir, sql, ...)[1]
+  if not row then return nil end
+  local _, v = next(row)
+  return v
+end
+
+function M.count(dir, table_name, where)
+  return M.value(dir, "SELECT count(*) AS n FROM " .. table_name .. (where and (" WHERE " .. where) or ""))
+end
+
+-- Runs SQL on the store through the sqlite3 shell (as another program
+-- would); raises when the shell fails.
+function M.sqlite(dir, sql)
+  local ok = os.execute(string.format("sqlite3 %s %s >/dev/null 2>&1", helpers.quote(S.db(dir)), helpers.quote(sql)))
+  assert(ok, "sqlite3 failed: " .. sql)
+end
+
+-- The local id of remote_id in sync's id map (for entity, if given).
+function M.local_id(dir, sync, remote_id, entity)
+  if entity then
+    return M.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2 AND entity = ?3",
+      sync, tostring(remote_id), entity)
+  end
+  return M.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2", sync, tostring(remote_id))
+end
+
+-- The failures of a sync by remote id: { [remote_id] = row }.
+function M.failures(dir, sync)
+  local out = {}
+  for _, row in ipairs(M.query(dir, "SELECT * FROM entsync_failures WHERE sync = ?1", sync)) do
+    out[row.remote_id] = row
+  end
+  return out
+end
+
+-- The sync names of the summary lines on stdout, in order.
+function M.summary_order(stdout)
+  local order = {}
+  for name in stdout:gmatch("([%w_]+): %d+ created") do order[#order + 1] = name end
+  return order
+end
+
+-- Number of lines in a string.
+function M.lines(s)
+  return select(2, s:gsub("\n", "\n"))
+end
+
+return M

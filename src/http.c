@@ -1,0 +1,444 @@
+/*
+ * http: a libcurl multi handle wrapped for Lua.
+ *
+ * Each transfer owns its easy handle, request headers, request body copy
+ * and response buffers; they are freed when its response is handed to Lua
+ * or when the client is closed, exactly once. A transfer is found again
+ * from its easy handle through CURLOPT_PRIVATE.
+ */
+#include "http.h"
+
+#include <curl/curl.h>
+#include <lauxlib.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define CLIENT_META "entsync.http.client"
+
+typedef struct buffer {
+    char *data;
+    size_t len, cap;
+    int overflow;
+} buffer;
+
+typedef struct transfer {
+    CURL *easy;
+    struct curl_slist *headers;
+    char *body;
+    buffer response, response_headers;
+    lua_Integer id;
+    size_t max_body;
+    struct transfer *next;
+} transfer;
+
+typedef struct client {
+    CURLM *multi;
+    transfer *active;
+    lua_Integer next_id;
+    int count;
+} client;
+
+static int buffer_add(buffer *b, const char *data, size_t len, size_t limit)
+{
+    if (limit && b->len + len > limit) {
+        b->overflow = 1;
+        return 0;
+    }
+    if (b->len + len + 1 > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->len + len + 1)
+            cap *= 2;
+        char *grown = realloc(b->data, cap);
+        if (!grown)
+            return 0;
+        b->data = grown;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, data, len);
+    b->len += len;
+    b->data[b->len] = '\0';
+    return 1;
+}
+
+static size_t on_body(char *data, size_t size, size_t count, void *user)
+{
+    transfer *t = user;
+    size_t len = size * count;
+    /* Returning less than len makes curl fail the transfer: a body over
+     * the limit or out of memory ends it with an error, not a crash. */
+    return buffer_add(&t->response, data, len, t->max_body) ? len : 0;
+}
+
+static size_t on_header(char *data, size_t size, size_t count, void *user)
+{
+    transfer *t = user;
+    size_t len = size * count;
+    /* A new status line (after a redirect or 100 Continue) starts over. */
+    if (len > 5 && strncmp(data, "HTTP/", 5) == 0)
+        t->response_headers.len = 0;
+    return buffer_add(&t->response_headers, data, len, 1 << 20) ? len : 0;
+}
+
+static void transfer_free(transfer *t)
+{
+    if (!t)
+        return;
+    if (t->easy)
+        curl_easy_cleanup(t->easy);
+    curl_slist_free_all(t->headers);
+    free(t->body);
+    free(t->response.data);
+    free(t->response_headers.data);
+    free(t);
+}
+
+static client *check_client(lua_State *L)
+{
+    client *c = luaL_checkudata(L, 1, CLIENT_META);
+    if (!c->multi)
+        luaL_error(L, "http client is closed");
+    return c;
+}
+
+static void client_release(client *c)
+{
+    transfer *t = c->active;
+    while (t) {
+        transfer *next = t->next;
+        if (c->multi)
+            curl_multi_remove_handle(c->multi, t->easy);
+        transfer_free(t);
+        t = next;
+    }
+    c->active = NULL;
+    c->count = 0;
+    if (c->multi) {
+        curl_multi_cleanup(c->multi);
+        c->multi = NULL;
+    }
+}
+
+static int client_gc(lua_State *L)
+{
+    client_release(luaL_checkudata(L, 1, CLIENT_META));
+    return 0;
+}
+
+static const char *opt_string(lua_State *L, int idx, const char *key)
+{
+    lua_getfield(L, idx, key);
+    const char *s = lua_tostring(L, -1);
+    lua_pop(L, 1); /* the request table keeps the string alive */
+    return s;
+}
+
+static double opt_number(lua_State *L, int idx, const char *key, double fallback)
+{
+    lua_getfield(L, idx, key);
+    double n = lua_isnumber(L, -1) ? (double)lua_tonumber(L, -1) : fallback;
+    lua_pop(L, 1);
+    return n;
+}
+
+static int opt_bool(lua_State *L, int idx, const char *key, int fallback)
+{
+    lua_getfield(L, idx, key);
+    int b = lua_isnil(L, -1) ? fallback : lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    return b;
+}
+
+/* Request headers come as an array of "Name: value" strings. */
+static int set_headers(lua_State *L, transfer *t, int idx)
+{
+    lua_getfield(L, idx, "headers");
+    if (lua_istable(L, -1)) {
+        lua_Integer n = (lua_Integer)lua_rawlen(L, -1);
+        for (lua_Integer i = 1; i <= n; i++) {
+            lua_rawgeti(L, -1, i);
+            const char *line = lua_tostring(L, -1);
+            struct curl_slist *grown = line ? curl_slist_append(t->headers, line) : t->headers;
+            lua_pop(L, 1);
+            if (!grown) {
+                lua_pop(L, 1);
+                return 0;
+            }
+            t->headers = grown;
+        }
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* Applies the request table at idx to the transfer's easy handle. */
+static const char *configure(lua_State *L, transfer *t, int idx)
+{
+    const char *url = opt_string(L, idx, "url");
+    const char *method = opt_string(L, idx, "method");
+    if (!url)
+        return "request needs a url";
+    CURL *e = t->easy;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, t);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, t);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, t);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(opt_number(L, idx, "timeout", 60) * 1000));
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(opt_number(L, idx, "connect_timeout", 10) * 1000));
+    int verify = opt_bool(L, idx, "verify", 1);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, verify ? 2L : 0L);
+    const char *cafile = opt_string(L, idx, "cafile");
+    if (cafile)
+        curl_easy_setopt(e, CURLOPT_CAINFO, cafile);
+    t->max_body = (size_t)opt_number(L, idx, "max_body", 256.0 * 1024 * 1024);
+    size_t body_len = 0;
+    lua_getfield(L, idx, "body");
+    const char *body = lua_tolstring(L, -1, &body_len);
+    if (body) {
+        t->body = malloc(body_len ? body_len : 1);
+        if (!t->body) {
+            lua_pop(L, 1);
+            return "out of memory";
+        }
+        memcpy(t->body, body, body_len);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDS, t->body);
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)body_len);
+    }
+    lua_pop(L, 1);
+    if (method && strcmp(method, "GET") != 0) {
+        if (strcmp(method, "HEAD") == 0)
+            curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+        else
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
+    }
+    if (!set_headers(L, t, idx))
+        return "out of memory";
+    if (t->headers)
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, t->headers);
+    return NULL;
+}
+
+/* client:add(request) -> id. request: { url, method, headers = { "K: v" },
+ * body, timeout, connect_timeout, verify, cafile, max_body }. */
+static int client_add(lua_State *L)
+{
+    client *c = check_client(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    transfer *t = calloc(1, sizeof *t);
+    if (!t || !(t->easy = curl_easy_init())) {
+        free(t);
+        return luaL_error(L, "http: out of memory");
+    }
+    const char *problem = configure(L, t, 2);
+    if (problem) {
+        transfer_free(t);
+        return luaL_error(L, "http: %s", problem);
+    }
+    CURLMcode rc = curl_multi_add_handle(c->multi, t->easy);
+    if (rc != CURLM_OK) {
+        transfer_free(t);
+        return luaL_error(L, "http: %s", curl_multi_strerror(rc));
+    }
+    t->id = ++c->next_id;
+    t->next = c->active;
+    c->active = t;
+    c->count++;
+    lua_pushinteger(L, t->id);
+    return 1;
+}
+
+/* Pushes the response headers as { lower-case name = value }; a repeated
+ * header's values are joined with ", " as HTTP allows. */
+static void push_headers(lua_State *L, const buffer *b)
+{
+    lua_newtable(L);
+    if (!b->data)
+        return;
+    const char *p = b->data, *end = b->data + b->len;
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        const char *line_end = eol ? eol : end;
+        const char *colon = memchr(p, ':', (size_t)(line_end - p));
+        if (colon && strncmp(p, "HTTP/", 5) != 0) {
+            luaL_Buffer name;
+            luaL_buffinit(L, &name);
+            for (const char *q = p; q < colon; q++)
+                luaL_addchar(&name, (char)((*q >= 'A' && *q <= 'Z') ? *q - 'A' + 'a' : *q));
+            luaL_pushresult(&name);
+            const char *v = colon + 1, *v_end = line_end;
+            while (v < v_end && (*v == ' ' || *v == '\t'))
+                v++;
+            while (v_end > v && (v_end[-1] == '\r' || v_end[-1] == ' '))
+                v_end--;
+            lua_pushvalue(L, -1);
+            lua_rawget(L, -3);
+            if (lua_isstring(L, -1)) {
+                lua_pushliteral(L, ", ");
+                lua_pushlstring(L, v, (size_t)(v_end - v));
+                lua_concat(L, 3);
+            } else {
+                lua_pop(L, 1);
+                lua_pushlstring(L, v, (size_t)(v_end - v));
+            }
+            lua_rawset(L, -3);
+        }
+        p = line_end + 1;
+    }
+}
+
+static void push_response(lua_State *L, transfer *t, CURLcode result)
+{
+    lua_createtable(L, 0, 6);
+    lua_pushinteger(L, t->id);
+    lua_setfield(L, -2, "id");
+    long status = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &status);
+    lua_pushinteger(L, status);
+    lua_setfield(L, -2, "status");
+    double seconds = 0;
+    curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &seconds);
+    lua_pushnumber(L, seconds);
+    lua_setfield(L, -2, "time");
+    push_headers(L, &t->response_headers);
+    lua_setfield(L, -2, "headers");
+    lua_pushlstring(L, t->response.data ? t->response.data : "", t->response.len);
+    lua_setfield(L, -2, "body");
+    if (result != CURLE_OK) {
+        lua_pushstring(L, t->response.overflow ? "response body over the size limit" : curl_easy_strerror(result));
+        lua_setfield(L, -2, "error");
+    }
+}
+
+static void unlink_transfer(client *c, transfer *t)
+{
+    for (transfer **p = &c->active; *p; p = &(*p)->next) {
+        if (*p == t) {
+            *p = t->next;
+            c->count--;
+            return;
+        }
+    }
+}
+
+/* client:poll(timeout) -> { responses }: runs the transfers, waiting up to
+ * timeout seconds for one to end; returns those that ended (possibly
+ * none). A response is { id, status, headers, body, time [, error] }. */
+static int client_poll(lua_State *L)
+{
+    client *c = check_client(L);
+    double timeout = luaL_optnumber(L, 2, 0);
+    int running = 0;
+    CURLMcode rc = curl_multi_perform(c->multi, &running);
+    lua_newtable(L);
+    lua_Integer n = 0;
+    int waited = 0;
+    for (;;) {
+        if (rc != CURLM_OK)
+            return luaL_error(L, "http: %s", curl_multi_strerror(rc));
+        CURLMsg *msg;
+        int left;
+        while ((msg = curl_multi_info_read(c->multi, &left)) != NULL) {
+            if (msg->msg != CURLMSG_DONE)
+                continue;
+            transfer *t = NULL;
+            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+            CURLcode result = msg->data.result;
+            curl_multi_remove_handle(c->multi, msg->easy_handle);
+            unlink_transfer(c, t);
+            push_response(L, t, result);
+            lua_rawseti(L, -2, ++n);
+            transfer_free(t);
+        }
+        if (n > 0 || waited || c->count == 0 || timeout <= 0)
+            break;
+        int ready = 0;
+        rc = curl_multi_poll(c->multi, NULL, 0, (int)(timeout * 1000), &ready);
+        if (rc == CURLM_OK)
+            rc = curl_multi_perform(c->multi, &running);
+        waited = 1;
+    }
+    return 1;
+}
+
+/* client:cancel(id) -> true if it was in flight */
+static int client_cancel(lua_State *L)
+{
+    client *c = check_client(L);
+    lua_Integer id = luaL_checkinteger(L, 2);
+    for (transfer *t = c->active; t; t = t->next) {
+        if (t->id == id) {
+            curl_multi_remove_handle(c->multi, t->easy);
+            unlink_transfer(c, t);
+            transfer_free(t);
+            lua_pushboolean(L, 1);
+            return 1;
+        }
+    }
+    lua_pushboolean(L, 0);
+    return 1;
+}
+
+static int client_pending(lua_State *L)
+{
+    lua_pushinteger(L, check_client(L)->count);
+    return 1;
+}
+
+static int client_close(lua_State *L)
+{
+    client_release(luaL_checkudata(L, 1, CLIENT_META));
+    return 0;
+}
+
+/* http_client() -> client */
+static int http_client(lua_State *L)
+{
+    client *c = lua_newuserdatauv(L, sizeof *c, 0);
+    memset(c, 0, sizeof *c);
+    luaL_setmetatable(L, CLIENT_META);
+    c->multi = curl_multi_init();
+    if (!c->multi)
+        return luaL_error(L, "http: cannot create a curl multi handle");
+    /* Idle connections kept for reuse; per-host limits are the Lua
+     * layer's, per provider. */
+    curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 64L);
+    return 1;
+}
+
+static int http_version(lua_State *L)
+{
+    lua_pushstring(L, curl_version());
+    return 1;
+}
+
+void entsync_http_register(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"add", client_add},       {"poll", client_poll},
+        {"cancel", client_cancel}, {"pending", client_pending},
+        {"close", client_close},   {NULL, NULL},
+    };
+    static int initialized = 0;
+    if (!initialized) {
+        curl_global_init(CURL_GLOBAL_DEFAULT);
+        initialized = 1;
+    }
+    if (luaL_newmetatable(L, CLIENT_META)) {
+        luaL_newlib(L, methods);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, client_gc);
+        lua_setfield(L, -2, "__gc");
+        lua_pushcfunction(L, client_close);
+        lua_setfield(L, -2, "__close");
+    }
+    lua_pop(L, 1);
+    lua_pushcfunction(L, http_client);
+    lua_setfield(L, -2, "http_client");
+    lua_pushcfunction(L, http_version);
+    lua_setfield(L, -2, "curl_version");
+}
