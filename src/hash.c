@@ -367,8 +367,8 @@ void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash)
         set->has_zero = 1;
         return;
     }
-    /* Kept at most half full so probes stay short. */
-    if (!set->slots || 2 * (set->count + 1) > set->mask + 1) {
+    /* Kept at most three quarters full so probes stay short. */
+    if (!set->slots || 4 * (set->count + 1) > 3 * (set->mask + 1)) {
         size_t size = set->slots ? 2 * (set->mask + 1) : 1024;
         uint64_t *old = set->slots;
         size_t old_size = old ? set->mask + 1 : 0;
@@ -430,6 +430,38 @@ static int hashset_count(lua_State *L)
     return 1;
 }
 
+/* Turns integral floats into integers throughout a decoded JSON value:
+ * lua-cjson gives every number as a float, so an id 17 would read "17.0". */
+static void integerize(lua_State *L, int idx, int depth)
+{
+    if (depth > HASH_MAX_DEPTH)
+        return;
+    luaL_checkstack(L, 4, "integerize: value too deep");
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            lua_Number n = lua_tonumber(L, -1);
+            lua_Integer i;
+            if (lua_numbertointeger(n, &i) && (lua_Number)i == n) {
+                lua_pushvalue(L, -2);
+                lua_pushinteger(L, i);
+                lua_rawset(L, idx); /* assigning an existing field is allowed during lua_next */
+            }
+        } else if (lua_type(L, -1) == LUA_TTABLE) {
+            integerize(L, lua_gettop(L), depth + 1);
+        }
+        lua_pop(L, 1);
+    }
+}
+
+static int hash_integerize(lua_State *L)
+{
+    if (lua_type(L, 1) == LUA_TTABLE)
+        integerize(L, 1, 0);
+    lua_settop(L, 1);
+    return 1;
+}
+
 /* hash_bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
  * from seed when given. */
 static int hash_bytes(lua_State *L)
@@ -455,6 +487,8 @@ void entsync_hash_register(lua_State *L)
     lua_pop(L, 2);
     lua_pushcfunction(L, hash_bytes);
     lua_setfield(L, -2, "hash_bytes");
+    lua_pushcfunction(L, hash_integerize);
+    lua_setfield(L, -2, "integerize");
     lua_pushcfunction(L, hashset_new);
     lua_setfield(L, -2, "hashset");
 

@@ -859,6 +859,11 @@ static int store_open(lua_State *L)
         entsync_store_error(L, store, NULL);
     exec_or_raise(L, store, "PRAGMA journal_mode=WAL");
     exec_or_raise(L, store, "PRAGMA synchronous=NORMAL");
+    /* Statement journals (a write that fails inside a batch) stay in
+     * memory, and a 16 MiB page cache keeps the id map's indexes hot
+     * through a large import. */
+    exec_or_raise(L, store, "PRAGMA temp_store=MEMORY");
+    exec_or_raise(L, store, "PRAGMA cache_size=-16384");
     migrate(L, store);
     return 1;
 }

@@ -28,6 +28,9 @@ local SQL = {
     ON CONFLICT (sync, remote_id, entity) DO UPDATE SET local_id = excluded.local_id,
       changed = excluded.changed, hash = excluded.hash, raw_hash = excluded.raw_hash,
       synced_at = excluded.synced_at, seen_pass = excluded.seen_pass, gone_at = NULL]],
+  insert_idmap = [[INSERT INTO entsync_idmap
+      (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)]],
   raw_hashes = "SELECT raw_hash FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND raw_hash IS NOT NULL",
   mark_seen = "UPDATE entsync_idmap SET seen_pass = ?3, gone_at = NULL WHERE sync = ?1 AND remote_id = ?2",
   state = [[SELECT cursor_mark, cursor_id, pass, pass_resume, pass_open, pass_unreadable
@@ -321,7 +324,8 @@ function Session:dependent_run(target)
   local run = self.dependents[target.name]
   if not run then
     run = M.new_run(self, target, "import")
-    run.quiet = true
+    -- it writes inside another run's batch: each record on its own savepoint
+    run.quiet, run.careful = true, true
     self.dependents[target.name] = run
   end
   return run
@@ -372,7 +376,8 @@ function Run:write(remote_id, changed, mapped, hash, rows, record, raw_hash)
     else
       id = writer:insert(row)
     end
-    store:run(SQL.upsert_idmap, sync.name, entity.name, id, remote_id, changed, hash, raw_hash, now, self.pass)
+    store:run(rows[1] and SQL.upsert_idmap or SQL.insert_idmap, sync.name, entity.name, id, remote_id, changed, hash,
+      raw_hash, now, self.pass)
   end
   return rows[1] and "updated" or "created"
 end
@@ -435,6 +440,14 @@ function Run:process(record, raw_hash)
     if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
     return self:count("unchanged", remote_id)
   end
+  -- Writes go straight into the batch: a savepoint per record cost a
+  -- third of an import. When a write fails, the batch is rolled back and
+  -- written again carefully, one savepoint per record (see write_batch).
+  if not self.careful then
+    local written, outcome = pcall(self.write, self, remote_id, changed, mapped, hash, rows, record, raw_hash)
+    if not written then errors.raise("redo", "a write failed; the batch is written again record by record") end
+    return self:count(outcome, remote_id)
+  end
   store:run("SAVEPOINT entity")
   local written, outcome = pcall(self.write, self, remote_id, changed, mapped, hash, rows, record, raw_hash)
   if not written then
@@ -446,6 +459,36 @@ function Run:process(record, raw_hash)
   end
   store:run("RELEASE entity")
   return self:count(outcome, remote_id)
+end
+
+-- Runs fn (the handling of one batch) inside a transaction. A write that
+-- fails raises "redo": the batch is rolled back, the run's counters and
+-- failure set restored, and fn runs again with a savepoint per record so
+-- the one bad record is stored as failed and the others are written.
+function Run:write_batch(fn, snapshot, restore)
+  local session = self.session
+  local saved = { counts = {}, failing = {}, failures_shown = self.failures_shown, extra = snapshot() }
+  for k, v in pairs(self.counts) do saved.counts[k] = v end
+  for k, v in pairs(self.failing) do saved.failing[k] = v end
+  session:begin()
+  local ok, err = pcall(fn)
+  if ok then
+    session:commit()
+    return
+  end
+  session:rollback()
+  if not errors.is(err, "redo") then error(err, 0) end
+  self.counts, self.failing, self.failures_shown = saved.counts, saved.failing, saved.failures_shown
+  restore(saved.extra)
+  self.careful = true
+  session:begin()
+  ok, err = pcall(fn)
+  self.careful = false
+  if not ok then
+    session:rollback()
+    error(err, 0)
+  end
+  session:commit()
 end
 
 -- Maps a record through the sync's hooks and mapping: false when the
@@ -785,14 +828,11 @@ function M.run_import(session, sync, options)
       end
       -- The write phase never yields: other tasks' requests wait, and no
       -- other task runs inside this transaction.
-      http.blocking(function()
-        session:begin()
+      local function write_all()
         for i = 1, n do
           handle(kinds[i], values[i], extras[i])
-          values[i], extras[i] = nil, nil
           meter:tick(processed + i)
         end
-        processed = processed + n
         complete = exhausted and not source.truncated
         if incremental then
           if run_max and (ordered or complete) then state.cursor_mark, state.cursor_id = run_max.mark, run_max.id end
@@ -807,8 +847,16 @@ function M.run_import(session, sync, options)
         end
         save_state(store, sync, state)
         if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
-        session:commit()
-      end)
+      end
+      local function snapshot()
+        return { run_max = run_max, ordered = ordered, unreadable = state.pass_unreadable }
+      end
+      local function restore(saved)
+        run_max, ordered, state.pass_unreadable = saved.run_max, saved.ordered, saved.unreadable
+      end
+      http.blocking(run.write_batch, run, write_all, snapshot, restore)
+      processed = processed + n
+      for i = 1, n do values[i], extras[i] = nil, nil end
       if not session.dry and reader.committed and (source.moves_each_batch or complete) then
         local moved, move_err = reader:committed()
         if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
@@ -848,6 +896,7 @@ local function run_single(session, sync, operation, remote_ids)
   local run
   local ok, result = xpcall(function()
     run = M.new_run(session, sync, operation)
+    run.careful = true
     if not session.dry then run:start(operation, nil) end
     if type(run.provider.get) ~= "function" then
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot fetch one record (it has no get)",
@@ -917,6 +966,7 @@ function M.retry(session, sync)
   session:lock(sync)
   local ok, result = pcall(function()
     local run = M.new_run(session, sync, "retry")
+    run.careful = true
     if not session.dry then run:start("retry", nil) end
     run:retry_failures(true)
     local status = run.counts.failed > 0 and "failed" or "ok"

@@ -19,7 +19,7 @@ local BOM = "\239\187\191"
 local MAX_DEPTH = 256
 
 local find, sub, format = string.find, string.sub, string.format
-local tointeger, mtype = math.tointeger, math.type
+local tointeger = math.tointeger
 
 -- Paths --------------------------------------------------------------------
 
@@ -49,17 +49,8 @@ json.decode_max_depth(MAX_DEPTH)
 M.json = json
 
 -- cjson gives every JSON number as a float, so an id 17 would print as
--- "17.0": integral values become integers, as the file's author meant.
-local function integerize(t)
-  for k, v in pairs(t) do
-    if mtype(v) == "float" then
-      local i = tointeger(v)
-      if i then t[k] = i end
-    elseif type(v) == "table" then
-      integerize(v)
-    end
-  end
-end
+-- "17.0": integral values become integers (in C), as the file's author meant.
+local integerize = core.integerize
 
 local function kind_of(value, text)
   if value == cjson.null then return "null" end

@@ -376,6 +376,14 @@ function M.apply(compiled, record, ctx)
   return compiled.apply(record, ctx)
 end
 
+-- JSON text of a json field. An empty table is written "[]": decoding
+-- cannot tell [] from {}, and empty lists are the common case.
+local function json_text(value)
+  if type(value) == "table" and next(value) == nil then return "[]" end
+  return cjson.encode(value)
+end
+M.json_text = json_text
+
 -- The row to store for mapped values: json fields encoded, in place (the
 -- values were hashed already and are not used again).
 function M.storable(entity, values)
@@ -383,7 +391,7 @@ function M.storable(entity, values)
   for i = 1, #json_fields do
     local name = json_fields[i]
     local value = values[name]
-    if value ~= nil then values[name] = cjson.encode(value) end
+    if value ~= nil then values[name] = json_text(value) end
   end
   return values
 end

@@ -698,13 +698,17 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
-    resources = {}
-    if args.data:
-        with open(args.data, "rb") as f:
-            text = f.read().decode("utf-8")
-        resources = json.loads(text) if text.strip() else {}
-    auth = json.loads(args.auth) if args.auth else None
-    state = State(resources, auth, args.latency_ms)
+    try:
+        resources = {}
+        if args.data:
+            with open(args.data, "rb") as f:
+                text = f.read().decode("utf-8")
+            resources = json.loads(text) if text.strip() else {}
+        auth = json.loads(args.auth) if args.auth else None
+        state = State(resources, auth, args.latency_ms)
+    except (OSError, ValueError, HttpError) as err:
+        sys.stderr.write("fixture_server: %s\n" % err)
+        return 2
 
     server = Server(("127.0.0.1", args.port), Handler)
     server.state = state
