@@ -236,7 +236,7 @@ function Provider:list(resource, query)
     if type(since) == "string" then params[since] = value else params[since.param or "updated_since"] = value end
   end
   local reader = setmetatable({
-    provider = self, path = self:path(resource), params = params, buffer = {}, index = 0,
+    provider = self, path = self:path(resource), params = params, buffer = {}, index = 0, count = 0,
     position = 0, done = false, ordered = self.config.ordered == true, inflight = {}, next_page = nil,
     skip = query.offset or 0,
   }, Reader)
@@ -331,7 +331,7 @@ end
 -- stops with the method, URL and status; nothing of it is stored).
 function Reader:next()
   while true do
-    if self.index < #self.buffer then
+    if self.index < self.count then
       self.index = self.index + 1
       local record = self.buffer[self.index]
       self.buffer[self.index] = nil
@@ -352,9 +352,16 @@ function Reader:next()
       else
         self.buffer = self:fetch_chained()
       end
-      if #self.buffer == 0 then self.done = true end
+      self.count = #self.buffer
+      if self.count == 0 then self.done = true end
     end
   end
+end
+
+-- ready() -> true when next() gives a record without waiting for the
+-- network, so the engine can write what it has meanwhile.
+function Reader:ready()
+  return self.index < self.count or self.done
 end
 
 function Reader:close()

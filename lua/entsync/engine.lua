@@ -821,6 +821,9 @@ function M.run_import(session, sync, options)
     while true do
       local n, exhausted = 0, false
       while n < settings.batch and processed + n < limit do
+        -- Records in hand are written while the network works: a batch
+        -- ends early when the next record would have to wait for it.
+        if n > 0 and reader.ready and not reader:ready() then break end
         local kind, value, extra = source.next()
         if kind == nil then exhausted = true; break end
         n = n + 1

@@ -156,6 +156,8 @@ function M.start(data, opts)
   if own_pid then args[#args + 1] = "--parent-pid " .. own_pid end
   if opts.auth then args[#args + 1] = "--auth " .. quote(encode(opts.auth)) end
   if opts.verbose then args[#args + 1] = "--verbose" end
+  -- the server deletes these itself when it stops, even if this process died
+  for _, f in pairs(files) do args[#args + 1] = "--remove-on-exit " .. quote(f) end
   local cmd = table.concat(args, " ") .. " >" .. quote(files.out) .. " 2>" .. quote(files.err) ..
     " </dev/null & echo $!"
   local pid = tonumber((shell_output(cmd)):match("%d+"))
@@ -234,6 +236,12 @@ function M.start(data, opts)
   end)
   server.latency = method(function(ms) return control("POST", "latency", { ms = ms or 0 }) end)
   server.auth = method(function(auth) return control("POST", "auth", auth or {}) end)
+  -- Back to the start-up state in one call: the data given to start (or
+  -- these resources), its auth and latency; no faults, tokens or log.
+  server.reset = method(function(resources)
+    if resources ~= nil and resources.resources == nil then resources = { resources = resources } end
+    return control("POST", "reset", resources or {})
+  end)
   server.request = method(function(verb, target, req_opts)
     return M.curl(server.url, verb, target, req_opts)
   end)

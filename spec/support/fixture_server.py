@@ -1,14 +1,36 @@
 #!/usr/bin/env python3
 """A fake REST remote for entsync's specs (Python 3 standard library only).
 
-    python3 spec/support/fixture_server.py --data FILE.json [--latency-ms N]
-        [--auth JSON] [--port 0] [--max-seconds 600] [--parent-pid PID] [--verbose]
+    python3 spec/support/fixture_server.py [--data FILE.json] [--latency-ms N]
+        [--auth JSON] [--port 0] [--max-seconds 600] [--parent-pid PID]
+        [--remove-on-exit PATH]... [--verbose]
 
-Binds 127.0.0.1 only, prints "LISTENING <port>" as its first stdout line and
-serves until SIGTERM/SIGINT, until --max-seconds have passed, or until the
-process --parent-pid names is gone. Records live in memory; listings are in
-(updated_at, id) order. Pagination styles, writes, auth, injected faults and a
-request log are described in spec/support/fixture.lua and the docstrings below.
+Binds 127.0.0.1 only and prints "LISTENING <port>" as its first stdout line;
+serves until SIGTERM/SIGINT/SIGHUP, until --max-seconds have passed, or until
+the --parent-pid process is gone (exit status 0), then deletes the
+--remove-on-exit files. HTTP/1.1 keep-alive, Content-Length on every response.
+
+FILE.json is {"resources": {name: [record, ...]}}; records live in memory and
+list in (updated_at, id) order (instants compared, integer ids numerically).
+Every listing takes updated_since= or updated_after= (records strictly later)
+or updated_from= (records at or after; 400 if unparsable); an unknown
+resource is a 404.
+
+    GET /page/<res>?page=N&per_page=M   {"data", "page", "total"}
+    GET /offset/<res>?offset=N&limit=M  {"results": {"items"}, "total"}
+    GET /cursor/<res>?cursor=T&limit=M  {"data", "next_cursor": token|null}
+    GET /link/<res>?page=N&per_page=M   [...] + Link: <absolute next>; rel="next"
+    GET /next/<res>?page=N&per_page=M   {"items", "next": absolute url|null}
+    GET /api/<res>                      like /page
+    GET /<style>/<res>/<id>             the record, or 404 {"error": "not found"}
+    POST /api/<res>, PUT|PATCH|DELETE /api/<res>/<id>   201 / 200 / 204, 404, 409
+    POST /oauth/token                   client_credentials (form, JSON or basic)
+
+Control (never faulted, logged or authenticated): POST /_control/faults (list,
+replaces the queue), GET /_control/faults, POST /_control/revoke, GET
+/_control/log, POST /_control/reset_log, GET|POST /_control/data, GET|POST
+/_control/latency {"ms"}, GET|POST /_control/auth, POST /_control/reset,
+GET /_control/ping.
 """
 
 import argparse
@@ -101,6 +123,7 @@ class State:
         self.tokens = {}
         self.set_auth(auth)
         self.latency_ms = float(latency_ms or 0)
+        self.initial = (json.dumps(self.resources), auth, self.latency_ms)
         self.faults = []
         self.log = []
         self.last_time = None
@@ -220,6 +243,9 @@ class State:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without TCP_NODELAY the
+    # body waits for the client's delayed ACK, 40 ms a response.
+    disable_nagle_algorithm = True
     server_version = "entsync-fixture/1"
     timeout = 60  # idle keep-alive connections close after this
 
@@ -335,13 +361,13 @@ class Handler(BaseHTTPRequestHandler):
             "status": None,
         }
         state = self.state
+        fault = state.take_fault(self.command, path)
+        if fault:
+            entry["fault"] = fault["kind"]
         with state.lock:
-            state.log.append(entry)
+            state.log.append(entry)  # from here on only existing keys change
         status = None
         try:
-            fault = state.take_fault(self.command, path)
-            if fault:
-                entry["fault"] = fault["kind"]
             delay = state.latency_ms
             if fault and fault["kind"] == "latency":
                 delay += float(fault.get("ms", 300))
@@ -473,12 +499,13 @@ class Handler(BaseHTTPRequestHandler):
         return value
 
     def since_param(self):
-        for name in ("updated_since", "updated_after"):
+        # An inclusive bound is carried as "from:<time>" (cursor tokens keep it).
+        for name in ("updated_since", "updated_after", "updated_from"):
             values = self.params.get(name)
             if values and values[0] != "":
                 if parse_time(values[0]) is None:
                     raise HttpError(400, "bad %s" % name)
-                return values[0]
+                return ("from:" if name == "updated_from" else "") + values[0]
         return None
 
     def listing(self, name, since):
@@ -488,6 +515,9 @@ class Handler(BaseHTTPRequestHandler):
         records, keys = cached
         if since is None:
             return records
+        if since.startswith("from:"):
+            floor = time_key(since[5:])
+            return [r for r, k in zip(records, keys) if k >= floor]
         floor = time_key(since)
         return [r for r, k in zip(records, keys) if k > floor]
 
@@ -668,6 +698,19 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, {"ok": True}, {}
             if what == "auth" and method == "GET":
                 return 200, {"auth": state.auth}, {}
+            if what == "reset" and method == "POST":
+                # back to the start-up state: data (or the given resources),
+                # auth, latency; no faults, tokens or log
+                body = body_json()
+                resources, auth, latency_ms = state.initial
+                given = isinstance(body, dict) and body.get("resources") is not None
+                state.set_resources(body["resources"] if given else json.loads(resources))
+                state.set_auth(auth)
+                with state.lock:
+                    state.latency_ms = latency_ms
+                    state.faults = []
+                    state.log = []
+                return 200, {"ok": True}, {}
             if what == "ping":
                 return 200, {"ok": True, "port": self.server.server_address[1], "pid": os.getpid()}, {}
         except HttpError as err:
@@ -695,6 +738,8 @@ def main(argv=None):
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--max-seconds", type=float, default=600)
     parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process is gone")
+    parser.add_argument("--remove-on-exit", action="append", default=[], metavar="PATH",
+                        help="a file to delete after serving (the caller's temp files)")
     parser.add_argument("--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -743,6 +788,11 @@ def main(argv=None):
         server.serve_forever(poll_interval=0.1)
     finally:
         server.server_close()
+        for path in args.remove_on_exit:
+            try:
+                os.remove(path)
+            except OSError:
+                pass
     return 0
 
 
