@@ -137,7 +137,7 @@ entity "contact" { email = "text", age = "integer", city = "text", vip = "boolea
 local files = provider "ndjson" { dir = "data" }
 sync "contacts" { remote = files "c.ndjson", entity = "contact",
   mapping = { email = "email", age = { "age", default = 18 }, city = "addresses[1].city",
-              vip = { "flags.vip", default = false }, score = "score" } }
+              vip = { path = "flags.vip", default = false }, score = "score" } }
 ]])
     local out = mapping.apply(m, { email = "a@x", age = "42", addresses = { { city = "Oslo" } },
       flags = { vip = "yes" }, score = 3 }, {})
@@ -668,13 +668,71 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
     assert.equal(4, T.count(dir, "user"))
     assert.equal(4, T.count(dir, "profile"))
   end)
+
+  -- A rule of another program that rejects profile phone "bad".
+  local function reject_bad_phones()
+    T.sqlite(dir, [[CREATE TRIGGER profile_no_bad BEFORE INSERT ON profile WHEN NEW.phone = 'bad'
+      BEGIN SELECT RAISE(ABORT, 'phone rejected'); END;]])
+  end
+
+  local function occurrences(text, plain)
+    local n, from = 0, 1
+    while true do
+      local at = text:find(plain, from, true)
+      if not at then return n end
+      n, from = n + 1, at + #plain
+    end
+  end
+
+  it("reports each failure once when a later write in the same batch fails", function()
+    T.job(dir, [[
+entity "user" { name = "text", email = "text", n = "integer" }
+entity "profile" { phone = "text", company = "text" }
+local files = provider "ndjson" { dir = "data" }
+sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile" },
+  mapping = {
+    user = { name = { "name", import = function(v, r, ctx) ctx:log("mapping " .. v) return v end }, email = "email",
+             n = "n" },
+    profile = { phone = "phone", company = "company.name" },
+  } }
+]])
+    T.data(dir, "accounts", { { id = 10, name = "Ann", phone = "1" } })
+    assert.equal(0, T.run(dir, "run").code)
+    reject_bad_phones()
+    T.data(dir, "accounts", {
+      { id = 20, name = "Bob", n = "x" },   -- fails in its mapping
+      { id = 30, name = "Cy", phone = "bad" }, -- fails in its write
+      { id = 40, name = "Dee", phone = "4" },
+    })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    local c = T.summary(r.stdout, "accounts")
+    assert.same({ 1, 2 }, { c.created, c.failed })
+    assert.equal(1, occurrences(r.stderr, 'accounts 20: field n: expected integer, got "x"'), r.stderr)
+    assert.equal(1, occurrences(r.stderr, "accounts 30: store "), r.stderr)
+    assert.equal(1, occurrences(r.stderr, "accounts 30: mapping Cy"), r.stderr)
+    assert.equal(1, occurrences(r.stderr, "accounts 40: mapping Dee"), r.stderr)
+  end)
+
+  it("a write the store rejects is stored with the store's reason, not entsync's own source position", function()
+    T.data(dir, "accounts", { { id = 10, name = "Ann", phone = "1" } })
+    assert.equal(0, T.run(dir, "run").code)
+    reject_bad_phones()
+    T.data(dir, "accounts", { { id = 30, name = "Cy", phone = "bad" } })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    local err = T.failures(dir, "accounts")["30"].error
+    assert.matches("phone rejected", err)
+    assert.is_nil(err:find("lua/entsync/", 1, true), err)
+    assert.is_nil(r.stderr:find("lua/entsync/", 1, true), r.stderr)
+  end)
 end)
 
 describe("hooks", function()
   local dir
   before_each(function() dir = T.dir() end)
 
-  it("filter(record, ctx) returning false skips the record: nothing written, counted as skipped", function()
+  it("filter(record, ctx) returning false skips the record: nothing written, reported as filtered out", function()
     T.job(dir, [[
 entity "contact" { email = "text" }
 local files = provider "ndjson" { dir = "data" }
@@ -690,10 +748,11 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping 
     local r = T.run(dir, "run")
     assert.equal(0, r.code, r.stderr)
     local c = T.summary(r.stdout)
-    -- the engine counts filtered records as skipped, which the summary
-    -- line prints as "before the cursor"
-    assert.same({ 2, 0, 1 }, { c.created, c.failed, c.before_cursor })
-    assert.matches(", 1 before the cursor", c.line, 1, true)
+    -- filtered records are reported as such, and counted as skipped in
+    -- the run log
+    assert.same({ 2, 0 }, { c.created, c.failed })
+    assert.matches(", 1 filtered out", c.line, 1, true)
+    assert.is_nil(c.line:find("before the cursor", 1, true))
     assert.same({ { email = "a@x" }, { email = "c@x" } }, T.query(dir, "SELECT email FROM contact ORDER BY id"))
     assert.equal(0, T.count(dir, "entsync_idmap", "remote_id = '2'"))
     assert.equal(0, T.count(dir, "entsync_failures"))

@@ -50,7 +50,7 @@ describe("the store through the C API", function()
       for _, row in ipairs(store:rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")) do
         names[#names + 1] = row.name
       end
-      assert.same({ "entsync_failures", "entsync_idmap", "entsync_locks", "entsync_meta", "entsync_outbox",
+      assert.same({ "entsync_conflicts", "entsync_failures", "entsync_idmap", "entsync_locks", "entsync_mark", "entsync_meta", "entsync_outbox",
         "entsync_runs", "entsync_state" }, names)
       assert.equal(core.schema_version, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
       assert.equal(1, core.schema_version)
@@ -470,7 +470,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
     helpers.write(dir .. "/job.lua", job_source('name = "text"', 'name = "name"'))
     assert.equal(0, run({ "job.lua", "run" }).code)
     local db = dir .. "/entsync.db"
-    assert.equal("entsync_failures\nentsync_idmap\nentsync_locks\nentsync_meta\nentsync_outbox\nentsync_runs\nentsync_state",
+    assert.equal("entsync_conflicts\nentsync_failures\nentsync_idmap\nentsync_locks\nentsync_mark\nentsync_meta\nentsync_outbox\nentsync_runs\nentsync_state",
       sqlite3(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'entsync%' ORDER BY name"))
     assert.equal("contact", sqlite3(db,
       "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'entsync%'"))

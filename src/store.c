@@ -61,6 +61,13 @@ static const char *const migrations[] = {
     "  operation TEXT NOT NULL, queued_at REAL NOT NULL,"
     "  attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, next_at REAL,"
     "  UNIQUE (entity, local_id));"
+    "CREATE TABLE entsync_conflicts ("
+    "  id INTEGER PRIMARY KEY, run_id INTEGER, sync TEXT NOT NULL, entity TEXT, local_id INTEGER,"
+    "  remote_id TEXT, local_hash INTEGER, remote_hash INTEGER, policy TEXT NOT NULL,"
+    "  winner TEXT NOT NULL, at REAL NOT NULL);"
+    /* Present only inside an import's own transaction, never committed:
+     * the outbox triggers skip writes while it holds a row. */
+    "CREATE TABLE entsync_mark (owner TEXT);"
     "CREATE TABLE entsync_locks ("
     "  name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL,"
     "  host TEXT NOT NULL, acquired_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"

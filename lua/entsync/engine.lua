@@ -50,6 +50,8 @@ local SQL = {
     ON CONFLICT (sync, remote_id) DO UPDATE SET error = excluded.error,
       payload = coalesce(excluded.payload, payload), attempts = excluded.attempts,
       last_at = excluded.last_at, next_at = excluded.next_at, waits_for = excluded.waits_for]],
+  note_refs = "INSERT OR REPLACE INTO entsync_meta (key, value) VALUES (?1, 1)",
+  uses_refs = "SELECT value FROM entsync_meta WHERE key = ?1",
   release_deferred = "UPDATE entsync_failures SET next_at = ?2 WHERE waits_for = ?1",
   ref_lookup = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND remote_id = ?3",
   clear_failure = "DELETE FROM entsync_failures WHERE sync = ?1 AND remote_id = ?2",
@@ -218,7 +220,7 @@ local Run = {}
 Run.__index = Run
 
 local function new_counts()
-  local counts = { skipped = 0, retried = 0 }
+  local counts = { skipped = 0, retried = 0, filtered = 0 }
   for _, outcome in ipairs(OUTCOMES) do counts[outcome] = 0 end
   return counts
 end
@@ -274,7 +276,15 @@ function M.new_context(run)
 end
 
 function Context:log(message, level)
-  self.run.session.log(level or "info", string.format("%s %s: %s", self.sync, tostring(self.remote_id), message))
+  local run = self.run
+  local line = string.format("%s %s: %s", self.sync, tostring(self.remote_id), message)
+  -- a batch written again after a failed write maps its records again:
+  -- what they logged the first time is not logged twice
+  if run.reported then
+    if run.replaying and run.reported[line] then return end
+    run.reported[line] = true
+  end
+  run.session.log(level or "info", line)
 end
 
 -- The local id of remote_id in sync_name's id map. One not yet imported
@@ -288,6 +298,12 @@ function Context:ref(sync_name, remote_id)
   if not target then errors.raise("entity", string.format("ref: no sync named \"%s\"", tostring(sync_name))) end
   local id = remote_id_text(remote_id)
   if not id then return nil end
+  if run.sync.fingerprint and not run.refs_noted then
+    -- This mapping reads other syncs' id maps: a record's bytes no longer
+    -- decide what it maps to, so later runs map every record again.
+    run.refs_noted = true
+    session.store:run(SQL.note_refs, "refs:" .. run.sync.name)
+  end
   return session:resolve(target, target.entities[1], id, run.sync.on_missing)
 end
 
@@ -298,6 +314,28 @@ function Session:resolve(target, entity, remote_id, on_missing)
   local local_id = store:value(SQL.ref_lookup, target.name, entity, remote_id)
   if local_id or on_missing == "null" then return local_id end
   if on_missing == "import" then
+    -- A record that references itself, or a cycle of them, would import
+    -- forever: each remote entity is imported on demand once at a time.
+    local key = target.name .. "\0" .. remote_id
+    self.resolving = self.resolving or {}
+    if self.resolving[key] then
+      errors.raise("entity", string.format("reference %s %s refers back to itself through its references", target.name,
+        remote_id))
+    end
+    self.resolving[key] = true
+    local ok, result = pcall(self.import_reference, self, target, entity, remote_id)
+    self.resolving[key] = nil
+    if not ok then error(result, 0) end
+    return result
+  end
+  errors.raise("defer", string.format("reference %s %s is not imported yet; retried after %s runs", target.name,
+    remote_id, target.name), { waits_for = target.name })
+end
+
+function Session:import_reference(target, entity, remote_id)
+  local store = self.store
+  local local_id
+  do
     local dependency = self:dependent_run(target)
     local ok, record, err = pcall(dependency.provider.get, dependency.provider, target.resource, remote_id)
     if not ok or record == nil then
@@ -313,8 +351,6 @@ function Session:resolve(target, entity, remote_id, on_missing)
     if local_id then return local_id end
     errors.raise("entity", string.format("reference %s %s: imported, but no %s came of it", target.name, remote_id, entity))
   end
-  errors.raise("defer", string.format("reference %s %s is not imported yet; retried after %s runs", target.name,
-    remote_id, target.name), { waits_for = target.name })
 end
 
 -- A run of a dependency used for imports on demand ("import" references):
@@ -337,10 +373,12 @@ function Run:fail(remote_id, message, payload, waits_for)
   local sync, store = self.sync, self.store
   self.counts.failed = self.counts.failed + 1
   self.failures_shown = self.failures_shown + 1
-  if self.quiet then
-    -- a dependency imported on demand: the referring entity reports it
+  if self.quiet or (self.replaying and self.reported[remote_id]) then
+    -- a dependency imported on demand (the referring entity reports it),
+    -- or a failure already reported before its batch was written again
   elseif self.failures_shown <= 10 then
     self.session.log("error", string.format("%s %s: %s", sync.name, remote_id, message))
+    if self.reported then self.reported[remote_id] = true end
   elseif self.failures_shown == 11 then
     self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", sync.name,
       self.session.job.display_path))
@@ -368,7 +406,7 @@ function Run:write(remote_id, changed, mapped, hash, rows, record, raw_hash)
   if sync.link then self:link(local_ids, remote_id, record) end
   local now = core.now()
   for _, entity in ipairs(sync.mapping.entities) do
-    local writer = self.writers[entity.name]
+    local writer = self:writer_for(entity, mapped[entity.name])
     local row = mapping.storable(entity, mapped[entity.name])
     local id = local_ids[entity.name]
     if id then
@@ -380,6 +418,27 @@ function Run:write(remote_id, changed, mapped, hash, rows, record, raw_hash)
       raw_hash, now, self.pass)
   end
   return rows[1] and "updated" or "created"
+end
+
+-- The writer for one entity's values: the mapping's own columns, plus,
+-- when an after_map hook set other declared fields, those too.
+function Run:writer_for(entity, values)
+  local writer = self.writers[entity.name]
+  if not self.sync.after_map then return writer end
+  local extra = {}
+  local owned = {}
+  for _, column in ipairs(entity.columns) do owned[column] = true end
+  for field in pairs(values) do
+    if not owned[field] then extra[#extra + 1] = field end
+  end
+  if #extra == 0 then return writer end
+  table.sort(extra)
+  local columns = { table.unpack(entity.columns) }
+  for _, field in ipairs(extra) do columns[#columns + 1] = field end
+  local key = entity.name .. ":" .. table.concat(columns, ",")
+  self.extra_writers = self.extra_writers or {}
+  if not self.extra_writers[key] then self.extra_writers[key] = self.store:writer(entity.name, columns) end
+  return self.extra_writers[key]
 end
 
 -- A merge: this sync completes entities another sync owns. Entities the
@@ -432,8 +491,8 @@ function Run:process(record, raw_hash)
     return "failed", message
   end
   if mapped == false then
-    self.counts.skipped = self.counts.skipped + 1
-    return "skipped"
+    self.counts.filtered = self.counts.filtered + 1
+    return "filtered"
   end
   local hash = core.hash(mapped)
   if stored and stored.hash == hash and #rows == #sync.mapping.entities then
@@ -453,7 +512,7 @@ function Run:process(record, raw_hash)
   if not written then
     store:run("ROLLBACK TO entity")
     store:run("RELEASE entity")
-    local message = errors.is(outcome) and outcome.message or tostring(outcome)
+    local message = errors.is(outcome) and outcome.message or errors.strip_position(tostring(outcome))
     self:fail(remote_id, message, record, errors.is(outcome) and outcome.waits_for or nil)
     return "failed", message
   end
@@ -470,6 +529,7 @@ function Run:write_batch(fn, snapshot, restore)
   local saved = { counts = {}, failing = {}, failures_shown = self.failures_shown, extra = snapshot() }
   for k, v in pairs(self.counts) do saved.counts[k] = v end
   for k, v in pairs(self.failing) do saved.failing[k] = v end
+  self.reported = {}
   session:begin()
   local ok, err = pcall(fn)
   if ok then
@@ -480,10 +540,10 @@ function Run:write_batch(fn, snapshot, restore)
   if not errors.is(err, "redo") then error(err, 0) end
   self.counts, self.failing, self.failures_shown = saved.counts, saved.failing, saved.failures_shown
   restore(saved.extra)
-  self.careful = true
+  self.careful, self.replaying = true, true
   session:begin()
   ok, err = pcall(fn)
-  self.careful = false
+  self.careful, self.replaying = false, false
   if not ok then
     session:rollback()
     error(err, 0)
@@ -500,6 +560,7 @@ function Run:map(record, ctx)
   if sync.after_map then
     local adjusted = sync.after_map(mapped, record, ctx)
     if type(adjusted) == "table" then mapped = adjusted end
+    mapping.coerce_entities(self.session.job, sync, mapped)
   end
   return mapped
 end
@@ -524,14 +585,14 @@ end
 function Run:save_progress(cursor_after)
   local c = self.counts
   self.store:run(SQL.progress_run, self.run_id, c.created, c.updated, c.unchanged, c.stale, c.failed, c.deleted,
-    c.skipped, cursor_after)
+    c.skipped + c.filtered, cursor_after)
 end
 
 function Run:finish(status, cursor_after, err)
   local c = self.counts
   if self.session.dry or not self.run_id then return end
   self.store:run(SQL.finish_run, self.run_id, core.now(), status, c.created, c.updated, c.unchanged, c.stale,
-    c.failed, c.deleted, c.skipped, cursor_after, err)
+    c.failed, c.deleted, c.skipped + c.filtered, cursor_after, err)
 end
 
 -- Failures of unreadable or id-less input ("@...") that a full pass read
@@ -715,7 +776,8 @@ local function record_source(run, reader, state, incremental)
   end
 
   source.ordered = reader.ordered == true
-  if reader.next_raw and sync.fingerprint and not run.track_seen then
+  if reader.next_raw and sync.fingerprint and not run.track_seen
+      and not store:value(SQL.uses_refs, "refs:" .. sync.name) then
     local known = store:hash_set(SQL.raw_hashes, sync.name, sync.entities[1])
     local fingerprint = sync.fingerprint
     function source.next()
@@ -992,6 +1054,7 @@ function M.summary(result, seconds, dry)
   end
   local line = string.format("%s: %s", result.sync, table.concat(parts, ", "))
   if c.skipped > 0 then line = line .. string.format(", %d before the cursor", c.skipped) end
+  if c.filtered > 0 then line = line .. string.format(", %d filtered out", c.filtered) end
   if c.retried > 0 then line = line .. string.format(", %d retried", c.retried) end
   if not result.complete then line = line .. " (limit reached: the next run continues here)" end
   if seconds then line = line .. string.format(" in %.2fs", seconds) end

@@ -36,6 +36,13 @@ function M.config(where, fmt, ...)
   M.raise("config", M.at(where, string.format(fmt, ...)))
 end
 
+-- Drops a leading "…/lua/entsync/x.lua:12: " that luaL_error put before a
+-- message raised from C on behalf of entsync's own code: users need the
+-- reason, not entsync's source line.
+function M.strip_position(message)
+  return (tostring(message):gsub("^[^\n]-/lua/entsync/[%w_]+%.lua:%d+: ", ""))
+end
+
 function M.is(value, kind)
   return getmetatable(value) == Error and (kind == nil or value.kind == kind)
 end

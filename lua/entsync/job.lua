@@ -288,7 +288,9 @@ local function validate_sync(job, sync)
     end
     local other = job.syncs[link.sync]
     if not other then sync_error(sync, "link names sync \"%s\", which is not declared", link.sync) end
-    if link.key ~= nil and type(link.key) ~= "string" then sync_error(sync, "link key must be a remote field name") end
+    if link.key ~= nil and (type(link.key) ~= "string" or not mapping.compile_path(link.key)) then
+      sync_error(sync, "link key must be a remote path (name.name[1].name), got %s", tostring(link.key))
+    end
     sync.link = { sync = link.sync, key = link.key and mapping.compile_path(link.key) }
   end
   -- Everything that decides how a record maps: a record whose bytes and

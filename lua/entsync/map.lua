@@ -102,19 +102,26 @@ function M.join(sep)
   return function(value)
     if type(value) ~= "table" then return value end
     local parts = {}
-    for i, v in ipairs(value) do parts[i] = tostring(v) end
+    local text = require("entsync.mapping").coerce.text
+    for i, v in ipairs(value) do parts[i] = text(v) or tostring(v) end
     return table.concat(parts, sep)
   end
 end
 
 function M.split(sep)
   sep = sep or ","
-  local pattern = "([^" .. sep:gsub("%p", "%%%0") .. "]*)"
   return function(value)
     if type(value) ~= "string" then return value end
     local parts = {}
     if value == "" then return parts end
-    for part in (value .. sep):gmatch(pattern .. sep:gsub("%p", "%%%0")) do parts[#parts + 1] = M.trim(part) end
+    local start = 1
+    while true do
+      local from, to = value:find(sep, start, true)
+      if not from then break end
+      parts[#parts + 1] = M.trim(value:sub(start, from - 1))
+      start = to + 1
+    end
+    parts[#parts + 1] = M.trim(value:sub(start))
     return parts
   end
 end
@@ -212,17 +219,27 @@ function M.refs(sync)
   return setmetatable({ sync = sync, is_refs = true }, Refs)
 end
 
+-- The sync a refs helper (or a chain holding one) reads, or nil.
 function M.is_refs(value)
-  return getmetatable(value) == Refs
+  local meta = getmetatable(value)
+  if meta == Refs then return true end
+  return meta ~= nil and meta.__call ~= nil and rawget(value, "steps") ~= nil and rawget(value, "sync") ~= nil
 end
 
--- chain(f, g, ...): apply several helpers in order.
+-- chain(f, g, ...): apply several helpers in order. A chain holding a
+-- refs step is itself a reference (check validates it; the engine knows).
+local Chain = {}
+Chain.__call = function(self, value, record, ctx)
+  for _, step in ipairs(self.steps) do value = step(value, record, ctx) end
+  return value
+end
+
 function M.chain(...)
-  local steps = { ... }
-  return function(value, record, ctx)
-    for _, step in ipairs(steps) do value = step(value, record, ctx) end
-    return value
+  local chain = setmetatable({ steps = { ... } }, Chain)
+  for _, step in ipairs(chain.steps) do
+    if M.is_refs(step) then chain.sync = step.sync end
   end
+  return chain
 end
 
 return M

@@ -150,15 +150,16 @@ function M.compile(job, sync, value)
       local known = false
       for _, entity in ipairs(sync.entities) do known = known or entity == key end
       if not known then
-        local line = key_line(source.lines, tostring(key)) or source.base
+        local line = key_line(source.lines, tostring(key), source.base) or source.base
         errors.config({ file = source.file, line = line }, "sync \"%s\": mapping names entity \"%s\", which the sync does not write",
           sync.name, tostring(key))
       end
     end
   end
   for _, entity in ipairs(sync.entities) do
-    local fields_spec = split and tbl[entity] or tbl
-    local entity_line = split and key_line(source.lines, entity) or source.base
+    local fields_spec = tbl
+    if split then fields_spec = tbl[entity] end
+    local entity_line = split and key_line(source.lines, entity, source.base) or source.base
     if type(fields_spec) ~= "table" then
       errors.config({ file = source.file, line = entity_line or 1 }, "sync \"%s\": mapping has no table for entity \"%s\"",
         sync.name, entity)
@@ -190,10 +191,11 @@ local function describe(value)
 end
 
 local function iso_from_epoch(seconds)
-  local whole = math.floor(seconds)
+  -- rounded to milliseconds first, so .9996 carries into the next second
+  local millis = math.floor(seconds * 1000 + 0.5)
+  local whole, fraction = millis // 1000, millis % 1000
   local text = os.date("!%Y-%m-%dT%H:%M:%S", whole)
-  local fraction = seconds - whole
-  if fraction > 0 then text = text .. string.format(".%03d", math.floor(fraction * 1000 + 0.5)) end
+  if fraction > 0 then text = text .. string.format(".%03d", fraction) end
   return text .. "Z"
 end
 
@@ -310,8 +312,8 @@ local function interpret(compiled)
     for _, entity in ipairs(compiled.entities) do
       local values = {}
       for _, field in ipairs(entity.fields) do
-        local value = record
-        if field.keys then value = M.get_path(record, field.keys) end
+        local value = nil
+        if field.keys then value = M.get_path(record, field.keys) elseif field.import then value = record end
         if field.import then value = call_import(field, value, record, ctx) end
         if value == null then value = nil end
         if value == nil then value = field.default end
@@ -345,7 +347,13 @@ generate = function(compiled)
     for i, field in ipairs(entity.fields) do
       local ref = string.format("fields[%d][%d]", e, i)
       local var = string.format("v%d_%d", e, i)
-      if field.keys then emit_path(out, field.keys) else out[#out + 1] = "  value = record" end
+      if field.keys then
+        emit_path(out, field.keys)
+      else
+        -- a callback without a path sees the whole record; a field with
+        -- neither has only its default
+        out[#out + 1] = field.import and "  value = record" or "  value = nil"
+      end
       if field.import then out[#out + 1] = string.format("  value = call_import(%s, value, record, ctx)", ref) end
       out[#out + 1] = "  if value == null then value = nil end"
       if field.default ~= nil then out[#out + 1] = string.format("  if value == nil then value = %s.default end", ref) end
@@ -374,6 +382,34 @@ end
 -- over them, so json fields hash by content, not by encoder key order.
 function M.apply(compiled, record, ctx)
   return compiled.apply(record, ctx)
+end
+
+-- Coerces, in place, the values an after_map hook left: every field must
+-- be declared in its entity and take its declared type.
+function M.coerce_entities(job, sync, mapped)
+  for entity_name, values in pairs(mapped) do
+    local declared = job.entities[entity_name]
+    if not declared then
+      errors.raise("entity", string.format("after_map returned entity %q, which the sync does not write", tostring(entity_name)))
+    end
+    for field, value in pairs(values) do
+      local field_type = declared.fields[field]
+      if not field_type then
+        errors.raise("entity", string.format("after_map set field %s, which entity %s does not declare", tostring(field),
+          entity_name))
+      end
+      if value == null then
+        values[field] = nil
+      else
+        local typed = coerce[field_type](value)
+        if typed == nil then
+          errors.raise("entity", string.format("field %s (set by after_map): expected %s, got %s", field, field_type,
+            describe(value)))
+        end
+        values[field] = typed
+      end
+    end
+  end
 end
 
 -- JSON text of a json field. An empty table is written "[]": decoding

@@ -44,6 +44,22 @@ function M.run(dir, ...)
   return helpers.run(dir, args)
 end
 
+-- Like M.run, but the run is killed after seconds: { code, stdout,
+-- stderr, killed = true when it had to be }.
+function M.run_limited(dir, seconds, ...)
+  local out, err = os.tmpname(), os.tmpname()
+  local parts = { helpers.quote(helpers.bin), "job.lua" }
+  for _, arg in ipairs({ ... }) do parts[#parts + 1] = helpers.quote(arg) end
+  parts[#parts + 1] = "--no-progress"
+  local cmd = string.format("cd %s && timeout -s KILL %d %s </dev/null >%s 2>%s", helpers.quote(dir), seconds,
+    table.concat(parts, " "), out, err)
+  local _, _, code = os.execute(cmd)
+  local result = { code = code, stdout = helpers.read(out) or "", stderr = helpers.read(err) or "", killed = code == 137 }
+  os.remove(out)
+  os.remove(err)
+  return result
+end
+
 M.db = S.db
 M.summary = S.summary
 
