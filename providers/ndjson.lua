@@ -47,5 +47,7 @@ return filesource.provider {
   kind = "ndjson",
   extensions = { ".ndjson", ".jsonl" },
   raw = true,
+  -- a sink: writes append one JSON line each
+  encode = require("cjson").encode,
   open = open,
 }

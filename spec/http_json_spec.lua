@@ -386,12 +386,17 @@ describe("http_json", function()
     it("a dropped connection and a truncated page are retried", function()
       server.faults({
         { path = "/cursor/contacts", kind = "truncate", count = 1 },
-        { path = "/cursor/contacts", kind = "drop", count = 7 },
+        { path = "/cursor/contacts", kind = "drop", count = 1 },
       })
-      job({ page = { style = "cursor", size = 100 }, attempts = 8 }, { resource = "cursor/contacts" })
-      local r = S.run(dir)
+      job({ page = { style = "cursor", size = 100 } }, { resource = "cursor/contacts" })
+      local r = S.run(dir, "--verbose")
       assert.equal(0, r.code, r.stderr)
       assert_all_once()
+      assert.matches("warn: GET " .. server.url .. "/cursor/contacts?limit=100: Transferred a partial file; retrying",
+        r.stderr, 1, true)
+      assert.matches("warn: GET " .. server.url .. "/cursor/contacts?limit=100: Server returned nothing", r.stderr, 1, true)
+      local log = server.log()
+      assert.same({ "truncate", "drop" }, { log[1].fault, log[2].fault })
     end)
 
     -- The first request gets a harmless fault (latency 0), the rest the
@@ -515,6 +520,26 @@ describe("http_json", function()
       assert.is_true(b[1].start >= a[#a]["end"])
     end)
 
+    it("a sync that fails does not stop an independent one", function()
+      server.faults({ { path = "/cursor/contacts", kind = "status", status = 500, count = 100 } })
+      local lines = {
+        'entity "contact" { email = "text", name = "text", age = "integer" }',
+        'entity "other" { email = "text", name = "text", age = "integer" }',
+        string.format('local a = provider "http_json" { base_url = %q, page = { style = "cursor", size = 100 }, attempts = 2 }',
+          server.url),
+        string.format('local b = provider "http_json" { base_url = %q, page = { style = "link", size = 50 } }', server.url),
+        'sync "contacts" { remote = a "cursor/contacts", entity = "contact", mapping = { email = "email", name = "name", age = "age" } }',
+        'sync "others" { remote = b "link/others", entity = "other", mapping = { email = "email", name = "name", age = "age" } }',
+      }
+      helpers.write(dir .. "/job.lua", table.concat(lines, "\n") .. "\n")
+      local r = S.run(dir)
+      assert.is_true(r.code ~= 0)
+      assert.matches("GET " .. server.url .. "/cursor/contacts?limit=100: status 500 after 2 attempts", r.stderr, 1, true)
+      assert.equal(120, I.summary(r.stdout, "others").created, r.stdout)
+      assert_all_once("others", "other", OTHERS)
+      assert.equal(0, S.count(dir, "contact"))
+    end)
+
     it("page-style syncs of two providers overlap too", function()
       server.latency(200)
       local lines = {
@@ -558,14 +583,47 @@ describe("http_json", function()
       assert.matches("warn: TLS peer verification is off for " .. server.url, r.stderr, 1, true)
     end)
 
-    it("an https URL with a certificate nobody signed fails, naming the request", function()
-      -- the fixture speaks plain HTTP: a TLS handshake with it fails, which
-      -- is what a refused certificate looks like from here
-      job({ base_url = server.url:gsub("^http:", "https:"), page = { style = "cursor", size = 100 }, attempts = 1 },
-        { resource = "cursor/contacts" })
-      local r = S.run(dir)
-      assert.is_true(r.code ~= 0)
-      assert.matches("GET " .. server.url:gsub("^http:", "https:") .. "/cursor/contacts", r.stderr, 1, true)
+    describe("against an HTTPS server with a self-signed certificate", function()
+      local tls
+
+      setup(function()
+        tls = S.tls_server({ data = { CONTACTS[1], CONTACTS[2] }, next_cursor = fixture.null })
+      end)
+
+      teardown(function()
+        if tls then tls.stop() end
+      end)
+
+      local function tls_job(extra)
+        local config = { base_url = tls.url, page = { style = "cursor", size = 100 }, attempts = 1 }
+        for k, v in pairs(extra or {}) do config[k] = v end
+        job(config, { resource = "cursor/contacts" })
+      end
+
+      it("refuses the certificate by default, naming the request", function()
+        tls_job()
+        local r = S.run(dir, "--verbose")
+        assert.is_true(r.code ~= 0)
+        assert.matches("GET " .. tls.url .. "/cursor/contacts?limit=100: ", r.stderr, 1, true)
+        assert.matches("certificate", r.stderr:lower(), 1, true)
+        assert.equal(0, S.count(dir, "contact"))
+      end)
+
+      it("imports with verify = false, warning under --verbose", function()
+        tls_job({ verify = false })
+        local r = S.run(dir, "--verbose")
+        assert.equal(0, r.code, r.stderr)
+        assert.matches("warn: TLS peer verification is off for " .. tls.url, r.stderr, 1, true)
+        assert_all_once("contacts", "contact", { CONTACTS[1], CONTACTS[2] })
+      end)
+
+      it("imports with the certificate as cafile, verification on", function()
+        tls_job({ cafile = tls.cafile })
+        local r = S.run(dir, "--verbose")
+        assert.equal(0, r.code, r.stderr)
+        assert.not_matches("TLS", r.stderr)
+        assert_all_once("contacts", "contact", { CONTACTS[1], CONTACTS[2] })
+      end)
     end)
   end)
 
@@ -684,8 +742,8 @@ describe("http_json", function()
       server.latency(50)
       two_syncs()
       server.faults({ { path = "/page/contacts", kind = "status", status = 500, count = 1 } })
-      local r = S.run_limited(dir, 6)
-      assert.is_false(r.killed, "the run hung and was killed after 6s; stderr: " .. r.stderr)
+      local r = S.run_limited(dir, 4)
+      assert.is_false(r.killed, "the run hung and was killed after 4s; stderr: " .. r.stderr)
       assert.equal(0, r.code, r.stderr)
       assert_all_once("contacts", "contact", S.records(10))
       assert_all_once("others", "other", S.records(10, 1001))
@@ -695,8 +753,8 @@ describe("http_json", function()
       two_syncs({ attempts = 1 })
       server.faults({ { path = "/page/contacts", kind = "latency", ms = 0, count = 1 },
         { path = "/page/contacts", kind = "status", status = 500, count = 100 } })
-      local r = S.run_limited(dir, 6)
-      assert.is_false(r.killed, "the run hung and was killed after 6s; stderr: " .. r.stderr)
+      local r = S.run_limited(dir, 4)
+      assert.is_false(r.killed, "the run hung and was killed after 4s; stderr: " .. r.stderr)
       assert.is_true(r.code ~= 0)
       assert.matches("/page/contacts?page=2&per_page=2: status 500", r.stderr, 1, true)
       assert_all_once("others", "other", S.records(10, 1001))

@@ -136,6 +136,44 @@ describe("entsync.http", function()
     end)
   end)
 
+  describe("TLS against an HTTPS server with a self-signed certificate", function()
+    local tls
+
+    setup(function()
+      tls = S.tls_server({ data = { { id = 1, name = "over tls" } }, next_cursor = fixture.null })
+    end)
+
+    teardown(function()
+      if tls then tls.stop() end
+    end)
+
+    it("refuses it by default, naming the request", function()
+      local ok, err = pcall(http.get, tls.url .. "/cursor/contacts", { attempts = 1 })
+      assert.is_false(ok)
+      local message = tostring(type(err) == "table" and err.message or err)
+      assert.matches("GET " .. tls.url .. "/cursor/contacts: ", message, 1, true)
+      assert.matches("certificate", message:lower(), 1, true)
+    end)
+
+    it("accepts it with verify = false, and warns", function()
+      local res = http.get(tls.url .. "/cursor/contacts", { verify = false })
+      assert.equal(200, res.status)
+      assert.equal("over tls", res:json().data[1].name)
+      local warned = false
+      for _, l in ipairs(lines) do
+        if l == "warn: TLS peer verification is off for " .. tls.url then warned = true end
+      end
+      assert.is_true(warned, table.concat(lines, "\n"))
+    end)
+
+    it("accepts it verified against cafile", function()
+      local res = http.get(tls.url .. "/cursor/contacts", { cafile = tls.cafile })
+      assert.equal(200, res.status)
+      assert.equal("over tls", res:json().data[1].name)
+      for _, l in ipairs(lines) do assert.not_matches("TLS", l) end
+    end)
+  end)
+
   describe("the scheduler", function()
     it("http.run overlaps the requests of several tasks; outside a task a request blocks", function()
       server.latency(200)

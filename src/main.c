@@ -66,7 +66,8 @@ static int find_root(char *root, size_t size)
 static const char *job_argument(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--log-format") == 0) {
+        if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--log-format") == 0 ||
+            strcmp(argv[i], "--where") == 0) {
             i++;
             continue;
         }

@@ -20,6 +20,8 @@ commands:
   refresh SYNC LOCAL_ID... refresh local entities from their remotes
   refresh SYNC --all       refresh every entity the sync has imported
   retry SYNC               retry the sync's failed entities now
+  export SYNC LOCAL_ID...  export local entities now (create or update their remote)
+  export SYNC --all        export every local entity of the sync (or --where SQL)
   check                    validate the job, its mappings and providers
   status                   per sync: settings, last run, cursor, lock, failures
 
@@ -46,7 +48,7 @@ local function usage_error(fmt, ...)
 end
 
 -- Options that take a value, and flags.
-local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format" }
+local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["--where"] = "where" }
 local flag_options = {
   ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
   ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
@@ -189,6 +191,14 @@ function commands.status(job)
       end
       local failures = store:rows("SELECT remote_id, attempts, error, next_at, waits_for FROM entsync_failures WHERE sync = ?1 "
         .. "ORDER BY last_at DESC LIMIT 5", name)
+      if sync.export then
+        local queued = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
+          cjson.encode(sync.entities))
+        local waiting = store:value("SELECT count(*) FROM entsync_outbox WHERE attempts > 0 AND entity IN "
+          .. "(SELECT value FROM json_each(?1))", cjson.encode(sync.entities))
+        say("  outbox     %d pending (%d failed before), deletes %s, conflicts: %s", queued, waiting,
+          sync.export.deletes, type(sync.export.conflict) == "function" and "function" or sync.export.conflict)
+      end
       local pending = store:value("SELECT count(*) FROM entsync_failures WHERE sync = ?1", name)
       say("  failures   %d pending", pending)
       for _, failure in ipairs(failures) do
@@ -259,15 +269,30 @@ function commands.run(job, args, options)
           end
         end
         local started = core.monotonic()
-        local ok, result = pcall(engine.run_import, session, sync, options)
-        if not ok then
-          finished[name] = false
-          first_error = first_error or result
-          return
+        if sync.import.enabled then
+          local ok, result = pcall(engine.run_import, session, sync, options)
+          if not ok then
+            finished[name] = false
+            first_error = first_error or result
+            return
+          end
+          print(engine.summary(result, core.monotonic() - started, options.dry_run))
+          io.stdout:flush()
+          failed_entities = failed_entities or result.counts.failed > 0
         end
-        print(engine.summary(result, core.monotonic() - started, options.dry_run))
-        io.stdout:flush()
-        failed_entities = failed_entities or result.counts.failed > 0
+        if sync.export and sync.export.on_change and not options.dry_run then
+          started = core.monotonic()
+          local export = require "entsync.export"
+          local ok, result = pcall(export.drain, session, sync)
+          if not ok then
+            finished[name] = false
+            first_error = first_error or result
+            return
+          end
+          print(export.summary(result, core.monotonic() - started))
+          io.stdout:flush()
+          failed_entities = failed_entities or result.counts.failed > 0
+        end
         finished[name] = true
       end
     end
@@ -295,6 +320,39 @@ function commands.refresh(job, args, options)
     local local_ids = ids
     if options.all then local_ids = nil end
     return report(engine, { engine.refresh(session, sync, local_ids) }, started, options)
+  end)
+end
+
+-- export SYNC LOCAL_ID... | --all | --where SQL
+function commands.export(job, args, options)
+  local sync = sync_named(job, args[1])
+  local ids = { table.unpack(args, 2) }
+  local chosen = (#ids > 0 and 1 or 0) + (options.all and 1 or 0) + (options.where and 1 or 0)
+  if chosen ~= 1 then usage_error("export takes a sync and local ids, or --all, or --where CONDITION") end
+  if not sync.export then
+    errors.raise("usage", string.format("%s: sync \"%s\" does not export (give it export = { ... })",
+      job.display_path, sync.name))
+  end
+  return with_session(job, options, function(_, session)
+    local export = require "entsync.export"
+    local entity = sync.entities[1]
+    if options.all or options.where then
+      local sql = string.format('SELECT id FROM "%s"%s ORDER BY id', entity,
+        options.where and (" WHERE " .. options.where) or "")
+      local ok, rows = pcall(session.store.rows, session.store, sql)
+      if not ok then usage_error("--where: %s", errors.strip_position(tostring(rows))) end
+      ids = {}
+      for _, row in ipairs(rows) do ids[#ids + 1] = row.id end
+    else
+      for i, id in ipairs(ids) do
+        ids[i] = math.tointeger(tonumber(id))
+        if not ids[i] then usage_error("local ids are integers, got %s", id) end
+      end
+    end
+    local started = core.monotonic()
+    local result = export.export_list(session, sync, ids)
+    print(export.summary(result, core.monotonic() - started))
+    return result.counts.failed > 0 and errors.exit_codes.failed or 0
   end)
 end
 

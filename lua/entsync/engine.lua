@@ -50,6 +50,11 @@ local SQL = {
     ON CONFLICT (sync, remote_id) DO UPDATE SET error = excluded.error,
       payload = coalesce(excluded.payload, payload), attempts = excluded.attempts,
       last_at = excluded.last_at, next_at = excluded.next_at, waits_for = excluded.waits_for]],
+  outbox_pending = "SELECT id, queued_at FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
+  outbox_drop = "DELETE FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
+  mark = "INSERT INTO entsync_mark (owner) VALUES ('import')",
+  unmark = "DELETE FROM entsync_mark",
+  trigger_exists = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?1",
   note_refs = "INSERT OR REPLACE INTO entsync_meta (key, value) VALUES (?1, 1)",
   uses_refs = "SELECT value FROM entsync_meta WHERE key = ?1",
   release_deferred = "UPDATE entsync_failures SET next_at = ?2 WHERE waits_for = ?1",
@@ -115,24 +120,48 @@ end
 -- a current store never waits for another run's batch.
 function Session:define_entities()
   local store = self.store
-  local needed = {}
+  local needed, triggers = {}, {}
   for _, name in ipairs(self.job.entity_order) do
     local columns, lower = store:columns(name), {}
     for column in pairs(columns) do lower[column:lower()] = true end
     local missing = next(columns) == nil
     for field in pairs(self.job.entities[name].fields) do missing = missing or not lower[field:lower()] end
     if missing then needed[#needed + 1] = name end
+    if self.job.exported[name] and not store:value(SQL.trigger_exists, "entsync_" .. name .. "_update") then
+      triggers[#triggers + 1] = name
+    end
   end
-  if #needed == 0 then return end
+  if #needed == 0 and #triggers == 0 then return end
   if not self.dry then store:run("BEGIN IMMEDIATE") end
   local ok, err = pcall(function()
     for _, name in ipairs(needed) do store:define_entity(name, self.job.entities[name].fields) end
+    for _, name in ipairs(triggers) do store:exec(M.capture_sql(name)) end
   end)
   if not ok then
     if not self.dry then store:run("ROLLBACK") end
     errors.raise("config", string.format("%s: %s", self.job.display_path, tostring(err)))
   end
   if not self.dry then store:run("COMMIT") end
+end
+
+-- The triggers that queue changes to an exported entity's table in the
+-- outbox, one pending row per entity. Writes made inside an import's own
+-- transaction (which holds a row in entsync_mark) are not queued. Names
+-- are identifiers validated by the job and the store.
+function M.capture_sql(entity)
+  local function trigger(event, row, operation)
+    return string.format([[
+CREATE TRIGGER IF NOT EXISTS "entsync_%s_%s" AFTER %s ON "%s"
+WHEN NOT EXISTS (SELECT 1 FROM entsync_mark)
+BEGIN
+  INSERT INTO entsync_outbox (entity, local_id, operation, queued_at)
+  VALUES ('%s', %s.id, '%s', (julianday('now') - 2440587.5) * 86400.0)
+  ON CONFLICT (entity, local_id) DO UPDATE SET operation = excluded.operation,
+    queued_at = excluded.queued_at, attempts = 0, next_at = NULL;
+END;
+]], entity, event:lower(), event, entity, entity, row, operation)
+  end
+  return trigger("INSERT", "new", "upsert") .. trigger("UPDATE", "new", "upsert") .. trigger("DELETE", "old", "delete")
 end
 
 function Session:close()
@@ -143,12 +172,16 @@ function Session:close()
 end
 
 -- Batches are transactions; in a dry run they are savepoints inside the
--- one transaction that is rolled back at the end.
+-- one transaction that is rolled back at the end. An import's batch marks
+-- itself in entsync_mark so the outbox triggers skip its writes; the mark
+-- is removed before the commit, so no other connection ever sees it.
 function Session:begin()
   self.store:run(self.dry and "SAVEPOINT batch" or "BEGIN IMMEDIATE")
+  self.store:run(SQL.mark)
 end
 
 function Session:commit()
+  self.store:run(SQL.unmark)
   self.store:run(self.dry and "RELEASE batch" or "COMMIT")
 end
 
@@ -220,7 +253,7 @@ local Run = {}
 Run.__index = Run
 
 local function new_counts()
-  local counts = { skipped = 0, retried = 0, filtered = 0 }
+  local counts = { skipped = 0, retried = 0, filtered = 0, conflicts = 0 }
   for _, outcome in ipairs(OUTCOMES) do counts[outcome] = 0 end
   return counts
 end
@@ -499,6 +532,9 @@ function Run:process(record, raw_hash)
     if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
     return self:count("unchanged", remote_id)
   end
+  if stored and sync.export and sync.export.on_change and self:local_wins(rows, record, remote_id, hash, changed) then
+    return self:count("unchanged", remote_id)
+  end
   -- Writes go straight into the batch: a savepoint per record cost a
   -- third of an import. When a write fails, the batch is rolled back and
   -- written again carefully, one savepoint per record (see write_batch).
@@ -549,6 +585,32 @@ function Run:write_batch(fn, snapshot, restore)
     error(err, 0)
   end
   session:commit()
+end
+
+-- A remote change to an entity whose local change waits in the outbox is
+-- a conflict: the export's policy decides. True when the local version
+-- stays (nothing is written and the outbox keeps it); otherwise the
+-- pending local change is dropped and the remote version written.
+function Run:local_wins(rows, record, remote_id, hash, changed)
+  local store, pending = self.store, nil
+  for _, row in ipairs(rows) do
+    pending = pending or store:row(SQL.outbox_pending, row.entity, row.local_id)
+  end
+  if not pending then return false end
+  local export = require "entsync.export"
+  local local_rows = {}
+  for _, row in ipairs(rows) do
+    local_rows[row.entity] = store:row(string.format('SELECT * FROM "%s" WHERE id = ?1', row.entity), row.local_id)
+  end
+  local winner = export.resolve_conflict(self.session, self.sync, self.run_id, {
+    entity = rows[1].entity, local_id = rows[1].local_id, remote_id = remote_id, local_rows = local_rows,
+    remote_record = record, local_hash = core.hash(local_rows), remote_hash = hash, remote_changed = changed,
+    local_changed = pending.queued_at, ctx = self.ctx,
+  })
+  self.counts.conflicts = self.counts.conflicts + 1
+  if winner == "local" then return true end
+  for _, row in ipairs(rows) do store:run(SQL.outbox_drop, row.entity, row.local_id) end
+  return false
 end
 
 -- Maps a record through the sync's hooks and mapping: false when the
@@ -1055,6 +1117,7 @@ function M.summary(result, seconds, dry)
   local line = string.format("%s: %s", result.sync, table.concat(parts, ", "))
   if c.skipped > 0 then line = line .. string.format(", %d before the cursor", c.skipped) end
   if c.filtered > 0 then line = line .. string.format(", %d filtered out", c.filtered) end
+  if c.conflicts > 0 then line = line .. string.format(", %d conflicts", c.conflicts) end
   if c.retried > 0 then line = line .. string.format(", %d retried", c.retried) end
   if not result.complete then line = line .. " (limit reached: the next run continues here)" end
   if seconds then line = line .. string.format(" in %.2fs", seconds) end

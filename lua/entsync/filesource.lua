@@ -314,6 +314,48 @@ function Provider:id(record)
   return record[self.id_field]
 end
 
+-- Writes, for file sinks (ndjson): each create, update and delete is one
+-- line appended to the target file, { op, id, record, at }, flushed before
+-- the call returns. A created record's id is its own id field, or the
+-- local id it came from.
+function Provider:_append(resource, line)
+  if not self._encode then
+    return nil, self.prefix .. "cannot write " .. (resource or "") .. ": only ndjson files take writes"
+  end
+  local target, err = self:_target(resource)
+  if not target then return nil, err end
+  if core.isdir(target) then return nil, self.prefix .. target .. " is a folder; writes go to a file" end
+  local file, open_err = io.open(target, "ab")
+  if not file then return nil, self.prefix .. tostring(open_err) end
+  local ok, write_err = file:write(self._encode(line), "\n")
+  file:close()
+  if not ok then return nil, self.prefix .. tostring(write_err) end
+  return true
+end
+
+local function write_or_raise(ok, err)
+  if not ok then error(err, 0) end
+end
+
+function Provider:create(resource, record, ctx)
+  local id = record[self.id_field]
+  if id == nil then id = ctx and ctx.local_id and tostring(ctx.local_id) or tostring(os.time()) end
+  write_or_raise(self:_append(resource, { op = "create", id = id, record = record,
+    at = os.date("!%Y-%m-%dT%H:%M:%SZ") }))
+  return id, nil
+end
+
+function Provider:update(resource, id, record)
+  write_or_raise(self:_append(resource, { op = "update", id = id, record = record,
+    at = os.date("!%Y-%m-%dT%H:%M:%SZ") }))
+  return nil
+end
+
+function Provider:delete(resource, id)
+  write_or_raise(self:_append(resource, { op = "delete", id = id, at = os.date("!%Y-%m-%dT%H:%M:%SZ") }))
+  return true
+end
+
 -- Validation ---------------------------------------------------------------
 
 local function nonempty(value)
@@ -382,6 +424,7 @@ function M.provider(spec)
       _extensions = spec.extensions,
       _open = spec.open,
       _raw = spec.raw,
+      _encode = spec.encode,
     }, Provider)
   end
 

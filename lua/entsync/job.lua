@@ -205,10 +205,15 @@ local function check_options(sync, tbl, allowed, what)
 end
 
 local function validate_import(sync)
+  if sync.spec.import == false then
+    -- an export-only sync: run does not import it
+    return { enabled = false, mode = "none", deletes = "keep", batch = 1000, retry = false }
+  end
   local import = sync.spec.import or {}
   if type(import) ~= "table" then sync_error(sync, "import must be a table, got %s", type(import)) end
   check_options(sync, import, import_options, "import")
   local settings = {
+    enabled = true,
     mode = import.mode or "full",
     changed = import.changed or sync.spec.changed,
     limit = import.limit,
@@ -328,8 +333,45 @@ local function order_syncs(job)
   job.run_order = order
 end
 
+local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true }
+
+-- export = true | { on_change = true, deletes = "delete" | "ignore",
+--   conflict = "remote_wins" | "local_wins" | "newest" | function, batch }
+local function validate_export(job, sync)
+  local spec = sync.spec.export
+  if spec == nil or spec == false then return end
+  if spec == true then spec = {} end
+  if type(spec) ~= "table" then sync_error(sync, "export must be true or a table, got %s", type(spec)) end
+  check_options(sync, spec, export_options, "export")
+  local settings = {
+    on_change = spec.on_change == true, deletes = spec.deletes or "ignore", conflict = spec.conflict or "remote_wins",
+    batch = spec.batch or 500, resource = spec.resource,
+  }
+  if settings.deletes ~= "delete" and settings.deletes ~= "ignore" then
+    sync_error(sync, "export deletes must be \"delete\" or \"ignore\", got %s", tostring(settings.deletes))
+  end
+  local policies = { remote_wins = true, local_wins = true, newest = true }
+  if type(settings.conflict) ~= "function" and not policies[settings.conflict] then
+    sync_error(sync, "export conflict must be \"remote_wins\", \"local_wins\", \"newest\" or a function, got %s",
+      tostring(settings.conflict))
+  end
+  if math.type(settings.batch) ~= "integer" or settings.batch < 1 then
+    sync_error(sync, "export batch must be a positive integer, got %s", tostring(settings.batch))
+  end
+  for _, entity in ipairs(sync.entities) do
+    local other = job.exported[entity]
+    if other and other ~= sync.name then
+      sync_error(sync, "entity \"%s\" is exported by sync \"%s\" already: one sync exports an entity", entity, other)
+    end
+    job.exported[entity] = sync.name
+  end
+  sync.export = settings
+end
+
 function M.validate(job)
+  job.exported = {}
   for _, name in ipairs(job.sync_order) do validate_sync(job, job.syncs[name]) end
+  for _, name in ipairs(job.sync_order) do validate_export(job, job.syncs[name]) end
   order_syncs(job)
   return job
 end

@@ -198,4 +198,45 @@ function M.spawn(dir, seconds, ...)
   return child
 end
 
+-- An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for
+-- 127.0.0.1 (spec/support/http_tls_server.py) answering every GET with
+-- body (a string, or a table sent as JSON). Returns { url, cafile, stop() }.
+function M.tls_server(body)
+  local dir = helpers.tmpdir()
+  local cert, key, body_file, out = dir .. "/cert.pem", dir .. "/key.pem", dir .. "/body.json", dir .. "/out"
+  helpers.write(body_file, type(body) == "string" and body or require("cjson").encode(body))
+  local ok = os.execute(string.format("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+    .. "-keyout %s -out %s -days 1 -subj /CN=127.0.0.1 -addext subjectAltName=IP:127.0.0.1 >/dev/null 2>&1",
+    helpers.quote(key), helpers.quote(cert)))
+  if not ok then
+    helpers.rmdir(dir)
+    error("http_support: openssl could not make a certificate")
+  end
+  local script = helpers.root .. "/spec/support/http_tls_server.py"
+  local parent = io.popen("echo $PPID"):read("l")
+  local python = io.open("/usr/bin/python3", "rb") and "/usr/bin/python3" or "python3"
+  local pipe = io.popen(string.format("exec %s %s --cert %s --key %s --body %s --parent-pid %s >%s 2>/dev/null "
+    .. "</dev/null & echo $!", python, helpers.quote(script), helpers.quote(cert), helpers.quote(key),
+    helpers.quote(body_file), parent, helpers.quote(out)))
+  local pid = tonumber(pipe:read("l"))
+  pipe:close()
+  local port = helpers.wait_for(function()
+    return tonumber(((helpers.read(out) or ""):match("^LISTENING (%d+)")))
+  end, 5)
+  local server = { pid = pid, cafile = cert }
+  function server.stop()
+    if server.stopped then return end
+    server.stopped = true
+    if pid then os.execute("kill -TERM " .. pid .. " 2>/dev/null") end
+    helpers.wait_for(function() return not helpers.alive(pid) end, 3)
+    helpers.rmdir(dir)
+  end
+  if not port then
+    server.stop()
+    error("http_support: the TLS server did not start")
+  end
+  server.url = "https://127.0.0.1:" .. port
+  return server
+end
+
 return M
