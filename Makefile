@@ -16,9 +16,9 @@ WARN      = -Wall -Wextra -Werror
 ES_CFLAGS = $(OPT) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(SANITIZE) $(CFLAGS)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
-DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null)
+DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null) -lreadline
 
-CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/core.c
+CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/loop.c src/readline.c src/core.c
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
 MAIN_OBJ = $(BUILD)/obj/main.o
 MODULE   = $(BUILD)/lib/entsync/core.so
@@ -27,7 +27,7 @@ HOST     = $(BIN)/entsync-run
 # Debian packages entsync builds and tests with; `make deps` installs the
 # missing ones and is silent when all are present.
 DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
-           lua-busted pkg-config sqlite3 python3
+           libreadline-dev lua-busted pkg-config sqlite3 python3 curl
 
 BUSTED   = lua5.4 /usr/bin/busted
 

@@ -7,6 +7,8 @@
 #include "hash.h"
 #include "http.h"
 #include "lock.h"
+#include "loop.h"
+#include "readline.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -20,6 +22,8 @@ int luaopen_entsync_core(lua_State *L)
     entsync_lock_register(L);
     entsync_fsutil_register(L);
     entsync_http_register(L);
+    entsync_loop_register(L);
+    entsync_readline_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, sqlite3_libversion());

@@ -4,6 +4,8 @@
  */
 #include "fsutil.h"
 
+#include "loop.h"
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -173,7 +175,8 @@ static int fs_sleep(lua_State *L)
         struct timespec ts;
         ts.tv_sec = (time_t)seconds;
         ts.tv_nsec = (long)((seconds - (lua_Number)ts.tv_sec) * 1e9);
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        /* A signal the daemon handles ends the sleep: it has work to do. */
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !entsync_loop_interrupted())
             ;
     }
     return 0;

@@ -67,7 +67,7 @@ static const char *job_argument(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--log-format") == 0 ||
-            strcmp(argv[i], "--where") == 0) {
+            strcmp(argv[i], "--where") == 0 || strcmp(argv[i], "-e") == 0) {
             i++;
             continue;
         }

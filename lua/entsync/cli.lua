@@ -22,6 +22,9 @@ commands:
   retry SYNC               retry the sync's failed entities now
   export SYNC LOCAL_ID...  export local entities now (create or update their remote)
   export SYNC --all        export every local entity of the sync (or --where SQL)
+  daemon                   run syncs on their schedules and export changes as
+                           they arrive, until SIGTERM or SIGINT; SIGHUP reloads
+  repl [-e EXPR]           a Lua prompt with the job loaded (help() lists helpers)
   check                    validate the job, its mappings and providers
   status                   per sync: settings, last run, cursor, lock, failures
 
@@ -48,7 +51,7 @@ local function usage_error(fmt, ...)
 end
 
 -- Options that take a value, and flags.
-local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["--where"] = "where" }
+local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["--where"] = "where", ["-e"] = "eval" }
 local flag_options = {
   ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
   ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
@@ -155,6 +158,17 @@ function commands.status(job)
   local out = {}
   local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
   say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
+  local daemon = store and store:value("SELECT value FROM entsync_meta WHERE key = 'daemon'")
+  if daemon then
+    local ok, info = pcall(cjson.decode, daemon)
+    if ok and type(info) == "table" then
+      local alive = info.activity ~= "stopped" and core.process_alive(info.pid or 0)
+      say("daemon %s: pid %s on %s, started %s, %s%s", alive and "running" or "not running",
+        tostring(math.tointeger(info.pid) or info.pid),
+        tostring(info.host), ago(info.started_at), tostring(info.activity),
+        (type(info.running) == "table" and #info.running > 0) and (" (" .. table.concat(info.running, ", ") .. ")") or "")
+    end
+  end
   for _, name in ipairs(job.run_order) do
     local sync = job.syncs[name]
     local import = sync.import
@@ -354,6 +368,16 @@ function commands.export(job, args, options)
     print(export.summary(result, core.monotonic() - started))
     return result.counts.failed > 0 and errors.exit_codes.failed or 0
   end)
+end
+
+function commands.daemon(job, args, options)
+  if args[1] then usage_error("daemon takes no arguments") end
+  if options.dry_run then usage_error("daemon does not take --dry-run") end
+  return require("entsync.daemon").run(job, options)
+end
+
+function commands.repl(job, args, options)
+  return require("entsync.repl").run(job, args, options)
 end
 
 function commands.retry(job, args, options)

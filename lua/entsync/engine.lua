@@ -990,6 +990,8 @@ function M.run_import(session, sync, options)
       end
       session:heartbeat(sync)
       if exhausted or processed >= limit then break end
+      -- a daemon asked to stop: the batch is committed, stop here
+      if session.should_stop and session.should_stop() then break end
     end
     if reader.close then reader:close() end
     meter:finish()

@@ -364,6 +364,7 @@ function M.drain(session, sync)
         end)
       end)
       session:heartbeat(sync)
+      if session.should_stop and session.should_stop() then break end
     end
   end)
   finish_run(session, run_id, counts, not ok and describe(err) or nil)

@@ -340,16 +340,21 @@ end
 -- run(tasks) runs each function of tasks as a coroutine; their requests
 -- and sleeps interleave. Returns, per task, true and its first result or
 -- false and its error. A task's errors never stop the others.
+local running_scheduler -- the innermost M.run in progress, for spawn
+
 function M.run(tasks)
   local results = {}
   local ready, waiting, sleeping = {}, {}, {}
   local alive = 0
-  for i, fn in ipairs(tasks) do
+  local function add(fn, index)
     local co = coroutine.create(fn)
     managed[co] = true
-    ready[#ready + 1] = { co = co, index = i }
+    ready[#ready + 1] = { co = co, index = index }
     alive = alive + 1
   end
+  for i, fn in ipairs(tasks) do add(fn, i) end
+  local outer = running_scheduler
+  running_scheduler = { add = function(fn) add(fn, #tasks + alive + 1) end }
   local function step(entry, ...)
     local co = entry.co
     local ok, marker, kind, value = coroutine.resume(co, ...)
@@ -395,6 +400,7 @@ function M.run(tasks)
       end
     end
     if #ready == 0 then
+      if alive == 0 then break end
       if next(waiting) then
         for _, r in ipairs(get_client():poll(math.max(0, timeout))) do
           local entry = waiting[r.id]
@@ -413,7 +419,18 @@ function M.run(tasks)
       end
     end
   end
+  running_scheduler = outer
   return results
+end
+
+-- spawn(fn): runs fn as one more task of the scheduler in progress (or
+-- right away, as its own scheduler, when none runs).
+function M.spawn(fn)
+  if running_scheduler then
+    running_scheduler.add(fn)
+  else
+    M.run({ fn })
+  end
 end
 
 return M

@@ -285,6 +285,11 @@ local function validate_sync(job, sync)
     end
   end
   sync.filter, sync.after_map = spec.filter, spec.after_map
+  if spec.schedule ~= nil then
+    local parsed, err = require("entsync.schedule").parse(spec.schedule)
+    if not parsed then sync_error(sync, "schedule %s", err) end
+    sync.schedule = parsed
+  end
   if spec.link ~= nil then
     local link = spec.link
     if type(link) == "string" then link = { sync = link } end

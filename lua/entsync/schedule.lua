@@ -1,0 +1,96 @@
+-- entsync.schedule: when syncs run under the daemon.
+--
+-- A schedule is a cron expression of five fields (minute hour day-of-month
+-- month day-of-week) with lists, ranges and steps ("*/5 * * * *",
+-- "0 9-17 * * 1-5", "15,45 * * * *"), or an interval ("every 30s",
+-- "every 5m", "every 2h"). next_time(schedule, after) gives the next time
+-- it is due after a moment (seconds since the epoch, UTC).
+
+local M = {}
+
+local FIELDS = {
+  { name = "minute", min = 0, max = 59 },
+  { name = "hour", min = 0, max = 23 },
+  { name = "day of month", min = 1, max = 31 },
+  { name = "month", min = 1, max = 12 },
+  { name = "day of week", min = 0, max = 7 },
+}
+
+local function parse_field(text, field)
+  local set = {}
+  for part in text:gmatch("[^,]+") do
+    local range, step = part:match("^([^/]+)/(%d+)$")
+    range, step = range or part, tonumber(step) or 1
+    if step < 1 then return nil, string.format("%s: step must be at least 1", field.name) end
+    local from, to
+    if range == "*" then
+      from, to = field.min, field.max
+    else
+      local a, b = range:match("^(%d+)%-(%d+)$")
+      if a then
+        from, to = tonumber(a), tonumber(b)
+      elseif range:match("^%d+$") then
+        from = tonumber(range)
+        to = part:find("/", 1, true) and field.max or from
+      else
+        return nil, string.format("%s: %q is not a number, range or *", field.name, range)
+      end
+    end
+    if from < field.min or to > field.max or from > to then
+      return nil, string.format("%s: %s is outside %d-%d", field.name, range, field.min, field.max)
+    end
+    for v = from, to, step do set[v] = true end
+  end
+  return set
+end
+
+-- parse(text) -> schedule | nil, message
+function M.parse(text)
+  if type(text) ~= "string" then return nil, "a schedule is a cron expression or \"every 30s\"" end
+  local amount, unit = text:match("^%s*every%s+(%d+)%s*([smhd]?)%s*$")
+  if amount then
+    local seconds = tonumber(amount) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit ~= "" and unit or "s"]
+    if seconds < 1 then return nil, "an interval must be at least 1s" end
+    return { interval = seconds, text = text }
+  end
+  local parts = {}
+  for part in text:gmatch("%S+") do parts[#parts + 1] = part end
+  if #parts ~= 5 then
+    return nil, string.format("%q has %d fields; cron takes five (minute hour day month weekday) or \"every 5m\"",
+      text, #parts)
+  end
+  local schedule = { text = text, sets = {} }
+  for i, field in ipairs(FIELDS) do
+    local set, err = parse_field(parts[i], field)
+    if not set then return nil, string.format("%q: %s", text, err) end
+    schedule.sets[i] = set
+  end
+  if schedule.sets[5][7] then schedule.sets[5][0] = true end -- 7 is Sunday too
+  schedule.any_day = parts[3] == "*"
+  schedule.any_weekday = parts[5] == "*"
+  return schedule
+end
+
+local function matches(schedule, t)
+  local d = os.date("!*t", t)
+  local s = schedule.sets
+  if not (s[1][d.min] and s[2][d.hour] and s[4][d.month]) then return false end
+  local day, weekday = s[3][d.day], s[5][d.wday - 1]
+  -- cron: when both day fields are restricted, either may match
+  if schedule.any_day then return weekday end
+  if schedule.any_weekday then return day end
+  return day or weekday
+end
+
+-- next_time(schedule, after) -> the next due time strictly after `after`
+function M.next_time(schedule, after)
+  if schedule.interval then return after + schedule.interval end
+  local t = (math.floor(after / 60) + 1) * 60
+  for _ = 1, 60 * 24 * 366 * 5 do
+    if matches(schedule, t) then return t end
+    t = t + 60
+  end
+  return math.huge
+end
+
+return M
