@@ -1,0 +1,728 @@
+-- Exports, the outbox and conflicts through the real entsync-run binary:
+-- job files and SQLite stores in temp dirs, local changes made with the
+-- sqlite3 shell (as any other program would make them), the fixture
+-- server (spec/support/fixture_server.py) on 127.0.0.1 as the remote and
+-- its request log as the record of what was sent, and an ndjson file sink.
+
+local core = require "entsync.core"
+local fixture = require "fixture"
+local helpers = require "helpers"
+local X = require "export_support"
+
+local function no_mark(dir)
+  assert.equal(0, X.count(dir, "entsync_mark"), "entsync_mark holds a row after the run")
+end
+
+local function ok_run(dir, ...)
+  local r = X.run(dir, ...)
+  assert.equal(0, r.code, r.stdout .. r.stderr)
+  no_mark(dir)
+  return r
+end
+
+local function local_of(dir, remote_id)
+  return X.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = 'contacts' AND remote_id = ?1",
+    tostring(remote_id))
+end
+
+local function sleep(seconds)
+  core.sleep(seconds)
+end
+
+-- change capture -------------------------------------------------------------------
+
+describe("change capture", function()
+  local server, dir
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(5, 101) } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+    X.http_job(dir, server.url, { export = "{ }" })
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  it("an import of N records queues nothing, and entsync_mark is empty afterwards", function()
+    local r = ok_run(dir)
+    assert.equal(5, X.summary(r.stdout).created, r.stdout)
+    assert.equal(5, X.count(dir, "contact"))
+    assert.same({}, X.outbox(dir))
+    -- the triggers are there: it is the import's mark that kept them quiet
+    local triggers = X.query(dir, "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'contact' "
+      .. "ORDER BY name")
+    assert.same({ { name = "entsync_contact_delete" }, { name = "entsync_contact_insert" },
+      { name = "entsync_contact_update" } }, triggers)
+  end)
+
+  it("an import that updates records queues nothing either", function()
+    ok_run(dir)
+    X.audit(dir)
+    X.remote_put(server, "contacts", 102, { email = "new102@example.com", name = "Remote 102", age = 7 })
+    X.remote_put(server, "contacts", 104, { email = "new104@example.com", name = "Remote 104", age = 9 })
+    server.reset_log()
+    local r = ok_run(dir)
+    local s = X.summary(r.stdout)
+    assert.equal(2, s.updated, r.stdout)
+    assert.equal(2, X.audited(dir)) -- the import did write locally
+    assert.equal("Remote 102", X.contacts(dir)[local_of(dir, 102)].name)
+    assert.same({}, X.outbox(dir))
+    -- and nothing was sent back
+    assert.same({}, X.writes(server.log()))
+  end)
+
+  it("queues inserts, updates and deletes made through the sqlite3 shell, one pending row per entity", function()
+    ok_run(dir)
+    local one, two, three = local_of(dir, 101), local_of(dir, 102), local_of(dir, 103)
+    -- three updates of one row are one pending row
+    X.sql(dir, string.format("UPDATE contact SET name = 'a' WHERE id = %d", one))
+    local first = X.outbox(dir)
+    assert.equal(1, #first)
+    sleep(0.01)
+    X.sql(dir, string.format("UPDATE contact SET name = 'b' WHERE id = %d", one))
+    X.sql(dir, string.format("UPDATE contact SET age = 99 WHERE id = %d", one))
+    local after = X.outbox(dir)
+    assert.equal(1, #after)
+    assert.same({ "contact", one, "upsert", 0 }, { after[1].entity, after[1].local_id, after[1].operation,
+      after[1].attempts })
+    assert.is_true(after[1].queued_at > first[1].queued_at, "queued_at follows the latest change")
+    -- an insert, a delete, and an update followed by a delete
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'New', 1)")
+    local new_id = X.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
+    X.sql(dir, string.format("DELETE FROM contact WHERE id = %d", two))
+    X.sql(dir, string.format("UPDATE contact SET age = 1 WHERE id = %d; DELETE FROM contact WHERE id = %d", three,
+      three))
+    local ops = {}
+    for _, row in ipairs(X.outbox(dir)) do ops[row.local_id] = row.operation end
+    assert.same({ [one] = "upsert", [new_id] = "upsert", [two] = "delete", [three] = "delete" }, ops)
+    assert.equal(4, X.count(dir, "entsync_outbox"))
+  end)
+
+  it("a new change to a row that failed before makes it due again with no attempts", function()
+    ok_run(dir)
+    local one = local_of(dir, 101)
+    X.sql(dir, string.format("UPDATE contact SET name = 'a' WHERE id = %d", one))
+    X.sql(dir, "UPDATE entsync_outbox SET attempts = 3, last_error = 'boom', next_at = 9e9")
+    X.sql(dir, string.format("UPDATE contact SET name = 'b' WHERE id = %d", one))
+    local row = X.outbox(dir)[1]
+    assert.equal(0, row.attempts)
+    assert.is_nil(row.next_at)
+  end)
+
+  it("a sync that exports but not on change keeps its outbox through run", function()
+    ok_run(dir)
+    X.sql(dir, string.format("UPDATE contact SET name = 'kept' WHERE id = %d", local_of(dir, 101)))
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.is_nil(X.summary(r.stdout, true), r.stdout)
+    assert.equal(1, X.count(dir, "entsync_outbox"))
+    assert.same({}, X.writes(server.log()))
+  end)
+end)
+
+-- export SYNC against the fixture remote -------------------------------------------
+
+describe("export SYNC to the fixture remote", function()
+  local server, dir
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(3, 101) } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+    X.http_job(dir, server.url, { export = "{ }" })
+    ok_run(dir) -- imports 101..103
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  local function insert(name)
+    X.sql(dir, string.format("INSERT INTO contact (email, name, age) VALUES ('%s@example.com', '%s', 40)",
+      name:lower(), name))
+    return X.value(dir, "SELECT id FROM contact WHERE name = ?1", name)
+  end
+
+  it("export SYNC LOCAL_ID creates the remote when there is none; the id map then has its id; again updates it",
+    function()
+      local id = insert("Dora")
+      server.reset_log()
+      local r = ok_run(dir, "export", "contacts", tostring(id))
+      assert.equal(1, X.summary(r.stdout, true).created, r.stdout)
+      local posts = X.writes(server.log(), { method = "POST" })
+      assert.equal(1, #posts)
+      assert.equal("/api/contacts", posts[1].path)
+      assert.same({ email = "dora@example.com", name = "Dora", age = 40 }, posts[1].record)
+      assert.is_not_nil(X.remote(server, "contacts")[104])
+      assert.equal("104", X.remote_of(dir, "contacts", "contact", id))
+      assert.same({}, X.outbox(dir))
+
+      X.sql(dir, string.format("UPDATE contact SET name = 'Dora Two' WHERE id = %d", id))
+      server.reset_log()
+      r = ok_run(dir, "export", "contacts", tostring(id))
+      assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
+      local writes = X.writes(server.log())
+      assert.equal(1, #writes)
+      assert.equal("PUT", writes[1].method)
+      assert.equal("/api/contacts/104", writes[1].path)
+      assert.same({ email = "dora@example.com", name = "Dora Two", age = 40 }, writes[1].record)
+      assert.equal("Dora Two", X.remote(server, "contacts")[104].name)
+      assert.same({}, X.outbox(dir))
+
+      -- the next import meets its own record: no second local row
+      r = ok_run(dir)
+      assert.equal(4, X.summary(r.stdout).unchanged, r.stdout)
+      assert.equal(4, X.count(dir, "contact"))
+    end)
+
+  it("export SYNC --all creates the new and updates the mapped", function()
+    local a, b = insert("Eve"), insert("Finn")
+    server.reset_log()
+    local r = ok_run(dir, "export", "contacts", "--all")
+    local s = X.summary(r.stdout, true)
+    assert.same({ 2, 3, 0 }, { s.created, s.updated, s.failed }, r.stdout)
+    assert.equal(2, #X.writes(server.log(), { method = "POST" }))
+    local puts = {}
+    for _, e in ipairs(X.writes(server.log(), { method = "PUT" })) do puts[#puts + 1] = e.path end
+    table.sort(puts)
+    assert.same({ "/api/contacts/101", "/api/contacts/102", "/api/contacts/103" }, puts)
+    local remote = X.remote(server, "contacts")
+    assert.equal("Eve", remote[tonumber(X.remote_of(dir, "contacts", "contact", a))].name)
+    assert.equal("Finn", remote[tonumber(X.remote_of(dir, "contacts", "contact", b))].name)
+    assert.equal(5, #server.data().contacts)
+    assert.same({}, X.outbox(dir))
+  end)
+
+  it("export SYNC --where exports only the rows that match", function()
+    insert("Alice")
+    local bob = insert("Bob")
+    insert("Alan")
+    server.reset_log()
+    local r = ok_run(dir, "export", "contacts", "--where", "name LIKE 'A%'")
+    assert.equal(2, X.summary(r.stdout, true).created, r.stdout)
+    local names = {}
+    for _, e in ipairs(X.writes(server.log())) do
+      assert.equal("POST", e.method)
+      names[#names + 1] = e.record.name
+    end
+    table.sort(names)
+    assert.same({ "Alan", "Alice" }, names)
+    assert.is_nil(X.remote_of(dir, "contacts", "contact", bob))
+    -- Bob's insert is still queued: --where exported only what matched
+    assert.equal(1, X.count(dir, "entsync_outbox"))
+    assert.equal(bob, X.outbox(dir)[1].local_id)
+  end)
+
+  it("a bad --where is a usage error and sends nothing", function()
+    server.reset_log()
+    local r = X.run(dir, "export", "contacts", "--where", "no_such_column = 1")
+    assert.equal(2, r.code, r.stderr)
+    assert.matches("--where", r.stderr, 1, true)
+    assert.same({}, X.writes(server.log()))
+  end)
+end)
+
+-- export SYNC to an ndjson file sink -------------------------------------------------
+
+describe("export SYNC to an ndjson file sink", function()
+  local dir
+
+  before_each(function()
+    dir = helpers.tmpdir()
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  local function setup_rows(extra)
+    X.sink_job(dir, extra)
+    ok_run(dir) -- creates the store and its tables; an export-only sync imports nothing
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('ann@x', 'Ann', 30), ('bob@x', 'Bob', 31), "
+      .. "('al@x', 'Al', 32)")
+  end
+
+  it("export SYNC LOCAL_ID appends a create line with op, id and record", function()
+    setup_rows()
+    local r = ok_run(dir, "export", "contacts", "1")
+    assert.equal(1, X.summary(r.stdout, true).created, r.stdout)
+    local lines = X.sink_lines(dir)
+    assert.equal(1, #lines)
+    assert.equal("create", lines[1].op)
+    assert.equal("1", tostring(lines[1].id))
+    assert.same({ email = "ann@x", name = "Ann", age = 30 }, lines[1].record)
+    assert.is_string(lines[1].at)
+    assert.equal("1", X.remote_of(dir, "contacts", "contact", 1))
+    assert.equal(2, X.count(dir, "entsync_outbox")) -- the other two inserts wait
+  end)
+
+  it("export SYNC --where appends a create line for each row that matches", function()
+    setup_rows()
+    local r = ok_run(dir, "export", "contacts", "--where", "name LIKE 'A%'")
+    assert.equal(2, X.summary(r.stdout, true).created, r.stdout)
+    local names = {}
+    for _, line in ipairs(X.sink_lines(dir)) do
+      assert.equal("create", line.op)
+      names[#names + 1] = line.record.name
+    end
+    table.sort(names)
+    assert.same({ "Al", "Ann" }, names)
+    assert.equal(1, X.count(dir, "entsync_outbox")) -- Bob's insert waits
+  end)
+
+  it("export SYNC --all appends a create line for every row", function()
+    setup_rows()
+    local r = ok_run(dir, "export", "contacts", "--all")
+    assert.equal(3, X.summary(r.stdout, true).created, r.stdout)
+    local lines = X.sink_lines(dir)
+    assert.equal(3, #lines)
+    local by_id = {}
+    for _, line in ipairs(lines) do
+      assert.equal("create", line.op)
+      by_id[tostring(line.id)] = line.record.name
+    end
+    assert.same({ ["1"] = "Ann", ["2"] = "Bob", ["3"] = "Al" }, by_id)
+    assert.same({}, X.outbox(dir))
+  end)
+
+  it("exporting an entity again appends an update line and leaves the local row as it is", function()
+    setup_rows()
+    ok_run(dir, "export", "contacts", "1")
+    X.sql(dir, "UPDATE contact SET name = 'Ann Two' WHERE id = 1")
+    local r = ok_run(dir, "export", "contacts", "1")
+    -- the local row is what the user wrote, not the sink's line read back
+    local row = X.contacts(dir)[1]
+    assert.same({ "ann@x", "Ann Two", 30 }, { row.email, row.name, row.age })
+    assert.equal(1, X.summary(r.stdout, true).updated, r.stdout .. r.stderr)
+    local lines = X.sink_lines(dir)
+    assert.equal(2, #lines)
+    assert.equal("update", lines[2].op)
+    assert.equal("1", tostring(lines[2].id))
+    assert.same({ email = "ann@x", name = "Ann Two", age = 30 }, lines[2].record)
+    assert.equal(0, X.count(dir, "entsync_conflicts"))
+  end)
+
+  it("run drains the outbox into the sink; deletes = \"delete\" appends a delete line", function()
+    setup_rows('on_change = true, deletes = "delete"')
+    local r = ok_run(dir)
+    assert.equal(3, X.summary(r.stdout, true).created, r.stdout)
+    assert.same({}, X.outbox(dir))
+    X.sql(dir, "DELETE FROM contact WHERE id = 2")
+    r = ok_run(dir)
+    assert.equal(1, X.summary(r.stdout, true).deleted, r.stdout)
+    local lines = X.sink_lines(dir)
+    assert.equal(4, #lines)
+    assert.equal("delete", lines[4].op)
+    assert.equal("2", tostring(lines[4].id))
+    assert.same({}, X.outbox(dir))
+    assert.is_nil(X.remote_of(dir, "contacts", "contact", 2))
+  end)
+end)
+
+-- managed exports: run drains the outbox -------------------------------------------------
+
+describe("run drains the outbox of on_change syncs", function()
+  local server, dir
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(4, 101) } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  it("imports, then exports the queued changes: updates by PUT, new rows by POST", function()
+    X.http_job(dir, server.url)
+    ok_run(dir)
+    local one = local_of(dir, 101)
+    X.sql(dir, string.format("UPDATE contact SET age = 77 WHERE id = %d", one))
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('gus@example.com', 'Gus', 5)")
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(4, X.summary(r.stdout).unchanged, r.stdout)
+    local s = X.summary(r.stdout, true)
+    assert.same({ 1, 1, 0 }, { s.created, s.updated, s.failed }, r.stdout)
+    local puts, posts = X.writes(server.log(), { method = "PUT" }), X.writes(server.log(), { method = "POST" })
+    assert.equal(1, #puts)
+    assert.equal("/api/contacts/101", puts[1].path)
+    assert.equal(77, puts[1].record.age)
+    assert.equal(1, #posts)
+    assert.equal("Gus", posts[1].record.name)
+    assert.same({}, X.outbox(dir))
+    -- the export is a run in the run log
+    local run = X.query(dir, "SELECT operation, mode, status, created, updated FROM entsync_runs ORDER BY id DESC LIMIT 1")[1]
+    assert.same({ operation = "outbox", mode = "export", status = "ok", created = 1, updated = 1 }, run)
+  end)
+
+  it("deletes = \"delete\": a local delete deletes the remote", function()
+    X.http_job(dir, server.url, { export = '{ on_change = true, deletes = "delete" }' })
+    ok_run(dir)
+    X.sql(dir, string.format("DELETE FROM contact WHERE id = %d", local_of(dir, 102)))
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(1, X.summary(r.stdout, true).deleted, r.stdout)
+    local writes = X.writes(server.log())
+    assert.equal(1, #writes)
+    assert.same({ "DELETE", "/api/contacts/102", 204 }, { writes[1].method, writes[1].path, writes[1].status })
+    assert.is_nil(X.remote(server, "contacts")[102])
+    assert.is_nil(local_of(dir, 102))
+    assert.same({}, X.outbox(dir))
+    -- and it stays gone: the next run neither brings it back nor sends anything
+    server.reset_log()
+    r = ok_run(dir)
+    assert.equal(3, X.count(dir, "contact"))
+    assert.same({}, X.writes(server.log()))
+  end)
+
+  it("deletes = \"ignore\": a local delete leaves the remote alone", function()
+    X.http_job(dir, server.url, { export = '{ on_change = true, deletes = "ignore" }' })
+    ok_run(dir)
+    X.sql(dir, string.format("DELETE FROM contact WHERE id = %d", local_of(dir, 102)))
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(0, X.summary(r.stdout, true).deleted, r.stdout)
+    assert.same({}, X.writes(server.log()))
+    assert.is_not_nil(X.remote(server, "contacts")[102])
+    assert.same({}, X.outbox(dir))
+  end)
+end)
+
+-- merge on export ----------------------------------------------------------------
+
+describe("merge on export: one remote record from two local entities", function()
+  local server, dir
+  local PEOPLE = {
+    { id = 1, email = "ann@x", name = "Ann", phone = "111", company = "Acme", updated_at = "2026-01-01T00:00:01Z" },
+    { id = 2, email = "bob@x", name = "Bob", phone = "222", company = "Bco", updated_at = "2026-01-01T00:00:02Z" },
+  }
+
+  setup(function()
+    server = fixture.start({ resources = { people = PEOPLE } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+    X.http_job(dir, server.url, {
+      entities = 'entity "user" { email = "text", name = "text" }\nentity "profile" { phone = "text", company = "text" }',
+      entity = '{ "user", "profile" }', resource = "api/people",
+      mapping = '{ user = { email = "email", name = "name" }, profile = { phone = "phone", company = "company" } }',
+    })
+    ok_run(dir)
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  local function ids_of(remote_id)
+    local out = {}
+    for _, row in ipairs(X.query(dir, "SELECT entity, local_id FROM entsync_idmap WHERE remote_id = ?1",
+      tostring(remote_id))) do
+      out[row.entity] = row.local_id
+    end
+    return out
+  end
+
+  it("a change to either local row sends one record built from both", function()
+    local ann, bob = ids_of(1), ids_of(2)
+    X.sql(dir, string.format("UPDATE profile SET phone = '999' WHERE id = %d", ann.profile))
+    X.sql(dir, string.format("UPDATE user SET name = 'Bobby' WHERE id = %d", bob.user))
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(2, X.summary(r.stdout, true).updated, r.stdout)
+    local bodies = {}
+    for _, e in ipairs(X.writes(server.log())) do
+      assert.equal("PUT", e.method)
+      bodies[e.path] = e.record
+    end
+    assert.same({
+      ["/api/people/1"] = { email = "ann@x", name = "Ann", phone = "999", company = "Acme" },
+      ["/api/people/2"] = { email = "bob@x", name = "Bobby", phone = "222", company = "Bco" },
+    }, bodies)
+    assert.same({}, X.outbox(dir))
+    -- the echoes come back unchanged
+    server.reset_log()
+    r = ok_run(dir)
+    assert.equal(2, X.summary(r.stdout).unchanged, r.stdout)
+    assert.same({}, X.writes(server.log()))
+  end)
+
+  it("a change to both local rows of one remote record is sent once", function()
+    local bob = ids_of(2)
+    X.sql(dir, string.format("BEGIN; UPDATE profile SET phone = '888' WHERE id = %d; "
+      .. "UPDATE user SET name = 'Bobby' WHERE id = %d; COMMIT;", bob.profile, bob.user))
+    server.reset_log()
+    ok_run(dir)
+    local writes = X.writes(server.log())
+    assert.equal("Bobby", writes[1] and writes[1].record.name)
+    assert.equal("888", writes[1] and writes[1].record.phone)
+    assert.equal(1, #writes, "one change of one remote record, sent " .. #writes .. " times")
+  end)
+end)
+
+-- conflicts ----------------------------------------------------------------------
+
+describe("conflicts: both sides changed since the last sync", function()
+  local server, dir, calls
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(3, 101) } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+    calls = dir .. "/calls.txt"
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  local ORIGINAL = X.records(1, 101)[1]
+
+  -- Imports, then changes remote 101 at the fixture (a PUT through curl)
+  -- and its local row (through sqlite3), in the given order, and runs.
+  local function both_changed(conflict, order, remote_name)
+    X.http_job(dir, server.url, {
+      prelude = string.format("local CALLS = %q", calls),
+      export = "{ on_change = true, conflict = " .. conflict .. " }",
+    })
+    ok_run(dir)
+    local id = local_of(dir, 101)
+    local function remote_change()
+      X.remote_put(server, "contacts", 101, { email = ORIGINAL.email, name = remote_name or "Remote", age = ORIGINAL.age })
+    end
+    local function local_change()
+      X.sql(dir, string.format("UPDATE contact SET name = 'Local' WHERE id = %d", id))
+    end
+    if order == "local first" then
+      local_change(); sleep(0.05); remote_change()
+    else
+      remote_change(); sleep(0.05); local_change()
+    end
+    server.reset_log()
+    local r = ok_run(dir)
+    return r, id
+  end
+
+  local function conflicts()
+    return X.query(dir, "SELECT sync, entity, local_id, remote_id, local_hash, remote_hash, policy, winner "
+      .. "FROM entsync_conflicts ORDER BY id")
+  end
+
+  local function assert_recorded(id, policy, winner)
+    local rows = conflicts()
+    assert.is_true(#rows >= 1, "no conflict recorded")
+    for _, row in ipairs(rows) do
+      assert.same({ "contacts", "contact", id, "101", policy, winner },
+        { row.sync, row.entity, row.local_id, row.remote_id, row.policy, row.winner })
+      assert.is_not_nil(row.local_hash)
+      assert.is_not_nil(row.remote_hash)
+    end
+  end
+
+  local function assert_quiet_after()
+    X.audit(dir)
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(0, X.summary(r.stdout).updated, r.stdout)
+    assert.same({}, X.writes(server.log()))
+    assert.equal(0, X.audited(dir))
+    assert.same({}, X.outbox(dir))
+  end
+
+  local function puts()
+    return X.writes(server.log(), { method = "PUT" })
+  end
+
+  it("remote_wins: the local row gets the remote version and nothing is sent", function()
+    local r, id = both_changed('"remote_wins"', "local first")
+    assert.equal("Remote", X.contacts(dir)[id].name)
+    assert.same({}, puts())
+    assert.equal("Remote", X.remote(server, "contacts")[101].name)
+    assert_recorded(id, "remote_wins", "remote")
+    assert.equal(1, X.summary(r.stdout).conflicts, r.stdout)
+    assert.same({}, X.outbox(dir))
+    assert_quiet_after()
+  end)
+
+  it("local_wins: the remote gets the local version", function()
+    local _, id = both_changed('"local_wins"', "remote first")
+    assert.equal("Local", X.contacts(dir)[id].name)
+    local sent = puts()
+    assert.equal(1, #sent)
+    assert.same({ email = ORIGINAL.email, name = "Local", age = ORIGINAL.age }, sent[1].record)
+    assert.equal("Local", X.remote(server, "contacts")[101].name)
+    assert_recorded(id, "local_wins", "local")
+    assert_quiet_after()
+  end)
+
+  it("newest: the remote change came later and wins", function()
+    local _, id = both_changed('"newest"', "local first")
+    assert.equal("Remote", X.contacts(dir)[id].name)
+    assert.same({}, puts())
+    assert_recorded(id, "newest", "remote")
+    assert_quiet_after()
+  end)
+
+  it("newest: the local change came later and wins", function()
+    local _, id = both_changed('"newest"', "remote first")
+    assert.equal("Local", X.contacts(dir)[id].name)
+    assert.equal(1, #puts())
+    assert.equal("Local", X.remote(server, "contacts")[101].name)
+    assert_recorded(id, "newest", "local")
+    assert_quiet_after()
+  end)
+
+  local FN = [[function(local_rows, remote_record, ctx)
+      local f = io.open(CALLS, "a")
+      f:write(string.format("%s|%s|%s\n", tostring(local_rows.contact and local_rows.contact.name),
+        tostring(remote_record.name), tostring(ctx and ctx.sync)))
+      f:close()
+      return remote_record.name == "Remote wins" and "remote" or "local"
+    end]]
+
+  local function call_lines()
+    local out = {}
+    for line in (helpers.read(calls) or ""):gmatch("[^\n]+") do out[#out + 1] = line end
+    return out
+  end
+
+  it("a function policy is given the local rows, the remote record and ctx; its \"remote\" is honoured", function()
+    local _, id = both_changed(FN, "local first", "Remote wins")
+    assert.equal("Remote wins", X.contacts(dir)[id].name)
+    assert.same({}, puts())
+    assert.equal("Local|Remote wins|contacts", call_lines()[1])
+    assert_recorded(id, "function", "remote")
+    assert_quiet_after()
+  end)
+
+  it("a function policy's \"local\" is honoured", function()
+    local _, id = both_changed(FN, "local first", "Remote loses")
+    assert.equal("Local", X.contacts(dir)[id].name)
+    assert.equal(1, #puts())
+    assert.equal("Local", X.remote(server, "contacts")[101].name)
+    assert.equal("Local|Remote loses|contacts", call_lines()[1])
+    assert_recorded(id, "function", "local")
+    assert_quiet_after()
+  end)
+
+  it("a conflict the local side wins is recorded once and decided once", function()
+    both_changed(FN, "local first", "Remote loses")
+    assert.equal(1, #call_lines(), "the conflict function was called " .. #call_lines() .. " times")
+    assert.equal(1, #conflicts(), "one conflict, " .. #conflicts() .. " rows in entsync_conflicts")
+  end)
+end)
+
+-- a remote that fails mid-batch, then recovers ----------------------------------------
+
+describe("a remote that fails mid-batch, then recovers", function()
+  local server, dir
+  local FAILING = { 2, 5, 7 }
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(10) } })
+  end)
+
+  teardown(function()
+    if server then server.stop() end
+  end)
+
+  before_each(function()
+    server.reset()
+    dir = helpers.tmpdir()
+  end)
+
+  after_each(function()
+    helpers.rmdir(dir)
+  end)
+
+  it("exports what it can, keeps the failures with backoff, and sends each record exactly once in the end", function()
+    X.http_job(dir, server.url, { attempts = 2 })
+    ok_run(dir)
+    X.sql(dir, "UPDATE contact SET age = age + 100")
+    assert.equal(10, X.count(dir, "entsync_outbox"))
+    -- each failing record's PUT answers 500 more often than the client retries
+    local faults = {}
+    for i, id in ipairs(FAILING) do
+      faults[i] = { path = "/api/contacts/" .. id, method = "PUT", kind = "status", status = 500, count = 10 }
+    end
+    server.faults(faults)
+    server.reset_log()
+    local before = core.now()
+    local r = X.run(dir)
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    no_mark(dir)
+    local s = X.summary(r.stdout, true)
+    assert.same({ 7, 3 }, { s.updated, s.failed }, r.stdout)
+    local left = X.outbox(dir)
+    assert.equal(3, #left)
+    for i, row in ipairs(left) do
+      assert.equal(local_of(dir, FAILING[i]), row.local_id)
+      assert.equal(1, row.attempts)
+      assert.matches("status 500", row.last_error, 1, true)
+      assert.matches("/api/contacts/" .. FAILING[i], row.last_error, 1, true)
+      assert.is_true(row.next_at > before + 10, "next_at is not in the future: backoff")
+    end
+    local status = ok_run(dir, "status")
+    assert.matches("outbox%s+3 pending %(3 failed before%)", status.stdout)
+
+    -- not due yet: the next run leaves them alone
+    local seen = #server.log()
+    r = ok_run(dir)
+    assert.same({}, X.writes({ table.unpack(server.log(), seen + 1) }))
+    assert.equal(3, X.count(dir, "entsync_outbox", "attempts = 1"))
+
+    -- the remote recovers; once due they go
+    server.faults({})
+    X.sql(dir, "UPDATE entsync_outbox SET next_at = 0")
+    r = ok_run(dir)
+    assert.equal(3, X.summary(r.stdout, true).updated, r.stdout)
+    assert.same({}, X.outbox(dir))
+
+    -- over both runs: one successful PUT per record, no POST, nothing lost
+    local log = server.log()
+    local want = {}
+    for i = 1, 10 do want["/api/contacts/" .. i] = 1 end
+    assert.same(want, X.successes(log, "PUT"))
+    assert.same({}, X.writes(log, { method = "POST" }))
+    local remote = X.remote(server, "contacts")
+    for i = 1, 10 do assert.equal(20 + i % 50 + 100, remote[i].age) end
+  end)
+end)
