@@ -28,7 +28,7 @@ local known = {
   base_url = true, auth = true, page = true, records = true, id = true, changed = true, since = true,
   headers = true, timeout = true, connect_timeout = true, attempts = true, concurrency = true, rate = true,
   verify = true, cafile = true, resources = true, ordered = true, update_method = true, name = true,
-  secret_headers = true, record_path = true,
+  secret_headers = true, record_path = true, idempotency_header = true,
 }
 
 local function fail(fmt, ...)
@@ -386,9 +386,16 @@ function Provider:get(resource, id)
   return body
 end
 
--- create(resource, record) -> remote id, the created record
-function Provider:create(resource, record)
-  local response = http.request(self:req("POST", self:path(resource), nil, record))
+-- create(resource, record, ctx) -> remote id, the created record. A
+-- retried create (a lost response, a failed export tried again) carries
+-- the same Idempotency-Key (config.idempotency_header; false: none), so an
+-- API that honours it creates the record once.
+function Provider:create(resource, record, ctx)
+  local req = self:req("POST", self:path(resource), nil, record)
+  local header = self.config.idempotency_header
+  if header == nil then header = "Idempotency-Key" end
+  if header and ctx and ctx.idempotency_key then req.headers[header] = ctx.idempotency_key end
+  local response = http.request(req)
   check_status(response)
   local body = response.body ~= "" and response:json() or {}
   if self.config.record_path then body = dig(body, self.config.record_path) end

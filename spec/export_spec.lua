@@ -7,6 +7,7 @@
 local core = require "entsync.core"
 local fixture = require "fixture"
 local helpers = require "helpers"
+local S = require "http_support"
 local X = require "export_support"
 
 local function no_mark(dir)
@@ -106,6 +107,36 @@ describe("change capture", function()
     assert.same({ [one] = "upsert", [new_id] = "upsert", [two] = "delete", [three] = "delete" }, ops)
     assert.equal(4, X.count(dir, "entsync_outbox"))
   end)
+
+  it("a change another program makes while an import runs is queued; the import's mark is never seen outside it",
+    function()
+      server.reset({ contacts = X.records(30, 101) })
+      server.latency(100)
+      X.http_job(dir, server.url, { export = "{ }", page_size = 5 })
+      local child = S.spawn(dir, 20)
+      -- wait for the first batch, then write beside the import
+      local first = helpers.wait_for(function()
+        local rows = X.peek(dir, "SELECT min(id) FROM contact")
+        return rows[1] and rows[1] ~= "" and tonumber(rows[1])
+      end, 10)
+      assert.is_not_nil(first, "the import wrote nothing")
+      local marks, during = {}, nil
+      for _ = 1, 3 do
+        marks[#marks + 1] = X.peek(dir, "SELECT count(*) FROM entsync_mark")[1]
+      end
+      during = X.sql(dir, string.format("UPDATE contact SET name = 'outside' WHERE id = %d; "
+        .. "SELECT status FROM entsync_runs ORDER BY id DESC LIMIT 1;", first))
+      local r = child.wait()
+      assert.equal(0, r.code, r.stderr)
+      assert.equal("running\n", during, "the import had finished before the outside write")
+      assert.same({ "0", "0", "0" }, marks)
+      assert.equal(30, X.summary(r.stdout).created, r.stdout)
+      no_mark(dir)
+      local queued = X.outbox(dir)
+      assert.equal(1, #queued)
+      assert.same({ first, "upsert" }, { queued[1].local_id, queued[1].operation })
+      assert.equal("outside", X.contacts(dir)[first].name)
+    end)
 
   it("a new change to a row that failed before makes it due again with no attempts", function()
     ok_run(dir)
@@ -308,7 +339,9 @@ describe("export SYNC to an ndjson file sink", function()
     local r = ok_run(dir, "export", "contacts", "1")
     -- the local row is what the user wrote, not the sink's line read back
     local row = X.contacts(dir)[1]
-    assert.same({ "ann@x", "Ann Two", 30 }, { row.email, row.name, row.age })
+    assert.same({ email = "ann@x", name = "Ann Two", age = 30 }, { email = row.email, name = row.name, age = row.age },
+      "local row 1 after its second export (all NULL when the sink's line was read back as the remote record); "
+        .. r.stderr)
     assert.equal(1, X.summary(r.stdout, true).updated, r.stdout .. r.stderr)
     local lines = X.sink_lines(dir)
     assert.equal(2, #lines)
@@ -487,7 +520,11 @@ describe("merge on export: one remote record from two local entities", function(
     local writes = X.writes(server.log())
     assert.equal("Bobby", writes[1] and writes[1].record.name)
     assert.equal("888", writes[1] and writes[1].record.phone)
+    -- the two rows' outbox entries race: either both are sent, or the later
+    -- one finds the first one's write at the remote and takes it for a
+    -- conflict
     assert.equal(1, #writes, "one change of one remote record, sent " .. #writes .. " times")
+    assert.equal(0, X.count(dir, "entsync_conflicts"), "our own write was taken for a remote change")
   end)
 end)
 
@@ -518,7 +555,7 @@ describe("conflicts: both sides changed since the last sync", function()
 
   -- Imports, then changes remote 101 at the fixture (a PUT through curl)
   -- and its local row (through sqlite3), in the given order, and runs.
-  local function both_changed(conflict, order, remote_name)
+  local function both_changed(conflict, order, remote_name, command)
     X.http_job(dir, server.url, {
       prelude = string.format("local CALLS = %q", calls),
       export = "{ on_change = true, conflict = " .. conflict .. " }",
@@ -537,7 +574,12 @@ describe("conflicts: both sides changed since the last sync", function()
       remote_change(); sleep(0.05); local_change()
     end
     server.reset_log()
-    local r = ok_run(dir)
+    local r
+    if command == "export" then
+      r = ok_run(dir, "export", "contacts", tostring(id))
+    else
+      r = ok_run(dir)
+    end
     return r, id
   end
 
@@ -643,8 +685,33 @@ describe("conflicts: both sides changed since the last sync", function()
     assert_quiet_after()
   end)
 
-  it("a conflict the local side wins is recorded once and decided once", function()
+  it("export SYNC LOCAL_ID meets the conflict too: remote_wins keeps the remote version and sends nothing",
+    function()
+      local r, id = both_changed('"remote_wins"', "local first", nil, "export")
+      assert.equal(1, X.summary(r.stdout, true).unchanged, r.stdout)
+      assert.equal("Remote", X.contacts(dir)[id].name)
+      assert.same({}, puts())
+      assert_recorded(id, "remote_wins", "remote")
+      assert_quiet_after()
+    end)
+
+  it("export SYNC LOCAL_ID with local_wins sends the local version", function()
+    local r, id = both_changed('"local_wins"', "remote first", nil, "export")
+    assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
+    assert.equal(1, #puts())
+    assert.equal("Local", X.remote(server, "contacts")[101].name)
+    assert_recorded(id, "local_wins", "local")
+    assert_quiet_after()
+  end)
+
+  it("one conflict is decided once and recorded once: run, the local side winning", function()
     both_changed(FN, "local first", "Remote loses")
+    assert.equal(1, #call_lines(), "the conflict function was called " .. #call_lines() .. " times")
+    assert.equal(1, #conflicts(), "one conflict, " .. #conflicts() .. " rows in entsync_conflicts")
+  end)
+
+  it("one conflict is decided once and recorded once: export SYNC LOCAL_ID, the remote side winning", function()
+    both_changed(FN, "local first", "Remote wins", "export")
     assert.equal(1, #call_lines(), "the conflict function was called " .. #call_lines() .. " times")
     assert.equal(1, #conflicts(), "one conflict, " .. #conflicts() .. " rows in entsync_conflicts")
   end)
@@ -724,5 +791,25 @@ describe("a remote that fails mid-batch, then recovers", function()
     assert.same({}, X.writes(log, { method = "POST" }))
     local remote = X.remote(server, "contacts")
     for i = 1, 10 do assert.equal(20 + i % 50 + 100, remote[i].age) end
+  end)
+
+  it("a create whose answer is lost after the remote made it is not sent again", function()
+    X.http_job(dir, server.url, { attempts = 2 })
+    ok_run(dir)
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('lost@example.com', 'Lost answer', 1)")
+    -- the remote creates the record, then the connection breaks mid-answer
+    server.faults({ { path = "/api/contacts", method = "POST", kind = "truncate", count = 1 } })
+    server.reset_log()
+    X.run(dir)
+    no_mark(dir)
+    server.faults({})
+    X.sql(dir, "UPDATE entsync_outbox SET next_at = 0")
+    X.run(dir)
+    local copies = 0
+    for _, record in ipairs(server.data().contacts) do
+      if record.email == "lost@example.com" then copies = copies + 1 end
+    end
+    local posts = X.writes(server.log(), { method = "POST" })
+    assert.equal(1, copies, string.format("%d copies at the remote after %d POSTs", copies, #posts))
   end)
 end)

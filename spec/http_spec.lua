@@ -229,6 +229,20 @@ describe("entsync.http", function()
       assert.equal(3, S.peak(server.log()))
     end)
 
+    -- Same cause as the per_second spec below: while every task sleeps,
+    -- http.run calls core.sleep instead of polling curl, so a request
+    -- started before the sleep is not sent until the task waits for it.
+    it("a request started before a task sleeps is in flight during the sleep", function()
+      server.latency(300)
+      local elapsed, results = S.timed(http.run, { function()
+        local future = http.start({ url = url("/page/contacts") })
+        http.sleep(0.3)
+        return future:wait().status
+      end })
+      assert.same({ true, 200 }, results[1])
+      assert.is_true(elapsed < 0.5, string.format("a 300 ms request beside a 300 ms sleep took %.2fs", elapsed))
+    end)
+
     it("http.blocking keeps other tasks from running while it waits", function()
       server.latency(150)
       local results = http.run({
@@ -434,6 +448,31 @@ describe("entsync.http", function()
       for i = 2, #log do
         local gap = log[i].start - log[i - 1].start
         assert.is_true(gap >= 0.08, string.format("requests %d and %d were %.3fs apart", i - 1, i, gap))
+      end
+    end)
+
+    -- A future's transfer is only added to the curl multi handle; curl
+    -- sends it when someone polls. The rate's waits (Limits:acquire ->
+    -- http.sleep) run while nobody polls, so requests started ahead by one
+    -- task pile up and go out together at its first wait.
+    it("per_second spaces requests that one task starts ahead as futures", function()
+      local limits = http.limits({ per_second = 10 })
+      local results = http.run({ function()
+        local futures = {}
+        for i = 1, 4 do
+          futures[i] = http.start({ url = url("/page/contacts"), query = { n = i }, limits = limits })
+        end
+        for i = 1, 4 do futures[i]:wait() end
+        return true
+      end })
+      assert.same({ true, true }, results[1])
+      local log = server.log()
+      assert.equal(4, #log)
+      table.sort(log, function(a, b) return a.start < b.start end)
+      for i = 2, #log do
+        local gap = log[i].start - log[i - 1].start
+        assert.is_true(gap >= 0.08, string.format("at 10 per second, requests %s and %s reached the server %.3fs apart",
+          log[i - 1].query, log[i].query, gap))
       end
     end)
   end)

@@ -50,6 +50,7 @@ local SQL = {
     ON CONFLICT (sync, remote_id) DO UPDATE SET error = excluded.error,
       payload = coalesce(excluded.payload, payload), attempts = excluded.attempts,
       last_at = excluded.last_at, next_at = excluded.next_at, waits_for = excluded.waits_for]],
+  seen_remote = "UPDATE entsync_idmap SET hash = ?3, changed = ?4 WHERE sync = ?1 AND remote_id = ?2",
   outbox_pending = "SELECT id, queued_at FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
   outbox_drop = "DELETE FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
   mark = "INSERT INTO entsync_mark (owner) VALUES ('import')",
@@ -608,7 +609,12 @@ function Run:local_wins(rows, record, remote_id, hash, changed)
     local_changed = pending.queued_at, ctx = self.ctx,
   })
   self.counts.conflicts = self.counts.conflicts + 1
-  if winner == "local" then return true end
+  if winner == "local" then
+    -- The remote version was seen and lost: the id map takes its hash, so
+    -- the export that follows does not meet the same conflict again.
+    store:run(SQL.seen_remote, self.sync.name, remote_id, hash, changed)
+    return true
+  end
   for _, row in ipairs(rows) do store:run(SQL.outbox_drop, row.entity, row.local_id) end
   return false
 end

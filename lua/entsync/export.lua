@@ -19,6 +19,12 @@ local M = {}
 
 local null = cjson.null
 
+-- Remote ids as text, the way imports store them: 17, not "17.0".
+local function id_text(value)
+  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
+  return tostring(value)
+end
+
 local SQL = {
   map_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
   map_remote = "SELECT entity, local_id, hash, changed FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
@@ -172,8 +178,14 @@ function M.export_one(session, sync, entity, id, run_id)
   if not rows[sync.entities[1]] and not rows[entity] then
     errors.raise("entity", string.format("local %s %s does not exist", entity, tostring(id)))
   end
-  -- The remote changed since the last sync too: a conflict.
-  if remote_id and type(provider.get) == "function" then
+  if not remote_id and entity ~= sync.entities[1] then
+    -- A split's other entities reach the remote with their first one; on
+    -- its own, a new one has nothing to complete.
+    return "unchanged", nil
+  end
+  -- The remote changed since the last sync too: a conflict. (A file sink
+  -- is a log of our writes: there is nothing to compare with.)
+  if remote_id and type(provider.get) == "function" and not provider.log_sink then
     local stored = store:rows(SQL.map_remote, sync.name, remote_id)[1]
     local current = provider:get(resource, remote_id)
     if current then
@@ -189,6 +201,8 @@ function M.export_one(session, sync, entity, id, run_id)
           http.blocking(function()
             local run = session:dependent_run(sync)
             session:begin()
+            -- decided: the local change is dropped, not met again as a conflict
+            for name, local_id in pairs(ids) do store:run(SQL.drop, name, local_id) end
             local outcome, message = run:process(current)
             session:commit()
             if outcome == "failed" then errors.raise("entity", "importing the remote version failed: " .. tostring(message)) end
@@ -208,8 +222,9 @@ function M.export_one(session, sync, entity, id, run_id)
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
         sync.provider.name))
     end
+    ctx.idempotency_key = string.format("%s:%s:%s:%s", sync.name, entity, tostring(id), core.hash_hex(record))
     remote_id, answer = provider:create(resource, record, ctx)
-    remote_id = tostring(remote_id)
+    remote_id = id_text(remote_id)
     outcome = "created"
   end
   local echo = type(answer) == "table" and next(answer) ~= nil and answer or record
@@ -337,20 +352,36 @@ function M.drain(session, sync)
         if not seen[row.id .. ":" .. row.queued_at] then fresh[#fresh + 1] = row end
       end
       if #fresh == 0 then break end
-      local jobs = {}
-      for i, row in ipairs(fresh) do
+      -- Rows of one remote entity (a split's entities changed together)
+      -- are exported once, together.
+      local groups, by_key = {}, {}
+      for _, row in ipairs(fresh) do
         seen[row.id .. ":" .. row.queued_at] = true
+        local remote_id = row.operation ~= "delete" and store:value(SQL.map_local, sync.name, row.entity, row.local_id)
+        local key = remote_id and ("remote:" .. remote_id) or ("local:" .. row.entity .. ":" .. row.local_id)
+        local group = by_key[key]
+        if group and row.operation ~= "delete" and group.rows[1].operation ~= "delete" then
+          table.insert(group.rows, row)
+        else
+          group = { rows = { row } }
+          by_key[key] = group
+          groups[#groups + 1] = group
+        end
+      end
+      local jobs = {}
+      for i, group in ipairs(groups) do
+        local row = group.rows[1]
         jobs[i] = function()
           if row.operation == "delete" then return M.export_delete(session, sync, row.entity, row.local_id) end
           return M.export_one(session, sync, row.entity, row.local_id, run_id)
         end
       end
       run_concurrently(width, jobs, function(i, done, outcome)
-        local row = fresh[i]
+        local row = groups[i].rows[1]
         http.blocking(function()
           if done then
             counts[outcome] = counts[outcome] + 1
-            store:run(SQL.done, row.id, row.queued_at)
+            for _, member in ipairs(groups[i].rows) do store:run(SQL.done, member.id, member.queued_at) end
           else
             counts.failed = counts.failed + 1
             local message = describe(outcome)

@@ -337,6 +337,9 @@ local function write_or_raise(ok, err)
   if not ok then error(err, 0) end
 end
 
+-- A file sink is a log of writes, not a copy of the remote to read back.
+Provider.log_sink = true
+
 function Provider:create(resource, record, ctx)
   local id = record[self.id_field]
   if id == nil then id = ctx and ctx.local_id and tostring(ctx.local_id) or tostring(os.time()) end

@@ -71,6 +71,14 @@ function M.parse(text)
   return schedule
 end
 
+local function matches_day(schedule, d)
+  local s = schedule.sets
+  local day, weekday = s[3][d.day], s[5][d.wday - 1]
+  if schedule.any_day then return weekday end
+  if schedule.any_weekday then return day end
+  return day or weekday
+end
+
 local function matches(schedule, t)
   local d = os.date("!*t", t)
   local s = schedule.sets
@@ -83,12 +91,29 @@ local function matches(schedule, t)
 end
 
 -- next_time(schedule, after) -> the next due time strictly after `after`
+-- (math.huge for an expression that never matches, such as 30 February).
+-- A month, day or hour that cannot match is skipped whole.
 function M.next_time(schedule, after)
   if schedule.interval then return after + schedule.interval end
   local t = (math.floor(after / 60) + 1) * 60
-  for _ = 1, 60 * 24 * 366 * 5 do
-    if matches(schedule, t) then return t end
-    t = t + 60
+  local limit = after + 5 * 366 * 86400
+  local s = schedule.sets
+  while t < limit do
+    local d = os.date("!*t", t)
+    if not s[4][d.month] then
+      local year, month = d.year, d.month + 1
+      if month > 12 then year, month = year + 1, 1 end
+      t = os.time({ year = year, month = month, day = 1, hour = 0, min = 0, sec = 0 }) - (os.time() - os.time(os.date("!*t")))
+      t = math.floor(t / 60) * 60
+    elseif not matches_day(schedule, d) then
+      t = t - (d.hour * 3600 + d.min * 60) + 86400
+    elseif not s[2][d.hour] then
+      t = t - d.min * 60 + 3600
+    elseif matches(schedule, t) then
+      return t
+    else
+      t = t + 60
+    end
   end
   return math.huge
 end

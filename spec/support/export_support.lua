@@ -34,6 +34,17 @@ function M.sql(dir, sql)
   return out
 end
 
+-- Reads the store with the sqlite3 shell, read-only (an observer that never
+-- takes the write lock); returns the output's lines.
+function M.peek(dir, sql)
+  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null",
+    helpers.quote(M.db(dir)), helpers.quote(sql)))
+  local lines = {}
+  for line in pipe:lines() do lines[#lines + 1] = line end
+  pipe:close()
+  return lines
+end
+
 -- Rows of a query through entsync's own store (a fresh connection).
 function M.query(dir, sql, ...)
   return helpers.query(M.db(dir), sql, ...)
@@ -79,6 +90,7 @@ local DEFAULT_MAPPING = '{ email = "email", name = "name", age = "age" }'
 --   import     Lua source of the import table (default a full import with
 --              changed = "updated_at"); "false" for an export-only sync
 --   attempts   the provider's HTTP attempts (default 2: one retry)
+--   page_size  records per page (default 100)
 --   resource   default "api/contacts"
 --   mapping    Lua source of the mapping
 --   entities   Lua source of the entity declarations (default: contact)
@@ -89,8 +101,8 @@ function M.http_job(dir, url, opts)
   local lines = {
     opts.prelude or "",
     opts.entities or 'entity "contact" { email = "text", name = "text", age = "integer" }',
-    string.format('local api = provider "http_json" { base_url = %q, page = { style = "page", size = 100 }, '
-      .. 'update_method = "PUT", attempts = %d }', url, opts.attempts or 2),
+    string.format('local api = provider "http_json" { base_url = %q, page = { style = "page", size = %d }, '
+      .. 'update_method = "PUT", attempts = %d }', url, opts.page_size or 100, opts.attempts or 2),
     string.format('sync "contacts" { remote = api %q, entity = %s,', opts.resource or "api/contacts",
       opts.entity or '"contact"'),
     "  mapping = " .. (opts.mapping or DEFAULT_MAPPING) .. ",",

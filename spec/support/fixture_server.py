@@ -24,6 +24,8 @@ resource is a 404.
     GET /api/<res>                      like /page
     GET /<style>/<res>/<id>             the record, or 404 {"error": "not found"}
     POST /api/<res>, PUT|PATCH|DELETE /api/<res>/<id>   201 / 200 / 204, 404, 409
+                                        (a POST repeating an Idempotency-Key gets
+                                        the first answer, nothing created again)
     POST /oauth/token                   client_credentials (form, JSON or basic)
 
 Control (never faulted, logged or authenticated): POST /_control/faults (list,
@@ -127,6 +129,7 @@ class State:
         self.faults = []
         self.log = []
         self.last_time = None
+        self.idempotent = {}  # Idempotency-Key -> (resource, created record)
 
     # data ----------------------------------------------------------------
     @staticmethod
@@ -609,7 +612,12 @@ class Handler(BaseHTTPRequestHandler):
             if record_id is not None:
                 raise HttpError(405, "method not allowed")
             body = self.json_body()
+            key = self.headers.get("Idempotency-Key")
             with state.lock:
+                # A create repeated with the same Idempotency-Key (a retry
+                # after a lost response) answers with the first record.
+                if key and key in state.idempotent and state.idempotent[key][0] == name:
+                    return 201, state.idempotent[key][1], {}
                 records = state.resources.setdefault(name, [])
                 if "id" in body:
                     if state.find(name, str(body["id"]))[1] is not None:
@@ -622,6 +630,8 @@ class Handler(BaseHTTPRequestHandler):
                     body["updated_at"] = state.now()
                 records.append(body)
                 state.touched(name)
+                if key:
+                    state.idempotent[key] = (name, body)
             return 201, body, {}
         if record_id is None:
             raise HttpError(405, "method not allowed")
