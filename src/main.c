@@ -165,6 +165,33 @@ failed: {
     }
 }
 
+/* entsync-run --script FILE [ARGS]: runs a Lua script the way lua5.4 does
+ * (arg table, exit status), with entsync.core preloaded. `make asan` runs
+ * busted so, inside the sanitized binary: the sanitizer runtime comes with
+ * the executable and need not be preloaded into every child process. */
+static int run_script(lua_State *L, int argc, char **argv)
+{
+    lua_createtable(L, argc, 1);
+    for (int i = 2; i < argc; i++) {
+        lua_pushstring(L, argv[i]);
+        lua_rawseti(L, -2, i - 2);
+    }
+    lua_setglobal(L, "arg");
+    lua_pushcfunction(L, traceback);
+    int handler = lua_gettop(L);
+    if (luaL_loadfile(L, argv[2]) != LUA_OK) {
+        fprintf(stderr, "entsync-run: %s\n", lua_tostring(L, -1));
+        return EXIT_INTERNAL;
+    }
+    for (int i = 3; i < argc; i++)
+        lua_pushstring(L, argv[i]);
+    if (lua_pcall(L, argc - 3, 0, handler) != LUA_OK) {
+        fprintf(stderr, "entsync-run: %s\n", lua_tostring(L, -1));
+        return EXIT_INTERNAL;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     char root[PATH_MAX];
@@ -185,6 +212,11 @@ int main(int argc, char **argv)
     }
     luaL_openlibs(L);
     preload_core(L);
+    if (argc >= 3 && strcmp(argv[1], "--script") == 0) {
+        int status = run_script(L, argc, argv);
+        lua_close(L);
+        return status;
+    }
     set_package_path(L, root, job_argument(argc, argv));
     int status = run_cli(L, argc, argv, verbose);
     fflush(stdout);
