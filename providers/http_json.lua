@@ -23,6 +23,12 @@ local http = require "entsync.http"
 local M = {}
 
 local null = cjson.null
+
+-- Ids as text: cjson gives JSON numbers as floats, and 17.0 is id "17".
+local function id_text(value)
+  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
+  return tostring(value)
+end
 local styles = { page = true, offset = true, cursor = true, link = true, next = true, none = true }
 local known = {
   base_url = true, auth = true, page = true, records = true, id = true, changed = true, since = true,
@@ -177,7 +183,16 @@ function Provider:req(method, url, query, body)
       if response.status == 401 and attempt == 1 then return "retry" end
     end
     req.refresh = function(r)
-      r.headers.Authorization = "Bearer " .. self:token(true)
+      -- Requests refused together share one new token: the first refreshes,
+      -- the others take what it got.
+      while self.refreshing do http.sleep(0.005) end
+      if r.headers.Authorization == "Bearer " .. tostring(self.oauth_token) then
+        self.refreshing = true
+        local ok, token = pcall(self.token, self, true)
+        self.refreshing = false
+        if not ok then error(token, 0) end
+      end
+      r.headers.Authorization = "Bearer " .. self.oauth_token
       return r
     end
   end
@@ -282,6 +297,8 @@ function Reader:fetch_numbered()
   local records = self.provider:records_of(response:json(), response)
   if #records < self.size then
     -- A short page is the last: pages asked for beyond it are dropped.
+    -- The pages asked for beyond it are answered (the server did the
+    -- work) and dropped.
     self.stop_issuing, self.done = true, true
     for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
     self.inflight = {}
@@ -365,7 +382,7 @@ function Reader:ready()
 end
 
 function Reader:close()
-  for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
+  for _, pending in ipairs(self.inflight) do pending:cancel() end
   self.inflight = {}
   self.done = true
 end
@@ -373,7 +390,7 @@ end
 -- single records and writes ---------------------------------------------------------------
 
 function Provider:record_url(resource, id)
-  return self:path(resource):gsub("/+$", "") .. "/" .. http.encode(id)
+  return self:path(resource):gsub("/+$", "") .. "/" .. http.encode(id_text(id))
 end
 
 -- get(resource, id) -> record | nil, "not found"
@@ -400,11 +417,11 @@ function Provider:create(resource, record, ctx)
   local body = response.body ~= "" and response:json() or {}
   if self.config.record_path then body = dig(body, self.config.record_path) end
   local id = type(body) == "table" and body[self.id_field] or nil
-  if id == nil then
+  if id == nil or id == null then
     errors.raise("http", string.format("POST %s: the response names no id in %q", http.redacted_url(response.url),
       self.id_field))
   end
-  return id, body
+  return id_text(id), body
 end
 
 -- update(resource, id, record) -> the updated record

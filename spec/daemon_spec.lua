@@ -152,21 +152,46 @@ describe("daemon", function()
       assert.same({ email = "bob@example.org", name = "Bob", age = 53 }, update.record)
       assert.equal(0, S.count(d, "entsync_conflicts"))
     end)
+
+    it("retries a failed export when it comes due, with no other write to the store", function()
+      local d = newdir()
+      sink_job(d)
+      helpers.rmdir(d .. "/out") -- the sink's folder is missing: the first export fails
+      local child = D.daemon(d)
+      D.sql(db(d), "INSERT INTO contact (email, name, age) VALUES ('ann@example.org', 'Ann', 41)")
+      assert.is_truthy(helpers.wait_for(function()
+        return count(d, "SELECT count(*) FROM entsync_outbox WHERE attempts > 0") == 1
+      end, 2), D.stderr(child))
+      helpers.write(d .. "/out/.keep", "")
+      -- the retry comes due in a second (rather than the 30s backoff); this
+      -- write is the last any other program makes
+      D.sql(db(d), string.format("UPDATE entsync_outbox SET next_at = %.3f", core.now() + 1))
+      local lines = helpers.wait_for(function()
+        local l = sink(d)
+        return #l > 0 and l or nil
+      end, 3)
+      local err = D.stderr(child)
+      assert.equal(0, (D.stop(child)))
+      assert.is_truthy(lines, "the due retry was not exported 2s after it came due; stderr:\n" .. err)
+      assert.equal("create", lines[1].op)
+      assert.equal(0, S.count(d, "entsync_outbox"))
+    end)
   end)
 
   it("stops at a batch checkpoint on SIGTERM mid-run; an overrun is not started twice; a later run completes",
     function()
-      local N, BATCH = 60, 10
-      local function slow_job(dir)
+      local N, BATCH = 80, 10
+      -- delay: seconds per record (the store does not depend on it)
+      local function slow_job(dir, delay)
         D.install_slow_provider(dir)
-        S.job(dir, { mode = "full", batch = BATCH, provider = string.format('provider "slow" { count = %d, delay = 0.03 }', N),
-          remote = 'files "contacts"', extra = "" })
+        S.job(dir, { mode = "full", batch = BATCH, remote = 'files "contacts"',
+          provider = string.format('provider "slow" { count = %d, delay = %s }', N, delay) })
         -- give the sync a schedule that comes round while it still runs
         local source = helpers.read(dir .. "/job.lua")
         helpers.write(dir .. "/job.lua", (source:gsub("import = {", 'schedule = "every 1s", import = {')))
       end
       local d = newdir()
-      slow_job(d)
+      slow_job(d, 0.03) -- a run takes 2.4s
       local child = D.daemon(d)
       -- the turn after one second finds the first run still going
       assert.is_truthy(D.wait_log(child, "is still running: this turn is skipped", 3), D.stderr(child))
@@ -190,18 +215,89 @@ describe("daemon", function()
       assert.is_true(stored >= before and stored < N)
       assert.equal(stored, tonumber(S.value(d, "SELECT pass_resume FROM entsync_state WHERE sync = 'contacts'")))
 
-      -- a later run takes the rest
+      -- a later run takes the rest (faster: the data are the same)
+      slow_job(d, 0.001)
       local r = S.run(d, "run", "--no-progress")
       assert.equal(0, r.code, r.stderr)
       assert.equal(N - stored, S.summary(r.stdout).created, r.stdout)
       -- and the store is exactly what an uninterrupted run makes
       local ref = newdir()
-      slow_job(ref)
+      slow_job(ref, 0.001)
       local rr = S.run(ref, "run", "--no-progress")
       assert.equal(0, rr.code, rr.stderr)
       assert.equal(N, S.count(ref, "contact"))
       assert.equal(S.dump(ref), S.dump(d))
     end)
+
+  describe("never runs a sync twice at once", function()
+    local function slow_setup(dir, lines)
+      D.install_slow_provider(dir)
+      helpers.write(dir .. "/job.lua", table.concat(lines, "\n") .. "\n")
+    end
+
+    -- Runs of a sync must not overlap in time, and none may end in error.
+    local function assert_serial(dir, sync, err)
+      local runs = S.query(dir, "SELECT id, operation, status, started_at, ended_at, error FROM entsync_runs "
+        .. "WHERE sync = ?1 ORDER BY started_at", sync)
+      assert.is_true(#runs >= 1)
+      for i, run in ipairs(runs) do
+        assert.is_true(run.status ~= "error", string.format("run %d of %s (%s): %s\n%s", run.id, sync, run.operation,
+          tostring(run.error), err))
+        if i > 1 then
+          assert.is_true(run.started_at >= runs[i - 1].ended_at, string.format(
+            "runs %d and %d of %s overlap\n%s", runs[i - 1].id, run.id, sync, err))
+        end
+      end
+      assert.is_nil(err:find("lease was lost", 1, true), err)
+    end
+
+    it("a sync with its own schedule that another scheduled sync depends on", function()
+      local d = newdir()
+      slow_setup(d, {
+        'entity "tag" { email = "text", name = "text", age = "integer" }',
+        'entity "contact" { email = "text", name = "text", age = "integer" }',
+        'local slow = provider "slow" { count = 15, delay = 0.02 }',
+        'sync "tags" { remote = slow "tags", entity = "tag", mapping = { email = "email", name = "name", age = "age" },',
+        '  schedule = "every 1s" }',
+        'sync "contacts" { remote = slow "contacts", entity = "contact",',
+        '  mapping = { email = "email", name = "name", age = "age" }, depends_on = { "tags" }, schedule = "every 1s" }',
+      })
+      local child = D.daemon(d)
+      assert.is_truthy(D.wait_log(child, "contacts: ", 4, 2), D.stderr(child))
+      assert.equal(0, (D.stop(child)))
+      local err = D.stderr(child)
+      assert_serial(d, "tags", err)
+      assert_serial(d, "contacts", err)
+      assert.equal(15, S.count(d, "tag"))
+      assert.equal(15, S.count(d, "contact"))
+    end)
+
+    it("an outbox drain while the same sync's scheduled import runs", function()
+      local d = newdir()
+      slow_setup(d, {
+        'entity "contact" { email = "text", name = "text", age = "integer" }',
+        'local slow = provider "slow" { count = 40, delay = 0.03 }',
+        'sync "contacts" { remote = slow "contacts", entity = "contact",',
+        '  mapping = { email = "email", name = "name", age = "age" }, import = { batch = 10 },',
+        '  export = { on_change = true }, schedule = "every 1h" }',
+      })
+      local child = D.daemon(d)
+      -- the import (1.2s) is under way when another program adds a contact
+      assert.is_truthy(helpers.wait_for(function() return count(d, "SELECT count(*) FROM contact") >= 10 end, 3))
+      D.sql(db(d), "INSERT INTO contact (email, name, age) VALUES ('ann@example.org', 'Ann', 41)")
+      assert.is_truthy(helpers.wait_for(function()
+        return count(d, "SELECT count(*) FROM entsync_runs WHERE operation = 'run' AND ended_at IS NOT NULL") > 0
+      end, 4), D.stderr(child))
+      assert.is_truthy(helpers.wait_for(function() return count(d, "SELECT count(*) FROM entsync_outbox") == 0 end, 3),
+        D.stderr(child))
+      assert.equal(0, (D.stop(child)))
+      local err = D.stderr(child)
+      assert_serial(d, "contacts", err)
+      assert.equal(41, S.count(d, "contact"))
+      assert.equal("100041", S.value(d, "SELECT remote_id FROM entsync_idmap m JOIN contact c ON c.id = m.local_id "
+        .. "WHERE c.email = 'ann@example.org'"))
+    end)
+  end)
 
   it("reloads an edited mapping on SIGHUP and keeps the old job when the edit is broken", function()
     local d = newdir()

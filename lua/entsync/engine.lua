@@ -908,6 +908,7 @@ function M.run_import(session, sync, options)
       errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
         sync.name, tostring(list_err)))
     end
+    run.reader = reader
     local source = record_source(run, reader, state, incremental)
     local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
     local limit = (source.moves_each_batch and settings.limit) or math.huge
@@ -1015,6 +1016,7 @@ function M.run_import(session, sync, options)
   end)
   if not ok then
     session:rollback()
+    if run and run.reader and run.reader.close then pcall(run.reader.close, run.reader) end
     if run and run.run_id and store:is_open() then
       pcall(run.finish, run, "error", nil, result.message)
     end

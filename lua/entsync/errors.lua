@@ -12,7 +12,9 @@ local Error = {}
 Error.__index = Error
 Error.__tostring = function(e) return e.message end
 
-M.exit_codes = { ok = 0, failed = 1, usage = 2, config = 2, lock = 3, internal = 4 }
+-- A remote that keeps failing stops a run with status 1: entities were
+-- not imported, and nothing is wrong with the job or with entsync.
+M.exit_codes = { ok = 0, failed = 1, http = 1, usage = 2, config = 2, lock = 3, internal = 4 }
 
 function M.new(kind, message, fields)
   local e = setmetatable({ kind = kind, message = message }, Error)

@@ -20,10 +20,31 @@ local errors = require "entsync.errors"
 local M = {}
 
 local client              -- the curl multi handle, made on first use
+
+local function get_client()
+  if not client then client = core.http_client() end
+  return client
+end
 local arrived = {}        -- id -> response that no one was waiting for yet
 local YIELD = {}          -- marks the scheduler's own yields
 local managed = setmetatable({}, { __mode = "k" }) -- coroutines the scheduler runs
 local blocking = 0        -- > 0: every request blocks (inside a write)
+local held = {}           -- transfer id -> the limits whose slot it holds
+
+-- Files a response that arrived: its slot is free at once, whoever waits
+-- for it and whenever they do.
+local function arrive(response)
+  local limits = held[response.id]
+  if limits then
+    held[response.id] = nil
+    limits:release()
+  end
+  arrived[response.id] = response
+end
+
+local function poll(timeout)
+  for _, r in ipairs(get_client():poll(timeout)) do arrive(r) end
+end
 
 M.defaults = { timeout = 60, connect_timeout = 10, attempts = 4, backoff = 0.25, max_backoff = 30 }
 
@@ -141,8 +162,9 @@ Response.__index = Response
 function Response:json()
   local ok, value = pcall(cjson.decode, self.body)
   if not ok then
-    errors.raise("http", string.format("%s %s: the response is not JSON (%s); the body starts %q", self.method,
-      redacted_url(self.url), tostring(value):gsub("^.-: ", ""), self.body:sub(1, 120)), { status = self.status })
+    errors.raise("http", string.format("%s %s: the response is not JSON (status %d: %s); the body starts %q",
+      self.method, redacted_url(self.url), self.status, tostring(value):gsub("^.-: ", ""), self.body:sub(1, 120)),
+      { status = self.status })
   end
   return value
 end
@@ -152,11 +174,6 @@ function Response:ok()
 end
 
 -- Waiting ---------------------------------------------------------------------------
-
-local function get_client()
-  if not client then client = core.http_client() end
-  return client
-end
 
 -- Waits for the response of transfer id: yields to the scheduler when the
 -- current coroutine is one of its tasks, else drives the client itself,
@@ -172,7 +189,7 @@ local function await(id)
       arrived[id] = nil
       return response
     end
-    for _, r in ipairs(get_client():poll(0.5)) do arrived[r.id] = r end
+    poll(0.5)
   end
 end
 
@@ -182,6 +199,10 @@ function M.sleep(seconds)
   local co = coroutine.running()
   if blocking == 0 and managed[co] then
     coroutine.yield(YIELD, "sleep", core.monotonic() + seconds)
+  elseif client and client:pending() > 0 then
+    -- transfers in flight go on while this caller waits
+    local deadline = core.monotonic() + seconds
+    repeat poll(math.max(0, deadline - core.monotonic())) until core.monotonic() >= deadline
   else
     core.sleep(seconds)
   end
@@ -284,6 +305,18 @@ function Future:send()
     errors.raise("http", string.format("%s %s: %s", self.prepared.method, redacted_url(self.prepared.url), tostring(id)))
   end
   self.id = id
+  if limits then held[id] = limits end
+  poll(0) -- starts the transfer now, not at the next wait
+end
+
+-- cancel(): drops a request still in flight (a listing that stopped).
+function Future:cancel()
+  if not self.id or self.done then return end
+  local limits = held[self.id]
+  held[self.id] = nil
+  if get_client():cancel(self.id) and limits then limits:release() end
+  arrived[self.id] = nil
+  self.done = true
 end
 
 function Future:wait()
@@ -291,7 +324,6 @@ function Future:wait()
   local attempts = req.attempts or M.defaults.attempts
   while true do
     local response = await(self.id)
-    if req.limits then req.limits:release() end
     if verbose then
       log("debug", string.format("%s %s [%s] -> %s in %.0fms", prepared.method, redacted_url(prepared.url),
         redacted_headers(prepared.headers), response.error or tostring(response.status),
@@ -302,7 +334,7 @@ function Future:wait()
       if type(req.refresh) == "function" then prepared = prepare(req.refresh(req)); self.prepared = prepared end
       self:send()
     elseif retryable(response) and self.attempt < attempts then
-      local delay = response.status == 429 and M.retry_after(response.headers["retry-after"])
+      local delay = (response.status == 429 or response.status == 503) and M.retry_after(response.headers["retry-after"])
       if not delay then
         local base = math.min(M.defaults.max_backoff, (req.backoff or M.defaults.backoff) * 2 ^ (self.attempt - 1))
         delay = base * (0.5 + math.random() * 0.5)
@@ -312,9 +344,11 @@ function Future:wait()
       M.sleep(delay)
       self:send()
     elseif retryable(response) then
+      self.done = true
       errors.raise("http", describe_failure(prepared, response, self.attempt),
         { status = response.status, body = response.body })
     else
+      self.done = true
       response.method, response.url = prepared.method, prepared.url
       return setmetatable(response, Response)
     end
@@ -401,9 +435,16 @@ function M.run(tasks)
     end
     if #ready == 0 then
       if alive == 0 then break end
-      if next(waiting) then
+      if next(waiting) or (#sleeping > 0 and client and client:pending() > 0) then
+        -- transfers go on while tasks sleep: a request started before a
+        -- sleep is on the wire during it
         for _, r in ipairs(get_client():poll(math.max(0, timeout))) do
           local entry = waiting[r.id]
+          local limits = held[r.id]
+          if limits then
+            held[r.id] = nil
+            limits:release()
+          end
           if entry then
             waiting[r.id] = nil
             entry.args = { r }

@@ -2,7 +2,7 @@
 -- remote's do: each record costs `delay` seconds of http.sleep, which
 -- yields to the scheduler inside entsync (so the daemon's loop keeps
 -- turning during a run) and blocks plainly elsewhere. `count` contacts,
--- ids 1..count, the same every time.
+-- ids 1..count, the same every time. It takes writes (and forgets them).
 --
 --   provider "slow" { count = 60, delay = 0.03 }
 
@@ -43,6 +43,18 @@ function P:get(_, id)
   local i = math.tointeger(tonumber(id))
   if not i or i < 1 or i > self.config.count then return nil, "not found" end
   return record(i)
+end
+
+-- Writes go nowhere but take `delay` too; a created record's id is the
+-- local id it came from, offset so it never meets a listed one.
+function P:create(_, _, ctx)
+  http.sleep(self.config.delay)
+  return tostring(100000 + (ctx and ctx.local_id or 0)), nil
+end
+
+function P:update()
+  http.sleep(self.config.delay)
+  return nil
 end
 
 return P
