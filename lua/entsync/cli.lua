@@ -393,6 +393,11 @@ end
 
 local function report_error(e, options)
   e = errors.wrap(e)
+  if options.log_format == "json" then
+    io.stderr:write(cjson.encode({ time = core.now(), level = "fatal", kind = e.kind, message = e.message,
+      traceback = options.verbose and e.traceback or nil }), "\n")
+    return errors.exit_codes[e.kind] or errors.exit_codes.internal
+  end
   local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "
   io.stderr:write(prefix, e.message, "\n")
   if options.verbose and e.traceback then io.stderr:write(e.traceback, "\n") end
@@ -422,8 +427,9 @@ end
 
 function M.main(args)
   local options = {}
-  for _, arg in ipairs(args) do
+  for i, arg in ipairs(args) do
     if arg == "--verbose" or arg == "-v" then options.verbose = true end
+    if arg == "--log-format=json" or (arg == "--log-format" and args[i + 1] == "json") then options.log_format = "json" end
   end
   local ok, result = xpcall(dispatch, function(e)
     if errors.is(e) then return e end

@@ -66,6 +66,13 @@ function Daemon:run_sync(name)
   local export = require "entsync.export"
   for _, planned in ipairs(require("entsync.job").plan(job, { name })) do
     if self:stopping() then return end
+    -- a sync already importing or exporting (as another's dependency, or
+    -- its outbox) is not run a second time beside itself
+    if self.busy[planned] then
+      self:log("info", string.format("sync \"%s\" is running already: not started again", planned))
+      goto continue
+    end
+    self.busy[planned] = true
     local sync = job.syncs[planned]
     if sync.import.enabled then
       local started = core.monotonic()
@@ -77,6 +84,8 @@ function Daemon:run_sync(name)
       end
     end
     if sync.export and sync.export.on_change then self:drain(sync) end
+    self.busy[planned] = nil
+    ::continue::
   end
 end
 
@@ -120,7 +129,7 @@ end
 function Daemon:loop()
   local tasks_running = {}
   self.running_names = {}
-  local last_version, last_publish = nil, 0
+  local last_version, last_publish, last_due_check = nil, 0, 0
   local function start(name, fn)
     if tasks_running[name] then return end -- an overrun is never started twice
     tasks_running[name] = true
@@ -162,13 +171,20 @@ function Daemon:loop()
       -- PRAGMA data_version changes when another connection commits: a
       -- cheap way to notice writes made by other programs.
       local version = self.session.store:value("PRAGMA data_version")
-      if version ~= last_version then
-        last_version = version
+      -- another program wrote (a change to export), or a failed export may
+      -- have come due: both are checked
+      if version ~= last_version or t - last_due_check >= 1 then
+        last_version, last_due_check = version, t
         for _, name in ipairs(self.job.sync_order) do
           local sync = self.job.syncs[name]
-          if sync.export and sync.export.on_change and not tasks_running["outbox:" .. name]
+          if sync.export and sync.export.on_change and not self.busy[name]
               and has_due_outbox(self.session, sync) then
-            start("outbox:" .. name, function() self:drain(sync) end)
+            self.busy[name] = true
+            start("outbox:" .. name, function()
+              local ok, err = pcall(self.drain, self, sync)
+              self.busy[name] = nil
+              if not ok then error(err, 0) end
+            end)
           end
         end
       end
@@ -196,7 +212,7 @@ function M.run(job, options)
     return core.signal_pending("TERM") or core.signal_pending("INT")
   end
   local daemon = setmetatable({
-    job = job, session = session, options = options, started_at = now(), pending_tasks = {},
+    job = job, session = session, options = options, started_at = now(), pending_tasks = {}, busy = {},
     schedules = plan_schedules(job), activity = "starting",
   }, Daemon)
   local names = {}

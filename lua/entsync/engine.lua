@@ -914,7 +914,7 @@ function M.run_import(session, sync, options)
     local limit = (source.moves_each_batch and settings.limit) or math.huge
     local ordered = source.ordered
     local run_max -- the largest (mark, id) processed in this run
-    local processed, complete = 0, false
+    local processed, complete, stopped = 0, false, false
 
     local function note_mark(record)
       local mark = mark_of(sync, record)
@@ -998,7 +998,10 @@ function M.run_import(session, sync, options)
       session:heartbeat(sync)
       if exhausted or processed >= limit then break end
       -- a daemon asked to stop: the batch is committed, stop here
-      if session.should_stop and session.should_stop() then break end
+      if session.should_stop and session.should_stop() then
+        stopped = true
+        break
+      end
     end
     if reader.close then reader:close() end
     meter:finish()
@@ -1008,7 +1011,7 @@ function M.run_import(session, sync, options)
     run:release_dependents()
     local status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial")
     run:finish(status, cursor.format(state.cursor_mark, state.cursor_id))
-    return { sync = sync.name, counts = run.counts, complete = complete, status = status,
+    return { sync = sync.name, counts = run.counts, complete = complete, status = status, stopped = stopped,
       cursor = cursor.format(state.cursor_mark, state.cursor_id) }
   end, function(e)
     if errors.is(e) then return e end
@@ -1129,7 +1132,11 @@ function M.summary(result, seconds, dry)
   if c.filtered > 0 then line = line .. string.format(", %d filtered out", c.filtered) end
   if c.conflicts > 0 then line = line .. string.format(", %d conflicts", c.conflicts) end
   if c.retried > 0 then line = line .. string.format(", %d retried", c.retried) end
-  if not result.complete then line = line .. " (limit reached: the next run continues here)" end
+  if result.stopped then
+    line = line .. " (stopped: the next run continues here)"
+  elseif not result.complete then
+    line = line .. " (limit reached: the next run continues here)"
+  end
   if seconds then line = line .. string.format(" in %.2fs", seconds) end
   if dry then line = line .. " (dry run: nothing was written)" end
   return line

@@ -171,6 +171,9 @@ local function new_env(ctx)
     local export = require "entsync.export"
     if opts and opts.dry then
       local remote_id, rows = export.gather(ctx.session, sync, sync.entities[1], local_id)
+      if not rows[sync.entities[1]] then
+        error(string.format("local %s %s does not exist", sync.entities[1], tostring(local_id)), 0)
+      end
       return { remote_id = remote_id, record = export.remote_record(ctx.session, sync, rows, {
         sync = name, local_id = local_id, log = ctx.options.log }) }
     end

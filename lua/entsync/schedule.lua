@@ -18,10 +18,15 @@ local FIELDS = {
 
 local function parse_field(text, field)
   local set = {}
+  if text:find(",,", 1, true) or text:match("^,") or text:match(",$") then
+    return nil, string.format("%s: %q has an empty item in its list", field.name, text)
+  end
   for part in text:gmatch("[^,]+") do
     local range, step = part:match("^([^/]+)/(%d+)$")
     range, step = range or part, tonumber(step) or 1
-    if step < 1 then return nil, string.format("%s: step must be at least 1", field.name) end
+    if step < 1 or step > field.max then
+      return nil, string.format("%s: step must be between 1 and %d", field.name, field.max)
+    end
     local from, to
     if range == "*" then
       from, to = field.min, field.max
@@ -47,10 +52,13 @@ end
 -- parse(text) -> schedule | nil, message
 function M.parse(text)
   if type(text) ~= "string" then return nil, "a schedule is a cron expression or \"every 30s\"" end
-  local amount, unit = text:match("^%s*every%s+(%d+)%s*([smhd]?)%s*$")
-  if amount then
+  if text:match("^%s*every%s") then
+    local amount, unit = text:match("^%s*every%s+(%d+)%s*([smhd]?)%s*$")
+    if not amount then
+      return nil, string.format("%q: an interval is \"every N\" with s, m, h or d, as in \"every 30s\"", text)
+    end
     local seconds = tonumber(amount) * ({ s = 1, m = 60, h = 3600, d = 86400 })[unit ~= "" and unit or "s"]
-    if seconds < 1 then return nil, "an interval must be at least 1s" end
+    if seconds < 1 then return nil, string.format("%q: an interval must be at least 1s", text) end
     return { interval = seconds, text = text }
   end
   local parts = {}
@@ -66,8 +74,9 @@ function M.parse(text)
     schedule.sets[i] = set
   end
   if schedule.sets[5][7] then schedule.sets[5][0] = true end -- 7 is Sunday too
-  schedule.any_day = parts[3] == "*"
-  schedule.any_weekday = parts[5] == "*"
+  -- as in cron, a day field starting with * does not restrict the other
+  schedule.any_day = parts[3]:sub(1, 1) == "*"
+  schedule.any_weekday = parts[5]:sub(1, 1) == "*"
   return schedule
 end
 
@@ -103,8 +112,8 @@ function M.next_time(schedule, after)
     if not s[4][d.month] then
       local year, month = d.year, d.month + 1
       if month > 12 then year, month = year + 1, 1 end
-      t = os.time({ year = year, month = month, day = 1, hour = 0, min = 0, sec = 0 }) - (os.time() - os.time(os.date("!*t")))
-      t = math.floor(t / 60) * 60
+      -- the first of next month, in UTC whatever the machine's zone
+      t = require("entsync.map").iso_to_epoch(string.format("%04d-%02d-01T00:00:00Z", year, month))
     elseif not matches_day(schedule, d) then
       t = t - (d.hour * 3600 + d.min * 60) + 86400
     elseif not s[2][d.hour] then
