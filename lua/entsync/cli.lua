@@ -39,9 +39,9 @@ options:
   --help, -h               this text
   --version                entsync's version
 
-exit status: 0 success, 1 the run finished but some entities failed (or a
-remote kept failing), 2 usage or configuration error, 3 a lock is held by
-another run, 4 an internal error.
+exit status: 0 success, 1 the run finished but some entities failed,
+2 usage or configuration error, 3 a lock is held by another run,
+4 an internal error. A remote that keeps failing stops a run with 1.
 ]]
 
 local commands = {}
