@@ -27,7 +27,7 @@ HOST     = $(BIN)/entsync-run
 # Debian packages entsync builds and tests with; `make deps` installs the
 # missing ones and is silent when all are present.
 DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
-           libreadline-dev lua-busted pkg-config sqlite3 python3 curl
+           libreadline-dev lua-busted pkg-config sqlite3 python3 curl openssl
 
 BUSTED   = lua5.4 /usr/bin/busted
 
