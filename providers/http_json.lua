@@ -24,11 +24,7 @@ local M = {}
 
 local null = cjson.null
 
--- Ids as text: cjson gives JSON numbers as floats, and 17.0 is id "17".
-local function id_text(value)
-  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
-  return tostring(value)
-end
+local id_text = require("entsync.cursor").id_text
 local styles = { page = true, offset = true, cursor = true, link = true, next = true, none = true }
 local known = {
   base_url = true, auth = true, page = true, records = true, id = true, changed = true, since = true,

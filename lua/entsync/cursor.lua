@@ -50,6 +50,18 @@ function M.compare(mark_a, id_a, mark_b, id_b)
   return M.compare_ids(id_a, id_b)
 end
 
+-- A remote id as text, the one form ids take in the store: integral
+-- numbers without a fraction (cjson gives JSON numbers as floats, and 17.0
+-- is id "17"), strings as they are; nil for nothing usable.
+function M.id_text(value)
+  if type(value) == "number" then
+    local integer = math.tointeger(value)
+    return integer and string.format("%d", integer) or tostring(value)
+  end
+  if type(value) == "string" and value ~= "" then return value end
+  return nil
+end
+
 function M.format(mark, id)
   if mark == nil and id == nil then return nil end
   return string.format("%s/%s", tostring(mark), tostring(id))

@@ -259,12 +259,7 @@ local function new_counts()
   return counts
 end
 
-local function remote_id_text(value)
-  if math.type(value) == "integer" then return string.format("%d", value) end
-  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
-  if type(value) == "string" and value ~= "" then return value end
-  return nil
-end
+local remote_id_text = cursor.id_text
 
 local function load_state(store, sync)
   local state = store:row(SQL.state, sync.name) or {}

@@ -19,11 +19,7 @@ local M = {}
 
 local null = cjson.null
 
--- Remote ids as text, the way imports store them: 17, not "17.0".
-local function id_text(value)
-  if math.type(value) == "float" and value == math.floor(value) then return string.format("%d", value) end
-  return tostring(value)
-end
+local id_text = require("entsync.cursor").id_text
 
 local SQL = {
   map_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
