@@ -275,13 +275,24 @@ function Reader:numbered_request(n)
   return self.provider:req("GET", self.path, params)
 end
 
--- Keeps `concurrency` numbered pages in flight ahead of the one read.
+-- Keeps `concurrency` numbered pages on the wire ahead of the one read.
+-- Pages that have arrived but are not read yet do not count: the next
+-- ones are asked for as soon as a response is in, not when it is read, so
+-- the network is kept busy while pages are stored (at most four windows
+-- of pages wait to be read).
 function Reader:fill_window()
   local window = self.provider.config.concurrency or 4
-  while not self.stop_issuing and #self.inflight < window do
+  http.pump()
+  local on_the_wire = 0
+  for _, future in ipairs(self.inflight) do
+    if not future:ready() then on_the_wire = on_the_wire + 1 end
+  end
+  while not self.stop_issuing and on_the_wire < window and #self.inflight < 4 * window
+      and not (self.last_start and self.next_page > self.last_start) do
     local n = self.next_page
     self.inflight[#self.inflight + 1] = http.start(self:numbered_request(n))
     self.next_page = n + (self.style == "page" and 1 or self.size)
+    on_the_wire = on_the_wire + 1
   end
 end
 
@@ -290,11 +301,18 @@ function Reader:fetch_numbered()
   local future = table.remove(self.inflight, 1)
   local response = future:wait()
   check_status(response)
-  local records = self.provider:records_of(response:json(), response)
-  if #records < self.size then
-    -- A short page is the last: pages asked for beyond it are dropped.
-    -- The pages asked for beyond it are answered (the server did the
-    -- work) and dropped.
+  local body = response:json()
+  local records = self.provider:records_of(body, response)
+  -- A page that gives the total (page.total, default "total") tells where
+  -- the list ends: no page is asked for beyond it.
+  local total = tonumber(dig(body, self.provider.page.total or "total"))
+  if total and not self.last_start then
+    self.last_start = self.style == "page" and ((self.provider.page.first or 1) + math.max(0, math.ceil(total / self.size) - 1))
+      or math.max(0, (math.ceil(total / self.size) - 1) * self.size)
+  end
+  if #records < self.size or (self.last_start and #self.inflight == 0 and self.next_page > self.last_start) then
+    -- A short page is the last. The pages asked for beyond it are answered
+    -- (the server did the work) and dropped.
     self.stop_issuing, self.done = true, true
     for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
     self.inflight = {}

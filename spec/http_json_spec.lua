@@ -302,7 +302,7 @@ describe("http_json", function()
       assert.equal("POST", tokens[1].method)
       assert.equal("client_credentials", S.query(tokens[1].body).grant_type)
       local gets = S.entries(log, { method = "GET" })
-      assert.is_true(#gets >= 6)
+      assert.is_true(#gets >= 5) -- 250 records, 50 a page: the total says there are five
       local bearer = gets[1].headers["Authorization"]
       assert.matches("^Bearer .+", bearer)
       for _, e in ipairs(gets) do
@@ -768,7 +768,7 @@ describe("http_json", function()
       assert.equal(0, r.code, r.stderr)
       assert_all_once()
       local gets = S.entries(server.log(), { method = "GET" })
-      assert.is_true(#gets >= 6)
+      assert.is_true(#gets >= 5) -- 250 records, 50 a page: the total says there are five
       table.sort(gets, function(a, b) return a.start < b.start end)
       local bursts = {}
       for i = 2, #gets do

@@ -309,6 +309,17 @@ function Future:send()
   poll(0) -- starts the transfer now, not at the next wait
 end
 
+-- ready() -> true when wait() would not wait (the response is here).
+function Future:ready()
+  return self.done or arrived[self.id] ~= nil
+end
+
+-- pump(): moves every transfer along without waiting, collecting the
+-- responses that are complete.
+function M.pump()
+  if client and client:pending() > 0 then poll(0) end
+end
+
 -- cancel(): drops a request still in flight (a listing that stopped).
 function Future:cancel()
   if not self.id or self.done then return end
