@@ -300,6 +300,9 @@ function Reader:fetch_numbered()
   self:fill_window()
   local future = table.remove(self.inflight, 1)
   local response = future:wait()
+  -- responses that came in meanwhile free their places on the wire: the
+  -- next pages go out before this one is stored
+  self:fill_window()
   check_status(response)
   local body = response:json()
   local records = self.provider:records_of(body, response)
