@@ -15,7 +15,7 @@ local changed_out = arg[3]
 local change_every = changed_out and (math.tointeger(tonumber(arg[4] or "")) or error(USAGE)) or 0
 if changed_out and change_every < 1 then error(USAGE) end
 
-local first = { "Ada", "Alan", "Barbara", "Brian", "Claude", "Dennis", "Donald", "Edsger", "Frances", "Grace",
+local first = { "Ada", "Alan", "Barbara", "Brian", "Clarice", "Dennis", "Donald", "Edsger", "Frances", "Grace",
   "Guido", "Hedy", "John", "Ken", "Katherine", "Leslie", "Linus", "Margaret", "Niklaus", "Radia", "Rob",
   "Shafi", "Sophie", "Tim", "Tony", "Whitfield", "Yukihiro", "Zhang" }
 local last = { "Lovelace", "Turing", "Liskov", "Kernighan", "Shannon", "Ritchie", "Knuth", "Dijkstra",
