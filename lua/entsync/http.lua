@@ -33,12 +33,16 @@ local held = {}           -- transfer id -> the limits whose slot it holds
 
 -- Files a response that arrived: its slot is free at once, whoever waits
 -- for it and whenever they do.
-local function arrive(response)
-  local limits = held[response.id]
+local function free_slot(id)
+  local limits = held[id]
   if limits then
-    held[response.id] = nil
+    held[id] = nil
     limits:release()
   end
+end
+
+local function arrive(response)
+  free_slot(response.id)
   arrived[response.id] = response
 end
 
@@ -451,11 +455,7 @@ function M.run(tasks)
         -- sleep is on the wire during it
         for _, r in ipairs(get_client():poll(math.max(0, timeout))) do
           local entry = waiting[r.id]
-          local limits = held[r.id]
-          if limits then
-            held[r.id] = nil
-            limits:release()
-          end
+          free_slot(r.id)
           if entry then
             waiting[r.id] = nil
             entry.args = { r }
