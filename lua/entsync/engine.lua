@@ -872,6 +872,30 @@ local function record_source(run, reader, state, incremental)
   return source
 end
 
+local function as_entsync_error(e)
+  if errors.is(e) then return e end
+  return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+end
+
+-- Runs body(runs) holding the sync's lease, where body puts the run it
+-- makes in runs[1]. On an error the batch in progress is rolled back, a
+-- listing still open is closed, the run is logged as failed with the
+-- error, the lease is released and the error raised again.
+local function leased(session, sync, body)
+  session:lock(sync)
+  local runs = {}
+  local ok, result = xpcall(body, as_entsync_error, runs)
+  if not ok then
+    session:rollback()
+    local run = runs[1]
+    if run and run.reader and run.reader.close then pcall(run.reader.close, run.reader) end
+    if run and run.run_id and session.store:is_open() then pcall(run.finish, run, "error", nil, result.message) end
+  end
+  session:unlock(sync)
+  if not ok then error(result, 0) end
+  return result
+end
+
 -- Runs one managed import of sync: full or incremental, optionally limited.
 -- Each batch is read first, outside any transaction, then written in one
 -- short transaction with its checkpoint, so other programs and runs wait
@@ -879,10 +903,9 @@ end
 function M.run_import(session, sync, options)
   options = options or {}
   local store = session.store
-  session:lock(sync)
-  local run
-  local ok, result = xpcall(function()
-    run = M.new_run(session, sync, "run")
+  return leased(session, sync, function(runs)
+    local run = M.new_run(session, sync, "run")
+    runs[1] = run
     local settings = sync.import
     local state = run.state
     local started = core.now()
@@ -1008,29 +1031,15 @@ function M.run_import(session, sync, options)
     run:finish(status, cursor.format(state.cursor_mark, state.cursor_id))
     return { sync = sync.name, counts = run.counts, complete = complete, status = status, stopped = stopped,
       cursor = cursor.format(state.cursor_mark, state.cursor_id) }
-  end, function(e)
-    if errors.is(e) then return e end
-    return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
   end)
-  if not ok then
-    session:rollback()
-    if run and run.reader and run.reader.close then pcall(run.reader.close, run.reader) end
-    if run and run.run_id and store:is_open() then
-      pcall(run.finish, run, "error", nil, result.message)
-    end
-  end
-  session:unlock(sync)
-  if not ok then error(result, 0) end
-  return result
 end
 
 -- Imports single records by remote id (import) or by local id (refresh),
 -- within one run logged as that operation.
 local function run_single(session, sync, operation, remote_ids)
-  session:lock(sync)
-  local run
-  local ok, result = xpcall(function()
-    run = M.new_run(session, sync, operation)
+  return leased(session, sync, function(runs)
+    local run = M.new_run(session, sync, operation)
+    runs[1] = run
     run.careful = true
     if not session.dry then run:start(operation, nil) end
     if type(run.provider.get) ~= "function" then
@@ -1060,17 +1069,7 @@ local function run_single(session, sync, operation, remote_ids)
     local status = run.counts.failed > 0 and "failed" or "ok"
     run:finish(status, nil)
     return { sync = sync.name, counts = run.counts, complete = true, status = status }
-  end, function(e)
-    if errors.is(e) then return e end
-    return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
   end)
-  if not ok then
-    session:rollback()
-    if run and run.run_id and session.store:is_open() then pcall(run.finish, run, "error", nil, result.message) end
-  end
-  session:unlock(sync)
-  if not ok then error(result, 0) end
-  return result
 end
 
 function M.import_one(session, sync, remote_id)
@@ -1098,9 +1097,9 @@ function M.refresh(session, sync, local_ids)
 end
 
 function M.retry(session, sync)
-  session:lock(sync)
-  local ok, result = pcall(function()
+  return leased(session, sync, function(runs)
     local run = M.new_run(session, sync, "retry")
+    runs[1] = run
     run.careful = true
     if not session.dry then run:start("retry", nil) end
     run:retry_failures(true)
@@ -1108,10 +1107,6 @@ function M.retry(session, sync)
     run:finish(status, nil)
     return { sync = sync.name, counts = run.counts, complete = true, status = status }
   end)
-  if not ok then session:rollback() end
-  session:unlock(sync)
-  if not ok then error(errors.wrap(result), 0) end
-  return result
 end
 
 -- A summary line of one run's counts.

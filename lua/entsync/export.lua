@@ -299,13 +299,23 @@ local function describe(e)
   return errors.is(e) and e.message or errors.strip_position(tostring(e))
 end
 
+-- Runs body(counts, run_id) holding the sync's lease, logged as one run of
+-- the operation; an error ends the run logged with it and is raised again.
+local function exporting(session, sync, operation, body)
+  session:lock(sync)
+  local counts = new_counts()
+  local run_id = start_run(session, sync, operation)
+  local ok, err = pcall(body, counts, run_id)
+  finish_run(session, run_id, counts, not ok and describe(err) or nil)
+  session:unlock(sync)
+  if not ok then error(errors.wrap(err), 0) end
+  return { sync = sync.name, counts = counts, complete = true, export = true }
+end
+
 -- export SYNC LOCAL_ID... : exports the listed local entities (of the
 -- sync's first entity) now, whatever the outbox holds.
 function M.export_list(session, sync, ids)
-  session:lock(sync)
-  local counts = new_counts()
-  local run_id = start_run(session, sync, "export")
-  local ok, err = pcall(function()
+  return exporting(session, sync, "export", function(counts, run_id)
     local entity = sync.entities[1]
     local width = sync.provider.config.concurrency or 4
     local jobs = {}
@@ -322,10 +332,6 @@ function M.export_list(session, sync, ids)
       end
     end)
   end)
-  finish_run(session, run_id, counts, not ok and describe(err) or nil)
-  session:unlock(sync)
-  if not ok then error(errors.wrap(err), 0) end
-  return { sync = sync.name, counts = counts, complete = true, export = true }
 end
 
 -- Drains the outbox of a sync that exports on change: the due rows of its
@@ -334,12 +340,9 @@ end
 -- attempts and error and is retried with backoff.
 function M.drain(session, sync)
   local store = session.store
-  session:lock(sync)
-  local counts = new_counts()
-  local run_id = start_run(session, sync, "outbox")
   local entities = cjson.encode(sync.entities)
   local width = sync.provider.config.concurrency or 4
-  local ok, err = pcall(function()
+  return exporting(session, sync, "outbox", function(counts, run_id)
     local seen = {}
     while true do
       local due = store:rows(SQL.due, entities, core.now(), sync.export.batch)
@@ -394,10 +397,6 @@ function M.drain(session, sync)
       if session.should_stop and session.should_stop() then break end
     end
   end)
-  finish_run(session, run_id, counts, not ok and describe(err) or nil)
-  session:unlock(sync)
-  if not ok then error(errors.wrap(err), 0) end
-  return { sync = sync.name, counts = counts, complete = true, export = true }
 end
 
 function M.summary(result, seconds)
