@@ -4,6 +4,7 @@
 --   provider "ndjson" { dir = "inbox" }                 -- a drop folder
 --   provider "ndjson" { path = "data/contacts.ndjson" } -- one file
 
+local core = require "entsync.core"
 local filesource = require "entsync.filesource"
 
 local find = string.find
@@ -32,6 +33,21 @@ local function open(f, name)
     local record, err = decode_object(line)
     if record then return record end
     return false, located(name, line_no, err), line
+  end
+
+  -- next_unknown(known, seed, max) -> line | nil, skipped: lines whose
+  -- hash is in `known` are skipped in C (at most max); the first line goes
+  -- through next_raw for its BOM.
+  function source.next_unknown(known, seed, max)
+    if line_no == 0 then
+      local line = source.next_raw()
+      if not line then return nil, 0 end
+      if known:has(core.hash_bytes(line, seed)) then return nil, 1, true end
+      return line, 0
+    end
+    local line, skipped, lines = core.skip_known(f, known, seed, max)
+    line_no = line_no + lines
+    return line, skipped, line == nil and skipped >= max
   end
 
   function source.next()

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 
 #define HASH_MAX_DEPTH 64
 
@@ -462,6 +463,51 @@ static int hash_integerize(lua_State *L)
     return 1;
 }
 
+/* skip_known(file, set, seed, max) -> line | nil, skipped, lines
+ * Reads lines from a Lua file handle; a line whose hash (FNV-1a 64 of its
+ * bytes continued from seed) is in the set is a record known unchanged and
+ * is skipped, at most max of them; blank lines are passed over. Returns
+ * the first unknown line (nil at the end of the file or when max were
+ * skipped), how many were skipped and how many lines were read. This is
+ * the whole of an unchanged re-import's work per line, so it is in C. */
+static int hash_skip_known(lua_State *L)
+{
+    luaL_Stream *stream = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    entsync_hashset *set = luaL_checkudata(L, 2, HASHSET_META);
+    uint64_t seed = (uint64_t)luaL_checkinteger(L, 3);
+    lua_Integer max = luaL_checkinteger(L, 4);
+    if (!stream->closef || !stream->f)
+        return luaL_error(L, "skip_known: the file is closed");
+    char *line = NULL;
+    size_t cap = 0;
+    lua_Integer skipped = 0, lines = 0;
+    ssize_t len;
+    int found = 0;
+    while (skipped < max && (len = getline(&line, &cap, stream->f)) >= 0) {
+        lines++;
+        if (len > 0 && line[len - 1] == '\n')
+            len--;
+        ssize_t i = 0;
+        while (i < len && (line[i] == ' ' || line[i] == '\t' || line[i] == '\r'))
+            i++;
+        if (i == len)
+            continue; /* blank: no record */
+        if (hashset_has_hash(set, entsync_hash_continue(seed, line, (size_t)len))) {
+            skipped++;
+            continue;
+        }
+        lua_pushlstring(L, line, (size_t)len);
+        found = 1;
+        break;
+    }
+    free(line);
+    if (!found)
+        lua_pushnil(L);
+    lua_pushinteger(L, skipped);
+    lua_pushinteger(L, lines);
+    return 3;
+}
+
 /* hash_bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
  * from seed when given. */
 static int hash_bytes(lua_State *L)
@@ -489,6 +535,8 @@ void entsync_hash_register(lua_State *L)
     lua_setfield(L, -2, "hash_bytes");
     lua_pushcfunction(L, hash_integerize);
     lua_setfield(L, -2, "integerize");
+    lua_pushcfunction(L, hash_skip_known);
+    lua_setfield(L, -2, "skip_known");
     lua_pushcfunction(L, hashset_new);
     lua_setfield(L, -2, "hashset");
 

@@ -843,13 +843,28 @@ local function record_source(run, reader, state, incremental)
       and not store:value(SQL.uses_refs, "refs:" .. sync.name) then
     local known = store:hash_set(SQL.raw_hashes, sync.name, sync.entities[1])
     local fingerprint = sync.fingerprint
-    function source.next()
+    -- Runs of known lines are skipped by the reader in C: UNCHANGED then
+    -- carries how many. A line found after such a run waits in `pending`.
+    local pending
+    function source.next(room)
       while true do
-        local text, err = reader:next_raw()
+        local text, skipped, err = pending, 0, nil
+        pending = nil
+        if not text then
+          if reader.next_unknown then
+            text, skipped, err = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
+          else
+            text, err = reader:next_raw()
+            if text and known:has(core.hash_bytes(text, fingerprint)) then text, skipped = nil, 1 end
+          end
+          if skipped > 0 then
+            pending = text
+            return UNCHANGED, skipped
+          end
+        end
         if text == nil then return nil end
         if text == false then return UNREADABLE, err end
         local raw_hash = core.hash_bytes(text, fingerprint)
-        if known:has(raw_hash) then return UNCHANGED end
         local record
         record, err = reader:decode(text)
         if record == false then return UNREADABLE, err, text end
@@ -953,7 +968,7 @@ function M.run_import(session, sync, options)
 
     local function handle(kind, value, extra)
       if kind == UNCHANGED then
-        run.counts.unchanged = run.counts.unchanged + 1
+        run.counts.unchanged = run.counts.unchanged + value
       elseif kind == UNREADABLE then
         -- An input that could not be read has no id: it is kept under its
         -- place in the input ("@contacts.ndjson:7"), with its text.
@@ -968,15 +983,17 @@ function M.run_import(session, sync, options)
 
     local kinds, values, extras = {}, {}, {}
     while true do
-      local n, exhausted = 0, false
-      while n < settings.batch and processed + n < limit do
+      local n, taken, exhausted = 0, 0, false
+      while n < settings.batch and processed + taken < limit do
         -- Records in hand are written while the network works: a batch
         -- ends early when the next record would have to wait for it.
         if n > 0 and reader.ready and not reader:ready() then break end
-        local kind, value, extra = source.next()
+        local room = limit - processed - taken
+        local kind, value, extra = source.next(room == math.huge and 65536 or room)
         if kind == nil then exhausted = true; break end
         n = n + 1
         kinds[n], values[n], extras[n] = kind, value, extra
+        taken = taken + (kind == UNCHANGED and value or 1)
       end
       -- The write phase never yields: other tasks' requests wait, and no
       -- other task runs inside this transaction.
@@ -1007,7 +1024,7 @@ function M.run_import(session, sync, options)
         run_max, ordered, state.pass_unreadable = saved.run_max, saved.ordered, saved.unreadable
       end
       http.blocking(run.write_batch, run, write_all, snapshot, restore)
-      processed = processed + n
+      processed = processed + taken
       for i = 1, n do values[i], extras[i] = nil, nil end
       if not session.dry and reader.committed and (source.moves_each_batch or complete) then
         local moved, move_err = reader:committed()

@@ -107,7 +107,7 @@ local function new_reader(provider, files, dropdir, offset)
     _dropdir = dropdir,        -- nil for a single named file: never moved
     _pending = {},             -- finished files waiting for committed()
   }, Reader)
-  if not provider._raw then reader.next_raw = false end
+  if not provider._raw then reader.next_raw, reader.next_unknown = false, false end
   return reader
 end
 
@@ -178,6 +178,47 @@ end
 -- recognise an unchanged record by its bytes without decoding it.
 function Reader:next_raw()
   return self:_pull("next_raw")
+end
+
+-- next_unknown(known, seed, max) -> text | nil, skipped: like next_raw,
+-- but records whose bytes hash (from seed) into `known` are skipped by the
+-- source without reaching Lua, at most max of them per call; nil with
+-- skipped > 0 means "call again", nil with 0 the end of all input.
+function Reader:next_unknown(known, seed, max)
+  if self._closed then return nil, 0 end
+  if self._skip > 0 then
+    -- a resume offset is skipped record by record first
+    local text, err = self:next_raw()
+    if text == nil then return nil, 0 end
+    if text == false then return false, 0, err end
+    if known:has(core.hash_bytes(text, seed)) then return nil, 1 end
+    return text, 0
+  end
+  while true do
+    local current = self._current
+    if not current then
+      local entry = self._files[self._index]
+      if not entry then return nil, 0 end
+      local err
+      current, err = self:_open(entry)
+      if not current then
+        self._index = self._index + 1
+        return false, 0, err
+      end
+      self._current = current
+    end
+    local text, skipped, more = current.source.next_unknown(known, seed, max)
+    current.count = current.count + skipped
+    self.position = self.position + skipped
+    self._last = current.source
+    if text then
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return text, skipped
+    end
+    if skipped > 0 then return nil, skipped end
+    if not more then self:_finish(current) end
+  end
 end
 
 function Reader:decode(text)
