@@ -45,21 +45,10 @@ function M.peek(dir, sql)
   return lines
 end
 
--- Rows of a query through entsync's own store (a fresh connection).
-function M.query(dir, sql, ...)
-  return helpers.query(M.db(dir), sql, ...)
-end
-
-function M.value(dir, sql, ...)
-  local row = M.query(dir, sql, ...)[1]
-  if not row then return nil end
-  local _, v = next(row)
-  return v
-end
-
-function M.count(dir, table_name, where)
-  return M.value(dir, "SELECT count(*) AS n FROM " .. table_name .. (where and (" WHERE " .. where) or ""))
-end
+-- Rows of a query through entsync's own store (a fresh connection): the
+-- import specs' helpers, for the same job layout (entsync.db in dir).
+local import_support = require "import_support"
+M.query, M.value, M.count = import_support.query, import_support.value, import_support.count
 
 function M.outbox(dir)
   return M.query(dir, "SELECT id, entity, local_id, operation, queued_at, attempts, last_error, next_at "
