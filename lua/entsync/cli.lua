@@ -363,6 +363,18 @@ function commands.export(job, args, options)
         if not ids[i] then usage_error("local ids are integers, got %s", id) end
       end
     end
+    if options.dry_run then
+      -- what would be sent, one JSON line per entity; nothing is written
+      for _, id in ipairs(ids) do
+        local remote_id, rows = export.gather(session, sync, entity, id)
+        if not rows[entity] then usage_error("local %s %s does not exist", entity, tostring(id)) end
+        local record = export.remote_record(session, sync, rows, { sync = sync.name, local_id = id, log = options.log })
+        print(cjson.encode({ local_id = id, remote_id = remote_id or cjson.null,
+          operation = remote_id and "update" or "create", record = record }))
+      end
+      print(string.format("%s: would export %d (dry run: nothing was sent or written)", sync.name, #ids))
+      return 0
+    end
     local started = core.monotonic()
     local result = export.export_list(session, sync, ids)
     print(export.summary(result, core.monotonic() - started))

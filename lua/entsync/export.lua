@@ -48,6 +48,17 @@ local SQL = {
 }
 M.SQL = SQL
 
+-- Runs fn inside one short write transaction, rolled back if it fails.
+local function in_transaction(store, fn)
+  store:run("BEGIN IMMEDIATE")
+  local ok, err = pcall(fn)
+  if not ok then
+    store:run("ROLLBACK")
+    error(err, 0)
+  end
+  store:run("COMMIT")
+end
+
 local function local_row(store, entity, id)
   return store:row(string.format('SELECT * FROM "%s" WHERE id = ?1', entity), id)
 end
@@ -198,8 +209,14 @@ function M.export_one(session, sync, entity, id, run_id)
             local run = session:dependent_run(sync)
             session:begin()
             -- decided: the local change is dropped, not met again as a conflict
-            for name, local_id in pairs(ids) do store:run(SQL.drop, name, local_id) end
-            local outcome, message = run:process(current)
+            local ok, outcome, message = pcall(function()
+              for name, local_id in pairs(ids) do store:run(SQL.drop, name, local_id) end
+              return run:process(current)
+            end)
+            if not ok then
+              session:rollback()
+              error(outcome, 0)
+            end
             session:commit()
             if outcome == "failed" then errors.raise("entity", "importing the remote version failed: " .. tostring(message)) end
           end)
@@ -225,13 +242,11 @@ function M.export_one(session, sync, entity, id, run_id)
   end
   local echo = type(answer) == "table" and next(answer) ~= nil and answer or record
   local hash, changed = echo_of(sync, echo, ctx)
-  http.blocking(function()
-    store:run("BEGIN IMMEDIATE")
+  http.blocking(in_transaction, store, function()
     local now = core.now()
     for name, local_id in pairs(ids) do
       store:run(SQL.save_map, sync.name, name, local_id, remote_id, changed, hash, now)
     end
-    store:run("COMMIT")
   end)
   return outcome, remote_id
 end
