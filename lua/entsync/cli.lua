@@ -134,8 +134,15 @@ function commands.check(job)
     local mode = import.mode .. (import.mode == "incremental" and (" on " .. import.changed) or "")
     if import.limit then mode = mode .. ", limit " .. import.limit end
     local depends = #sync.depends_on > 0 and ("; after " .. table.concat(sync.depends_on, ", ")) or ""
-    say("  %-16s %s -> %s; %s, deletes %s%s", name, describe_remote(sync), table.concat(sync.entities, ", "),
-      mode, import.deletes, depends)
+    local export = ""
+    if sync.export then
+      export = string.format("; exports%s (deletes %s)", sync.export.on_change and " on change" or "",
+        sync.export.deletes)
+    end
+    local schedule = sync.schedule and ("; schedule " .. sync.schedule.text) or ""
+    if not import.enabled then mode = "no import" end
+    say("  %-16s %s -> %s; %s%s%s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "),
+      mode, import.enabled and (", deletes " .. import.deletes) or "", depends, export, schedule)
   end
   print(table.concat(out, "\n"))
   return 0
