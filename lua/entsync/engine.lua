@@ -596,7 +596,7 @@ function Run:local_wins(rows, record, remote_id, hash, changed)
   local export = require "entsync.export"
   local local_rows = {}
   for _, row in ipairs(rows) do
-    local_rows[row.entity] = store:row(string.format('SELECT * FROM "%s" WHERE id = ?1', row.entity), row.local_id)
+    local_rows[row.entity] = export.local_row(store, row.entity, row.local_id)
   end
   local winner = export.resolve_conflict(self.session, self.sync, self.run_id, {
     entity = rows[1].entity, local_id = rows[1].local_id, remote_id = remote_id, local_rows = local_rows,

@@ -24,7 +24,6 @@ local id_text = require("entsync.cursor").id_text
 local SQL = {
   map_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
   map_remote = "SELECT entity, local_id, hash, changed FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
-  remote_of_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
   save_map = [[INSERT INTO entsync_idmap (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, (SELECT pass FROM entsync_state WHERE sync = ?1))
     ON CONFLICT (sync, remote_id, entity) DO UPDATE SET local_id = excluded.local_id, changed = excluded.changed,
@@ -59,9 +58,11 @@ local function in_transaction(store, fn)
   store:run("COMMIT")
 end
 
-local function local_row(store, entity, id)
+-- The local row of entity id, or nil.
+function M.local_row(store, entity, id)
   return store:row(string.format('SELECT * FROM "%s" WHERE id = ?1', entity), id)
 end
+local local_row = M.local_row
 
 local function set_path(out, keys, value)
   local node = out
@@ -96,7 +97,7 @@ function M.remote_record(session, sync, rows, ctx)
         if map.is_refs(field.import) and value ~= null then
           local target = session.job.syncs[field.import.sync]
           local function remote_of(id)
-            return session.store:value(SQL.remote_of_local, target.name, target.entities[1], id)
+            return session.store:value(SQL.map_local, target.name, target.entities[1], id)
           end
           if type(value) == "table" then
             local ids = {}

@@ -154,14 +154,13 @@ local function new_env(ctx)
   function env.import(name, remote_id, opts)
     local sync = sync_of(name)
     local record = env.fetch(name, remote_id)
-    local store = ctx.session.store
-    local run = ctx.session:dependent_run(sync)
+    local session = ctx.session
+    local run = session:dependent_run(sync)
     local dry = opts and opts.dry
-    store:run("BEGIN IMMEDIATE")
-    store:run("INSERT INTO entsync_mark (owner) VALUES ('repl')")
+    -- an import's own batch: marked, so the outbox does not queue it
+    session:begin()
     local ok, outcome, message = pcall(run.process, run, record)
-    store:run("DELETE FROM entsync_mark")
-    store:run((dry or not ok) and "ROLLBACK" or "COMMIT")
+    if dry or not ok then session:rollback() else session:commit() end
     if not ok then error(outcome, 0) end
     return outcome .. (message and (": " .. message) or "") .. (dry and " (dry: rolled back)" or "")
   end
