@@ -132,24 +132,30 @@ function Reader:_finish(current)
   end
 end
 
+-- The file being read, opening the next one when needed: current | nil
+-- at the end of the files | false, message for a file that cannot be
+-- opened (it is passed over).
+function Reader:_current_file()
+  if self._current then return self._current end
+  local entry = self._files[self._index]
+  if not entry then return nil end
+  local current, err = self:_open(entry)
+  if not current then
+    self._index = self._index + 1
+    return false, err
+  end
+  self._current = current
+  return current
+end
+
 -- Pulls the next item through the current file's source with method
 -- ("next" for records, "next_raw" for undecoded text), moving across files
 -- and skipping the resume offset.
 function Reader:_pull(method)
   if self._closed then return nil end
   while true do
-    local current = self._current
-    if not current then
-      local entry = self._files[self._index]
-      if not entry then return nil end
-      local err
-      current, err = self:_open(entry)
-      if not current then
-        self._index = self._index + 1
-        return false, err
-      end
-      self._current = current
-    end
+    local current, open_err = self:_current_file()
+    if not current then return current, open_err end
     local item, err, raw = current.source[method](current.source)
     if item == nil then
       self:_finish(current)
@@ -195,18 +201,8 @@ function Reader:next_unknown(known, seed, max)
     return text, 0
   end
   while true do
-    local current = self._current
-    if not current then
-      local entry = self._files[self._index]
-      if not entry then return nil, 0 end
-      local err
-      current, err = self:_open(entry)
-      if not current then
-        self._index = self._index + 1
-        return false, 0, err
-      end
-      self._current = current
-    end
+    local current, open_err = self:_current_file()
+    if not current then return current, 0, open_err end
     local text, skipped, more = current.source.next_unknown(known, seed, max)
     current.count = current.count + skipped
     self.position = self.position + skipped
