@@ -327,9 +327,9 @@ end
 -- cancel(): drops a request still in flight (a listing that stopped).
 function Future:cancel()
   if not self.id or self.done then return end
-  local limits = held[self.id]
-  held[self.id] = nil
-  if get_client():cancel(self.id) and limits then limits:release() end
+  -- a response that arrived meanwhile freed the slot already
+  get_client():cancel(self.id)
+  free_slot(self.id)
   arrived[self.id] = nil
   self.done = true
 end
