@@ -330,7 +330,7 @@ pid, fd = pty.fork()
 if pid == 0:
     os.execv(bin, [bin, job, "repl"])
 buf = b""
-def until(needle, timeout=5.0):
+def until(needle, timeout=20.0):  # a sanitized build starts slowly
     global buf
     end = time.time() + timeout
     while needle not in buf and time.time() < end:
@@ -348,7 +348,7 @@ prompt = until(b"> ")
 os.write(fd, b"20 + 22\n")
 answer = until(b"42\r\n")
 os.write(fd, b"\x04")
-end = time.time() + 5
+end = time.time() + 20
 status = None
 while time.time() < end:
     done, st = os.waitpid(pid, os.WNOHANG)
@@ -362,7 +362,7 @@ if status is None:
 print("prompt=%s answer=%s status=%s" % (prompt, answer, status))
 print(repr(buf))
 ]])
-    local pipe = io.popen(string.format("cd %s && HOME=%s timeout 20 python3 %s %s job.lua 2>&1", helpers.quote(d),
+    local pipe = io.popen(string.format("cd %s && HOME=%s timeout 60 python3 %s %s job.lua 2>&1", helpers.quote(d),
       helpers.quote(d), helpers.quote(driver), helpers.quote(helpers.bin)))
     local output = pipe:read("a")
     pipe:close()
