@@ -131,6 +131,23 @@ describe("run: outcomes", function()
   end)
 end)
 
+describe("run: a remote id met twice in a first import", function()
+  for _, batch in ipairs({ 10, 2 }) do
+    it(string.format("keeps one entity, the later version (batch of %d)", batch), function()
+      S.job(dir, { mode = "full", batch = batch })
+      local records = { contact(1), contact(2), contact(1, { name = "Later" }), contact(3), contact(2) }
+      S.data(dir, records)
+      local r = S.run(dir, "run", "--no-progress")
+      assert.equal(0, r.code, r.stderr)
+      local c = summary(r.stdout)
+      assert.same({ 3, 1, 1, 0 }, { c.created, c.updated, c.unchanged, c.failed })
+      assert.same(S.expected({ contact(1, { name = "Later" }), contact(2), contact(3) }), S.contacts(dir))
+      assert.equal(3, S.count(dir, "entsync_idmap", "sync = 'contacts'"))
+      assert.equal(3, S.count(dir, "contact", "1"))
+    end)
+  end
+end)
+
 describe("run: failures", function()
   it("stores a failed record with its error, remote id and payload; the run goes on and exits 1", function()
     S.job(dir, {})

@@ -21,6 +21,7 @@ local LOCK_TTL = 60
 
 local SQL = {
   lookup = "SELECT entity, local_id, changed, hash FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
+  has_idmap = "SELECT 1 FROM entsync_idmap WHERE sync = ?1 LIMIT 1",
   lookup_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
   upsert_idmap = [[INSERT INTO entsync_idmap
       (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)
@@ -79,6 +80,9 @@ local SQL = {
 }
 
 local OUTCOMES = { "created", "updated", "unchanged", "stale", "failed", "deleted" }
+-- What the id map holds for a remote id that cannot be there, and its
+-- local ids. Read only.
+local NOT_STORED = {}
 M.outcomes = OUTCOMES
 -- A deferred entity waits for its dependency's next run, not for a clock.
 local WAITING = 1e300
@@ -430,21 +434,29 @@ end
 -- Writes the mapped entities of one remote record; returns the outcome.
 function Run:write(remote_id, changed, mapped, hash, rows, record, raw_hash)
   local store, sync = self.store, self.sync
-  local local_ids = {}
-  for _, row in ipairs(rows) do local_ids[row.entity] = row.local_id end
-  if sync.link then self:link(local_ids, remote_id, record) end
+  -- a record new to this sync (the common case of a first import) has no
+  -- local ids to gather, unless a link finds them in another sync
+  local local_ids = NOT_STORED
+  if rows[1] or sync.link then
+    local_ids = {}
+    for _, row in ipairs(rows) do local_ids[row.entity] = row.local_id end
+    if sync.link then self:link(local_ids, remote_id, record) end
+  end
+  local idmap_sql = rows[1] and SQL.upsert_idmap or SQL.insert_idmap
   local now = core.now()
-  for _, entity in ipairs(sync.mapping.entities) do
-    local writer = self:writer_for(entity, mapped[entity.name])
-    local row = mapping.storable(entity, mapped[entity.name])
+  local entities = sync.mapping.entities
+  for i = 1, #entities do
+    local entity = entities[i]
+    local values = mapped[entity.name]
+    local writer = self:writer_for(entity, values)
+    local row = mapping.storable(entity, values)
     local id = local_ids[entity.name]
     if id then
       if writer:update(id, row) == 0 then writer:insert(row, id) end
     else
       id = writer:insert(row)
     end
-    store:run(rows[1] and SQL.upsert_idmap or SQL.insert_idmap, sync.name, entity.name, id, remote_id, changed, hash,
-      raw_hash, now, self.pass)
+    store:run(idmap_sql, sync.name, entity.name, id, remote_id, changed, hash, raw_hash, now, self.pass)
   end
   return rows[1] and "updated" or "created"
 end
@@ -506,7 +518,10 @@ function Run:process(record, raw_hash)
   end
   local changed = sync.changed_field and record[sync.changed_field]
   if changed == null then changed = nil end
-  local rows = store:rows(SQL.lookup, sync.name, remote_id)
+  -- A run that began with no id map for its sync (a first import) skips
+  -- the lookup: a remote id met twice then fails on the id map's key,
+  -- and the batch is written again carefully, with lookups.
+  local rows = (self.fresh and not self.careful) and NOT_STORED or store:rows(SQL.lookup, sync.name, remote_id)
   local stored = rows[1]
   if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
     if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
@@ -921,6 +936,7 @@ function M.run_import(session, sync, options)
   return leased(session, sync, function(runs)
     local run = M.new_run(session, sync, "run")
     runs[1] = run
+    run.fresh = store:value(SQL.has_idmap, sync.name) == nil
     local settings = sync.import
     local state = run.state
     local started = core.now()
@@ -946,23 +962,23 @@ function M.run_import(session, sync, options)
     local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
     local limit = (source.moves_each_batch and settings.limit) or math.huge
     local ordered = source.ordered
-    local run_max -- the largest (mark, id) processed in this run
+    local max_mark, max_id -- the largest (mark, id) processed in this run
     local processed, complete, stopped = 0, false, false
 
     local function note_mark(record)
       local mark = mark_of(sync, record)
       if not incremental or mark == nil then return end
       local id = remote_id_text(record[sync.id_field]) or ""
-      if run_max and cursor.compare(mark, id, run_max.mark, run_max.id) < 0 then
+      local order = max_mark == nil and 1 or cursor.compare(mark, id, max_mark, max_id)
+      if order > 0 then
+        max_mark, max_id = mark, id
+      elseif order < 0 then
         if ordered then
           session.log("warn", string.format("sync \"%s\": the provider promised records in changed order but %s came after %s; "
             .. "the cursor now advances only when the run completes", sync.name, cursor.format(mark, id),
-            cursor.format(run_max.mark, run_max.id)))
+            cursor.format(max_mark, max_id)))
         end
         ordered = false
-      end
-      if not run_max or cursor.compare(mark, id, run_max.mark, run_max.id) > 0 then
-        run_max = { mark = mark, id = id }
       end
     end
 
@@ -1004,7 +1020,7 @@ function M.run_import(session, sync, options)
         end
         complete = exhausted and not source.truncated
         if incremental then
-          if run_max and (ordered or complete) then state.cursor_mark, state.cursor_id = run_max.mark, run_max.id end
+          if max_mark ~= nil and (ordered or complete) then state.cursor_mark, state.cursor_id = max_mark, max_id end
         elseif exhausted then
           run:apply_deletes(state.pass_unreadable == 1)
           if pass_from_start then run:clear_unseen_unreadable(started) end
@@ -1018,10 +1034,10 @@ function M.run_import(session, sync, options)
         if run.run_id then run:save_progress(cursor.format(state.cursor_mark, state.cursor_id)) end
       end
       local function snapshot()
-        return { run_max = run_max, ordered = ordered, unreadable = state.pass_unreadable }
+        return { max_mark = max_mark, max_id = max_id, ordered = ordered, unreadable = state.pass_unreadable }
       end
       local function restore(saved)
-        run_max, ordered, state.pass_unreadable = saved.run_max, saved.ordered, saved.unreadable
+        max_mark, max_id, ordered, state.pass_unreadable = saved.max_mark, saved.max_id, saved.ordered, saved.unreadable
       end
       http.blocking(run.write_batch, run, write_all, snapshot, restore)
       processed = processed + taken
