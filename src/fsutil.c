@@ -39,25 +39,42 @@ static int fs_listdir(lua_State *L)
         return push_errno(L, "cannot list", path);
     size_t count = 0, cap = 16;
     char **names = malloc(cap * sizeof *names);
+    int out_of_memory = names == NULL, read_errno = 0;
     struct dirent *entry;
-    while (names && (entry = readdir(dir)) != NULL) {
+    /* readdir says end and failure both with NULL; only errno tells them apart */
+    while (!out_of_memory && (errno = 0, entry = readdir(dir)) != NULL) {
         if (entry->d_name[0] == '.')
             continue;
         if (count == cap) {
             char **grown = realloc(names, 2 * cap * sizeof *names);
-            if (!grown)
+            if (!grown) {
+                out_of_memory = 1;
                 break;
+            }
             names = grown;
             cap *= 2;
         }
         names[count] = strdup(entry->d_name);
-        if (!names[count])
+        if (!names[count]) {
+            out_of_memory = 1;
             break;
+        }
         count++;
     }
+    if (!out_of_memory)
+        read_errno = errno;
     closedir(dir);
-    if (!names)
+    /* A partial listing would leave files silently unread: fail instead. */
+    if (out_of_memory || read_errno) {
+        for (size_t i = 0; i < count; i++)
+            free(names[i]);
+        free(names);
+        if (read_errno) {
+            errno = read_errno;
+            return push_errno(L, "cannot list", path);
+        }
         return luaL_error(L, "out of memory listing %s", path);
+    }
     qsort(names, count, sizeof *names, compare_names);
     lua_createtable(L, (int)count, 0);
     for (size_t i = 0; i < count; i++) {

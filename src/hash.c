@@ -43,6 +43,8 @@ typedef struct canon_buf {
 
 static void buf_add(lua_State *L, canon_buf *b, const char *s, size_t n)
 {
+    if (n == 0)
+        return; /* nothing to copy, and the buffer may not exist yet */
     if (b->len + n > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n)

@@ -505,7 +505,7 @@ static void push_lower(lua_State *L, const char *name)
 {
     char folded[IDENT_MAX + 1];
     size_t i = 0;
-    for (; name[i] && i < IDENT_MAX; i++)
+    for (; i < IDENT_MAX && name[i]; i++)
         folded[i] = (char)((name[i] >= 'A' && name[i] <= 'Z') ? name[i] - 'A' + 'a' : name[i]);
     lua_pushlstring(L, folded, i);
 }
