@@ -347,14 +347,23 @@ def until(needle, timeout=20.0):  # a sanitized build starts slowly
 prompt = until(b"> ")
 os.write(fd, b"20 + 22\n")
 answer = until(b"42\r\n")
+# End of input only once the next prompt is up: typed ahead while the
+# terminal is set up for the next line, it can be dropped.
+end = time.time() + 20
+while answer and b"> " not in buf.split(b"42\r\n", 1)[1] and time.time() < end:
+    until(b"\x00", 0.05)
 os.write(fd, b"\x04")
 end = time.time() + 20
+next_eof = time.time() + 5
 status = None
 while time.time() < end:
     done, st = os.waitpid(pid, os.WNOHANG)
     if done:
         status = os.waitstatus_to_exitcode(st)
         break
+    if time.time() > next_eof:
+        os.write(fd, b"\x04")
+        next_eof = time.time() + 5
     until(b"\x00", 0.05)
 if status is None:
     os.kill(pid, 9)
