@@ -1,24 +1,42 @@
 /*
- * bench_floor: the C floor scripts/bench compares entsync with.
+ * bench_floor: the C floors scripts/bench compares entsync with.
  *
  *   bench_floor DATA.ndjson STORE.db [BATCH]
+ *   bench_floor --store DATA.ndjson STORE.db [BATCH]
  *
- * Reads the NDJSON file line by line and upserts each raw line into one
- * SQLite table, raw(id INTEGER PRIMARY KEY, line TEXT), with one prepared
- * statement, in transactions of BATCH (5000) lines, WAL mode and
- * synchronous=NORMAL as entsync's store uses. No JSON parsing: the key is
- * the integer after the first "id": in the line (a cheap scan; the bench's
- * records start with it), or the line number when there is none. So this is
- * the least any importer of this file into SQLite has to do: read the bytes,
- * write them once, commit.
+ * Both read the NDJSON file line by line and write in transactions of BATCH
+ * (5000) lines, WAL mode and synchronous=NORMAL as entsync's store uses. No
+ * JSON parsing: the key is the integer after the first "id": in the line (a
+ * cheap scan; the bench's records start with it), or the line number when
+ * there is none.
+ *
+ * The raw floor upserts each line into one table, raw(id INTEGER PRIMARY
+ * KEY, line TEXT), with one prepared statement: the least any importer of
+ * this file into SQLite has to do (read the bytes, write them once, commit).
+ *
+ * The store floor (--store) writes, into an empty entsync store made by the
+ * bench job, the rows entsync writes for one record of that job's first
+ * import, with the statements entsync uses: a "user" and a "profile" row
+ * and their two id-map rows (a first import has no id map to look up). Values are slices of the line of about the
+ * real values' sizes, so nothing is decoded, mapped or hashed: it is what
+ * the store's own rows cost, a ceiling for any importer keeping entsync's
+ * id map, however fast its reading, mapping and hashing.
  *
  * Prints "N lines" on stdout; exits non-zero on any error.
  */
 #define _GNU_SOURCE
 #include <sqlite3.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+enum { STMT_UPSERT_RAW, STMT_USER, STMT_PROFILE, STMT_IDMAP, STMT_COUNT };
+
+typedef struct floor_db {
+    sqlite3 *db;
+    sqlite3_stmt *stmt[STMT_COUNT];
+} floor_db;
 
 static void die(sqlite3 *db, const char *what)
 {
@@ -32,10 +50,101 @@ static void exec(sqlite3 *db, const char *sql)
         die(db, sql);
 }
 
+static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
+{
+    sqlite3_stmt *stmt = NULL;
+    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+        die(db, sql);
+    return stmt;
+}
+
+static void step_done(sqlite3 *db, sqlite3_stmt *stmt, const char *what)
+{
+    if (sqlite3_step(stmt) != SQLITE_DONE)
+        die(db, what);
+    sqlite3_reset(stmt);
+}
+
+/* A slice of the line standing in for a mapped value of about that size. */
+static void bind_slice(sqlite3_stmt *stmt, int index, const char *line, size_t len, size_t at, size_t size)
+{
+    if (at >= len)
+        at = 0;
+    if (at + size > len)
+        size = len - at;
+    sqlite3_bind_text(stmt, index, line + at, (int)size, SQLITE_STATIC);
+}
+
+static void write_raw(floor_db *f, long long id, const char *line, size_t len)
+{
+    sqlite3_stmt *upsert = f->stmt[STMT_UPSERT_RAW];
+    sqlite3_bind_int64(upsert, 1, id);
+    sqlite3_bind_text(upsert, 2, line, (int)len, SQLITE_STATIC);
+    step_done(f->db, upsert, "upsert");
+}
+
+static void write_idmap(floor_db *f, const char *entity, sqlite3_int64 local_id, const char *remote_id,
+                        const char *line, size_t len, long long id)
+{
+    sqlite3_stmt *idmap = f->stmt[STMT_IDMAP];
+    sqlite3_bind_text(idmap, 1, "contacts", -1, SQLITE_STATIC);
+    sqlite3_bind_text(idmap, 2, entity, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(idmap, 3, local_id);
+    sqlite3_bind_text(idmap, 4, remote_id, -1, SQLITE_STATIC);
+    bind_slice(idmap, 5, line, len, 150, 20);
+    sqlite3_bind_int64(idmap, 6, (sqlite3_int64)((uint64_t)id * 0x9E3779B97F4A7C15u));
+    sqlite3_bind_int64(idmap, 7, (sqlite3_int64)((uint64_t)id * 0xC2B2AE3D27D4EB4Fu));
+    sqlite3_bind_double(idmap, 8, 1.7e9 + (double)id);
+    sqlite3_bind_null(idmap, 9);
+    step_done(f->db, idmap, "idmap insert");
+}
+
+static void write_store(floor_db *f, long long id, const char *line, size_t len)
+{
+    char remote_id[24];
+    snprintf(remote_id, sizeof remote_id, "%lld", id);
+
+    sqlite3_stmt *user = f->stmt[STMT_USER];
+    bind_slice(user, 1, line, len, 10, 30);
+    bind_slice(user, 2, line, len, 50, 17);
+    sqlite3_bind_int(user, 3, (int)(id & 1));
+    bind_slice(user, 4, line, len, 150, 20);
+    step_done(f->db, user, "user insert");
+    sqlite3_int64 user_id = sqlite3_last_insert_rowid(f->db);
+
+    sqlite3_stmt *profile = f->stmt[STMT_PROFILE];
+    bind_slice(profile, 1, line, len, 190, 8);
+    bind_slice(profile, 2, line, len, 200, 8);
+    bind_slice(profile, 3, line, len, 240, 14);
+    bind_slice(profile, 4, line, len, 220, 7);
+    step_done(f->db, profile, "profile insert");
+    sqlite3_int64 profile_id = sqlite3_last_insert_rowid(f->db);
+
+    write_idmap(f, "user", user_id, remote_id, line, len, id);
+    write_idmap(f, "profile", profile_id, remote_id, line, len, id);
+}
+
+static void prepare_store(floor_db *f)
+{
+    f->stmt[STMT_USER] = prepare(f->db,
+        "INSERT INTO \"user\" (\"email\",\"name\",\"status\",\"updated\") VALUES (?1,?2,?3,?4)");
+    f->stmt[STMT_PROFILE] = prepare(f->db,
+        "INSERT INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\") VALUES (?1,?2,?3,?4)");
+    f->stmt[STMT_IDMAP] = prepare(f->db,
+        "INSERT INTO entsync_idmap"
+        " (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)");
+}
+
 int main(int argc, char **argv)
 {
+    int store_mode = argc > 1 && strcmp(argv[1], "--store") == 0;
+    if (store_mode) {
+        argv++;
+        argc--;
+    }
     if (argc < 3) {
-        fprintf(stderr, "usage: bench_floor DATA.ndjson STORE.db [BATCH]\n");
+        fprintf(stderr, "usage: bench_floor [--store] DATA.ndjson STORE.db [BATCH]\n");
         return 2;
     }
     long batch = argc > 3 ? strtol(argv[3], NULL, 10) : 5000;
@@ -46,25 +155,25 @@ int main(int argc, char **argv)
         perror(argv[1]);
         return 1;
     }
-    sqlite3 *db = NULL;
-    if (sqlite3_open(argv[2], &db) != SQLITE_OK)
-        die(db, "open");
-    exec(db, "PRAGMA journal_mode=WAL");
-    exec(db, "PRAGMA synchronous=NORMAL");
-    exec(db, "CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, line TEXT NOT NULL)");
-    sqlite3_stmt *upsert = NULL;
-    if (sqlite3_prepare_v2(db,
-            "INSERT INTO raw (id, line) VALUES (?1, ?2) "
-            "ON CONFLICT (id) DO UPDATE SET line = excluded.line",
-            -1, &upsert, NULL) != SQLITE_OK)
-        die(db, "prepare");
+    floor_db f = {0};
+    if (sqlite3_open(argv[2], &f.db) != SQLITE_OK)
+        die(f.db, "open");
+    exec(f.db, "PRAGMA journal_mode=WAL");
+    exec(f.db, "PRAGMA synchronous=NORMAL");
+    if (store_mode) {
+        prepare_store(&f);
+    } else {
+        exec(f.db, "CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, line TEXT NOT NULL)");
+        f.stmt[STMT_UPSERT_RAW] = prepare(f.db,
+            "INSERT INTO raw (id, line) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET line = excluded.line");
+    }
 
     char *line = NULL;
     size_t cap = 0;
     ssize_t len;
     long long line_no = 0, stored = 0;
     long in_batch = 0;
-    exec(db, "BEGIN");
+    exec(f.db, "BEGIN");
     while ((len = getline(&line, &cap, in)) != -1) {
         line_no++;
         while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
@@ -79,28 +188,28 @@ int main(int argc, char **argv)
             if (end != key + 5)
                 id = parsed;
         }
-        sqlite3_bind_int64(upsert, 1, id);
-        sqlite3_bind_text(upsert, 2, line, (int)len, SQLITE_STATIC);
-        if (sqlite3_step(upsert) != SQLITE_DONE)
-            die(db, "upsert");
-        sqlite3_reset(upsert);
+        if (store_mode)
+            write_store(&f, id, line, (size_t)len);
+        else
+            write_raw(&f, id, line, (size_t)len);
         stored++;
         if (++in_batch == batch) {
-            exec(db, "COMMIT");
-            exec(db, "BEGIN");
+            exec(f.db, "COMMIT");
+            exec(f.db, "BEGIN");
             in_batch = 0;
         }
     }
-    exec(db, "COMMIT");
+    exec(f.db, "COMMIT");
     if (ferror(in)) {
         perror(argv[1]);
         return 1;
     }
     fclose(in);
     free(line);
-    sqlite3_finalize(upsert);
-    if (sqlite3_close(db) != SQLITE_OK)
-        die(db, "close");
+    for (int i = 0; i < STMT_COUNT; i++)
+        sqlite3_finalize(f.stmt[i]);
+    if (sqlite3_close(f.db) != SQLITE_OK)
+        die(f.db, "close");
     printf("%lld lines\n", stored);
     return 0;
 }
