@@ -93,6 +93,54 @@ describe("no loops between imports and exports", function()
     end
   end)
 
+  -- GETs of single records: the drain's conflict checks
+  local function record_reads(log)
+    local out = {}
+    for _, e in ipairs(log) do
+      if e.method == "GET" and e.path:match("^/api/contacts/%d+$") then out[#out + 1] = e.path end
+    end
+    return out
+  end
+
+  it("a local write that changes nothing the remote sees is drained without a request", function()
+    server.reset_log()
+    X.sql(dir, "UPDATE contact SET name = name")
+    assert.equal(N, #X.outbox(dir))
+    local export = X.summary(run().stdout, true)
+    assert.same({ 0, 0, N, 0 }, { export.created, export.updated, export.unchanged, export.failed })
+    assert.same({}, X.outbox(dir))
+    assert.same({}, X.writes(server.log()))
+    assert.same({}, record_reads(server.log()))
+    -- a real change after it still travels, once
+    local id = X.value(dir, "SELECT min(id) FROM contact")
+    X.sql(dir, string.format("UPDATE contact SET name = 'Real' WHERE id = %d", id))
+    export = X.summary(run().stdout, true)
+    assert.same({ 0, 1, 0 }, { export.created, export.updated, export.failed })
+    assert.equal(1, #X.writes(server.log(), { method = "PUT" }))
+  end)
+
+  it("a write to a column no field maps is drained without a request", function()
+    X.http_job(dir, server.url, { entities = 'entity "contact" { email = "text", name = "text", age = "integer", '
+      .. 'note = "text" }' })
+    run()
+    server.reset_log()
+    X.sql(dir, "UPDATE contact SET note = 'called on Monday'")
+    local export = X.summary(run().stdout, true)
+    assert.same({ 0, 0, N }, { export.created, export.updated, export.unchanged })
+    assert.same({}, X.writes(server.log()))
+    assert.same({}, record_reads(server.log()))
+    assert.same({}, X.outbox(dir))
+  end)
+
+  it("export SYNC LOCAL_ID sends the entity even when nothing changed", function()
+    local id = X.value(dir, "SELECT min(id) FROM contact")
+    server.reset_log()
+    local r = X.run(dir, "export", "contacts", tostring(id))
+    assert.equal(0, r.code, r.stdout .. r.stderr)
+    assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
+    assert.equal(1, #X.writes(server.log(), { method = "PUT" }))
+  end)
+
   it("a remote change is imported and not sent back", function()
     X.remote_put(server, "contacts", 103, { email = "c103@example.com", name = "Changed remotely", age = 3 })
     server.reset_log()

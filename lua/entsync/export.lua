@@ -175,10 +175,13 @@ local function echo_of(sync, record, ctx)
 end
 
 -- Exports one local entity; returns "created", "updated", "deleted",
--- "unchanged" (a conflict the remote won) or raises an entity error.
+-- "unchanged" (a conflict the remote won or, when changed_only, nothing
+-- the remote sees changed) or raises an entity error. An export asked for
+-- by name sends the entity whatever it holds; the outbox's drain passes
+-- changed_only.
 -- The caller runs it in a scheduler task or plainly; its store writes are
 -- short transactions that never yield.
-function M.export_one(session, sync, entity, id, run_id)
+function M.export_one(session, sync, entity, id, run_id, changed_only)
   local store, provider = session.store, session:provider(sync.provider)
   local resource = sync.export and sync.export.resource or sync.resource
   local remote_id, rows, ids = M.gather(session, sync, entity, id)
@@ -191,10 +194,17 @@ function M.export_one(session, sync, entity, id, run_id)
     -- its own, a new one has nothing to complete.
     return "unchanged", nil
   end
+  local record = M.remote_record(session, sync, rows, ctx)
+  local stored = remote_id and store:rows(SQL.map_remote, sync.name, remote_id)[1]
+  -- A local write that changed nothing the mapping carries (the same
+  -- values written again, or columns no field maps) leaves the remote as
+  -- it was last synced: nothing is sent.
+  if changed_only and stored and stored.hash ~= nil and echo_of(sync, record, ctx) == stored.hash then
+    return "unchanged", remote_id
+  end
   -- The remote changed since the last sync too: a conflict. (A file sink
   -- is a log of our writes: there is nothing to compare with.)
   if remote_id and type(provider.get) == "function" and not provider.log_sink then
-    local stored = store:rows(SQL.map_remote, sync.name, remote_id)[1]
     local current = provider:get(resource, remote_id)
     if current then
       local remote_hash, remote_changed = echo_of(sync, current, ctx)
@@ -226,7 +236,6 @@ function M.export_one(session, sync, entity, id, run_id)
       end
     end
   end
-  local record = M.remote_record(session, sync, rows, ctx)
   local outcome, answer
   if remote_id then
     answer = provider:update(resource, remote_id, record, ctx)
@@ -388,7 +397,7 @@ function M.drain(session, sync)
         local row = group.rows[1]
         jobs[i] = function()
           if row.operation == "delete" then return M.export_delete(session, sync, row.entity, row.local_id) end
-          return M.export_one(session, sync, row.entity, row.local_id, run_id)
+          return M.export_one(session, sync, row.entity, row.local_id, run_id, true)
         end
       end
       run_concurrently(width, jobs, function(i, done, outcome)
