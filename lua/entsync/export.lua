@@ -194,13 +194,18 @@ function M.export_one(session, sync, entity, id, run_id, changed_only)
     -- its own, a new one has nothing to complete.
     return "unchanged", nil
   end
-  local record = M.remote_record(session, sync, rows, ctx)
   local stored = remote_id and store:rows(SQL.map_remote, sync.name, remote_id)[1]
+  local record
   -- A local write that changed nothing the mapping carries (the same
   -- values written again, or columns no field maps) leaves the remote as
-  -- it was last synced: nothing is sent.
-  if changed_only and stored and stored.hash ~= nil and echo_of(sync, record, ctx) == stored.hash then
-    return "unchanged", remote_id
+  -- it was last synced: nothing is sent. (A record that cannot be built
+  -- fails below, where a conflict the remote wins may still settle it.)
+  if changed_only and stored and stored.hash ~= nil then
+    local built, built_record = pcall(M.remote_record, session, sync, rows, ctx)
+    if built then
+      if echo_of(sync, built_record, ctx) == stored.hash then return "unchanged", remote_id end
+      record = built_record
+    end
   end
   -- The remote changed since the last sync too: a conflict. (A file sink
   -- is a log of our writes: there is nothing to compare with.)
@@ -236,6 +241,7 @@ function M.export_one(session, sync, entity, id, run_id, changed_only)
       end
     end
   end
+  record = record or M.remote_record(session, sync, rows, ctx)
   local outcome, answer
   if remote_id then
     answer = provider:update(resource, remote_id, record, ctx)
