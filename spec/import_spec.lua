@@ -146,6 +146,25 @@ describe("run: a remote id met twice in a first import", function()
       assert.equal(3, S.count(dir, "contact", "1"))
     end)
   end
+
+  it("an input that repeats ids (a change log) is written again at most once", function()
+    local calls = dir .. "/calls.log"
+    S.job(dir, { mode = "full", batch = 2, mapping = string.format([[{ email = "email", age = "age",
+      name = { "name", import = function(value)
+        local f = assert(io.open(%q, "a")); f:write(".\n"); f:close(); return value
+      end } }]], calls) })
+    local records = { contact(1), contact(2), contact(1, { name = "B" }), contact(3), contact(2, { name = "C" }),
+      contact(4), contact(3, { name = "D" }) }
+    S.data(dir, records)
+    local r = S.run(dir, "run", "--no-progress")
+    assert.equal(0, r.code, r.stderr)
+    local c = summary(r.stdout)
+    assert.same({ 4, 3, 0 }, { c.created, c.updated, c.failed })
+    local n = 0
+    for _ in io.lines(calls) do n = n + 1 end
+    -- the batch that meets the first repeat is mapped again; later batches look ids up
+    assert.is_true(n <= #records + 2, n .. " calls")
+  end)
 end)
 
 describe("run: failures", function()

@@ -587,6 +587,9 @@ function Run:write_batch(fn, snapshot, restore)
   if not errors.is(err, "redo") then error(err, 0) end
   self.counts, self.failing, self.failures_shown = saved.counts, saved.failing, saved.failures_shown
   restore(saved.extra)
+  -- An input that repeats remote ids (a change log) would replay batch
+  -- after batch: one replay ends the first import's unchecked writes.
+  self.fresh = false
   self.careful, self.replaying = true, true
   session:begin()
   ok, err = pcall(fn)
