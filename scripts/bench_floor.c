@@ -17,10 +17,11 @@
  * The store floor (--store) writes, into an empty entsync store made by the
  * bench job, the rows entsync writes for one record of that job's first
  * import, with the statements entsync uses: a "user" and a "profile" row
- * and their two id-map rows (a first import has no id map to look up). Values are slices of the line of about the
- * real values' sizes, so nothing is decoded, mapped or hashed: it is what
- * the store's own rows cost, a ceiling for any importer keeping entsync's
- * id map, however fast its reading, mapping and hashing.
+ * and their two id-map rows (a first import has no id map to look up).
+ * Values are slices of the line of about the real values' sizes, so
+ * nothing is decoded, mapped or hashed: it is what the store's own rows
+ * cost, a ceiling for any importer keeping entsync's id map, however fast
+ * its reading, mapping and hashing.
  *
  * Prints "N lines" on stdout; exits non-zero on any error.
  */
