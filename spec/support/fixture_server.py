@@ -646,7 +646,10 @@ class Handler(BaseHTTPRequestHandler):
                 if body.get("updated_at") is None:
                     body["updated_at"] = state.now()
                 records.append(body)
-                state.touched(name)
+                state.touched(name, moved=False)
+                index = state.id_index.get(name)
+                if index is not None:  # appended: every other record keeps its position
+                    index.setdefault(str(body["id"]), len(records) - 1)
                 if key:
                     state.idempotent[key] = (name, body)
             return 201, body, {}
