@@ -5,7 +5,6 @@
 -- its request log as the record of what was sent, and an ndjson file sink.
 
 local core = require "entsync.core"
-local fixture = require "fixture"
 local helpers = require "helpers"
 local S = require "http_support"
 local X = require "export_support"
@@ -35,22 +34,9 @@ end
 describe("change capture", function()
   local server, dir
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(5, 101) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
+  helpers.remote_for_each_test({ contacts = X.records(5, 101) }, function(remote, tmp)
+    server, dir = remote, tmp
     X.http_job(dir, server.url, { export = "{ }" })
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
   end)
 
   it("an import of N records queues nothing, and entsync_mark is empty afterwards", function()
@@ -165,23 +151,10 @@ end)
 describe("export SYNC to the fixture remote", function()
   local server, dir
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(3, 101) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
+  helpers.remote_for_each_test({ contacts = X.records(3, 101) }, function(remote, tmp)
+    server, dir = remote, tmp
     X.http_job(dir, server.url, { export = "{ }" })
     ok_run(dir) -- imports 101..103
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
   end)
 
   local function insert(name)
@@ -373,21 +346,8 @@ end)
 describe("run drains the outbox of on_change syncs", function()
   local server, dir
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(4, 101) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
+  helpers.remote_for_each_test({ contacts = X.records(4, 101) }, function(remote, tmp)
+    server, dir = remote, tmp
   end)
 
   it("imports, then exports the queued changes: updates by PUT, new rows by POST", function()
@@ -455,27 +415,14 @@ describe("merge on export: one remote record from two local entities", function(
     { id = 2, email = "bob@x", name = "Bob", phone = "222", company = "Bco", updated_at = "2026-01-01T00:00:02Z" },
   }
 
-  setup(function()
-    server = fixture.start({ resources = { people = PEOPLE } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
+  helpers.remote_for_each_test({ people = PEOPLE }, function(remote, tmp)
+    server, dir = remote, tmp
     X.http_job(dir, server.url, {
       entities = 'entity "user" { email = "text", name = "text" }\nentity "profile" { phone = "text", company = "text" }',
       entity = '{ "user", "profile" }', resource = "api/people",
       mapping = '{ user = { email = "email", name = "name" }, profile = { phone = "phone", company = "company" } }',
     })
     ok_run(dir)
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
   end)
 
   local function ids_of(remote_id)
@@ -533,22 +480,9 @@ end)
 describe("conflicts: both sides changed since the last sync", function()
   local server, dir, calls
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(3, 101) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
+  helpers.remote_for_each_test({ contacts = X.records(3, 101) }, function(remote, tmp)
+    server, dir = remote, tmp
     calls = dir .. "/calls.txt"
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
   end)
 
   local ORIGINAL = X.records(1, 101)[1]
@@ -723,21 +657,8 @@ describe("a remote that fails mid-batch, then recovers", function()
   local server, dir
   local FAILING = { 2, 5, 7 }
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(10) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
+  helpers.remote_for_each_test({ contacts = X.records(10) }, function(remote, tmp)
+    server, dir = remote, tmp
   end)
 
   it("exports what it can, keeps the failures with backoff, and sends each record exactly once in the end", function()

@@ -22,21 +22,8 @@ end
 describe("http_json", function()
   local server, dir
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = CONTACTS, others = OTHERS, items = S.records(3, 100) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
+  helpers.remote_for_each_test({ contacts = CONTACTS, others = OTHERS, items = S.records(3, 100) }, function(remote, tmp)
+    server, dir = remote, tmp
   end)
 
   -- Writes a one-sync job on resource with the provider config and runs it.

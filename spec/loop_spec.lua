@@ -6,7 +6,6 @@
 -- remote write per real change, and its echo (the next import meeting the
 -- record it just wrote) must write nothing and queue nothing.
 
-local fixture = require "fixture"
 local helpers = require "helpers"
 local X = require "export_support"
 
@@ -15,26 +14,13 @@ local N = 5
 describe("no loops between imports and exports", function()
   local server, dir
 
-  setup(function()
-    server = fixture.start({ resources = { contacts = X.records(N, 101) } })
-  end)
-
-  teardown(function()
-    if server then server.stop() end
-  end)
-
-  before_each(function()
-    server.reset()
-    dir = helpers.tmpdir()
+  helpers.remote_for_each_test({ contacts = X.records(N, 101) }, function(remote, tmp)
+    server, dir = remote, tmp
     X.http_job(dir, server.url)
     local r = X.run(dir)
     assert.equal(0, r.code, r.stderr)
     assert.equal(N, X.summary(r.stdout).created, r.stdout)
     X.audit(dir)
-  end)
-
-  after_each(function()
-    helpers.rmdir(dir)
   end)
 
   local function run()

@@ -25,6 +25,29 @@ function M.rmdir(dir)
   if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
 end
 
+-- Inside a describe block: one fixture remote holding resources for the
+-- whole block (spec/support/fixture.lua), reset before each test, and a
+-- fresh temp dir for each test, removed after it. prepare(server, dir) runs
+-- before each test, first among the block's own before_each hooks.
+function M.remote_for_each_test(resources, prepare)
+  local hooks = require "busted"
+  local server, dir
+  hooks.setup(function()
+    server = require("fixture").start({ resources = resources })
+  end)
+  hooks.teardown(function()
+    if server then server.stop() end
+  end)
+  hooks.before_each(function()
+    server.reset()
+    dir = M.tmpdir()
+    prepare(server, dir)
+  end)
+  hooks.after_each(function()
+    M.rmdir(dir)
+  end)
+end
+
 function M.write(path, content)
   local dir = path:match("^(.*)/[^/]*$")
   if dir then os.execute("mkdir -p " .. shell_quote(dir)) end
