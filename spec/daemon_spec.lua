@@ -183,7 +183,7 @@ describe("daemon", function()
       local N, BATCH = 80, 10
       -- delay: seconds per record (the store does not depend on it)
       local function slow_job(dir, delay)
-        D.install_slow_provider(dir)
+        helpers.install_slow_provider(dir)
         S.job(dir, { mode = "full", batch = BATCH, remote = 'files "contacts"',
           provider = string.format('provider "slow" { count = %d, delay = %s }', N, delay) })
         -- give the sync a schedule that comes round while it still runs
@@ -231,7 +231,7 @@ describe("daemon", function()
 
   describe("never runs a sync twice at once", function()
     local function slow_setup(dir, lines)
-      D.install_slow_provider(dir)
+      helpers.install_slow_provider(dir)
       helpers.write(dir .. "/job.lua", table.concat(lines, "\n") .. "\n")
     end
 

@@ -53,7 +53,7 @@ local function leases()
 end
 
 local function slow_job(count, delay, list_delay)
-  S.install_slow_provider(dir)
+  helpers.install_slow_provider(dir)
   S.job(dir, { provider = string.format('provider "slow" { count = %d, delay = %s, list_delay = %s }', count, delay,
     list_delay or 0), remote = "files", batch = 2 })
 end

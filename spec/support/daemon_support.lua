@@ -159,10 +159,4 @@ function M.ndjson_lines(path)
   return out
 end
 
--- Installs the yielding slow provider (spec/support/daemon_slow_provider.lua)
--- in a job folder as providers/slow.lua.
-function M.install_slow_provider(dir)
-  helpers.write(dir .. "/providers/slow.lua", helpers.read(helpers.root .. "/spec/support/daemon_slow_provider.lua"))
-end
-
 return M

@@ -48,6 +48,12 @@ function M.remote_for_each_test(resources, prepare)
   end)
 end
 
+-- Puts the slow provider (spec/support/slow_provider.lua) into a job
+-- folder as providers/slow.lua.
+function M.install_slow_provider(dir)
+  M.write(dir .. "/providers/slow.lua", M.read(root .. "/spec/support/slow_provider.lua"))
+end
+
 function M.write(path, content)
   local dir = path:match("^(.*)/[^/]*$")
   if dir then os.execute("mkdir -p " .. shell_quote(dir)) end

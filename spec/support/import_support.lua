@@ -285,10 +285,4 @@ function M.wait_reaped(pid, timeout)
   return helpers.wait_for(function() return not core.process_alive(pid) end, timeout or 10) or false
 end
 
--- Puts the slow provider (spec/support/import_slow_provider.lua) into the
--- job folder as providers/slow.lua.
-function M.install_slow_provider(dir)
-  helpers.write(dir .. "/providers/slow.lua", helpers.read(helpers.root .. "/spec/support/import_slow_provider.lua"))
-end
-
 return M

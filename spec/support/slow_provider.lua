@@ -1,10 +1,13 @@
--- A provider for the daemon specs whose reads take a while the way a
--- remote's do: each record costs `delay` seconds of http.sleep, which
--- yields to the scheduler inside entsync (so the daemon's loop keeps
--- turning during a run) and blocks plainly elsewhere. `count` contacts,
--- ids 1..count, the same every time. It takes writes (and forgets them).
+-- A provider for specs that need a run to take a while, the way a
+-- remote's reads do: `count` contacts, ids 1..count, the same every time;
+-- each record costs `delay` seconds and a listing `list_delay` more before
+-- its first record (before any batch starts). It sleeps through
+-- http.sleep, which yields to the scheduler inside entsync (so the
+-- daemon's loop keeps turning during a run) and blocks plainly elsewhere.
+-- It takes writes (and forgets them). helpers.install_slow_provider copies
+-- it into a job's folder as providers/slow.lua.
 --
---   provider "slow" { count = 60, delay = 0.03 }
+--   provider "slow" { count = 60, delay = 0.03, list_delay = 1 }
 
 local http = require "entsync.http"
 
@@ -27,6 +30,7 @@ end
 
 function P:list(_, query)
   local n, delay = self.config.count, self.config.delay
+  if self.config.list_delay then http.sleep(self.config.list_delay) end
   local i = query and query.offset or 0
   local reader = { position = i }
   function reader.next(r)
