@@ -760,6 +760,36 @@ class Server(ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+def serve(server, max_seconds, parent_pid, stop_signals):
+    """Prints "LISTENING <port>" and serves until one of stop_signals arrives, max_seconds
+    pass, or the parent_pid process (when given) is gone, so a crashed spec never leaves a
+    server behind. The caller closes the server."""
+    started = time.monotonic()
+
+    def stop_soon(*_):
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    for stop_signal in stop_signals:
+        signal.signal(stop_signal, stop_soon)
+
+    def watchdog():
+        while time.monotonic() - started < max_seconds:
+            time.sleep(0.25)
+            if parent_pid:
+                try:
+                    os.kill(parent_pid, 0)
+                except ProcessLookupError:
+                    break
+                except PermissionError:
+                    pass
+        server.shutdown()
+
+    threading.Thread(target=watchdog, daemon=True).start()
+    sys.stdout.write("LISTENING %d\n" % server.server_address[1])
+    sys.stdout.flush()
+    server.serve_forever(poll_interval=0.1)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", help="JSON file: {\"resources\": {name: [records]}}")
@@ -788,34 +818,8 @@ def main(argv=None):
     server = Server(("127.0.0.1", args.port), Handler)
     server.state = state
     server.verbose = args.verbose
-    started = time.monotonic()
-
-    def stop_soon(*_):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop_soon)
-    signal.signal(signal.SIGINT, stop_soon)
-    signal.signal(signal.SIGHUP, stop_soon)
-
-    def watchdog():
-        while True:
-            time.sleep(0.25)
-            if time.monotonic() - started > args.max_seconds:
-                break
-            if args.parent_pid:
-                try:
-                    os.kill(args.parent_pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        server.shutdown()
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    sys.stdout.write("LISTENING %d\n" % server.server_address[1])
-    sys.stdout.flush()
     try:
-        server.serve_forever(poll_interval=0.1)
+        serve(server, args.max_seconds, args.parent_pid, (signal.SIGTERM, signal.SIGINT, signal.SIGHUP))
     finally:
         server.server_close()
         for path in args.remove_on_exit:

@@ -11,13 +11,12 @@ application/json). Exits on SIGTERM, after --max-seconds, or once the
 """
 
 import argparse
-import os
 import signal
 import ssl
 import sys
-import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from fixture_server import serve  # beside this file: the same start and stop
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -59,30 +58,8 @@ def main():
     context.load_cert_chain(args.cert, args.key)
     server.socket = context.wrap_socket(server.socket, server_side=True)
 
-    def stop_soon(*_):
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, stop_soon)
-    signal.signal(signal.SIGINT, stop_soon)
-    started = time.monotonic()
-
-    def watchdog():
-        while time.monotonic() - started < args.max_seconds:
-            time.sleep(0.25)
-            if args.parent_pid:
-                try:
-                    os.kill(args.parent_pid, 0)
-                except ProcessLookupError:
-                    break
-                except PermissionError:
-                    pass
-        server.shutdown()
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    sys.stdout.write("LISTENING %d\n" % server.server_address[1])
-    sys.stdout.flush()
     try:
-        server.serve_forever(poll_interval=0.1)
+        serve(server, args.max_seconds, args.parent_pid, (signal.SIGTERM, signal.SIGINT))
     finally:
         server.server_close()
     return 0
