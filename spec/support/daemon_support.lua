@@ -115,14 +115,7 @@ end
 -- Reads the store with the sqlite3 shell, read-only (never the write lock,
 -- so it does not disturb a live daemon); rows as lists of strings.
 function M.peek(db, sql)
-  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null", q(db), q(sql)))
-  local rows = {}
-  for line in pipe:lines() do
-    local row = {}
-    for field in (line .. "|"):gmatch("([^|]*)|") do row[#row + 1] = field end
-    rows[#rows + 1] = row
-  end
-  pipe:close()
+  local _, rows = helpers.sqlite3_peek(db, sql)
   return rows
 end
 
@@ -133,16 +126,7 @@ end
 
 -- Writes to the store through the sqlite3 shell, as another program would;
 -- raises with the shell's message when it fails.
-function M.sql(db, sql)
-  local err = os.tmpname()
-  local pipe = io.popen(string.format("sqlite3 -cmd '.timeout 5000' %s %s 2>%s", q(db), q(sql), err))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  local message = helpers.read(err) or ""
-  os.remove(err)
-  if not ok or message ~= "" then error("sqlite3: " .. message .. " (" .. sql .. ")", 2) end
-  return out
-end
+M.sql = helpers.sqlite3
 
 -- Puts a file into a folder the way a careful writer does: under a hidden
 -- name first, then renamed, so a reader never sees it half written.

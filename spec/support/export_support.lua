@@ -23,26 +23,12 @@ end
 -- Runs SQL through the sqlite3 shell, as another program would; raises
 -- with the shell's stderr when it fails. Returns stdout.
 function M.sql(dir, sql)
-  local err = os.tmpname()
-  local pipe = io.popen(string.format("sqlite3 -cmd '.timeout 5000' %s %s 2>%s", helpers.quote(M.db(dir)),
-    helpers.quote(sql), err))
-  local out = pipe:read("a")
-  local ok = pipe:close()
-  local message = helpers.read(err) or ""
-  os.remove(err)
-  if not ok or message ~= "" then error("sqlite3: " .. message .. " (" .. sql .. ")", 2) end
-  return out
+  return helpers.sqlite3(M.db(dir), sql, 3)
 end
 
--- Reads the store with the sqlite3 shell, read-only (an observer that never
--- takes the write lock); returns the output's lines.
+-- Reads the store with the sqlite3 shell, read-only; returns the output's lines.
 function M.peek(dir, sql)
-  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null",
-    helpers.quote(M.db(dir)), helpers.quote(sql)))
-  local lines = {}
-  for line in pipe:lines() do lines[#lines + 1] = line end
-  pipe:close()
-  return lines
+  return (helpers.sqlite3_peek(M.db(dir), sql))
 end
 
 -- Rows of a query through entsync's own store (a fresh connection): the

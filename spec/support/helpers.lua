@@ -48,6 +48,36 @@ function M.remote_for_each_test(resources, prepare)
   end)
 end
 
+-- Runs SQL on the store db through the sqlite3 shell, as another program
+-- would; raises with the shell's message when it fails, blaming the
+-- caller `level` frames up (2, its direct caller, by default). Returns stdout.
+function M.sqlite3(db, sql, level)
+  local err = os.tmpname()
+  local pipe = io.popen(string.format("sqlite3 -cmd '.timeout 5000' %s %s 2>%s", shell_quote(db), shell_quote(sql), err))
+  local out = pipe:read("a")
+  local ok = pipe:close()
+  local message = M.read(err) or ""
+  os.remove(err)
+  if not ok or message ~= "" then error("sqlite3: " .. message .. " (" .. sql .. ")", level or 2) end
+  return out
+end
+
+-- Reads the store db with the sqlite3 shell, read-only: an observer that
+-- never takes the write lock, so it does not disturb a live run or daemon.
+-- Returns the output's lines, and the same lines as lists of fields.
+function M.sqlite3_peek(db, sql)
+  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null", shell_quote(db),
+    shell_quote(sql)))
+  local lines, rows = {}, {}
+  for line in pipe:lines() do
+    local row = {}
+    for field in (line .. "|"):gmatch("([^|]*)|") do row[#row + 1] = field end
+    lines[#lines + 1], rows[#rows + 1] = line, row
+  end
+  pipe:close()
+  return lines, rows
+end
+
 -- Puts the slow provider (spec/support/slow_provider.lua) into a job
 -- folder as providers/slow.lua.
 function M.install_slow_provider(dir)

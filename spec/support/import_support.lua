@@ -236,15 +236,7 @@ end
 -- never takes the write lock, for polling while a run is in a batch.
 -- Returns the rows as lists of strings.
 function M.peek(dir, sql)
-  local pipe = io.popen(string.format("sqlite3 -readonly -cmd '.timeout 5000' %s %s 2>/dev/null",
-    helpers.quote(M.db(dir)), helpers.quote(sql)))
-  local rows = {}
-  for line in pipe:lines() do
-    local row = {}
-    for field in (line .. "|"):gmatch("([^|]*)|") do row[#row + 1] = field end
-    rows[#rows + 1] = row
-  end
-  pipe:close()
+  local _, rows = helpers.sqlite3_peek(M.db(dir), sql)
   return rows
 end
 

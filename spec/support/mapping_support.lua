@@ -60,29 +60,12 @@ function M.run_limited(dir, seconds, ...)
   return result
 end
 
-M.db = S.db
-M.summary = S.summary
-
-function M.query(dir, sql, ...)
-  return helpers.query(S.db(dir), sql, ...)
-end
-
-function M.value(dir, sql, ...)
-  local row = M.query(dir, sql, ...)[1]
-  if not row then return nil end
-  local _, v = next(row)
-  return v
-end
-
-function M.count(dir, table_name, where)
-  return M.value(dir, "SELECT count(*) AS n FROM " .. table_name .. (where and (" WHERE " .. where) or ""))
-end
+M.db, M.summary, M.query, M.value, M.count = S.db, S.summary, S.query, S.value, S.count
 
 -- Runs SQL on the store through the sqlite3 shell (as another program
 -- would); raises when the shell fails.
 function M.sqlite(dir, sql)
-  local ok = os.execute(string.format("sqlite3 %s %s >/dev/null 2>&1", helpers.quote(S.db(dir)), helpers.quote(sql)))
-  assert(ok, "sqlite3 failed: " .. sql)
+  helpers.sqlite3(S.db(dir), sql, 3)
 end
 
 -- The local id of remote_id in sync's id map (for entity, if given).
