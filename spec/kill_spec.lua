@@ -11,7 +11,7 @@ local summary = S.summary
 
 local N, BATCH = 20000, 500
 
-local dirs, owned = {}, {}
+local dirs = {}
 
 local function newdir()
   local d = helpers.tmpdir()
@@ -20,11 +20,6 @@ local function newdir()
 end
 
 after_each(function()
-  for _, pid in ipairs(owned) do
-    if helpers.alive(pid) then helpers.kill(pid, "KILL") end
-    helpers.wait_gone(pid, 5)
-  end
-  owned = {}
   S.cleanup()
   for _, d in ipairs(dirs) do helpers.rmdir(d) end
   dirs = {}
@@ -103,7 +98,7 @@ end
 local function kill_after(d, rows, progress)
   progress = progress or committed
   local child = S.spawn(d, { "job.lua", "run", "--no-progress" })
-  owned[#owned + 1] = child.pid
+  S.own(child.pid)
   local reached = helpers.wait_for(function()
     return progress(d) >= rows or not helpers.alive(child.pid)
   end, 20)
@@ -232,7 +227,7 @@ end
     helpers.write(d .. "/inbox/b.ndjson", S.ndjson({ S.contact(3), S.contact(4), S.contact(5) }))
     -- the first batch is 1, 2 (all of a.ndjson) and 3: kill while 3 maps
     local child = S.spawn(d, { "job.lua", "run", "--no-progress" })
-    owned[#owned + 1] = child.pid
+    S.own(child.pid)
     assert.is_truthy(helpers.wait_for(function() return started(d, 3) end, 10))
     helpers.kill(child.pid, "KILL")
     assert.is_true(helpers.wait_gone(child.pid, 5))
@@ -243,7 +238,7 @@ end
     -- again: once the first batch committed (4 starts), a.ndjson has moved
     os.remove(d .. "/marks/3")
     local again = S.spawn(d, { "job.lua", "run", "--no-progress" })
-    owned[#owned + 1] = again.pid
+    S.own(again.pid)
     assert.is_truthy(helpers.wait_for(function() return started(d, 4) end, 10))
     local inbox = S.ls(d .. "/inbox")
     local processed = S.ls(d .. "/inbox/processed")
@@ -264,7 +259,7 @@ end
     helpers.write(d .. "/inbox/a.ndjson", S.ndjson(records))
     -- batches are 1, 2 and 3, 4: kill while 3 maps, after the first commit
     local child = S.spawn(d, { "job.lua", "run", "--no-progress" })
-    owned[#owned + 1] = child.pid
+    S.own(child.pid)
     assert.is_truthy(helpers.wait_for(function() return started(d, 3) end, 10))
     helpers.kill(child.pid, "KILL")
     assert.is_true(helpers.wait_gone(child.pid, 5))

@@ -9,23 +9,14 @@ local S = require "import_support"
 local contact, summary = S.contact, S.summary
 
 local dir
-local owned = {} -- pids of processes this spec started
 
-local function own(pid)
-  owned[#owned + 1] = pid
-  return pid
-end
+local own = S.own
 
 before_each(function()
   dir = helpers.tmpdir()
 end)
 
 after_each(function()
-  for _, pid in ipairs(owned) do
-    if helpers.alive(pid) then helpers.kill(pid, "KILL") end
-    helpers.wait_gone(pid, 5)
-  end
-  owned = {}
   S.cleanup()
   helpers.rmdir(dir)
 end)

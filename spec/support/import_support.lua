@@ -266,8 +266,21 @@ function M.track(child)
   return child
 end
 
--- Removes the output files of every child spawned so far.
+-- A process the spec owns: cleanup() kills it if it still runs.
+M.owned = {}
+function M.own(pid)
+  M.owned[#M.owned + 1] = pid
+  return pid
+end
+
+-- Kills the owned processes still running and removes the output files of
+-- every child spawned so far.
 function M.cleanup()
+  for _, pid in ipairs(M.owned) do
+    if helpers.alive(pid) then helpers.kill(pid, "KILL") end
+    helpers.wait_gone(pid, 5)
+  end
+  M.owned = {}
   for _, path in ipairs(M.spawned) do os.remove(path) end
   M.spawned = {}
 end
