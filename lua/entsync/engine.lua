@@ -22,7 +22,6 @@ local LOCK_TTL = 60
 local SQL = {
   lookup = "SELECT entity, local_id, changed, hash FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
   has_idmap = "SELECT 1 FROM entsync_idmap WHERE sync = ?1 LIMIT 1",
-  lookup_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
   upsert_idmap = [[INSERT INTO entsync_idmap
       (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)
@@ -1121,7 +1120,7 @@ function M.refresh(session, sync, local_ids)
   else
     for _, local_id in ipairs(local_ids) do
       local id = math.tointeger(tonumber(local_id))
-      local remote_id = id and store:value(SQL.lookup_local, sync.name, sync.entities[1], id)
+      local remote_id = id and require("entsync.export").remote_id_of(store, sync.name, sync.entities[1], id)
       if not remote_id then
         errors.raise("usage", string.format("sync \"%s\": local %s %s has no remote in the id map",
           sync.name, sync.entities[1], tostring(local_id)))

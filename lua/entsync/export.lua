@@ -97,7 +97,7 @@ function M.remote_record(session, sync, rows, ctx)
         if map.is_refs(field.import) and value ~= null then
           local target = session.job.syncs[field.import.sync]
           local function remote_of(id)
-            return session.store:value(SQL.map_local, target.name, target.entities[1], id)
+            return M.remote_id_of(session.store, target.name, target.entities[1], id)
           end
           if type(value) == "table" then
             local ids = {}
@@ -123,11 +123,16 @@ function M.remote_record(session, sync, rows, ctx)
   return out
 end
 
+-- The remote id that sync's id map gives local (entity, id), or nil.
+function M.remote_id_of(store, sync_name, entity, id)
+  return store:value(SQL.map_local, sync_name, entity, id)
+end
+
 -- The local rows of the remote entity that local (entity, id) belongs to,
 -- with its remote id when it has one.
 function M.gather(session, sync, entity, id)
   local store = session.store
-  local remote_id = store:value(SQL.map_local, sync.name, entity, id)
+  local remote_id = M.remote_id_of(store, sync.name, entity, id)
   local rows, ids = {}, {}
   if remote_id then
     for _, m in ipairs(store:rows(SQL.map_remote, sync.name, remote_id)) do ids[m.entity] = m.local_id end
@@ -271,7 +276,7 @@ end
 -- "delete"), or only forgets it ("ignore").
 function M.export_delete(session, sync, entity, id)
   local store, provider = session.store, session:provider(sync.provider)
-  local remote_id = store:value(SQL.map_local, sync.name, entity, id)
+  local remote_id = M.remote_id_of(store, sync.name, entity, id)
   if not remote_id then return "unchanged" end
   local primary = entity == sync.entities[1]
   if primary and sync.export.deletes == "delete" then
@@ -387,7 +392,7 @@ function M.drain(session, sync)
       local groups, by_key = {}, {}
       for _, row in ipairs(fresh) do
         seen[row.id .. ":" .. row.queued_at] = true
-        local remote_id = row.operation ~= "delete" and store:value(SQL.map_local, sync.name, row.entity, row.local_id)
+        local remote_id = row.operation ~= "delete" and M.remote_id_of(store, sync.name, row.entity, row.local_id)
         local key = remote_id and ("remote:" .. remote_id) or ("local:" .. row.entity .. ":" .. row.local_id)
         local group = by_key[key]
         if group and row.operation ~= "delete" and group.rows[1].operation ~= "delete" then
