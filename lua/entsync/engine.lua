@@ -201,7 +201,7 @@ function Session:provider(handle)
   if not instance then
     local ok, result = pcall(handle.module.new, handle.config, { base_dir = self.job.dir, name = handle.name })
     if not ok then
-      errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.is(result) and result.message or tostring(result))
+      errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(result))
     end
     instance = result
     self.providers[handle] = instance
@@ -529,7 +529,7 @@ function Run:process(record, raw_hash)
   ctx.remote_id = remote_id
   local ok, mapped = pcall(self.map, self, record, ctx)
   if not ok then
-    local message = errors.is(mapped) and mapped.message or tostring(mapped)
+    local message = errors.message(mapped)
     self:fail(remote_id, message, record, errors.is(mapped) and mapped.waits_for or nil)
     return "failed", message
   end
@@ -558,7 +558,7 @@ function Run:process(record, raw_hash)
   if not written then
     store:run("ROLLBACK TO entity")
     store:run("RELEASE entity")
-    local message = errors.is(outcome) and outcome.message or errors.strip_position(tostring(outcome))
+    local message = errors.message(outcome, true)
     self:fail(remote_id, message, record, errors.is(outcome) and outcome.waits_for or nil)
     return "failed", message
   end
@@ -1088,7 +1088,7 @@ local function run_single(session, sync, operation, remote_ids)
         local remote_id = remote_ids[i]
         local fetched, record, err = pcall(run.provider.get, run.provider, sync.resource, remote_id)
         if not fetched then
-          run:fail(remote_id, "fetching it failed: " .. (errors.is(record) and record.message or tostring(record)))
+          run:fail(remote_id, "fetching it failed: " .. errors.message(record))
         elseif record == nil then
           run:fail(remote_id, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
         else

@@ -45,6 +45,13 @@ function M.strip_position(message)
   return (tostring(message):gsub("^[^\n]-/lua/entsync/[%w_]+%.lua:%d+: ", ""))
 end
 
+-- The text to show for anything raised: an entsync error's message, else
+-- its text, with entsync's own source position dropped when strip is true.
+function M.message(value, strip)
+  if M.is(value) then return value.message end
+  return strip and M.strip_position(value) or tostring(value)
+end
+
 function M.is(value, kind)
   return getmetatable(value) == Error and (kind == nil or value.kind == kind)
 end

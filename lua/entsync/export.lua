@@ -111,7 +111,7 @@ function M.remote_record(session, sync, rows, ctx)
           local ok, result = pcall(field.export, value, out, ctx)
           if not ok then
             errors.raise("entity", string.format("field %s: export: %s (%s:%d)", field.name,
-              errors.is(result) and result.message or tostring(result), field.where.file, field.where.line))
+              errors.message(result), field.where.file, field.where.line))
           end
           if result ~= nil and field.keys then set_path(out, field.keys, result) end
         elseif field.keys then
@@ -331,10 +331,6 @@ local function run_concurrently(width, jobs, on_done)
   http.run(tasks)
 end
 
-local function describe(e)
-  return errors.is(e) and e.message or errors.strip_position(tostring(e))
-end
-
 -- Runs body(counts, run_id) holding the sync's lease, logged as one run of
 -- the operation; an error ends the run logged with it and is raised again.
 local function exporting(session, sync, operation, body)
@@ -342,7 +338,7 @@ local function exporting(session, sync, operation, body)
   local counts = new_counts()
   local run_id = start_run(session, sync, operation)
   local ok, err = pcall(body, counts, run_id)
-  finish_run(session, run_id, counts, not ok and describe(err) or nil)
+  finish_run(session, run_id, counts, not ok and errors.message(err, true) or nil)
   session:unlock(sync)
   if not ok then error(errors.wrap(err), 0) end
   return { sync = sync.name, counts = counts, complete = true, export = true }
@@ -364,7 +360,8 @@ function M.export_list(session, sync, ids)
         http.blocking(session.store.run, session.store, SQL.drop, entity, ids[i])
       else
         counts.failed = counts.failed + 1
-        session.log("error", string.format("%s local %s %s: %s", sync.name, entity, tostring(ids[i]), describe(outcome)))
+        session.log("error", string.format("%s local %s %s: %s", sync.name, entity, tostring(ids[i]),
+          errors.message(outcome, true)))
       end
     end)
   end)
@@ -419,7 +416,7 @@ function M.drain(session, sync)
             for _, member in ipairs(groups[i].rows) do store:run(SQL.done, member.id, member.queued_at) end
           else
             counts.failed = counts.failed + 1
-            local message = describe(outcome)
+            local message = errors.message(outcome, true)
             if counts.failed <= 10 then
               session.log("error", string.format("%s local %s %s: %s", sync.name, row.entity, tostring(row.local_id),
                 message))

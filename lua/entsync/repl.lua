@@ -233,7 +233,7 @@ end
 
 local function evaluate(chunk, out)
   local results = table.pack(xpcall(chunk, function(e)
-    local message = errors.is(e) and e.message or tostring(e)
+    local message = errors.message(e)
     -- the frames of the repl itself are noise under what the user typed
     return (debug.traceback(message, 2):gsub("\n\t%[C%]: in function 'xpcall'.*$", ""))
   end))
