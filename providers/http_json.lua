@@ -125,7 +125,7 @@ end
 -- when it expires or the API answers 401.
 function Provider:token(force)
   local oauth = self.config.auth.oauth2
-  if not force and self.oauth_token and core.monotonic() < self.oauth_expires then return self.oauth_token end
+  if not force and self.oauth_token and core.sys.monotonic() < self.oauth_expires then return self.oauth_token end
   local url = oauth.token_url or "/oauth/token"
   if not url:match("^https?://") then url = self.base .. url end
   local form = { grant_type = "client_credentials", client_id = oauth.client_id, client_secret = oauth.client_secret,
@@ -141,7 +141,7 @@ function Provider:token(force)
     errors.raise("http", string.format("POST %s: the token response has no access_token", url))
   end
   self.oauth_token = body.access_token
-  self.oauth_expires = core.monotonic() + math.max(1, (tonumber(body.expires_in) or 3600) - 30)
+  self.oauth_expires = core.sys.monotonic() + math.max(1, (tonumber(body.expires_in) or 3600) - 30)
   return self.oauth_token
 end
 

@@ -42,10 +42,10 @@ local function open(f, name)
     if line_no == 0 then
       local line = source.next_raw()
       if not line then return nil, 0 end
-      if known:has(core.hash_bytes(line, seed)) then return nil, 1, true end
+      if known:has(core.hash.bytes(line, seed)) then return nil, 1, true end
       return line, 0
     end
-    local line, skipped, lines = core.skip_known(f, known, seed, max)
+    local line, skipped, lines = core.hash.skip_known(f, known, seed, max)
     line_no = line_no + lines
     return line, skipped, line == nil and skipped >= max
   end

@@ -9,7 +9,7 @@ local function line_count(s)
 end
 
 local function exists(path)
-  return core.exists(path) ~= false
+  return core.fs.exists(path) ~= false
 end
 
 local JOB = [[
@@ -201,14 +201,14 @@ sync "recent" { remote = src, entity = "contact", mapping = { name = "name" },
 
     it("3 when another live run holds the sync's lock", function()
       assert.equal(0, helpers.run(dir, { "job.lua", "run" }).code)
-      local store = core.open_store(dir .. "/entsync.db")
-      assert.is_true((core.lock_acquire(store, "sync:contacts", "spec-holder", 60)))
+      local store = core.store.open(dir .. "/entsync.db")
+      assert.is_true((core.lock.acquire(store, "sync:contacts", "spec-holder", 60)))
       local r = helpers.run(dir, { "job.lua", "run" })
-      core.lock_release(store, "sync:contacts", "spec-holder")
+      core.lock.release(store, "sync:contacts", "spec-holder")
       store:close()
       assert.equal(3, r.code, r.stderr)
       assert.equal(1, line_count(r.stderr), r.stderr)
-      assert.matches('^entsync%-run: sync "contacts" is locked by another run: pid ' .. core.getpid(), r.stderr)
+      assert.matches('^entsync%-run: sync "contacts" is locked by another run: pid ' .. core.sys.getpid(), r.stderr)
       -- Released: the next run goes through.
       assert.equal(0, helpers.run(dir, { "job.lua", "run" }).code)
     end)

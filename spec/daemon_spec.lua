@@ -89,11 +89,11 @@ describe("daemon", function()
     assert.is_truthy(err:find('sync "contacts" is due (every 1s)', 1, true), err)
 
     -- a new file is imported at the next turn, within a second or so
-    local t0 = core.monotonic()
+    local t0 = core.sys.monotonic()
     D.drop(d .. "/inbox", "b.ndjson", contact_line(2) .. "\n" .. contact_line(3) .. "\n")
     local done = helpers.wait_for(function() return count(d, "SELECT count(*) FROM contact") == 3 end, 2.5)
     assert.is_truthy(done, "not imported within 2.5s: " .. D.stderr(child))
-    assert.is_true(core.monotonic() - t0 < 2.5)
+    assert.is_true(core.sys.monotonic() - t0 < 2.5)
     assert.same(S.expected({ S.contact(1), S.contact(2), S.contact(3) }), S.contacts(d))
     -- the files left the drop folder once committed
     assert.is_truthy(helpers.wait_for(function()
@@ -110,12 +110,12 @@ describe("daemon", function()
       sink_job(d)
       local child = D.daemon(d)
       D.sql(db(d), "INSERT INTO contact (email, name, age) VALUES ('ann@example.org', 'Ann', 41)")
-      local t0 = core.monotonic()
+      local t0 = core.sys.monotonic()
       local lines = helpers.wait_for(function()
         local l = sink(d)
         return #l > 0 and l or nil
       end, 1)
-      assert.is_truthy(lines, string.format("nothing in the sink after %.2fs: %s", core.monotonic() - t0,
+      assert.is_truthy(lines, string.format("nothing in the sink after %.2fs: %s", core.sys.monotonic() - t0,
         D.stderr(child)))
       assert.equal(1, #lines)
       assert.equal("create", lines[1].op)
@@ -165,7 +165,7 @@ describe("daemon", function()
       helpers.write(d .. "/out/.keep", "")
       -- the retry comes due in a second (rather than the 30s backoff); this
       -- write is the last any other program makes
-      D.sql(db(d), string.format("UPDATE entsync_outbox SET next_at = %.3f", core.now() + 1))
+      D.sql(db(d), string.format("UPDATE entsync_outbox SET next_at = %.3f", core.sys.now() + 1))
       local lines = helpers.wait_for(function()
         local l = sink(d)
         return #l > 0 and l or nil

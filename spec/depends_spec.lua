@@ -7,7 +7,7 @@ local cjson = require "cjson"
 local T = require "mapping_support"
 
 local function exists(path)
-  return require("entsync.core").exists(path) ~= false
+  return require("entsync.core").fs.exists(path) ~= false
 end
 
 local function assert_config_error(dir, r, pattern)

@@ -26,7 +26,7 @@ local function local_of(dir, remote_id)
 end
 
 local function sleep(seconds)
-  core.sleep(seconds)
+  core.sys.sleep(seconds)
 end
 
 -- change capture -------------------------------------------------------------------
@@ -673,7 +673,7 @@ describe("a remote that fails mid-batch, then recovers", function()
     end
     server.faults(faults)
     server.reset_log()
-    local before = core.now()
+    local before = core.sys.now()
     local r = X.run(dir)
     assert.equal(1, r.code, r.stdout .. r.stderr)
     no_mark(dir)

@@ -1,4 +1,4 @@
--- core.hash / core.canonical: the content hash the engine uses to tell an
+-- core.hash.of / core.hash.canonical: the content hash the engine uses to tell an
 -- echo from a change. It must depend on content only (never on the order
 -- keys were inserted, nor on the process), and be stable across builds.
 
@@ -54,137 +54,137 @@ local PINNED_CANONICAL = "o7:s6:activets2:idi42;s4:names10:Ann O'Neils6:nestedo3
 local PINNED_HASH = -8881113575889251038
 local PINNED_HEX = "84bff241c338d522"
 
-describe("core.hash", function()
+describe("core.hash.of", function()
   it("returns an integer", function()
-    assert.equal("integer", math.type(core.hash({ a = 1 })))
-    assert.equal("integer", math.type(core.hash("text")))
-    assert.equal("integer", math.type(core.hash(7)))
+    assert.equal("integer", math.type(core.hash.of({ a = 1 })))
+    assert.equal("integer", math.type(core.hash.of("text")))
+    assert.equal("integer", math.type(core.hash.of(7)))
   end)
 
   it("is FNV-1a 64 over the canonical encoding", function()
     for _, value in ipairs({ "", "x", 1, 1.5, true, { 1, 2 }, { a = { b = "c" } }, fixed_value_forward() }) do
-      assert.equal(fnv1a64(core.canonical(value)), core.hash(value))
+      assert.equal(fnv1a64(core.hash.canonical(value)), core.hash.of(value))
     end
   end)
 
   it("gives the same hash whatever order the keys were inserted in, nested tables included", function()
-    assert.equal(core.hash(fixed_value_forward()), core.hash(fixed_value_backward()))
-    assert.equal(core.canonical(fixed_value_forward()), core.canonical(fixed_value_backward()))
+    assert.equal(core.hash.of(fixed_value_forward()), core.hash.of(fixed_value_backward()))
+    assert.equal(core.hash.canonical(fixed_value_forward()), core.hash.canonical(fixed_value_backward()))
 
     -- Many keys, so the tables' internal layouts really differ.
     local up, down = {}, {}
     for i = 1, 200 do up["k" .. i] = { i, { ["n" .. i] = i } } end
     for i = 200, 1, -1 do down["k" .. i] = { i, { ["n" .. i] = i } } end
-    assert.equal(core.hash(up), core.hash(down))
+    assert.equal(core.hash.of(up), core.hash.of(down))
   end)
 
   it("hashes 1 and 1.0 the same, as values and inside tables", function()
-    assert.equal(core.hash(1), core.hash(1.0))
-    assert.equal(core.hash({ n = 1, list = { 2, 3 } }), core.hash({ n = 1.0, list = { 2.0, 3.0 } }))
-    assert.equal(core.hash(-0.0), core.hash(0))
+    assert.equal(core.hash.of(1), core.hash.of(1.0))
+    assert.equal(core.hash.of({ n = 1, list = { 2, 3 } }), core.hash.of({ n = 1.0, list = { 2.0, 3.0 } }))
+    assert.equal(core.hash.of(-0.0), core.hash.of(0))
   end)
 
   it("gives another hash when a value changes, even deep inside", function()
     local a, b = fixed_value_forward(), fixed_value_forward()
     b.nested.deeper.z = true
-    assert.are_not.equal(core.hash(a), core.hash(b))
+    assert.are_not.equal(core.hash.of(a), core.hash.of(b))
     local c = fixed_value_forward()
     c.score = 1.25
-    assert.are_not.equal(core.hash(a), core.hash(c))
+    assert.are_not.equal(core.hash.of(a), core.hash.of(c))
     local d = fixed_value_forward()
     d.tags = { "b", "a" } -- array order is content
-    assert.are_not.equal(core.hash(a), core.hash(d))
+    assert.are_not.equal(core.hash.of(a), core.hash.of(d))
     local e = fixed_value_forward()
     e.extra = 0
-    assert.are_not.equal(core.hash(a), core.hash(e))
+    assert.are_not.equal(core.hash.of(a), core.hash.of(e))
   end)
 
   it("tells the string \"1\" from the number 1", function()
-    assert.are_not.equal(core.hash("1"), core.hash(1))
-    assert.are_not.equal(core.hash({ v = "1" }), core.hash({ v = 1 }))
-    assert.are_not.equal(core.hash("true"), core.hash(true))
+    assert.are_not.equal(core.hash.of("1"), core.hash.of(1))
+    assert.are_not.equal(core.hash.of({ v = "1" }), core.hash.of({ v = 1 }))
+    assert.are_not.equal(core.hash.of("true"), core.hash.of(true))
   end)
 
   it("tells arrays from objects", function()
-    assert.are_not.equal(core.hash({ "a", "b" }), core.hash({ [1] = "a", [3] = "b" }))
-    assert.are_not.equal(core.hash({ 10, 20 }), core.hash({ ["1"] = 10, ["2"] = 20 }))
-    assert.equal("a", core.canonical({ "x" }):sub(1, 1))
-    assert.equal("o", core.canonical({ x = 1 }):sub(1, 1))
+    assert.are_not.equal(core.hash.of({ "a", "b" }), core.hash.of({ [1] = "a", [3] = "b" }))
+    assert.are_not.equal(core.hash.of({ 10, 20 }), core.hash.of({ ["1"] = 10, ["2"] = 20 }))
+    assert.equal("a", core.hash.canonical({ "x" }):sub(1, 1))
+    assert.equal("o", core.hash.canonical({ x = 1 }):sub(1, 1))
   end)
 
   it("tells strings apart by length, not just by bytes (no concatenation ambiguity)", function()
-    assert.are_not.equal(core.hash({ "ab", "c" }), core.hash({ "a", "bc" }))
-    assert.are_not.equal(core.hash({ a = "b:c" }), core.hash({ ["a:b"] = "c" }))
+    assert.are_not.equal(core.hash.of({ "ab", "c" }), core.hash.of({ "a", "bc" }))
+    assert.are_not.equal(core.hash.of({ a = "b:c" }), core.hash.of({ ["a:b"] = "c" }))
   end)
 
   it("handles cjson.null as a null, distinct from an absent key and from false", function()
-    assert.equal("n", core.canonical(cjson.null))
-    assert.equal(core.hash(cjson.null), core.hash(nil))
-    assert.are_not.equal(core.hash({ a = cjson.null }), core.hash({}))
-    assert.are_not.equal(core.hash({ a = cjson.null }), core.hash({ a = false }))
+    assert.equal("n", core.hash.canonical(cjson.null))
+    assert.equal(core.hash.of(cjson.null), core.hash.of(nil))
+    assert.are_not.equal(core.hash.of({ a = cjson.null }), core.hash.of({}))
+    assert.are_not.equal(core.hash.of({ a = cjson.null }), core.hash.of({ a = false }))
     local decoded = cjson.decode('{"a":null,"b":[1,null,3]}')
-    assert.equal(core.hash(decoded), core.hash({ b = { 1, cjson.null, 3 }, a = cjson.null }))
+    assert.equal(core.hash.of(decoded), core.hash.of({ b = { 1, cjson.null, 3 }, a = cjson.null }))
   end)
 
   it("hashes strings with NUL bytes and binary data by all their bytes", function()
-    assert.are_not.equal(core.hash("a\0b"), core.hash("a\0c"))
-    assert.are_not.equal(core.hash("a\0"), core.hash("a"))
+    assert.are_not.equal(core.hash.of("a\0b"), core.hash.of("a\0c"))
+    assert.are_not.equal(core.hash.of("a\0"), core.hash.of("a"))
   end)
 
   it("raises an error for a value nested deeper than 64 levels, and the state stays usable", function()
     local ok_depth = {}
     local cur = ok_depth
     for _ = 1, 64 do cur.x = {}; cur = cur.x end
-    assert.equal("integer", math.type(core.hash(ok_depth)))
+    assert.equal("integer", math.type(core.hash.of(ok_depth)))
 
     local too_deep = {}
     cur = too_deep
     for _ = 1, 65 do cur.x = {}; cur = cur.x end
-    local ok, err = pcall(core.hash, too_deep)
+    local ok, err = pcall(core.hash.of, too_deep)
     assert.is_false(ok)
     assert.matches("nested deeper than 64", tostring(err))
 
     local very_deep = {}
     cur = very_deep
     for _ = 1, 100000 do cur[1] = {}; cur = cur[1] end
-    assert.is_false((pcall(core.hash, very_deep)))
+    assert.is_false((pcall(core.hash.of, very_deep)))
     -- Hashing still works (and the shared buffer was reset) after an error.
-    assert.equal(PINNED_HASH, core.hash(fixed_value_forward()))
+    assert.equal(PINNED_HASH, core.hash.of(fixed_value_forward()))
   end)
 
   it("raises an error for a cycle instead of crashing", function()
     local t = { name = "loop" }
     t.self = t
-    local ok, err = pcall(core.hash, t)
+    local ok, err = pcall(core.hash.of, t)
     assert.is_false(ok)
     assert.matches("hash:", tostring(err))
     local a, b = {}, {}
     a[1], b[1] = b, a
-    assert.is_false((pcall(core.hash, a)))
-    assert.is_false((pcall(core.canonical, a)))
+    assert.is_false((pcall(core.hash.of, a)))
+    assert.is_false((pcall(core.hash.canonical, a)))
   end)
 
   it("raises an error naming the type for a function, a userdata or a boolean key", function()
-    local ok, err = pcall(core.hash, function() end)
+    local ok, err = pcall(core.hash.of, function() end)
     assert.is_false(ok)
     assert.matches("cannot hash a function", tostring(err))
-    ok, err = pcall(core.hash, { callback = print })
+    ok, err = pcall(core.hash.of, { callback = print })
     assert.is_false(ok)
     assert.matches("cannot hash a function", tostring(err))
-    ok, err = pcall(core.hash, io.stdout)
+    ok, err = pcall(core.hash.of, io.stdout)
     assert.is_false(ok)
     assert.matches("cannot hash a userdata", tostring(err))
-    ok, err = pcall(core.hash, { [true] = 1 })
+    ok, err = pcall(core.hash.of, { [true] = 1 })
     assert.is_false(ok)
     assert.matches("keys must be strings or numbers", tostring(err))
   end)
 
   it("keeps one known value pinned, so a change of the encoding is noticed", function()
-    assert.equal(PINNED_CANONICAL, core.canonical(fixed_value_forward()))
-    assert.equal(PINNED_HASH, core.hash(fixed_value_forward()))
-    assert.equal(PINNED_HEX, core.hash_hex(fixed_value_forward()))
-    assert.equal("s0:", core.canonical(""))
-    assert.equal("818753195c48e144", core.hash_hex(""))
+    assert.equal(PINNED_CANONICAL, core.hash.canonical(fixed_value_forward()))
+    assert.equal(PINNED_HASH, core.hash.of(fixed_value_forward()))
+    assert.equal(PINNED_HEX, core.hash.hex(fixed_value_forward()))
+    assert.equal("s0:", core.hash.canonical(""))
+    assert.equal("818753195c48e144", core.hash.hex(""))
   end)
 
   it("is identical in a separate process", function()
@@ -198,7 +198,7 @@ describe("core.hash", function()
       local cjson = require "cjson"
       local v = { parent = cjson.null, tags = { "a", "b" }, active = true, score = 1.5,
         nested = { deeper = { z = false }, x = 1, y = "1" }, name = "Ann O'Neil", id = 42.0 }
-      io.write(core.hash(v), "\n", core.hash_hex(v), "\n", core.canonical(v))
+      io.write(core.hash.of(v), "\n", core.hash.hex(v), "\n", core.hash.canonical(v))
     ]]
     local script = helpers.tmpdir()
     helpers.write(script .. "/child.lua", child)
@@ -211,9 +211,9 @@ describe("core.hash", function()
     helpers.rmdir(script)
     local hash, hex, canonical = out:match("^(%-?%d+)\n(%x+)\n(.*)$")
     assert.is_truthy(hash, "child output: " .. out)
-    assert.equal(core.hash(fixed_value_forward()), math.tointeger(tonumber(hash)))
-    assert.equal(core.hash_hex(fixed_value_forward()), hex)
-    assert.equal(core.canonical(fixed_value_forward()), canonical)
+    assert.equal(core.hash.of(fixed_value_forward()), math.tointeger(tonumber(hash)))
+    assert.equal(core.hash.hex(fixed_value_forward()), hex)
+    assert.equal(core.hash.canonical(fixed_value_forward()), canonical)
     assert.equal(PINNED_HASH, math.tointeger(tonumber(hash)))
   end)
 
@@ -233,20 +233,20 @@ describe("core.hash", function()
       backward[tostring(k)] = "string key"
       backward[k] = "number key"
     end
-    assert.equal(core.hash(forward), core.hash(backward))
+    assert.equal(core.hash.of(forward), core.hash.of(backward))
   end)
 end)
 
-describe("core.canonical", function()
+describe("core.hash.canonical", function()
   it("exposes the encoding: type tags, lengths, sorted keys", function()
-    assert.equal("i1;", core.canonical(1))
-    assert.equal("i1;", core.canonical(1.0))
-    assert.equal("d1.5;", core.canonical(1.5))
-    assert.equal("s1:1", core.canonical("1"))
-    assert.equal("t", core.canonical(true))
-    assert.equal("f", core.canonical(false))
-    assert.equal("a2:i1;s1:x", core.canonical({ 1, "x" }))
-    assert.equal("o2:s1:ai1;s1:bi2;", core.canonical({ b = 2, a = 1 }))
-    assert.equal("a0:", core.canonical({}))
+    assert.equal("i1;", core.hash.canonical(1))
+    assert.equal("i1;", core.hash.canonical(1.0))
+    assert.equal("d1.5;", core.hash.canonical(1.5))
+    assert.equal("s1:1", core.hash.canonical("1"))
+    assert.equal("t", core.hash.canonical(true))
+    assert.equal("f", core.hash.canonical(false))
+    assert.equal("a2:i1;s1:x", core.hash.canonical({ 1, "x" }))
+    assert.equal("o2:s1:ai1;s1:bi2;", core.hash.canonical({ b = 2, a = 1 }))
+    assert.equal("a0:", core.hash.canonical({}))
   end)
 end)

@@ -230,7 +230,7 @@ describe("entsync.http", function()
     end)
 
     -- Same cause as the per_second spec below: while every task sleeps,
-    -- http.run calls core.sleep instead of polling curl, so a request
+    -- http.run calls core.sys.sleep instead of polling curl, so a request
     -- started before the sleep is not sent until the task waits for it.
     it("a request started before a task sleeps is in flight during the sleep", function()
       server.latency(300)
@@ -332,7 +332,7 @@ describe("entsync.http", function()
       assert.is_nil(http.retry_after(nil))
       assert.is_nil(http.retry_after("soon"))
       assert.equal(0, http.retry_after("Wed, 21 Oct 2015 07:28:00 GMT"))
-      local future = os.date("!%a, %d %b %Y %H:%M:%S GMT", math.floor(core.now()) + 100)
+      local future = os.date("!%a, %d %b %Y %H:%M:%S GMT", math.floor(core.sys.now()) + 100)
       local d = http.retry_after(future)
       assert.is_true(d > 98 and d <= 100, tostring(d))
     end)
@@ -545,7 +545,7 @@ describe("entsync.http", function()
   describe("the curl multi client (src/http.c)", function()
     it("adds, polls and cancels transfers", function()
       server.latency(300)
-      local client = core.http_client()
+      local client = core.http.client()
       local a = client:add({ url = url("/page/contacts"), method = "GET", headers = { "Accept: application/json" } })
       local b = client:add({ url = url("/offset/contacts"), method = "GET" })
       assert.is_true(b ~= a)
@@ -554,8 +554,8 @@ describe("entsync.http", function()
       assert.is_false(client:cancel(b))
       assert.equal(1, client:pending())
       local got
-      local deadline = core.monotonic() + 5
-      while not got and core.monotonic() < deadline do
+      local deadline = core.sys.monotonic() + 5
+      while not got and core.sys.monotonic() < deadline do
         for _, r in ipairs(client:poll(0.5)) do got = r end
       end
       assert.equal(a, got.id)
@@ -569,13 +569,13 @@ describe("entsync.http", function()
     end)
 
     it("reports a transfer that fails with an error field", function()
-      local client = core.http_client()
+      local client = core.http.client()
       -- a port nothing listens on: the server's own port once stopped is
       -- racy, so take a reserved one
       local id = client:add({ url = "http://127.0.0.1:9/", connect_timeout = 2 })
       local got
-      local deadline = core.monotonic() + 5
-      while not got and core.monotonic() < deadline do
+      local deadline = core.sys.monotonic() + 5
+      while not got and core.sys.monotonic() < deadline do
         for _, r in ipairs(client:poll(0.5)) do got = r end
       end
       assert.equal(id, got.id)
@@ -585,7 +585,7 @@ describe("entsync.http", function()
     end)
 
     it("rejects a request without a url", function()
-      local client = core.http_client()
+      local client = core.http.client()
       assert.has_error(function() client:add({}) end, "http: request needs a url")
       client:close()
     end)

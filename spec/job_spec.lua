@@ -12,7 +12,7 @@ local function line_count(s)
 end
 
 local function exists(path)
-  return core.exists(path) ~= false
+  return core.fs.exists(path) ~= false
 end
 
 describe("a job", function()

@@ -48,7 +48,7 @@ local core = require "entsync.core"
 local seen = 0
 local function pace(v)
   seen = seen + 1
-  if seen % 50 == 0 then core.sleep(0.001) end
+  if seen % 50 == 0 then core.sys.sleep(0.001) end
   return v
 end
 ]]
@@ -204,7 +204,7 @@ local core = require "entsync.core"
 local function mark(v, record)
   local f = io.open("marks/" .. tostring(record.id), "w")
   f:close()
-  core.sleep(%s)
+  core.sys.sleep(%s)
   return v
 end
 ]], delay),

@@ -15,7 +15,7 @@ local T = require "mapping_support"
 local null = cjson.null
 
 local function exists(path)
-  return require("entsync.core").exists(path) ~= false
+  return require("entsync.core").fs.exists(path) ~= false
 end
 
 -- A configuration error: exit 2, one line on stderr matching pattern,

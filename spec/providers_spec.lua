@@ -20,7 +20,7 @@ local function write(rel, content)
 end
 
 local function exists(rel)
-  return core.exists(path(rel)) ~= false
+  return core.fs.exists(path(rel)) ~= false
 end
 
 local function new(module, config)

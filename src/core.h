@@ -2,6 +2,11 @@
  * core: the C side of entsync as one Lua module, "entsync.core". It is
  * preloaded into bin/entsync-run and built as build/lib/entsync/core.so for
  * the stock lua5.4 interpreter, from the same objects.
+ *
+ * The module is a table with one sub-table per C concern, each set by that
+ * concern's register function: store, hash, lock, fs and sys (fsutil), http,
+ * loop and readline; and the fields version, sqlite_version and
+ * schema_version.
  */
 #ifndef ENTSYNC_CORE_H
 #define ENTSYNC_CORE_H

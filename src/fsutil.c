@@ -228,14 +228,20 @@ static int fs_isatty(lua_State *L)
 
 void entsync_fsutil_register(lua_State *L)
 {
-    static const luaL_Reg functions[] = {
-        {"listdir", fs_listdir},   {"isdir", fs_isdir},
-        {"exists", fs_exists},     {"mkdir", fs_mkdir},
-        {"rename", fs_rename},     {"getpid", fs_getpid},
-        {"hostname", fs_hostname}, {"now", fs_now},
-        {"monotonic", fs_monotonic}, {"sleep", fs_sleep},
-        {"process_alive", fs_process_alive}, {"isatty", fs_isatty}, {"cwd", fs_cwd},
+    static const luaL_Reg fs_functions[] = {
+        {"exists", fs_exists}, {"isdir", fs_isdir},
+        {"mkdir", fs_mkdir},   {"listdir", fs_listdir},
+        {"rename", fs_rename}, {"cwd", fs_cwd},
         {NULL, NULL},
     };
-    luaL_setfuncs(L, functions, 0);
+    static const luaL_Reg sys_functions[] = {
+        {"getpid", fs_getpid},       {"hostname", fs_hostname},
+        {"now", fs_now},             {"monotonic", fs_monotonic},
+        {"sleep", fs_sleep},         {"process_alive", fs_process_alive},
+        {"isatty", fs_isatty},       {NULL, NULL},
+    };
+    luaL_newlib(L, fs_functions);
+    lua_setfield(L, -2, "fs");
+    luaL_newlib(L, sys_functions);
+    lua_setfield(L, -2, "sys");
 }

@@ -7,8 +7,9 @@
 
 #include <lua.h>
 
-/* Registers listdir, isdir, mkdir, rename, fsync_dir, getpid, hostname,
- * now and sleep into the table on top of the stack. */
+/* Sets two sub-tables of the table on top of the stack:
+ * fs: exists, isdir, mkdir, listdir, rename and cwd;
+ * sys: getpid, hostname, now, monotonic, sleep, process_alive and isatty. */
 void entsync_fsutil_register(lua_State *L);
 
 #endif

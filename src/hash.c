@@ -510,7 +510,7 @@ static int hash_skip_known(lua_State *L)
     return 3;
 }
 
-/* hash_bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
+/* bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
  * from seed when given. */
 static int hash_bytes(lua_State *L)
 {
@@ -533,21 +533,22 @@ void entsync_hash_register(lua_State *L)
     lua_getmetatable(L, -1);
     luaL_setfuncs(L, set_methods, 0);
     lua_pop(L, 2);
-    lua_pushcfunction(L, hash_bytes);
-    lua_setfield(L, -2, "hash_bytes");
-    lua_pushcfunction(L, hash_integerize);
-    lua_setfield(L, -2, "integerize");
-    lua_pushcfunction(L, hash_skip_known);
-    lua_setfield(L, -2, "skip_known");
-    lua_pushcfunction(L, hashset_new);
-    lua_setfield(L, -2, "hashset");
 
     static const luaL_Reg functions[] = {
-        {"hash", hash_value},
-        {"hash_hex", hash_hex},
+        {"bytes", hash_bytes},
+        {"integerize", hash_integerize},
+        {"skip_known", hash_skip_known},
+        {"set", hashset_new},
+        {NULL, NULL},
+    };
+    /* These share one encoding buffer, their upvalue. */
+    static const luaL_Reg buffered[] = {
+        {"of", hash_value},
+        {"hex", hash_hex},
         {"canonical", hash_canonical},
         {NULL, NULL},
     };
+    luaL_newlib(L, functions);
     canon_buf *buf = lua_newuserdatauv(L, sizeof *buf, 0);
     memset(buf, 0, sizeof *buf);
     if (luaL_newmetatable(L, CANON_BUF_META)) {
@@ -555,5 +556,6 @@ void entsync_hash_register(lua_State *L)
         lua_setfield(L, -2, "__gc");
     }
     lua_setmetatable(L, -2);
-    luaL_setfuncs(L, functions, 1);
+    luaL_setfuncs(L, buffered, 1);
+    lua_setfield(L, -2, "hash");
 }

@@ -33,9 +33,10 @@ entsync_hashset *entsync_hashset_push(lua_State *L);
 /* Adds a hash; raises a Lua error when out of memory. */
 void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash);
 
-/* Registers hash(value) -> integer, hash_hex(value) -> string,
- * canonical(value) -> string, hash_bytes(text [, seed]) -> integer and
- * hashset() -> set (with add, has and count) into the table on top. */
+/* Sets the sub-table hash of the table on top of the stack: of(value) ->
+ * integer, hex(value) -> string, canonical(value) -> string, bytes(text
+ * [, seed]) -> integer, set() -> set (with add, has and count),
+ * integerize(table) and skip_known(file, set, seed, max). */
 void entsync_hash_register(lua_State *L);
 
 #endif

@@ -395,7 +395,7 @@ static int client_close(lua_State *L)
     return 0;
 }
 
-/* http_client() -> client */
+/* client() -> client */
 static int http_client(lua_State *L)
 {
     client *c = lua_newuserdatauv(L, sizeof *c, 0);
@@ -437,8 +437,11 @@ void entsync_http_register(lua_State *L)
         lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
-    lua_pushcfunction(L, http_client);
-    lua_setfield(L, -2, "http_client");
-    lua_pushcfunction(L, http_version);
-    lua_setfield(L, -2, "curl_version");
+    static const luaL_Reg functions[] = {
+        {"client", http_client},
+        {"curl_version", http_version},
+        {NULL, NULL},
+    };
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "http");
 }

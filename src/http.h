@@ -3,7 +3,7 @@
  * many requests are in flight at once and connections are kept alive and
  * reused per host.
  *
- * To Lua a client is a userdata (core.http_client()) with add(request) ->
+ * To Lua a client is a userdata (core.http.client()) with add(request) ->
  * id, which starts a transfer and returns at once, and poll(timeout) ->
  * { completed responses }, which drives every transfer until one ends or
  * the timeout passes. Blocking calls, coroutine yields, retries and rate
@@ -14,7 +14,8 @@
 
 #include <lua.h>
 
-/* Registers http_client() into the table on top of the stack. */
+/* Sets the sub-table http of the table on top of the stack: client() and
+ * curl_version(). */
 void entsync_http_register(lua_State *L);
 
 #endif

@@ -120,7 +120,7 @@ static const char *takeover_reason(lua_State *L, int holder, double now)
     return NULL;
 }
 
-/* lock_acquire(store, name, owner, ttl) -> true [, takeover] | false, holder
+/* acquire(store, name, owner, ttl) -> true [, takeover] | false, holder
  * takeover is { reason = "expired"|"dead", holder = previous lease }. */
 static int lock_acquire(lua_State *L)
 {
@@ -159,7 +159,7 @@ static int lock_acquire(lua_State *L)
     return 2;
 }
 
-/* lock_heartbeat(store, name, owner, ttl) -> true | false (the lease was lost) */
+/* heartbeat(store, name, owner, ttl) -> true | false (the lease was lost) */
 static int lock_heartbeat(lua_State *L)
 {
     entsync_store *store = entsync_store_check(L, 1);
@@ -182,7 +182,7 @@ static int lock_heartbeat(lua_State *L)
     return 1;
 }
 
-/* lock_release(store, name, owner) -> true | false (not ours) */
+/* release(store, name, owner) -> true | false (not ours) */
 static int lock_release(lua_State *L)
 {
     entsync_store *store = entsync_store_check(L, 1);
@@ -200,7 +200,7 @@ static int lock_release(lua_State *L)
     return 1;
 }
 
-/* lock_holder(store, name) -> lease | nil */
+/* holder(store, name) -> lease | nil */
 static int lock_holder(lua_State *L)
 {
     entsync_store *store = entsync_store_check(L, 1);
@@ -211,11 +211,12 @@ static int lock_holder(lua_State *L)
 void entsync_lock_register(lua_State *L)
 {
     static const luaL_Reg functions[] = {
-        {"lock_acquire", lock_acquire},
-        {"lock_heartbeat", lock_heartbeat},
-        {"lock_release", lock_release},
-        {"lock_holder", lock_holder},
+        {"acquire", lock_acquire},
+        {"heartbeat", lock_heartbeat},
+        {"release", lock_release},
+        {"holder", lock_holder},
         {NULL, NULL},
     };
-    luaL_setfuncs(L, functions, 0);
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "lock");
 }

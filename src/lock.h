@@ -11,8 +11,8 @@
 
 #include <lua.h>
 
-/* Registers lock_acquire, lock_heartbeat, lock_release and lock_holder into
- * the table on top of the stack; each takes a store as its first argument. */
+/* Sets the sub-table lock of the table on top of the stack: acquire,
+ * heartbeat, release and holder; each takes a store as its first argument. */
 void entsync_lock_register(lua_State *L);
 
 #endif

@@ -84,5 +84,6 @@ void entsync_loop_register(lua_State *L)
         {"signal_pending", signal_pending},
         {NULL, NULL},
     };
-    luaL_setfuncs(L, functions, 0);
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "loop");
 }

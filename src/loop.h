@@ -11,8 +11,8 @@
 /* True once a handled signal has arrived and not yet been taken. */
 int entsync_loop_interrupted(void);
 
-/* Registers signals_install, signal_take and signal_pending into the table
- * on top of the stack. */
+/* Sets the sub-table loop of the table on top of the stack: signals_install,
+ * signal_take and signal_pending. */
 void entsync_loop_register(lua_State *L);
 
 #endif

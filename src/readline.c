@@ -11,7 +11,7 @@
 #include <readline/history.h>
 #include <readline/readline.h>
 
-/* readline(prompt) -> line | nil at end of input */
+/* read(prompt) -> line | nil at end of input */
 static int rl_read(lua_State *L)
 {
     const char *prompt = luaL_optstring(L, 1, "> ");
@@ -54,11 +54,12 @@ static int rl_write_history(lua_State *L)
 void entsync_readline_register(lua_State *L)
 {
     static const luaL_Reg functions[] = {
-        {"readline", rl_read},
+        {"read", rl_read},
         {"add_history", rl_add_history},
         {"read_history", rl_read_history},
         {"write_history", rl_write_history},
         {NULL, NULL},
     };
-    luaL_setfuncs(L, functions, 0);
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "readline");
 }

@@ -6,8 +6,8 @@
 
 #include <lua.h>
 
-/* Registers readline, add_history, read_history and write_history into
- * the table on top of the stack. */
+/* Sets the sub-table readline of the table on top of the stack: read,
+ * add_history, read_history and write_history. */
 void entsync_readline_register(lua_State *L);
 
 #endif

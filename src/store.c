@@ -838,7 +838,7 @@ static void migrate(lua_State *L, entsync_store *store)
     exec_or_raise(L, store, "COMMIT");
 }
 
-/* open_store(path) -> store */
+/* open(path) -> store */
 static int store_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -900,7 +900,7 @@ void entsync_store_register(lua_State *L)
         {NULL, NULL},
     };
     static const luaL_Reg functions[] = {
-        {"open_store", store_open},
+        {"open", store_open},
         {"valid_identifier", store_valid_identifier},
         {NULL, NULL},
     };
@@ -920,5 +920,6 @@ void entsync_store_register(lua_State *L)
         lua_setfield(L, -2, "__index");
     }
     lua_pop(L, 1);
-    luaL_setfuncs(L, functions, 0);
+    luaL_newlib(L, functions);
+    lua_setfield(L, -2, "store");
 }

@@ -4,7 +4,7 @@
  * life of the connection, and the local entity tables.
  *
  * To Lua a store is a userdata (metatable "entsync.store") made by
- * core.open_store(path); close() or __gc/__close finalizes every statement
+ * core.store.open(path); close() or __gc/__close finalizes every statement
  * and closes the connection exactly once.
  */
 #ifndef ENTSYNC_STORE_H
@@ -39,7 +39,8 @@ void entsync_store_bind(lua_State *L, entsync_store *store, sqlite3_stmt *stmt,
 /* Pushes column i of the current row as a Lua value. */
 void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i);
 
-/* Registers open_store and valid_identifier into the table on top. */
+/* Sets the sub-table store of the table on top of the stack: open(path) and
+ * valid_identifier(name). */
 void entsync_store_register(lua_State *L);
 
 #endif

@@ -97,7 +97,7 @@ end
 local function make_logger(options)
   return function(level, message)
     if options.log_format == "json" then
-      io.stderr:write(cjson.encode({ time = core.now(), level = level, message = message }), "\n")
+      io.stderr:write(cjson.encode({ time = core.sys.now(), level = level, message = message }), "\n")
     else
       io.stderr:write(string.format("entsync: %s: %s\n", level, message))
     end
@@ -152,7 +152,7 @@ end
 
 local function ago(t)
   if not t then return "never" end
-  local seconds = core.now() - t
+  local seconds = core.sys.now() - t
   if seconds < 120 then return string.format("%.0fs ago", seconds) end
   if seconds < 7200 then return string.format("%.0fm ago", seconds / 60) end
   if seconds < 172800 then return string.format("%.1fh ago", seconds / 3600) end
@@ -161,7 +161,7 @@ end
 
 function commands.status(job)
   local store
-  if core.exists(job.store_file) then store = core.open_store(job.store_file) end
+  if core.fs.exists(job.store_file) then store = core.store.open(job.store_file) end
   local out = {}
   local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
   say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
@@ -169,7 +169,7 @@ function commands.status(job)
   if daemon then
     local ok, info = pcall(cjson.decode, daemon)
     if ok and type(info) == "table" then
-      local alive = info.activity ~= "stopped" and core.process_alive(info.pid or 0)
+      local alive = info.activity ~= "stopped" and core.sys.process_alive(info.pid or 0)
       say("daemon %s: pid %s on %s, started %s, %s%s", alive and "running" or "not running",
         tostring(math.tointeger(info.pid) or info.pid),
         tostring(info.host), ago(info.started_at), tostring(info.activity),
@@ -203,10 +203,10 @@ function commands.status(job)
       end
       local mapped = store:value("SELECT count(DISTINCT remote_id) FROM entsync_idmap WHERE sync = ?1", name)
       say("  mapped     %d remote entities", mapped)
-      local holder = core.lock_holder(store, "sync:" .. name)
+      local holder = core.lock.holder(store, "sync:" .. name)
       if holder then
         say("  lock       held by pid %d on %s since %s, expires in %.0fs", holder.pid, holder.host,
-          ago(holder.acquired_at), holder.expires_at - core.now())
+          ago(holder.acquired_at), holder.expires_at - core.sys.now())
       else
         say("  lock       free")
       end
@@ -223,9 +223,9 @@ function commands.status(job)
       local pending = store:value("SELECT count(*) FROM entsync_failures WHERE sync = ?1", name)
       say("  failures   %d pending", pending)
       for _, failure in ipairs(failures) do
-        local when = failure.next_at <= core.now() and "due"
+        local when = failure.next_at <= core.sys.now() and "due"
           or failure.waits_for and failure.next_at > 1e100 and ("after " .. failure.waits_for .. " runs")
-          or string.format("in %.0fs", failure.next_at - core.now())
+          or string.format("in %.0fs", failure.next_at - core.sys.now())
         say("    %s (attempt %d, retry %s): %s", failure.remote_id, failure.attempts, when, failure.error)
       end
     else
@@ -252,7 +252,7 @@ end
 local function report(engine, results, started, options)
   local failed = false
   for _, result in ipairs(results) do
-    print(engine.summary(result, core.monotonic() - started, options.dry_run))
+    print(engine.summary(result, core.sys.monotonic() - started, options.dry_run))
     failed = failed or result.counts.failed > 0
   end
   return failed and errors.exit_codes.failed or 0
@@ -289,7 +289,7 @@ function commands.run(job, args, options)
             return
           end
         end
-        local started = core.monotonic()
+        local started = core.sys.monotonic()
         if sync.import.enabled then
           local ok, result = pcall(engine.run_import, session, sync, options)
           if not ok then
@@ -297,12 +297,12 @@ function commands.run(job, args, options)
             first_error = first_error or result
             return
           end
-          print(engine.summary(result, core.monotonic() - started, options.dry_run))
+          print(engine.summary(result, core.sys.monotonic() - started, options.dry_run))
           io.stdout:flush()
           failed_entities = failed_entities or result.counts.failed > 0
         end
         if sync.export and sync.export.on_change and not options.dry_run then
-          started = core.monotonic()
+          started = core.sys.monotonic()
           local export = require "entsync.export"
           local ok, result = pcall(export.drain, session, sync)
           if not ok then
@@ -310,7 +310,7 @@ function commands.run(job, args, options)
             first_error = first_error or result
             return
           end
-          print(export.summary(result, core.monotonic() - started))
+          print(export.summary(result, core.sys.monotonic() - started))
           io.stdout:flush()
           failed_entities = failed_entities or result.counts.failed > 0
         end
@@ -327,7 +327,7 @@ function commands.import(job, args, options)
   local sync = sync_named(job, args[1])
   if not args[2] or args[3] then usage_error("import takes a sync and one remote id") end
   return with_session(job, options, function(engine, session)
-    local started = core.monotonic()
+    local started = core.sys.monotonic()
     return report(engine, { engine.import_one(session, sync, args[2]) }, started, options)
   end)
 end
@@ -337,7 +337,7 @@ function commands.refresh(job, args, options)
   local ids = { table.unpack(args, 2) }
   if options.all == (#ids > 0) then usage_error("refresh takes a sync and local ids, or --all") end
   return with_session(job, options, function(engine, session)
-    local started = core.monotonic()
+    local started = core.sys.monotonic()
     local local_ids = ids
     if options.all then local_ids = nil end
     return report(engine, { engine.refresh(session, sync, local_ids) }, started, options)
@@ -382,9 +382,9 @@ function commands.export(job, args, options)
       print(string.format("%s: would export %d (dry run: nothing was sent or written)", sync.name, #ids))
       return 0
     end
-    local started = core.monotonic()
+    local started = core.sys.monotonic()
     local result = export.export_list(session, sync, ids)
-    print(export.summary(result, core.monotonic() - started))
+    print(export.summary(result, core.sys.monotonic() - started))
     return result.counts.failed > 0 and errors.exit_codes.failed or 0
   end)
 end
@@ -403,7 +403,7 @@ function commands.retry(job, args, options)
   local sync = sync_named(job, args[1])
   if args[2] then usage_error("retry takes one sync") end
   return with_session(job, options, function(engine, session)
-    local started = core.monotonic()
+    local started = core.sys.monotonic()
     return report(engine, { engine.retry(session, sync) }, started, options)
   end)
 end
@@ -413,7 +413,7 @@ end
 local function report_error(e, options)
   e = errors.wrap(e)
   if options.log_format == "json" then
-    io.stderr:write(cjson.encode({ time = core.now(), level = "fatal", kind = e.kind, message = e.message,
+    io.stderr:write(cjson.encode({ time = core.sys.now(), level = "fatal", kind = e.kind, message = e.message,
       traceback = options.verbose and e.traceback or nil }), "\n")
     return errors.exit_codes[e.kind] or errors.exit_codes.internal
   end

@@ -18,7 +18,7 @@ local M = {}
 
 local OUTBOX_POLL = 0.25
 
-local function now() return core.now() end
+local function now() return core.sys.now() end
 
 -- The syncs that run on a schedule, each with its parsed schedule and its
 -- next due time.
@@ -44,7 +44,7 @@ function Daemon:publish(activity)
   local due = {}
   for name, entry in pairs(self.schedules) do due[name] = entry.due end
   local state = cjson.encode({
-    pid = core.getpid(), host = core.hostname(), started_at = self.started_at, heartbeat_at = now(),
+    pid = core.sys.getpid(), host = core.sys.hostname(), started_at = self.started_at, heartbeat_at = now(),
     activity = self.activity, running = self.running_names, next_due = due,
   })
   pcall(http.blocking, self.session.store.run, self.session.store,
@@ -56,7 +56,7 @@ function Daemon:log(level, message)
 end
 
 function Daemon:stopping()
-  return core.signal_pending("TERM") or core.signal_pending("INT")
+  return core.loop.signal_pending("TERM") or core.loop.signal_pending("INT")
 end
 
 -- Runs one sync and what it depends on, as a task of the scheduler.
@@ -75,10 +75,10 @@ function Daemon:run_sync(name)
     self.busy[planned] = true
     local sync = job.syncs[planned]
     if sync.import.enabled then
-      local started = core.monotonic()
+      local started = core.sys.monotonic()
       local ok, result = pcall(engine.run_import, session, sync, self.options)
       if ok then
-        self:log("info", engine.summary(result, core.monotonic() - started))
+        self:log("info", engine.summary(result, core.sys.monotonic() - started))
       else
         self:log(errors.is(result, "lock") and "warn" or "error", errors.wrap(result).message)
       end
@@ -91,12 +91,12 @@ end
 
 function Daemon:drain(sync)
   local export = require "entsync.export"
-  local started = core.monotonic()
+  local started = core.sys.monotonic()
   local ok, result = pcall(export.drain, self.session, sync)
   if ok then
     local c = result.counts
     if c.created + c.updated + c.deleted + c.failed + c.unchanged > 0 then
-      self:log("info", export.summary(result, core.monotonic() - started))
+      self:log("info", export.summary(result, core.sys.monotonic() - started))
     end
   else
     self:log(errors.is(result, "lock") and "warn" or "error", errors.wrap(result).message)
@@ -145,7 +145,7 @@ function Daemon:loop()
   end
   http.run({ function()
     while not self:stopping() do
-      if core.signal_take("HUP") > 0 then
+      if core.loop.signal_take("HUP") > 0 then
         if next(tasks_running) then
           self.reload_wanted = true
         else
@@ -206,10 +206,10 @@ end
 
 function M.run(job, options)
   local engine = require "entsync.engine"
-  core.signals_install()
+  core.loop.signals_install()
   local session = engine.open(job, { wait = 0, progress = false, log = options.log })
   session.should_stop = function()
-    return core.signal_pending("TERM") or core.signal_pending("INT")
+    return core.loop.signal_pending("TERM") or core.loop.signal_pending("INT")
   end
   local daemon = setmetatable({
     job = job, session = session, options = options, started_at = now(), pending_tasks = {}, busy = {},
@@ -218,7 +218,7 @@ function M.run(job, options)
   local names = {}
   for name, entry in pairs(daemon.schedules) do names[#names + 1] = name .. " (" .. entry.text .. ")" end
   table.sort(names)
-  daemon:log("info", string.format("daemon started, pid %d: %s", core.getpid(),
+  daemon:log("info", string.format("daemon started, pid %d: %s", core.sys.getpid(),
     #names > 0 and table.concat(names, ", ") or "no scheduled syncs; draining the outbox"))
   daemon:publish("idle")
   local ok, err = pcall(daemon.loop, daemon)

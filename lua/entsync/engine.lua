@@ -92,7 +92,7 @@ local Session = {}
 Session.__index = Session
 
 local function file_exists(path)
-  return core.exists(path) ~= false
+  return core.fs.exists(path) ~= false
 end
 
 -- Opens the job's store (for a dry run, the existing file inside a
@@ -103,7 +103,7 @@ function M.open(job, options)
   local dry = options.dry_run
   local path = job.store_file
   if dry and not file_exists(path) then path = ":memory:" end
-  local opened, store = pcall(core.open_store, path)
+  local opened, store = pcall(core.store.open, path)
   if not opened then
     -- A store that cannot be opened or was written by a newer entsync is
     -- a problem of the job's setup, not of entsync.
@@ -112,7 +112,7 @@ function M.open(job, options)
   local session = setmetatable({
     job = job, store = store, dry = dry, options = options, providers = {},
     log = options.log or function() end,
-    owner = string.format("%s:%d:%d", core.hostname(), core.getpid(), math.floor(core.now() * 1000)),
+    owner = string.format("%s:%d:%d", core.sys.hostname(), core.sys.getpid(), math.floor(core.sys.now() * 1000)),
   }, Session)
   if dry then store:run("BEGIN") end
   session:define_entities()
@@ -214,15 +214,15 @@ end
 local function describe_holder(holder)
   return string.format("pid %s on %s (owner %s), heartbeat %.0fs ago, lease expires in %.0fs",
     tostring(holder.pid), tostring(holder.host), tostring(holder.owner),
-    core.now() - (holder.heartbeat_at or 0), (holder.expires_at or 0) - core.now())
+    core.sys.now() - (holder.heartbeat_at or 0), (holder.expires_at or 0) - core.sys.now())
 end
 
 function Session:lock(sync)
   if self.dry then return end
   local name = "sync:" .. sync.name
-  local deadline = core.monotonic() + (self.options.wait or 0)
+  local deadline = core.sys.monotonic() + (self.options.wait or 0)
   while true do
-    local ok, info = core.lock_acquire(self.store, name, self.owner, LOCK_TTL)
+    local ok, info = core.lock.acquire(self.store, name, self.owner, LOCK_TTL)
     if ok then
       if info then
         self.log("warn", string.format("sync \"%s\": took over a lease whose holder is %s: %s", sync.name, info.reason,
@@ -230,17 +230,17 @@ function Session:lock(sync)
       end
       return
     end
-    if core.monotonic() >= deadline then
+    if core.sys.monotonic() >= deadline then
       errors.raise("lock", string.format("sync \"%s\" is locked by another run: %s", sync.name, describe_holder(info)),
         { holder = info })
     end
-    core.sleep(math.min(0.25, math.max(0.01, deadline - core.monotonic())))
+    core.sys.sleep(math.min(0.25, math.max(0.01, deadline - core.sys.monotonic())))
   end
 end
 
 function Session:heartbeat(sync)
   if self.dry then return end
-  if not core.lock_heartbeat(self.store, "sync:" .. sync.name, self.owner, LOCK_TTL) then
+  if not core.lock.heartbeat(self.store, "sync:" .. sync.name, self.owner, LOCK_TTL) then
     errors.raise("lock", string.format("sync \"%s\": the lease was lost to another run", sync.name))
   end
 end
@@ -248,7 +248,7 @@ end
 function Session:unlock(sync)
   if self.dry or not self.store:is_open() then return end
   if self.store:in_transaction() then self:rollback() end
-  core.lock_release(self.store, "sync:" .. sync.name, self.owner)
+  core.lock.release(self.store, "sync:" .. sync.name, self.owner)
 end
 
 -- one run of one sync -----------------------------------------------------------
@@ -274,7 +274,7 @@ end
 
 local function save_state(store, sync, state)
   store:run(SQL.save_state, sync.name, state.cursor_mark, state.cursor_id, state.pass, state.pass_resume,
-    state.pass_open, state.pass_unreadable, core.now())
+    state.pass_open, state.pass_unreadable, core.sys.now())
 end
 
 function M.new_run(session, sync, operation)
@@ -421,7 +421,7 @@ function Run:fail(remote_id, message, payload, waits_for)
     encoded = ok and json or nil
   end
   local attempts = (store:value(SQL.failure_attempts, sync.name, remote_id) or 0) + 1
-  local now = core.now()
+  local now = core.sys.now()
   -- A remote that is there but fails to import is still there: a full
   -- pass must not delete what is stored for it.
   if self.track_seen and remote_id:sub(1, 1) ~= "@" then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
@@ -442,7 +442,7 @@ function Run:write(remote_id, changed, mapped, hash, rows, record, raw_hash)
     if sync.link then self:link(local_ids, remote_id, record) end
   end
   local idmap_sql = rows[1] and SQL.upsert_idmap or SQL.insert_idmap
-  local now = core.now()
+  local now = core.sys.now()
   local entities = sync.mapping.entities
   for i = 1, #entities do
     local entity = entities[i]
@@ -509,7 +509,7 @@ function Run:process(record, raw_hash)
   local remote_id = remote_id_text(raw_id)
   if not remote_id then
     -- Keyed by its content, so the same record failing again is one row.
-    local hashed, hex = pcall(core.hash_hex, record)
+    local hashed, hex = pcall(core.hash.hex, record)
     local key = "@no-id:" .. (hashed and hex or "unhashable")
     self:fail(key, string.format("record has no usable id in field \"%s\" (got %s)", sync.id_field,
       raw_id == nil and "nothing" or tostring(raw_id)), record)
@@ -537,7 +537,7 @@ function Run:process(record, raw_hash)
     self.counts.filtered = self.counts.filtered + 1
     return "filtered"
   end
-  local hash = core.hash(mapped)
+  local hash = core.hash.of(mapped)
   if stored and stored.hash == hash and #rows == #sync.mapping.entities then
     if self.track_seen then store:run(SQL.mark_seen, sync.name, remote_id, self.pass) end
     return self:count("unchanged", remote_id)
@@ -617,7 +617,7 @@ function Run:local_wins(rows, record, remote_id, hash, changed)
   end
   local winner = export.resolve_conflict(self.session, self.sync, self.run_id, {
     entity = rows[1].entity, local_id = rows[1].local_id, remote_id = remote_id, local_rows = local_rows,
-    remote_record = record, local_hash = core.hash(local_rows), remote_hash = hash, remote_changed = changed,
+    remote_record = record, local_hash = core.hash.of(local_rows), remote_hash = hash, remote_changed = changed,
     local_changed = pending.queued_at, ctx = self.ctx,
   })
   self.counts.conflicts = self.counts.conflicts + 1
@@ -657,8 +657,8 @@ end
 function Run:start(mode, cursor_before)
   local store = self.store
   store:run(SQL.abandoned_runs, self.sync.name)
-  local _, id = store:run(SQL.start_run, self.sync.name, self.operation, mode, core.now(), cursor_before,
-    core.getpid(), core.hostname())
+  local _, id = store:run(SQL.start_run, self.sync.name, self.operation, mode, core.sys.now(), cursor_before,
+    core.sys.getpid(), core.sys.hostname())
   self.run_id = id
 end
 
@@ -671,7 +671,7 @@ end
 function Run:finish(status, cursor_after, err)
   local c = self.counts
   if self.session.dry or not self.run_id then return end
-  self.store:run(SQL.finish_run, self.run_id, core.now(), status, c.created, c.updated, c.unchanged, c.stale,
+  self.store:run(SQL.finish_run, self.run_id, core.sys.now(), status, c.created, c.updated, c.unchanged, c.stale,
     c.failed, c.deleted, c.skipped + c.filtered, cursor_after, err)
 end
 
@@ -684,14 +684,14 @@ end
 
 -- A finished run of this sync makes the entities deferred on it due.
 function Run:release_dependents()
-  if not self.session.dry then self.store:run(SQL.release_deferred, self.sync.name, core.now()) end
+  if not self.session.dry then self.store:run(SQL.release_deferred, self.sync.name, core.sys.now()) end
 end
 
 -- Retries stored failures that are due (all of them when forced) from
 -- their stored payloads, in one batch.
 function Run:retry_failures(force)
   local session, sync = self.session, self.sync
-  local due = self.store:rows(SQL.due_failures, sync.name, force and math.huge or core.now())
+  local due = self.store:rows(SQL.due_failures, sync.name, force and math.huge or core.sys.now())
   if #due == 0 then return end
   local provider = self.provider
   local can_get = type(provider.get) == "function"
@@ -743,7 +743,7 @@ function Run:apply_deletes(pass_had_unreadable)
     end
     table.insert(gone[row.remote_id], row)
   end
-  local now = core.now()
+  local now = core.sys.now()
   for _, remote_id in ipairs(order) do
     if mode == "delete" then
       for _, row in ipairs(gone[remote_id]) do
@@ -872,7 +872,7 @@ local function record_source(run, reader, state, incremental)
             text, skipped, err = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
           else
             text, err = reader:next_raw()
-            if text and known:has(core.hash_bytes(text, fingerprint)) then text, skipped = nil, 1 end
+            if text and known:has(core.hash.bytes(text, fingerprint)) then text, skipped = nil, 1 end
           end
           if skipped > 0 then
             pending = text
@@ -881,7 +881,7 @@ local function record_source(run, reader, state, incremental)
         end
         if text == nil then return nil end
         if text == false then return UNREADABLE, err end
-        local raw_hash = core.hash_bytes(text, fingerprint)
+        local raw_hash = core.hash.bytes(text, fingerprint)
         local record
         record, err = reader:decode(text)
         if record == false then return UNREADABLE, err, text end
@@ -941,7 +941,7 @@ function M.run_import(session, sync, options)
     run.fresh = store:value(SQL.has_idmap, sync.name) == nil
     local settings = sync.import
     local state = run.state
-    local started = core.now()
+    local started = core.sys.now()
     if not session.dry then run:start(settings.mode, cursor.format(state.cursor_mark, state.cursor_id)) end
     local incremental = settings.mode == "incremental"
     if not incremental then

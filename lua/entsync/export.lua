@@ -164,7 +164,7 @@ function M.resolve_conflict(session, sync, run_id, info)
     winner = verdict
   end
   session.store:run(SQL.conflict, run_id, sync.name, info.entity, info.local_id, info.remote_id,
-    info.local_hash, info.remote_hash, type(policy) == "function" and "function" or policy, winner, core.now())
+    info.local_hash, info.remote_hash, type(policy) == "function" and "function" or policy, winner, core.sys.now())
   session.log("warn", string.format("%s %s: changed on both sides; %s kept (%s)", sync.name,
     tostring(info.remote_id or info.local_id), winner, type(policy) == "function" and "function" or policy))
   return winner
@@ -176,7 +176,7 @@ local function echo_of(sync, record, ctx)
   if not ok then return nil, nil end
   local changed = sync.changed_field and record[sync.changed_field]
   if changed == null then changed = nil end
-  return core.hash(mapped), changed
+  return core.hash.of(mapped), changed
 end
 
 -- Exports one local entity; returns "created", "updated", "deleted",
@@ -222,7 +222,7 @@ function M.export_one(session, sync, entity, id, run_id, changed_only)
         local pending = store:row(SQL.pending, entity, id)
         local winner = http.blocking(M.resolve_conflict, session, sync, run_id, {
           entity = entity, local_id = id, remote_id = remote_id, local_rows = rows, remote_record = current,
-          local_hash = core.hash(rows), remote_hash = remote_hash, remote_changed = remote_changed,
+          local_hash = core.hash.of(rows), remote_hash = remote_hash, remote_changed = remote_changed,
           local_changed = pending and pending.queued_at, ctx = ctx,
         })
         if winner == "remote" then
@@ -256,7 +256,7 @@ function M.export_one(session, sync, entity, id, run_id, changed_only)
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
         sync.provider.name))
     end
-    ctx.idempotency_key = string.format("%s:%s:%s:%s", sync.name, entity, tostring(id), core.hash_hex(record))
+    ctx.idempotency_key = string.format("%s:%s:%s:%s", sync.name, entity, tostring(id), core.hash.hex(record))
     remote_id, answer = provider:create(resource, record, ctx)
     remote_id = id_text(remote_id)
     outcome = "created"
@@ -264,7 +264,7 @@ function M.export_one(session, sync, entity, id, run_id, changed_only)
   local echo = type(answer) == "table" and next(answer) ~= nil and answer or record
   local hash, changed = echo_of(sync, echo, ctx)
   http.blocking(in_transaction, store, function()
-    local now = core.now()
+    local now = core.sys.now()
     for name, local_id in pairs(ids) do
       store:run(SQL.save_map, sync.name, name, local_id, remote_id, changed, hash, now)
     end
@@ -302,13 +302,13 @@ end
 
 local function start_run(session, sync, operation)
   if session.dry then return nil end
-  local _, id = session.store:run(SQL.start_run, sync.name, operation, core.now(), core.getpid(), core.hostname())
+  local _, id = session.store:run(SQL.start_run, sync.name, operation, core.sys.now(), core.sys.getpid(), core.sys.hostname())
   return id
 end
 
 local function finish_run(session, run_id, counts, err)
   if not run_id then return end
-  session.store:run(SQL.finish_run, run_id, core.now(), err and "error" or (counts.failed > 0 and "failed" or "ok"),
+  session.store:run(SQL.finish_run, run_id, core.sys.now(), err and "error" or (counts.failed > 0 and "failed" or "ok"),
     counts.created, counts.updated, counts.deleted, counts.failed, counts.unchanged, err)
 end
 
@@ -378,7 +378,7 @@ function M.drain(session, sync)
   return exporting(session, sync, "outbox", function(counts, run_id)
     local seen = {}
     while true do
-      local due = store:rows(SQL.due, entities, core.now(), sync.export.batch)
+      local due = store:rows(SQL.due, entities, core.sys.now(), sync.export.batch)
       local fresh = {}
       for _, row in ipairs(due) do
         if not seen[row.id .. ":" .. row.queued_at] then fresh[#fresh + 1] = row end
@@ -422,7 +422,7 @@ function M.drain(session, sync)
                 message))
             end
             local backoff = math.min(30 * 2 ^ (row.attempts or 0), 6 * 3600)
-            store:run(SQL.retry_later, row.id, message, core.now() + backoff)
+            store:run(SQL.retry_later, row.id, message, core.sys.now() + backoff)
           end
         end)
       end)

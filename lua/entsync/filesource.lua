@@ -50,7 +50,7 @@ M.json = json
 
 -- cjson gives every JSON number as a float, so an id 17 would print as
 -- "17.0": integral values become integers (in C), as the file's author meant.
-local integerize = core.integerize
+local integerize = core.hash.integerize
 
 local function kind_of(value, text)
   if value == cjson.null then return "null" end
@@ -197,7 +197,7 @@ function Reader:next_unknown(known, seed, max)
     local text, err = self:next_raw()
     if text == nil then return nil, 0 end
     if text == false then return false, 0, err end
-    if known:has(core.hash_bytes(text, seed)) then return nil, 1 end
+    if known:has(core.hash.bytes(text, seed)) then return nil, 1 end
     return text, 0
   end
   while true do
@@ -225,13 +225,13 @@ end
 -- number, so an earlier delivery is never overwritten.
 local function free_name(dir, name)
   local target = join(dir, name)
-  if not core.exists(target) then return target end
+  if not core.fs.exists(target) then return target end
   local stem, ext = name:match("^(.+)(%.[^.]*)$")
   if not stem then stem, ext = name, "" end
   local n = 2
   while true do
     target = join(dir, format("%s-%d%s", stem, n, ext))
-    if not core.exists(target) then return target end
+    if not core.fs.exists(target) then return target end
     n = n + 1
   end
 end
@@ -243,11 +243,11 @@ function Reader:committed()
   local pending = self._pending
   if #pending == 0 then return self.position end
   local dir = join(self._dropdir, self._provider.processed)
-  local ok, err = core.mkdir(dir)
+  local ok, err = core.fs.mkdir(dir)
   if not ok then return nil, err end
   while #pending > 0 do
     local entry = pending[1]
-    ok, err = core.rename(entry.path, free_name(dir, entry.name))
+    ok, err = core.fs.rename(entry.path, free_name(dir, entry.name))
     if not ok then return nil, err end
     table.remove(pending, 1)
   end
@@ -289,12 +289,12 @@ function Provider:_wanted(name)
 end
 
 function Provider:_dropfiles(dir)
-  local names, err = core.listdir(dir)
+  local names, err = core.fs.listdir(dir)
   if not names then return nil, self.prefix .. err end
   local files = {}
   for _, name in ipairs(names) do
     local path = join(dir, name)
-    if name ~= self.processed and self:_wanted(name) and not core.isdir(path) then
+    if name ~= self.processed and self:_wanted(name) and not core.fs.isdir(path) then
       files[#files + 1] = { path = path, name = name }
     end
   end
@@ -316,13 +316,13 @@ function Provider:list(resource, query)
   end
   local target, err = self:_target(resource)
   if not target then return nil, err end
-  if core.isdir(target) then
+  if core.fs.isdir(target) then
     local files
     files, err = self:_dropfiles(target)
     if not files then return nil, err end
     return new_reader(self, files, target, offset)
   end
-  if not core.exists(target) then
+  if not core.fs.exists(target) then
     return nil, self.prefix .. target .. ": no such file or directory"
   end
   return new_reader(self, { { path = target, name = basename(target) } }, nil, offset)
@@ -361,7 +361,7 @@ function Provider:_append(resource, line)
   end
   local target, err = self:_target(resource)
   if not target then return nil, err end
-  if core.isdir(target) then return nil, self.prefix .. target .. " is a folder; writes go to a file" end
+  if core.fs.isdir(target) then return nil, self.prefix .. target .. " is a folder; writes go to a file" end
   local file, open_err = io.open(target, "ab")
   if not file then return nil, self.prefix .. tostring(open_err) end
   local ok, write_err = file:write(self._encode(line), "\n")

@@ -22,7 +22,7 @@ local M = {}
 local client              -- the curl multi handle, made on first use
 
 local function get_client()
-  if not client then client = core.http_client() end
+  if not client then client = core.http.client() end
   return client
 end
 local arrived = {}        -- id -> response that no one was waiting for yet
@@ -202,13 +202,13 @@ function M.sleep(seconds)
   if seconds <= 0 then return end
   local co = coroutine.running()
   if blocking == 0 and managed[co] then
-    coroutine.yield(YIELD, "sleep", core.monotonic() + seconds)
+    coroutine.yield(YIELD, "sleep", core.sys.monotonic() + seconds)
   elseif client and client:pending() > 0 then
     -- transfers in flight go on while this caller waits
-    local deadline = core.monotonic() + seconds
-    repeat poll(math.max(0, deadline - core.monotonic())) until core.monotonic() >= deadline
+    local deadline = core.sys.monotonic() + seconds
+    repeat poll(math.max(0, deadline - core.sys.monotonic())) until core.sys.monotonic() >= deadline
   else
-    core.sleep(seconds)
+    core.sys.sleep(seconds)
   end
 end
 
@@ -238,7 +238,7 @@ function Limits:acquire()
   while self.in_flight >= self.cap do M.sleep(0.002) end
   self.in_flight = self.in_flight + 1
   if self.interval > 0 then
-    local now = core.monotonic()
+    local now = core.sys.monotonic()
     local slot = math.max(now, self.next_slot)
     self.next_slot = slot + self.interval
     if slot > now then M.sleep(slot - now) end
@@ -261,7 +261,7 @@ function M.retry_after(value)
   if not d or not months[mon] then return nil end
   local iso = string.format("%04d-%02d-%02dT%02d:%02d:%02dZ", tonumber(y), months[mon], tonumber(d), tonumber(h),
     tonumber(mi), tonumber(s))
-  return math.max(0, require("entsync.map").iso_to_epoch(iso) - core.now())
+  return math.max(0, require("entsync.map").iso_to_epoch(iso) - core.sys.now())
 end
 
 local function retryable(response)
@@ -302,7 +302,7 @@ function Future:send()
   local limits = self.req.limits
   if limits then limits:acquire() end
   self.attempt = self.attempt + 1
-  self.started = core.monotonic()
+  self.started = core.sys.monotonic()
   local ok, id = pcall(get_client().add, get_client(), self.prepared)
   if not ok then
     if limits then limits:release() end
@@ -342,7 +342,7 @@ function Future:wait()
     if verbose then
       log("debug", string.format("%s %s [%s] -> %s in %.0fms", prepared.method, redacted_url(prepared.url),
         redacted_headers(prepared.headers), response.error or tostring(response.status),
-        (core.monotonic() - self.started) * 1000))
+        (core.sys.monotonic() - self.started) * 1000))
     end
     local again = req.on_response and req.on_response(response, self.attempt)
     if again == "retry" and self.attempt < attempts + 1 then
@@ -437,7 +437,7 @@ function M.run(tasks)
         ready[#ready + 1] = entry
       end
     end
-    local now = core.monotonic()
+    local now = core.sys.monotonic()
     local timeout = 0.5
     for i = #sleeping, 1, -1 do
       if sleeping[i].at <= now then
@@ -465,7 +465,7 @@ function M.run(tasks)
           end
         end
       elseif #sleeping > 0 then
-        core.sleep(math.max(0, timeout))
+        core.sys.sleep(math.max(0, timeout))
       else
         break -- nothing can wake the remaining tasks
       end

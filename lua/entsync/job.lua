@@ -39,7 +39,7 @@ local function check_name(where, what, name)
   if type(name) ~= "string" then
     errors.config(where, "%s name must be a string, got %s", what, type(name))
   end
-  if not core.valid_identifier(name) then
+  if not core.store.valid_identifier(name) then
     errors.config(where, "%s name \"%s\" is not an identifier (letters, digits and _, not starting with a digit)",
       what, name)
   end
@@ -78,7 +78,7 @@ local function dsl_entity(job)
       local decl = { name = name, fields = {}, where = where }
       local folded = {}
       for field, field_type in pairs(fields) do
-        if type(field) ~= "string" or not core.valid_identifier(field) then
+        if type(field) ~= "string" or not core.store.valid_identifier(field) then
           errors.config(where, "entity \"%s\": field name %s is not an identifier", name,
             type(field) == "string" and ('"' .. field .. '"') or tostring(field))
         end
@@ -307,7 +307,7 @@ local function validate_sync(job, sync)
   -- fingerprint were seen before maps to what is stored. Syncs whose
   -- mapping reads other syncs' id maps (refs, links) have no fingerprint.
   if not sync.mapping.has_refs and not sync.link then
-    sync.fingerprint = core.hash({ core.version, name = sync.name, job = job.source, mapping = sync.mapping.source_text })
+    sync.fingerprint = core.hash.of({ core.version, name = sync.name, job = job.source, mapping = sync.mapping.source_text })
   end
 end
 
@@ -411,7 +411,7 @@ end
 
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end
-  local cwd = core.cwd()
+  local cwd = core.fs.cwd()
   if path == "." then return cwd end
   return (cwd .. "/" .. path:gsub("^%./", ""))
 end

@@ -21,12 +21,12 @@ end
 
 -- enabled: true, false or nil (nil: only when stderr is a terminal).
 function M.new(enabled, label, total)
-  if enabled == false or (enabled == nil and not core.isatty(2)) then return quiet end
-  return setmetatable({ label = label, total = total, started = core.monotonic(), drawn = 0, shown = false }, Meter)
+  if enabled == false or (enabled == nil and not core.sys.isatty(2)) then return quiet end
+  return setmetatable({ label = label, total = total, started = core.sys.monotonic(), drawn = 0, shown = false }, Meter)
 end
 
 function Meter:tick(count)
-  local now = core.monotonic()
+  local now = core.sys.monotonic()
   if now - self.drawn < 0.2 then return end
   self.drawn = now
   local elapsed = now - self.started

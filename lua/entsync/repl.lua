@@ -191,7 +191,7 @@ local function new_env(ctx)
       failures = store:rows("SELECT remote_id, attempts, error FROM entsync_failures WHERE sync = ?1", name),
       outbox = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
         cjson.encode(sync.entities)),
-      lock = core.lock_holder(store, "sync:" .. name),
+      lock = core.lock.holder(store, "sync:" .. name),
     }
   end
 
@@ -264,11 +264,11 @@ function M.run(job, args, options)
     session:close()
     return status
   end
-  local tty = core.isatty(0)
+  local tty = core.sys.isatty(0)
   local history = (os.getenv("HOME") or ".") .. "/.entsync_history"
-  if tty then core.read_history(history) end
+  if tty then core.readline.read_history(history) end
   local function read(prompt)
-    if tty then return core.readline(prompt) end
+    if tty then return core.readline.read(prompt) end
     return io.read("l")
   end
   if tty then out(string.format("entsync %s repl: %s (help() lists the helpers)", core.version, job.display_path)) end
@@ -276,7 +276,7 @@ function M.run(job, args, options)
   while true do
     local line = read(buffer and ">> " or "> ")
     if line == nil then break end
-    if tty and line:match("%S") then core.add_history(line) end
+    if tty and line:match("%S") then core.readline.add_history(line) end
     buffer = buffer and (buffer .. "\n" .. line) or line
     if buffer:match("^%s*$") then
       buffer = nil
@@ -291,7 +291,7 @@ function M.run(job, args, options)
       end
     end
   end
-  if tty then core.write_history(history) end
+  if tty then core.readline.write_history(history) end
   session:close()
   return 0
 end

@@ -94,10 +94,10 @@ end
 -- Sends SIGTERM and returns the exit status (nil if it did not end in
 -- timeout seconds) and the seconds it took.
 function M.stop(child, timeout, signal)
-  local t0 = core.monotonic()
+  local t0 = core.sys.monotonic()
   M.signal(child, signal or "TERM")
   local code = M.exit_code(child, timeout or 5)
-  return code, core.monotonic() - t0
+  return code, core.sys.monotonic() - t0
 end
 
 -- Kills every child still running and removes their files.

@@ -10,14 +10,14 @@ local function shell_quote(s)
 end
 M.quote = shell_quote
 
-local root = core.cwd()
+local root = core.fs.cwd()
 M.root = root
 M.bin = os.getenv("ENTSYNC_BIN") or (root .. "/bin/entsync-run")
 
 function M.tmpdir()
   local name = os.tmpname()
   os.remove(name)
-  assert(core.mkdir(name))
+  assert(core.fs.mkdir(name))
   return name
 end
 
@@ -151,33 +151,33 @@ end
 
 -- Waits until the process is gone, at most timeout seconds; true if gone.
 function M.wait_gone(pid, timeout)
-  local deadline = core.monotonic() + (timeout or 10)
-  while core.monotonic() < deadline do
+  local deadline = core.sys.monotonic() + (timeout or 10)
+  while core.sys.monotonic() < deadline do
     if not M.alive(pid) then return true end
-    core.sleep(0.01)
+    core.sys.sleep(0.01)
   end
   return false
 end
 
 -- Polls fn until it returns a truthy value, at most timeout seconds.
 function M.wait_for(fn, timeout)
-  local deadline = core.monotonic() + (timeout or 10)
+  local deadline = core.sys.monotonic() + (timeout or 10)
   repeat
     local value = fn()
     if value then return value end
-    core.sleep(0.01)
-  until core.monotonic() >= deadline
+    core.sys.sleep(0.01)
+  until core.sys.monotonic() >= deadline
   return nil
 end
 
 -- Opens the store file with entsync's own C store, for assertions.
 function M.open_store(path)
-  return core.open_store(path)
+  return core.store.open(path)
 end
 
 -- Rows of a query on a store file, through a fresh connection.
 function M.query(path, sql, ...)
-  local store = core.open_store(path)
+  local store = core.store.open(path)
   local rows = store:rows(sql, ...)
   store:close()
   return rows

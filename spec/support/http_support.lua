@@ -82,9 +82,9 @@ end
 
 -- Elapsed seconds of fn(), and its results.
 function M.timed(fn, ...)
-  local t0 = core.monotonic()
+  local t0 = core.sys.monotonic()
   local results = table.pack(fn(...))
-  return core.monotonic() - t0, table.unpack(results, 1, results.n)
+  return core.sys.monotonic() - t0, table.unpack(results, 1, results.n)
 end
 
 -- Lua source of a value (strings quoted, tables as constructors).

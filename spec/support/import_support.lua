@@ -194,11 +194,11 @@ function M.audited(dir)
 end
 
 function M.exists(path)
-  return core.exists(path) ~= false
+  return core.fs.exists(path) ~= false
 end
 
 function M.ls(dir)
-  local names = core.listdir(dir)
+  local names = core.fs.listdir(dir)
   if not names then return {} end
   table.sort(names)
   return names
@@ -224,10 +224,10 @@ end
 -- Writes a lease row for sync into the store.
 function M.lease(dir, sync, fields)
   local store = helpers.open_store(M.db(dir))
-  local now = core.now()
+  local now = core.sys.now()
   store:run([[INSERT OR REPLACE INTO entsync_locks (name, owner, pid, host, acquired_at, heartbeat_at, expires_at)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)]], "sync:" .. (sync or "contacts"), fields.owner or "spec-owner",
-    fields.pid, fields.host or core.hostname(), fields.acquired_at or now, fields.heartbeat_at or now,
+    fields.pid, fields.host or core.sys.hostname(), fields.acquired_at or now, fields.heartbeat_at or now,
     fields.expires_at or (now + 300))
   store:close()
 end
@@ -287,7 +287,7 @@ end
 
 -- Waits until no process has the pid any more (not even a zombie).
 function M.wait_reaped(pid, timeout)
-  return helpers.wait_for(function() return not core.process_alive(pid) end, timeout or 10) or false
+  return helpers.wait_for(function() return not core.sys.process_alive(pid) end, timeout or 10) or false
 end
 
 return M
