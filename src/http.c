@@ -8,6 +8,8 @@
  */
 #include "http.h"
 
+#include "loop.h"
+
 #include <curl/curl.h>
 #include <lauxlib.h>
 #include <stdlib.h>
@@ -325,43 +327,80 @@ static void unlink_transfer(client *c, transfer *t)
     }
 }
 
+/* Moves the transfers that ended into the table on top of the stack, after
+ * the n responses it holds; returns the new count. */
+static lua_Integer collect(lua_State *L, client *c, lua_Integer n)
+{
+    CURLMsg *msg;
+    int left;
+    while ((msg = curl_multi_info_read(c->multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        transfer *t = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
+        CURLcode result = msg->data.result;
+        curl_multi_remove_handle(c->multi, msg->easy_handle);
+        unlink_transfer(c, t);
+        push_response(L, t, result);
+        lua_rawseti(L, -2, ++n);
+        transfer_free(t);
+    }
+    return n;
+}
+
+void entsync_http_wait(lua_State *L, int idx, struct pollfd *extra, nfds_t n, double timeout, int wait_idle)
+{
+    client *c = luaL_checkudata(L, idx, CLIENT_META);
+    if (!c->multi)
+        luaL_error(L, "http client is closed");
+    /* curl takes the extra descriptors in its own shape; whether one is
+     * ready is asked of poll() itself, which also reports a hang-up or an
+     * error that curl's revents leave out (a pipe whose writer closed). */
+    struct curl_waitfd *waits = n ? lua_newuserdatauv(L, n * sizeof *waits, 0) : NULL;
+    for (nfds_t i = 0; i < n; i++) {
+        waits[i].fd = extra[i].fd;
+        waits[i].events = (short)(((extra[i].events & POLLIN) ? CURL_WAIT_POLLIN : 0) |
+                                  ((extra[i].events & POLLOUT) ? CURL_WAIT_POLLOUT : 0));
+    }
+    lua_newtable(L);
+    double deadline = timeout >= 0 ? entsync_loop_clock() + timeout : -1;
+    lua_Integer got = 0;
+    for (;;) {
+        int running = 0;
+        CURLMcode rc = curl_multi_perform(c->multi, &running);
+        if (rc != CURLM_OK)
+            luaL_error(L, "http: %s", curl_multi_strerror(rc));
+        got = collect(L, c, got);
+        if (got > 0 || (n > 0 && entsync_loop_poll(L, extra, n, 0) > 0))
+            break;
+        if (c->count == 0 && !wait_idle)
+            break;
+        if (c->count == 0 && n == 0 && deadline < 0)
+            luaL_error(L, "core.loop.wait: nothing to wait for and no timeout: it would never return");
+        int ms = entsync_loop_ms_until(deadline);
+        if (ms == 0)
+            break;
+        /* curl wants a finite wait: a longer one is waited in turns */
+        if (ms < 0 || ms > 3600 * 1000)
+            ms = 3600 * 1000;
+        for (nfds_t i = 0; i < n; i++)
+            waits[i].revents = 0;
+        rc = curl_multi_poll(c->multi, waits, (unsigned)n, ms, NULL);
+        if (rc != CURLM_OK)
+            luaL_error(L, "http: %s", curl_multi_strerror(rc));
+    }
+    if (waits)
+        lua_remove(L, -2);
+}
+
 /* client:poll(timeout) -> { responses }: runs the transfers, waiting up to
  * timeout seconds for one to end; returns those that ended (possibly
- * none). A response is { id, status, headers, body, time [, error] }. */
+ * none, and at once when none is in flight). A response is { id, status,
+ * headers, body, time [, error] }. core.loop.wait shares this. */
 static int client_poll(lua_State *L)
 {
-    client *c = check_client(L);
-    double timeout = luaL_optnumber(L, 2, 0);
-    int running = 0;
-    CURLMcode rc = curl_multi_perform(c->multi, &running);
-    lua_newtable(L);
-    lua_Integer n = 0;
-    int waited = 0;
-    for (;;) {
-        if (rc != CURLM_OK)
-            return luaL_error(L, "http: %s", curl_multi_strerror(rc));
-        CURLMsg *msg;
-        int left;
-        while ((msg = curl_multi_info_read(c->multi, &left)) != NULL) {
-            if (msg->msg != CURLMSG_DONE)
-                continue;
-            transfer *t = NULL;
-            curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&t);
-            CURLcode result = msg->data.result;
-            curl_multi_remove_handle(c->multi, msg->easy_handle);
-            unlink_transfer(c, t);
-            push_response(L, t, result);
-            lua_rawseti(L, -2, ++n);
-            transfer_free(t);
-        }
-        if (n > 0 || waited || c->count == 0 || timeout <= 0)
-            break;
-        int ready = 0;
-        rc = curl_multi_poll(c->multi, NULL, 0, (int)(timeout * 1000), &ready);
-        if (rc == CURLM_OK)
-            rc = curl_multi_perform(c->multi, &running);
-        waited = 1;
-    }
+    check_client(L);
+    entsync_http_wait(L, 1, NULL, 0, luaL_optnumber(L, 2, 0), 0);
     return 1;
 }
 
