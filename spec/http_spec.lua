@@ -229,9 +229,9 @@ describe("entsync.http", function()
       assert.equal(3, S.peak(server.log()))
     end)
 
-    -- Same cause as the per_second spec below: while every task sleeps,
-    -- http.run calls core.sys.sleep instead of polling curl, so a request
-    -- started before the sleep is not sent until the task waits for it.
+    -- While every task sleeps the loop sleeps in core.loop.wait, which
+    -- drives curl: a request started before a sleep is sent during it, not
+    -- when the task comes to wait for it.
     it("a request started before a task sleeps is in flight during the sleep", function()
       server.latency(300)
       local elapsed, results = S.timed(http.run, { function()
@@ -452,9 +452,10 @@ describe("entsync.http", function()
     end)
 
     -- A future's transfer is only added to the curl multi handle; curl
-    -- sends it when someone polls. The rate's waits (Limits:acquire ->
-    -- http.sleep) run while nobody polls, so requests started ahead by one
-    -- task pile up and go out together at its first wait.
+    -- sends it when the loop's wait drives it. The rate's waits
+    -- (Limits:acquire sleeps until the next slot) are such waits, so
+    -- requests started ahead by one task go out one slot apart, not
+    -- together at its first wait.
     it("per_second spaces requests that one task starts ahead as futures", function()
       local limits = http.limits({ per_second = 10 })
       local results = http.run({ function()

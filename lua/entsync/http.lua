@@ -4,31 +4,26 @@
 --   local res = http.get("https://api.example.com/contacts", { query = { page = 2 } })
 --   for _, c in ipairs(res:json().data) do ... end
 --
--- Every request goes through one curl multi handle (src/http.c). Inside a
--- task of entsync's scheduler (the engine runs providers so) a request
--- yields its coroutine until the response is there, so many requests are
--- in flight while the code reads as straight-line calls; anywhere else (a
--- script, the REPL, a write transaction) it simply blocks. Network errors,
--- 5xx and 408 are retried with exponential backoff and jitter; 429 waits
--- for Retry-After; after the last attempt the request fails with its
+-- Every request goes through one curl multi handle (src/http.c), which
+-- entsync's one loop (entsync.loop) drives in its wait. A request yields
+-- the task that makes it until the response is there, so many requests are
+-- in flight while the code reads as straight-line calls. Outside any loop
+-- (a script, the REPL) a request runs a loop on demand for its length;
+-- inside loop.forbid_yield (a write transaction) it is refused. Network
+-- errors, 5xx and 408 are retried with exponential backoff and jitter; 429
+-- waits for Retry-After; after the last attempt the request fails with its
 -- method, URL, status and the start of the body.
 
 local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
+local loop = require "entsync.loop"
 
 local M = {}
 
 local client              -- the curl multi handle, made on first use
-
-local function get_client()
-  if not client then client = core.http.client() end
-  return client
-end
 local arrived = {}        -- id -> response that no one was waiting for yet
-local YIELD = {}          -- marks the scheduler's own yields
-local managed = setmetatable({}, { __mode = "k" }) -- coroutines the scheduler runs
-local blocking = 0        -- > 0: every request blocks (inside a write)
+local waiting = {}        -- id -> the loop's token of the wait for it
 local held = {}           -- transfer id -> the limits whose slot it holds
 
 -- Files a response that arrived: its slot is free at once, whoever waits
@@ -41,13 +36,24 @@ local function free_slot(id)
   end
 end
 
-local function arrive(response)
-  free_slot(response.id)
-  arrived[response.id] = response
+-- Files the responses a wait collected: to the task waiting for each, or
+-- aside until someone asks.
+local function deliver(responses)
+  for _, response in ipairs(responses) do
+    local id = response.id
+    free_slot(id)
+    local token = waiting[id]
+    waiting[id] = nil
+    if not (token and loop.wake(token, response)) then arrived[id] = response end
+  end
 end
 
-local function poll(timeout)
-  for _, r in ipairs(get_client():poll(timeout)) do arrive(r) end
+local function get_client()
+  if not client then
+    client = core.http.client()
+    loop.attach_transfers(client, deliver)
+  end
+  return client
 end
 
 M.defaults = { timeout = 60, connect_timeout = 10, attempts = 4, backoff = 0.25, max_backoff = 30 }
@@ -179,74 +185,74 @@ end
 
 -- Waiting ---------------------------------------------------------------------------
 
--- Waits for the response of transfer id: yields to the scheduler when the
--- current coroutine is one of its tasks, else drives the client itself,
--- keeping responses that arrive for others.
+-- Waits for the response of transfer id through the loop: the task yields
+-- until the loop's wait hands the response over. A task cancelled while it
+-- waits takes its transfer (and the slot it holds) with it.
 local function await(id)
-  local co = coroutine.running()
-  if blocking == 0 and managed[co] then
-    return coroutine.yield(YIELD, "http", id)
+  local response = arrived[id]
+  if response then
+    arrived[id] = nil
+    return response
   end
-  while true do
-    local response = arrived[id]
-    if response then
-      arrived[id] = nil
-      return response
+  return loop.suspend(function(token)
+    waiting[id] = token
+    token.on_cancel = function()
+      waiting[id] = nil
+      client:cancel(id)
+      free_slot(id)
     end
-    poll(0.5)
-  end
+  end)
 end
 
--- sleep(seconds): yields to the scheduler in a task, else sleeps.
+-- sleep(seconds): loop.sleep (a task yields; outside a loop one runs for it).
 function M.sleep(seconds)
-  if seconds <= 0 then return end
-  local co = coroutine.running()
-  if blocking == 0 and managed[co] then
-    coroutine.yield(YIELD, "sleep", core.sys.monotonic() + seconds)
-  elseif client and client:pending() > 0 then
-    -- transfers in flight go on while this caller waits
-    local deadline = core.sys.monotonic() + seconds
-    repeat poll(math.max(0, deadline - core.sys.monotonic())) until core.sys.monotonic() >= deadline
-  else
-    core.sys.sleep(seconds)
-  end
+  if seconds > 0 then loop.sleep(seconds) end
 end
 
--- Runs fn with every request blocking: the engine writes a batch so, so
--- that no other task runs inside its transaction.
-function M.blocking(fn, ...)
-  blocking = blocking + 1
-  local results = table.pack(pcall(fn, ...))
-  blocking = blocking - 1
-  if not results[1] then error(results[2], 0) end
-  return table.unpack(results, 2, results.n)
-end
+-- Transitional, while lua/entsync/engine.lua, export.lua and daemon.lua
+-- still call it: runs fn with every wait inside (requests, their retries'
+-- sleeps, a limit's slot) blocking in place on core.loop.wait rather than
+-- yielding, so that no other task runs inside a write. Its successor is
+-- loop.forbid_yield, which refuses such waits.
+M.blocking = loop.blocking
 
 -- limits: a concurrency cap and a rate per provider ---------------------------
 
 local Limits = {}
 Limits.__index = Limits
 
--- limits{ concurrency = 8, per_second = 20 }
+-- limits{ concurrency = 8, per_second = 20 }: the cap is a semaphore (a
+-- slot freed wakes the next request waiting for one); the rate gives each
+-- request the next free instant and sleeps until it.
 function M.limits(options)
   options = options or {}
   return setmetatable({ cap = options.concurrency or math.huge, in_flight = 0,
+    slots = options.concurrency and loop.semaphore(options.concurrency),
     interval = options.per_second and 1 / options.per_second or 0, next_slot = 0 }, Limits)
 end
 
+-- Gives the slot back if the rate's sleep does not end (an error, or the
+-- task cancelled meanwhile).
+local Unacquire = { __close = function(undo) if not undo.kept then undo.limits:release() end end }
+
 function Limits:acquire()
-  while self.in_flight >= self.cap do M.sleep(0.002) end
+  if self.slots then self.slots:acquire() end
   self.in_flight = self.in_flight + 1
   if self.interval > 0 then
-    local now = core.sys.monotonic()
+    local now = loop.now()
     local slot = math.max(now, self.next_slot)
     self.next_slot = slot + self.interval
-    if slot > now then M.sleep(slot - now) end
+    if slot > now then
+      local undo <close> = setmetatable({ limits = self }, Unacquire)
+      loop.sleep(slot - now)
+      undo.kept = true
+    end
   end
 end
 
 function Limits:release()
   self.in_flight = self.in_flight - 1
+  if self.slots then self.slots:release() end
 end
 
 -- retries ---------------------------------------------------------------------------
@@ -299,6 +305,7 @@ function M.start(req)
 end
 
 function Future:send()
+  loop.check_wait() -- inside forbid_yield the request is refused before it is sent
   local limits = self.req.limits
   if limits then limits:acquire() end
   self.attempt = self.attempt + 1
@@ -310,7 +317,7 @@ function Future:send()
   end
   self.id = id
   if limits then held[id] = limits end
-  poll(0) -- starts the transfer now, not at the next wait
+  M.pump() -- starts the transfer now, not at the next wait
 end
 
 -- ready() -> true when wait() would not wait (the response is here).
@@ -318,10 +325,10 @@ function Future:ready()
   return self.done or arrived[self.id] ~= nil
 end
 
--- pump(): moves every transfer along without waiting, collecting the
+-- pump(): moves every transfer along without waiting, filing the
 -- responses that are complete.
 function M.pump()
-  if client and client:pending() > 0 then poll(0) end
+  if client and client:pending() > 0 then deliver(core.loop.wait(client, 0, {})) end
 end
 
 -- cancel(): drops a request still in flight (a listing that stopped).
@@ -335,6 +342,7 @@ function Future:cancel()
 end
 
 function Future:wait()
+  if not loop.active() then return loop.run(Future.wait, self) end
   local req, prepared = self.req, self.prepared
   local attempts = req.attempts or M.defaults.attempts
   while true do
@@ -370,8 +378,10 @@ function Future:wait()
   end
 end
 
--- request(req) -> response { status, headers, body, json() }
+-- request(req) -> response { status, headers, body, json() }. Outside any
+-- loop it runs one for the request, its retries and their waits.
 function M.request(req)
+  if not loop.active() then return loop.run(M.request, req) end
   return M.start(req):wait()
 end
 
@@ -384,105 +394,29 @@ for _, method in ipairs({ "get", "post", "put", "patch", "delete" }) do
   end
 end
 
--- the scheduler ---------------------------------------------------------------------------
+-- transitional: the scheduler that was here -----------------------------------------------
+-- lua/entsync/engine.lua, export.lua and daemon.lua still call these;
+-- new code uses entsync.loop.
 
--- run(tasks) runs each function of tasks as a coroutine; their requests
--- and sleeps interleave. Returns, per task, true and its first result or
--- false and its error. A task's errors never stop the others.
-local running_scheduler -- the innermost M.run in progress, for spawn
-
+-- run(tasks): each function of tasks as a task; returns, per task, true
+-- and its first result or false and its error, once all have ended.
+-- Inside a task of a running loop they are spawned beside it and waited
+-- for (the loop is never nested); else a loop runs for them.
 function M.run(tasks)
-  local results = {}
-  local ready, waiting, sleeping = {}, {}, {}
-  local alive = 0
-  local function add(fn, index)
-    local co = coroutine.create(fn)
-    managed[co] = true
-    ready[#ready + 1] = { co = co, index = index }
-    alive = alive + 1
+  local function all()
+    local spawned, results = {}, {}
+    for i, fn in ipairs(tasks) do spawned[i] = loop.spawn(fn) end
+    for i, task in ipairs(spawned) do
+      local ok, value = task:wait()
+      results[i] = { ok, value }
+    end
+    return results
   end
-  for i, fn in ipairs(tasks) do add(fn, i) end
-  local outer = running_scheduler
-  running_scheduler = { add = function(fn) add(fn, #tasks + alive + 1) end }
-  local function step(entry, ...)
-    local co = entry.co
-    local ok, marker, kind, value = coroutine.resume(co, ...)
-    if not ok then
-      results[entry.index] = { false, marker }
-      alive = alive - 1
-    elseif coroutine.status(co) == "dead" then
-      results[entry.index] = { true, marker }
-      alive = alive - 1
-    elseif marker ~= YIELD then
-      -- a yield of the task's own: nothing to wait for, resume it
-      ready[#ready + 1] = entry
-    elseif kind == "http" then
-      waiting[value] = entry
-    else
-      sleeping[#sleeping + 1] = { entry = entry, at = value }
-    end
-  end
-  while alive > 0 do
-    while #ready > 0 do
-      local entry = table.remove(ready, 1)
-      step(entry, table.unpack(entry.args or {}))
-    end
-    if alive == 0 then break end
-    -- responses that a blocking wait collected for a task
-    for id, entry in pairs(waiting) do
-      if arrived[id] then
-        local response = arrived[id]
-        arrived[id], waiting[id] = nil, nil
-        entry.args = { response }
-        ready[#ready + 1] = entry
-      end
-    end
-    local now = core.sys.monotonic()
-    local timeout = 0.5
-    for i = #sleeping, 1, -1 do
-      if sleeping[i].at <= now then
-        local entry = table.remove(sleeping, i).entry
-        entry.args = {}
-        ready[#ready + 1] = entry
-      else
-        timeout = math.min(timeout, sleeping[i].at - now)
-      end
-    end
-    if #ready == 0 then
-      if alive == 0 then break end
-      if next(waiting) or (#sleeping > 0 and client and client:pending() > 0) then
-        -- transfers go on while tasks sleep: a request started before a
-        -- sleep is on the wire during it
-        for _, r in ipairs(get_client():poll(math.max(0, timeout))) do
-          local entry = waiting[r.id]
-          free_slot(r.id)
-          if entry then
-            waiting[r.id] = nil
-            entry.args = { r }
-            ready[#ready + 1] = entry
-          else
-            arrived[r.id] = r
-          end
-        end
-      elseif #sleeping > 0 then
-        core.sys.sleep(math.max(0, timeout))
-      else
-        break -- nothing can wake the remaining tasks
-      end
-    end
-  end
-  running_scheduler = outer
-  return results
+  if loop.active() then return all() end
+  return loop.run(all)
 end
 
--- spawn(fn): runs fn as one more task of the scheduler in progress (or
--- right away, as its own scheduler, when none runs).
-function M.spawn(fn)
-  if running_scheduler then
-    running_scheduler.add(fn)
-  else
-    M.run({ fn })
-  end
-end
+-- spawn(fn) -> task: loop.spawn.
+M.spawn = loop.spawn
 
 return M
