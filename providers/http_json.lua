@@ -19,6 +19,7 @@ local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local http = require "entsync.http"
+local loop = require "entsync.loop"
 
 local M = {}
 
@@ -111,6 +112,7 @@ function M.new(config, ctx)
     page = config.page or { style = "none" },
     id_field = config.id or "id",
     limits = http.limits({ concurrency = config.concurrency or 4, per_second = config.rate and config.rate.per_second }),
+    refreshed = loop.condition(), -- notified when a token refresh ends
   }, Provider)
   for _, name in ipairs(config.secret_headers or {}) do http.secret_header(name) end
   local auth = config.auth or {}
@@ -181,11 +183,12 @@ function Provider:req(method, url, query, body)
     req.refresh = function(r)
       -- Requests refused together share one new token: the first refreshes,
       -- the others take what it got.
-      while self.refreshing do http.sleep(0.005) end
+      while self.refreshing do self.refreshed:wait() end
       if r.headers.Authorization == "Bearer " .. tostring(self.oauth_token) then
         self.refreshing = true
         local ok, token = pcall(self.token, self, true)
         self.refreshing = false
+        self.refreshed:notify_all()
         if not ok then error(token, 0) end
       end
       r.headers.Authorization = "Bearer " .. self.oauth_token

@@ -268,22 +268,20 @@ local function sync_named(job, name)
   return sync
 end
 
--- Runs the planned syncs as tasks of the HTTP scheduler: a sync starts
--- once what it depends on has finished, so independent syncs run side by
+-- Runs the planned syncs as tasks of the loop: a sync starts once the
+-- tasks of what it depends on have ended, so independent syncs run side by
 -- side while their requests are in flight.
 function commands.run(job, args, options)
   local plan = require("entsync.job").plan(job, args)
-  local http = require "entsync.http"
+  local loop = require "entsync.loop"
   return with_session(job, options, function(engine, session)
     local finished, failed_entities, first_error = {}, false, nil
-    local planned = {}
-    for _, name in ipairs(plan) do planned[name] = true end
-    local tasks = {}
+    local bodies, tasks = {}, {} -- tasks: sync name -> its task
     for _, name in ipairs(plan) do
-      tasks[#tasks + 1] = function()
+      bodies[#bodies + 1] = function()
         local sync = job.syncs[name]
         for _, other in ipairs(sync.depends_on) do
-          while planned[other] and finished[other] == nil do http.sleep(0.005) end
+          if tasks[other] then tasks[other]:wait() end
           if finished[other] == false then
             finished[name] = false
             return
@@ -317,7 +315,10 @@ function commands.run(job, args, options)
         finished[name] = true
       end
     end
-    http.run(tasks)
+    loop.run(function()
+      for i, name in ipairs(plan) do tasks[name] = loop.spawn(bodies[i]) end
+      for _, name in ipairs(plan) do tasks[name]:wait() end
+    end)
     if first_error then error(first_error, 0) end
     return failed_entities and errors.exit_codes.failed or 0
   end)
