@@ -3,23 +3,32 @@
 # The C core is compiled once into position-independent objects that serve
 # both bin/entsync-run (Lua linked in) and build/lib/entsync/core.so (loaded
 # by the stock lua5.4 interpreter, which already carries Lua's symbols).
+# One file is C++: src/json_simd.cc, the shim over simdjson's C++ interface
+# (a C interface, built without exceptions); both link libsimdjson and
+# libstdc++.
 
 PREFIX   ?= /usr/local
 BUILD    ?= build
 BIN      ?= bin
 CC       ?= cc
+CXX      ?= g++
 PKGS      = lua5.4 libcurl sqlite3
 SANITIZE ?=
 
 OPT      ?= -O2 -g
 WARN      = -Wall -Wextra -Werror
 ES_CFLAGS = $(OPT) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(SANITIZE) $(CFLAGS)
+ES_CXXFLAGS = $(OPT) -std=c++17 -fPIC -fno-exceptions $(WARN) $(SANITIZE) $(CXXFLAGS)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
+# simdjson's flags (SIMDJSON_THREADS_ENABLED) must match its library's build.
+SIMDJSON_CFLAGS = $(shell pkg-config --cflags simdjson 2>/dev/null)
 LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
-DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null) -lreadline
+DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 2>/dev/null) -lreadline -lsimdjson -lstdc++
 
-CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/loop.c src/readline.c src/core.c
-CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o)
+CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/loop.c src/readline.c \
+           src/json.c src/core.c
+CORE_CXX = src/json_simd.cc
+CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o) $(CORE_CXX:src/%.cc=$(BUILD)/obj/%.o)
 MAIN_OBJ = $(BUILD)/obj/main.o
 MODULE   = $(BUILD)/lib/entsync/core.so
 HOST     = $(BIN)/entsync-run
@@ -27,7 +36,7 @@ HOST     = $(BIN)/entsync-run
 # Debian packages entsync builds and tests with; `make deps` installs the
 # missing ones and is silent when all are present.
 DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
-           libreadline-dev lua-busted pkg-config sqlite3 python3 curl openssl
+           libsimdjson-dev g++ libreadline-dev lua-busted pkg-config sqlite3 python3 curl openssl
 
 BUSTED   = lua5.4 /usr/bin/busted
 
@@ -49,6 +58,10 @@ deps:
 $(BUILD)/obj/%.o: src/%.c src/*.h | deps
 	@mkdir -p $(dir $@)
 	$(CC) $(ES_CFLAGS) $(PKG_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/%.o: src/%.cc src/*.h | deps
+	@mkdir -p $(dir $@)
+	$(CXX) $(ES_CXXFLAGS) $(SIMDJSON_CFLAGS) -c -o $@ $<
 
 $(HOST): $(CORE_OBJ) $(MAIN_OBJ)
 	@mkdir -p $(dir $@)

@@ -6,6 +6,7 @@
 #include "fsutil.h"
 #include "hash.h"
 #include "http.h"
+#include "json.h"
 #include "lock.h"
 #include "loop.h"
 #include "readline.h"
@@ -22,6 +23,7 @@ int luaopen_entsync_core(lua_State *L)
     entsync_lock_register(L);
     entsync_fsutil_register(L);
     entsync_http_register(L);
+    entsync_json_register(L);
     entsync_loop_register(L);
     entsync_readline_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);

@@ -1,0 +1,64 @@
+-- entsync.json: entsync's JSON codec (the C table entsync.core.json, so
+-- `require "entsync.json"` and `core.json` are one and the same).
+--
+-- Decoding is simdjson's: fast, validating, and faithful to JSON's types.
+--
+--   json.decode(text) -> value        raises the message when text is not JSON
+--   json.try_decode(text) -> value | nil, message
+--                                     never raises for any text (a non-string
+--                                     argument is a programming error, raised)
+--
+--   * Any JSON value may be the top level.
+--   * An object becomes a table with the metatable json.object_mt, an array
+--     a table with json.array_mt, so [] and {} decode apart and encode back
+--     as they came. The marks change nothing else (they have no fields).
+--   * null is json.null, the light userdata NULL: the same value as
+--     lua-cjson's cjson.null, so code comparing with either keeps working.
+--   * A number written as an integer that fits an int64 is a Lua integer;
+--     every other number is a float (1.0 and 1e2 too, and integers beyond
+--     int64: 18446744073709551615 is 1.8446744073709552e+19). A number too
+--     large for a float (1e400) is an error, never inf.
+--   * Strings are the bytes they stand for: "\u0000" is a one-byte string
+--     holding NUL. Invalid UTF-8, an unescaped control character (a raw NUL
+--     byte), a lone UTF-16 surrogate escape, content after the value and
+--     nesting deeper than 256 levels are errors.
+--   * A key given twice: the last value wins.
+--   * Messages are short and say where when they can, as "at byte N" (N is
+--     the string index of the offending byte): "invalid UTF-8 in a string at
+--     byte 12", "expected ',' or '}', found '\"' at byte 9", "unexpected end
+--     of input", "number out of range at byte 3".
+--
+-- Encoding:
+--
+--   json.encode(value [, { pretty = true }]) -> text
+--
+--   * A table marked json.array_mt is an array of items 1..#t (a nil hole is
+--     null; other keys are not written); one marked json.object_mt is an
+--     object. An unmarked table is an array when it is empty (entsync's lists
+--     are mostly empty) or a sequence 1..n, otherwise an object.
+--   * Object keys are strings, or integers written as their digits; others
+--     raise. Keys are written in bytewise order, so equal values give equal
+--     text.
+--   * Integers as integers. Floats as the shortest text that reads back the
+--     same (0.1, 1e+300); an integral float below 2^53 as an integer (3.0 is
+--     3: JSON has one number type), but -0.0 as "-0.0". NaN and inf raise.
+--   * Strings: '"', '\' and control characters are escaped, everything else
+--     (DEL and UTF-8 included) is written as it is; invalid UTF-8 raises.
+--   * json.null (and nil, at the top or in an array hole) is null.
+--   * A function, userdata, thread, a key of another type or nesting deeper
+--     than 256 (a cycle) raises, naming the path: "cannot encode a function
+--     at .a.b[2]".
+--   * pretty = true: two spaces of indentation, one member or item a line.
+--
+-- Marks:
+--
+--   json.array([t]) / json.object([t]) -> t, marked (a new table without t);
+--                                     a table with a metatable of its own is
+--                                     refused
+--   json.is_array(v) / json.is_object(v) -> boolean
+--   json.null, json.array_mt, json.object_mt
+--
+-- The content hash (core.hash) reads tables raw and ignores the marks: a
+-- decoded record hashes as the same record built by hand.
+
+return require("entsync.core").json
