@@ -15,15 +15,15 @@
 -- pages ahead, so the next pages arrive while the current one is stored;
 -- cursor, link and next styles follow the chain one page at a time.
 
-local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local http = require "entsync.http"
+local json = require "entsync.json"
 local loop = require "entsync.loop"
 
 local M = {}
 
-local null = cjson.null
+local null = json.null
 
 local id_text = require("entsync.cursor").id_text
 local styles = { page = true, offset = true, cursor = true, link = true, next = true, none = true }

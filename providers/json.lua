@@ -7,9 +7,10 @@
 --   provider "json" { path = "export.json", records = "data.items" }
 
 local filesource = require "entsync.filesource"
+local json = require "entsync.json"
 
 local byte, find, sub, concat = string.byte, string.find, string.sub, table.concat
-local located, decode_object, json = filesource.located, filesource.decode_object, filesource.json
+local located, decode_object = filesource.located, filesource.decode_object
 
 local CHUNK = 65536
 local QUOTE, BACKSLASH, COMMA, COLON = byte('"'), byte("\\"), byte(","), byte(":")
@@ -29,9 +30,9 @@ local function path_of(records)
   return keys
 end
 
--- Where cjson's "at character N" falls, in lines past the element's start.
+-- Where entsync.json's "at byte N" falls, in lines past the element's start.
 local function lines_before(text, message)
-  local n = tonumber(message:match("at character (%d+)"))
+  local n = tonumber(message:match("at byte (%d+)"))
   if not n then return 0 end
   local count, i = 0, 1
   while true do
@@ -184,8 +185,8 @@ local function open(f, name, config)
         ok, err = expect(COLON, "':'")
         if not ok then return nil, err end
         if skip_ws() == nil then return nil, "unexpected end of input" end
-        local decoded, key = pcall(json.decode, text)
-        if not decoded then return nil, "bad key " .. text end
+        local key = json.try_decode(text)
+        if key == nil then return nil, "bad key " .. text end
         if key == want then break end
         ok, err = scan(false)
         if not ok then return nil, err end

@@ -64,6 +64,6 @@ return filesource.provider {
   extensions = { ".ndjson", ".jsonl" },
   raw = true,
   -- a sink: writes append one JSON line each
-  encode = require("cjson").encode,
+  encode = require("entsync.json").encode,
   open = open,
 }

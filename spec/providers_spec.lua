@@ -78,6 +78,28 @@ describe("ndjson provider", function()
     assert.equal(1.5, record.score)
   end)
 
+  it("keeps [] apart from {} and integers apart from floats, as the file has them", function()
+    local ej = require "entsync.json"
+    write("a.ndjson", '{"id":1,"tags":[],"meta":{},"n":2.0,"big":9007199254740993}\n')
+    local record = read_all(ndjson, { path = "a.ndjson" })[1]
+    assert.is_true(ej.is_array(record.tags))
+    assert.is_true(ej.is_object(record.meta))
+    assert.equal("float", math.type(record.n))
+    assert.equal(9007199254740993, record.big)
+    assert.equal('{"big":9007199254740993,"id":1,"meta":{},"n":2,"tags":[]}', ej.encode(record))
+  end)
+
+  it("reports invalid UTF-8, a raw NUL byte and a number out of range with file and line", function()
+    write("a.ndjson", '{"id":1,"name":"\255"}\n{"id":2,"name":"a\0b"}\n{"id":3,"n":1e400}\n{"id":4}\n')
+    local items = ids(read_all(ndjson, { path = "a.ndjson" }))
+    assert.equal(4, #items)
+    assert.equal("!a.ndjson:1: malformed JSON: invalid UTF-8 in a string at byte 17", items[1])
+    assert.matches("^!a%.ndjson:2: malformed JSON: a control character %(such as a NUL byte%) inside a string "
+      .. "must be escaped", items[2])
+    assert.equal("!a.ndjson:3: malformed JSON: number out of range at byte 13", items[3])
+    assert.equal("4", items[4])
+  end)
+
   it("keeps JSON null as cjson.null", function()
     write("a.ndjson", '{"id":1,"mail":null}\n')
     local record = read_all(ndjson, { path = "a.ndjson" })[1]
@@ -94,7 +116,7 @@ describe("ndjson provider", function()
     local items = ids(read_all(ndjson, { path = "contacts.ndjson" }))
     assert.equal(5, #items)
     assert.same({ "1", "3", "4" }, { items[1], items[3], items[5] })
-    assert.matches("^!contacts%.ndjson:3: malformed JSON: Expected", items[2])
+    assert.equal("!contacts.ndjson:3: malformed JSON: unexpected end of input", items[2])
     assert.equal("!contacts.ndjson:5: expected a JSON object, got array", items[4])
   end)
 
@@ -401,7 +423,7 @@ describe("json provider", function()
     write("export.json", '[\n{"id":1},\n{"id":2,\n "x": },\n5,\n{"id":3}\n]')
     local items = read_all(json, { path = "export.json" })
     assert.same({ "1", "3" }, { tostring(items[1].id), tostring(items[4].id) })
-    assert.matches("^!export%.json:4: malformed JSON: Expected value", items[2])
+    assert.equal("!export.json:4: malformed JSON: expected a value, found '}' at byte 16", items[2])
     assert.equal("!export.json:5: expected a JSON object, got number", items[3])
   end)
 

@@ -119,9 +119,10 @@ describe("schedule", function()
 
     -- The daemon computes due times with the machine's zone set to
     -- anything; cron times here are UTC, so the zone must not matter.
-    -- Each zone runs in a child lua5.4 (the zone is read at start), under
-    -- a timeout so a hang shows as a failure (a correct answer takes
-    -- milliseconds).
+    -- Each zone runs in a child entsync-run --script (the zone is read at
+    -- start; entsync.core, which entsync.schedule reaches through
+    -- entsync.map and entsync.json, is built in), under a timeout so a
+    -- hang shows as a failure (a correct answer takes milliseconds).
     for _, zone in ipairs({ "Asia/Tokyo", "America/New_York" }) do
       it("gives the same UTC times when the machine's zone is " .. zone, function()
         if not core.fs.exists("/usr/share/zoneinfo/" .. zone) then
@@ -146,8 +147,8 @@ describe("schedule", function()
         end
         local file = os.tmpname()
         helpers.write(file, table.concat(script, "\n") .. "\n")
-        local pipe = io.popen(string.format("cd %s && TZ=%s timeout 2 lua5.4 %s 2>&1; echo rc=$?",
-          helpers.quote(helpers.root), zone, file))
+        local pipe = io.popen(string.format("cd %s && TZ=%s timeout 2 %s --script %s 2>&1; echo rc=$?",
+          helpers.quote(helpers.root), zone, helpers.quote(helpers.bin), file))
         local output = pipe:read("a")
         pipe:close()
         os.remove(file)

@@ -4,9 +4,9 @@
 -- returns the exit status and never raises: every error becomes one line
 -- on stderr (with its traceback under --verbose).
 
-local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
+local json = require "entsync.json"
 
 local M = {}
 
@@ -94,10 +94,35 @@ function M.parse(args)
   return options, positional
 end
 
+-- Invalid UTF-8 (a message may quote a bad record's bytes) as U+FFFD, so
+-- a log line is always JSON.
+local function valid_utf8(text)
+  local parts, i = {}, 1
+  while true do
+    local _, bad = utf8.len(text, i)
+    if not bad then
+      parts[#parts + 1] = text:sub(i)
+      return table.concat(parts)
+    end
+    parts[#parts + 1] = text:sub(i, bad - 1) .. "\239\191\189"
+    i = bad + 1
+  end
+end
+
+-- One JSON log line for --log-format json.
+local function log_line(fields)
+  local ok, line = pcall(json.encode, fields)
+  if ok then return line .. "\n" end
+  for k, v in pairs(fields) do
+    if type(v) == "string" then fields[k] = valid_utf8(v) end
+  end
+  return json.encode(fields) .. "\n"
+end
+
 local function make_logger(options)
   return function(level, message)
     if options.log_format == "json" then
-      io.stderr:write(cjson.encode({ time = core.sys.now(), level = level, message = message }), "\n")
+      io.stderr:write(log_line({ time = core.sys.now(), level = level, message = message }))
     else
       io.stderr:write(string.format("entsync: %s: %s\n", level, message))
     end
@@ -167,8 +192,8 @@ function commands.status(job)
   say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
   local daemon = store and store:value("SELECT value FROM entsync_meta WHERE key = 'daemon'")
   if daemon then
-    local ok, info = pcall(cjson.decode, daemon)
-    if ok and type(info) == "table" then
+    local info = type(daemon) == "string" and json.try_decode(daemon)
+    if type(info) == "table" then
       local alive = info.activity ~= "stopped" and core.sys.process_alive(info.pid or 0)
       say("daemon %s: pid %s on %s, started %s, %s%s", alive and "running" or "not running",
         tostring(math.tointeger(info.pid) or info.pid),
@@ -214,9 +239,9 @@ function commands.status(job)
         .. "ORDER BY last_at DESC LIMIT 5", name)
       if sync.export then
         local queued = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
-          cjson.encode(sync.entities))
+          json.encode(sync.entities))
         local waiting = store:value("SELECT count(*) FROM entsync_outbox WHERE attempts > 0 AND entity IN "
-          .. "(SELECT value FROM json_each(?1))", cjson.encode(sync.entities))
+          .. "(SELECT value FROM json_each(?1))", json.encode(sync.entities))
         say("  outbox     %d pending (%d failed before), deletes %s, conflicts: %s", queued, waiting,
           sync.export.deletes, type(sync.export.conflict) == "function" and "function" or sync.export.conflict)
       end
@@ -377,7 +402,7 @@ function commands.export(job, args, options)
         local remote_id, rows = export.gather(session, sync, entity, id)
         if not rows[entity] then usage_error("local %s %s does not exist", entity, tostring(id)) end
         local record = export.remote_record(session, sync, rows, { sync = sync.name, local_id = id, log = options.log })
-        print(cjson.encode({ local_id = id, remote_id = remote_id or cjson.null,
+        print(json.encode({ local_id = id, remote_id = remote_id or json.null,
           operation = remote_id and "update" or "create", record = record }))
       end
       print(string.format("%s: would export %d (dry run: nothing was sent or written)", sync.name, #ids))
@@ -414,8 +439,8 @@ end
 local function report_error(e, options)
   e = errors.wrap(e)
   if options.log_format == "json" then
-    io.stderr:write(cjson.encode({ time = core.sys.now(), level = "fatal", kind = e.kind, message = e.message,
-      traceback = options.verbose and e.traceback or nil }), "\n")
+    io.stderr:write(log_line({ time = core.sys.now(), level = "fatal", kind = e.kind, message = e.message,
+      traceback = options.verbose and e.traceback or nil }))
     return errors.exit_codes[e.kind] or errors.exit_codes.internal
   end
   local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "

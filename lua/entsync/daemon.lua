@@ -8,10 +8,10 @@
 -- its mappings between runs, keeping the old job when the new one does not
 -- load. What the daemon is doing is written to entsync_meta for `status`.
 
-local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local http = require "entsync.http"
+local json = require "entsync.json"
 local schedule = require "entsync.schedule"
 
 local M = {}
@@ -41,9 +41,9 @@ Daemon.__index = Daemon
 
 function Daemon:publish(activity)
   self.activity = activity or self.activity
-  local due = {}
+  local due = json.object()
   for name, entry in pairs(self.schedules) do due[name] = entry.due end
-  local state = cjson.encode({
+  local state = json.encode({
     pid = core.sys.getpid(), host = core.sys.hostname(), started_at = self.started_at, heartbeat_at = now(),
     activity = self.activity, running = self.running_names, next_due = due,
   })
@@ -105,7 +105,7 @@ end
 
 local function has_due_outbox(session, sync)
   return session.store:value([[SELECT 1 FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))
-    AND (next_at IS NULL OR next_at <= ?2) LIMIT 1]], cjson.encode(sync.entities), now()) ~= nil
+    AND (next_at IS NULL OR next_at <= ?2) LIMIT 1]], json.encode(sync.entities), now()) ~= nil
 end
 
 -- Reloads the job file; the old job stays when the new one fails.

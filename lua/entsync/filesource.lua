@@ -11,12 +11,11 @@
 -- taken and moved away while its writer still appends to it.
 
 local core = require "entsync.core"
-local cjson = require "cjson"
+local json = require "entsync.json"
 
 local M = {}
 
 local BOM = "\239\187\191"
-local MAX_DEPTH = 256
 
 local find, sub, format = string.find, string.sub, string.format
 local tointeger = math.tointeger
@@ -41,37 +40,27 @@ M.join, M.resolve, M.basename = join, resolve, basename
 
 -- Records ------------------------------------------------------------------
 
--- A private instance, so settings made here never leak into other users of
--- cjson in the same process.
-local json = cjson.new()
-json.decode_invalid_numbers(false)
-json.decode_max_depth(MAX_DEPTH)
-M.json = json
+local try_decode, object_mt, null = json.try_decode, json.object_mt, json.null
 
--- cjson gives every JSON number as a float, so an id 17 would print as
--- "17.0": integral values become integers (in C), as the file's author meant.
-local integerize = core.hash.integerize
-
-local function kind_of(value, text)
-  if value == cjson.null then return "null" end
+local function kind_of(value)
+  if value == null then return "null" end
   if type(value) == "table" then
-    return find(text, "^[ \t\r\n]*{") and "object" or "array"
+    return getmetatable(value) == object_mt and "object" or "array"
   end
   return type(value)
 end
 
 -- decode_object(text) -> record | nil, message. A record must be a JSON
--- object; anything else is one bad record.
+-- object; anything else is one bad record. Numbers keep their JSON type
+-- (17 is an integer, 17.5 a float): see entsync.json.
 function M.decode_object(text)
-  local ok, value = pcall(json.decode, text)
-  if not ok then
-    return nil, "malformed JSON: " .. tostring(value)
+  local value, err = try_decode(text)
+  if value == nil then
+    return nil, "malformed JSON: " .. err
   end
-  local kind = kind_of(value, text)
-  if kind ~= "object" then
-    return nil, "expected a JSON object, got " .. kind
+  if getmetatable(value) ~= object_mt then
+    return nil, "expected a JSON object, got " .. kind_of(value)
   end
-  integerize(value)
   return value
 end
 

@@ -14,9 +14,9 @@
 -- waits for Retry-After; after the last attempt the request fails with its
 -- method, URL, status and the start of the body.
 
-local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
+local json = require "entsync.json"
 local loop = require "entsync.loop"
 
 local M = {}
@@ -150,7 +150,7 @@ local function prepare(req)
   table.sort(headers)
   local body = req.body
   if req.json ~= nil then
-    body = cjson.encode(req.json)
+    body = json.encode(req.json)
     if not has["content-type"] then headers[#headers + 1] = "Content-Type: application/json" end
   end
   if not has["accept"] then headers[#headers + 1] = "Accept: application/json" end
@@ -170,10 +170,10 @@ Response.__index = Response
 -- response:json() -> the decoded body; a body that is not JSON raises an
 -- error naming the request and the start of the body.
 function Response:json()
-  local ok, value = pcall(cjson.decode, self.body)
-  if not ok then
+  local value, err = json.try_decode(self.body)
+  if value == nil then
     errors.raise("http", string.format("%s %s: the response is not JSON (status %d: %s); the body starts %q",
-      self.method, redacted_url(self.url), self.status, tostring(value):gsub("^.-: ", ""), self.body:sub(1, 120)),
+      self.method, redacted_url(self.url), self.status, err, self.body:sub(1, 120)),
       { status = self.status })
   end
   return value

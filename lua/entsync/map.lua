@@ -6,12 +6,12 @@
 -- nil (or JSON null) passes through every helper unchanged, so a missing
 -- remote field stays missing rather than failing.
 
-local cjson = require "cjson"
 local errors = require "entsync.errors"
+local json = require "entsync.json"
 
 local M = {}
 
-local null = cjson.null
+local null = json.null
 
 local function absent(value)
   return value == nil or value == null
@@ -181,15 +181,19 @@ end
 
 -- json -------------------------------------------------------------------------------
 
+-- json_encode(value) -> text (keys sorted; see entsync.json), failing
+-- the entity for what JSON cannot hold.
 function M.json_encode(value)
   if absent(value) then return nil end
-  return cjson.encode(value)
+  local ok, text = pcall(json.encode, value)
+  if not ok then fail("cannot write as JSON: %s", tostring(text)) end
+  return text
 end
 
 function M.json_decode(value)
   if type(value) ~= "string" then return value end
-  local ok, decoded = pcall(cjson.decode, value)
-  if not ok then fail("malformed JSON: %s", decoded) end
+  local decoded, err = json.try_decode(value)
+  if decoded == nil then fail("malformed JSON: %s", err) end
   return decoded
 end
 

@@ -6,9 +6,9 @@
 -- its traceback and the session goes on. Line editing and history come
 -- from readline when the input is a terminal.
 
-local cjson = require "cjson"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
+local json = require "entsync.json"
 
 local M = {}
 
@@ -23,6 +23,7 @@ entsync repl: the job is loaded; what is written here runs in Lua 5.4.
   export(sync, local_id, { dry = true })    export one entity; dry: the remote record only
   state(sync)                   cursor, last run, failures and outbox of a sync
   sql "select ..."              a query, printed as a table
+  print(json.encode(v, { pretty = true }))  a value as JSON (entsync.json)
   reload()                      load the job file and its mappings again
   help()                        this text
 An expression prints its value; `=expr` works too. End a line inside an
@@ -36,7 +37,7 @@ end
 
 local function pretty(value, indent, seen)
   indent, seen = indent or "", seen or {}
-  if value == cjson.null then return "null" end
+  if value == json.null then return "null" end
   if type(value) == "string" then return string.format("%q", value) end
   if type(value) ~= "table" then return tostring(value) end
   if seen[value] then return "<cycle>" end
@@ -115,7 +116,7 @@ end
 -- the session -------------------------------------------------------------------
 
 local function new_env(ctx)
-  local env = setmetatable({}, { __index = _G })
+  local env = setmetatable({ json = json }, { __index = _G })
   local function sync_of(name)
     local sync = ctx.job.syncs[name]
     if not sync then
@@ -190,7 +191,7 @@ local function new_env(ctx)
       mapped = store:value("SELECT count(DISTINCT remote_id) FROM entsync_idmap WHERE sync = ?1", name),
       failures = store:rows("SELECT remote_id, attempts, error FROM entsync_failures WHERE sync = ?1", name),
       outbox = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
-        cjson.encode(sync.entities)),
+        json.encode(sync.entities)),
       lock = core.lock.holder(store, "sync:" .. name),
     }
   end
