@@ -93,10 +93,7 @@ quickstart: all
 	$(HOST) examples/quickstart/job.lua run
 	@sqlite3 -header -column examples/quickstart/entsync.db \
 	  "SELECT c.id, c.name, c.email, c.active, p.company, p.city \
-	   FROM contact c \
-	   JOIN entsync_idmap mc ON mc.entity = 'contact' AND mc.local_id = c.id \
-	   JOIN entsync_idmap mp ON mp.sync = mc.sync AND mp.remote_id = mc.remote_id AND mp.entity = 'contact_profile' \
-	   JOIN contact_profile p ON p.id = mp.local_id ORDER BY c.id LIMIT 5"
+	   FROM contact c JOIN contact_profile p ON p.contact_id = c.id ORDER BY c.id LIMIT 5"
 
 bench: all
 	scripts/bench

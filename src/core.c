@@ -30,7 +30,5 @@ int luaopen_entsync_core(lua_State *L)
     lua_setfield(L, -2, "version");
     lua_pushstring(L, sqlite3_libversion());
     lua_setfield(L, -2, "sqlite_version");
-    lua_pushinteger(L, ENTSYNC_SCHEMA_VERSION);
-    lua_setfield(L, -2, "schema_version");
     return 1;
 }

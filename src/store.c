@@ -27,56 +27,6 @@ struct entsync_store {
     int count, cap;
 };
 
-/* Forward migrations of entsync's own tables; entry i brings the schema
- * from version i to version i + 1. Never edit a released entry: add one. */
-static const char *const migrations[] = {
-    "CREATE TABLE entsync_idmap ("
-    "  sync TEXT NOT NULL, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"
-    "  remote_id TEXT NOT NULL, changed, hash INTEGER, raw_hash INTEGER, synced_at REAL,"
-    "  seen_pass INTEGER, gone_at REAL,"
-    "  PRIMARY KEY (sync, remote_id, entity)) WITHOUT ROWID;"
-    "CREATE UNIQUE INDEX entsync_idmap_local ON entsync_idmap (sync, entity, local_id);"
-    "CREATE TABLE entsync_state ("
-    "  sync TEXT PRIMARY KEY, cursor_mark, cursor_id TEXT,"
-    "  pass INTEGER NOT NULL DEFAULT 0, pass_resume TEXT,"
-    "  pass_open INTEGER NOT NULL DEFAULT 0, pass_unreadable INTEGER NOT NULL DEFAULT 0,"
-    "  updated_at REAL);"
-    "CREATE TABLE entsync_runs ("
-    "  id INTEGER PRIMARY KEY, sync TEXT NOT NULL, operation TEXT NOT NULL, mode TEXT,"
-    "  started_at REAL NOT NULL, ended_at REAL, status TEXT NOT NULL,"
-    "  created INTEGER NOT NULL DEFAULT 0, updated INTEGER NOT NULL DEFAULT 0,"
-    "  unchanged INTEGER NOT NULL DEFAULT 0, stale INTEGER NOT NULL DEFAULT 0,"
-    "  failed INTEGER NOT NULL DEFAULT 0, deleted INTEGER NOT NULL DEFAULT 0,"
-    "  skipped INTEGER NOT NULL DEFAULT 0,"
-    "  cursor_before TEXT, cursor_after TEXT, error TEXT, pid INTEGER, host TEXT);"
-    "CREATE INDEX entsync_runs_sync ON entsync_runs (sync, id);"
-    "CREATE TABLE entsync_failures ("
-    "  sync TEXT NOT NULL, remote_id TEXT NOT NULL, local_id INTEGER,"
-    "  error TEXT NOT NULL, payload TEXT, attempts INTEGER NOT NULL DEFAULT 1,"
-    "  first_at REAL NOT NULL, last_at REAL NOT NULL, next_at REAL NOT NULL,"
-    "  waits_for TEXT,"
-    "  PRIMARY KEY (sync, remote_id)) WITHOUT ROWID;"
-    "CREATE TABLE entsync_outbox ("
-    "  id INTEGER PRIMARY KEY, entity TEXT NOT NULL, local_id INTEGER NOT NULL,"
-    "  operation TEXT NOT NULL, queued_at REAL NOT NULL,"
-    "  attempts INTEGER NOT NULL DEFAULT 0, last_error TEXT, next_at REAL,"
-    "  UNIQUE (entity, local_id));"
-    "CREATE TABLE entsync_conflicts ("
-    "  id INTEGER PRIMARY KEY, run_id INTEGER, sync TEXT NOT NULL, entity TEXT, local_id INTEGER,"
-    "  remote_id TEXT, local_hash INTEGER, remote_hash INTEGER, policy TEXT NOT NULL,"
-    "  winner TEXT NOT NULL, at REAL NOT NULL);"
-    /* Present only inside an import's own transaction, never committed:
-     * the outbox triggers skip writes while it holds a row. */
-    "CREATE TABLE entsync_mark (owner TEXT);"
-    "CREATE TABLE entsync_locks ("
-    "  name TEXT PRIMARY KEY, owner TEXT NOT NULL, pid INTEGER NOT NULL,"
-    "  host TEXT NOT NULL, acquired_at REAL NOT NULL, heartbeat_at REAL NOT NULL,"
-    "  expires_at REAL NOT NULL) WITHOUT ROWID;",
-};
-
-#define MIGRATION_COUNT ((int)(sizeof migrations / sizeof migrations[0]))
-_Static_assert(MIGRATION_COUNT == ENTSYNC_SCHEMA_VERSION, "store.h names the schema version");
-
 /* --- errors and identifiers ------------------------------------------- */
 
 /* The start of a statement, for messages: lua_pushfstring has no
@@ -770,75 +720,11 @@ static int writer_update(lua_State *L)
     return 1;
 }
 
-/* --- opening and migrating --------------------------------------------- */
+/* --- opening ------------------------------------------------------------ */
 
-static int schema_version(lua_State *L, entsync_store *store)
-{
-    exec_or_raise(L, store,
-        "CREATE TABLE IF NOT EXISTS entsync_meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID");
-    sqlite3_stmt *stmt = NULL;
-    const char *sql = "SELECT value FROM entsync_meta WHERE key = 'schema_version'";
-    if (sqlite3_prepare_v2(store->db, sql, -1, &stmt, NULL) != SQLITE_OK)
-        entsync_store_error(L, store, sql);
-    int rc = sqlite3_step(stmt);
-    int version = rc == SQLITE_ROW ? sqlite3_column_int(stmt, 0) : 0;
-    sqlite3_finalize(stmt);
-    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
-        entsync_store_error(L, store, sql);
-    return version;
-}
-
-/* Reads the schema version without locking; false when the meta table is
- * missing or the version differs from this entsync's. */
-static int current_schema(entsync_store *store)
-{
-    sqlite3_stmt *stmt = NULL;
-    const char *sql = "SELECT value FROM entsync_meta WHERE key = 'schema_version'";
-    if (sqlite3_prepare_v2(store->db, sql, -1, &stmt, NULL) != SQLITE_OK) {
-        sqlite3_finalize(stmt);
-        return 0;
-    }
-    int current = sqlite3_step(stmt) == SQLITE_ROW && sqlite3_column_int(stmt, 0) == MIGRATION_COUNT;
-    sqlite3_finalize(stmt);
-    return current;
-}
-
-/* Brings entsync's tables to the current version in one transaction, so a
- * failed migration leaves the previous schema whole. */
-static void migrate(lua_State *L, entsync_store *store)
-{
-    /* A current store needs no write lock: another run may be writing a
-     * batch, and status must not wait for it. */
-    if (current_schema(store))
-        return;
-    exec_or_raise(L, store, "BEGIN IMMEDIATE");
-    int version = schema_version(L, store);
-    if (version > MIGRATION_COUNT) {
-        exec_or_raise(L, store, "ROLLBACK");
-        luaL_error(L, "store %s has schema version %d; this entsync knows up to %d: upgrade entsync",
-                   store->path, version, MIGRATION_COUNT);
-    }
-    for (int v = version; v < MIGRATION_COUNT; v++) {
-        char *message = NULL;
-        if (sqlite3_exec(store->db, migrations[v], NULL, NULL, &message) != SQLITE_OK) {
-            lua_pushfstring(L, "store %s: migration to schema %d failed: %s", store->path, v + 1,
-                            message ? message : sqlite3_errmsg(store->db));
-            sqlite3_free(message);
-            sqlite3_exec(store->db, "ROLLBACK", NULL, NULL, NULL);
-            lua_error(L);
-        }
-    }
-    if (version < MIGRATION_COUNT) {
-        char sql[128];
-        snprintf(sql, sizeof sql,
-                 "INSERT OR REPLACE INTO entsync_meta (key, value) VALUES ('schema_version', %d)",
-                 MIGRATION_COUNT);
-        exec_or_raise(L, store, sql);
-    }
-    exec_or_raise(L, store, "COMMIT");
-}
-
-/* open(path) -> store */
+/* store.open(path) -> store. Opens (creating) the file with the settings
+ * every connection of entsync's uses; entsync's own tables are brought to
+ * their schema by lua/entsync/ledger.lua. */
 static int store_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -871,7 +757,6 @@ static int store_open(lua_State *L)
      * through a large import. */
     exec_or_raise(L, store, "PRAGMA temp_store=MEMORY");
     exec_or_raise(L, store, "PRAGMA cache_size=-16384");
-    migrate(L, store);
     return 1;
 }
 

@@ -1,7 +1,8 @@
 /*
- * store: the SQLite file of one job. It owns the connection, entsync's own
- * tables and their migrations, a cache of prepared statements reused for the
- * life of the connection, and the local entity tables.
+ * store: the SQLite file of one job. It owns the connection and its
+ * settings, a cache of prepared statements reused for the life of the
+ * connection, and the local entity tables. entsync's own tables and their
+ * migrations are lua/entsync/ledger.lua's.
  *
  * To Lua a store is a userdata (metatable "entsync.store") made by
  * core.store.open(path); close() or __gc/__close finalizes every statement
@@ -14,9 +15,6 @@
 #include <sqlite3.h>
 
 typedef struct entsync_store entsync_store;
-
-/* The current schema version of entsync's own tables. */
-#define ENTSYNC_SCHEMA_VERSION 1
 
 /* Checks that the value at idx is an open store, raising a Lua error if not. */
 entsync_store *entsync_store_check(lua_State *L, int idx);

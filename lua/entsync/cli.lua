@@ -186,13 +186,17 @@ end
 
 function commands.status(job)
   local store
-  if core.fs.exists(job.store_file) then store = core.store.open(job.store_file) end
+  if core.fs.exists(job.store_file) then
+    store = core.store.open(job.store_file)
+    require("entsync.ledger").migrate(store)
+  end
+  local book = store and require("entsync.ledger").new(store)
   local out = {}
   local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
   say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
-  local daemon = store and store:value("SELECT value FROM entsync_meta WHERE key = 'daemon'")
+  local daemon = book and book:meta("daemon")
   if daemon then
-    local info = type(daemon) == "string" and json.try_decode(daemon)
+    local info = json.try_decode(daemon)
     if type(info) == "table" then
       local alive = info.activity ~= "stopped" and core.sys.process_alive(info.pid or 0)
       say("daemon %s: pid %s on %s, started %s, %s%s", alive and "running" or "not running",
@@ -207,8 +211,9 @@ function commands.status(job)
     say("")
     say("sync %s: %s -> %s, %s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "), import.mode,
       import.limit and (", limit " .. import.limit) or "", ", deletes " .. import.deletes)
-    if store then
-      local run = store:row("SELECT * FROM entsync_runs WHERE sync = ?1 ORDER BY id DESC LIMIT 1", name)
+    local sync_id = book and book:sync_id(name, true)
+    if sync_id then
+      local run = book:last_run(sync_id)
       if run then
         say("  last run   %s %s, %s (%s): %d created, %d updated, %d unchanged, %d stale, %d failed, %d deleted",
           run.operation, ago(run.started_at), run.status, run.mode or "-", run.created, run.updated, run.unchanged,
@@ -217,17 +222,16 @@ function commands.status(job)
       else
         say("  last run   never")
       end
-      local state = store:row("SELECT * FROM entsync_state WHERE sync = ?1", name)
-      if state and state.cursor_mark ~= nil then
+      local state = book:state(sync_id)
+      if state.cursor_mark ~= nil then
         say("  cursor     %s / %s", tostring(state.cursor_mark), tostring(state.cursor_id))
       elseif import.mode == "incremental" then
         say("  cursor     none (the next run reads everything)")
       end
-      if state and state.pass_open == 1 then
+      if state.pass_open == 1 then
         say("  full pass  %d in progress, resumes after %s records", state.pass, tostring(state.pass_resume or 0))
       end
-      local mapped = store:value("SELECT count(DISTINCT remote_id) FROM entsync_idmap WHERE sync = ?1", name)
-      say("  mapped     %d remote entities", mapped)
+      say("  mapped     %d remote entities", book:mapped_count(sync_id))
       local holder = core.lock.holder(store, "sync:" .. name)
       if holder then
         say("  lock       held by pid %d on %s since %s, expires in %.0fs", holder.pid, holder.host,
@@ -235,23 +239,20 @@ function commands.status(job)
       else
         say("  lock       free")
       end
-      local failures = store:rows("SELECT remote_id, attempts, error, next_at, waits_for FROM entsync_failures WHERE sync = ?1 "
-        .. "ORDER BY last_at DESC LIMIT 5", name)
       if sync.export then
-        local queued = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
-          json.encode(sync.entities))
-        local waiting = store:value("SELECT count(*) FROM entsync_outbox WHERE attempts > 0 AND entity IN "
-          .. "(SELECT value FROM json_each(?1))", json.encode(sync.entities))
-        say("  outbox     %d pending (%d failed before), deletes %s, conflicts: %s", queued, waiting,
-          sync.export.deletes, type(sync.export.conflict) == "function" and "function" or sync.export.conflict)
+        local entity_id = book:entity_id(sync.entities[1], true)
+        local queued = entity_id and book:pending_count(state.out_seq or 0, json.encode({ entity_id }), sync_id) or 0
+        say("  outbox     %d changes to send, %d failed exports, deletes %s, conflicts: %s", queued,
+          book:failure_count(sync_id, "export"), sync.export.deletes,
+          type(sync.export.conflict) == "function" and "function" or sync.export.conflict)
       end
-      local pending = store:value("SELECT count(*) FROM entsync_failures WHERE sync = ?1", name)
-      say("  failures   %d pending", pending)
-      for _, failure in ipairs(failures) do
+      say("  failures   %d pending", book:failure_count(sync_id))
+      for _, failure in ipairs(book:failures(sync_id, 5)) do
         local when = failure.next_at <= core.sys.now() and "due"
           or failure.waits_for and failure.next_at > 1e100 and ("after " .. failure.waits_for .. " runs")
           or string.format("in %.0fs", failure.next_at - core.sys.now())
-        say("    %s (attempt %d, retry %s): %s", failure.remote_id, failure.attempts, when, failure.error)
+        say("    %s%s (attempt %d, retry %s): %s", failure.direction == "export" and "local " or "", failure.key,
+          failure.attempts, when, failure.error)
       end
     else
       say("  last run   never")
@@ -264,20 +265,24 @@ end
 
 -- operations -------------------------------------------------------------------
 
+-- Runs fn(session) inside the loop with the job's store open.
 local function with_session(job, options, fn)
-  local engine = require "entsync.engine"
-  local session = engine.open(job, { dry_run = options.dry_run, wait = options.wait, progress = options.progress,
-    log = options.log })
-  local ok, result = pcall(fn, engine, session)
-  session:close()
-  if not ok then error(result, 0) end
-  return result
+  local loop = require "entsync.loop"
+  return loop.run(function()
+    local session = require("entsync.session").open(job, { dry_run = options.dry_run, wait = options.wait,
+      progress = options.progress, log = options.log, should_stop = options.should_stop })
+    local ok, result = pcall(fn, session)
+    session:close()
+    if not ok then error(result, 0) end
+    return result
+  end)
 end
 
-local function report(engine, results, started, options)
+local function report(results, started, options)
+  local operation = require "entsync.operation"
   local failed = false
   for _, result in ipairs(results) do
-    print(engine.summary(result, core.sys.monotonic() - started, options.dry_run))
+    print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
     failed = failed or result.counts.failed > 0
   end
   return failed and errors.exit_codes.failed or 0
@@ -293,57 +298,52 @@ local function sync_named(job, name)
   return sync
 end
 
--- Runs the planned syncs as tasks of the loop: a sync starts once the
--- tasks of what it depends on have ended, so independent syncs run side by
--- side while their requests are in flight.
+-- Runs the planned syncs as tasks of the loop: a sync starts once what it
+-- depends on has finished (it waits for their tasks), so independent syncs
+-- run side by side while their requests are in flight. A sync that
+-- exports on change drains its changes after its import.
 function commands.run(job, args, options)
   local plan = require("entsync.job").plan(job, args)
   local loop = require "entsync.loop"
-  return with_session(job, options, function(engine, session)
-    local finished, failed_entities, first_error = {}, false, nil
-    local bodies, tasks = {}, {} -- tasks: sync name -> its task
-    for _, name in ipairs(plan) do
-      bodies[#bodies + 1] = function()
-        local sync = job.syncs[name]
-        for _, other in ipairs(sync.depends_on) do
-          if tasks[other] then tasks[other]:wait() end
-          if finished[other] == false then
-            finished[name] = false
-            return
-          end
+  local operation = require "entsync.operation"
+  return with_session(job, options, function(session)
+    local tasks, failed_entities, first_error = {}, false, nil
+    local function run_sync(sync)
+      for _, other in ipairs(sync.depends_on) do
+        local task = tasks[other]
+        if task then
+          local ok, fine = task:wait()
+          if not ok or not fine then return false end
         end
-        local started = core.sys.monotonic()
-        if sync.import.enabled then
-          local ok, result = pcall(engine.run_import, session, sync, options)
-          if not ok then
-            finished[name] = false
-            first_error = first_error or result
-            return
-          end
-          print(engine.summary(result, core.sys.monotonic() - started, options.dry_run))
-          io.stdout:flush()
-          failed_entities = failed_entities or result.counts.failed > 0
-        end
-        if sync.export and sync.export.on_change and not options.dry_run then
-          started = core.sys.monotonic()
-          local export = require "entsync.export"
-          local ok, result = pcall(export.drain, session, sync)
-          if not ok then
-            finished[name] = false
-            first_error = first_error or result
-            return
-          end
-          print(export.summary(result, core.sys.monotonic() - started))
-          io.stdout:flush()
-          failed_entities = failed_entities or result.counts.failed > 0
-        end
-        finished[name] = true
       end
+      local started = core.sys.monotonic()
+      if sync.import.enabled then
+        local ok, result = pcall(require("entsync.import").run, session, sync)
+        if not ok then
+          first_error = first_error or result
+          return false
+        end
+        print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
+        io.stdout:flush()
+        failed_entities = failed_entities or result.counts.failed > 0
+        if result.stopped then return false end
+      end
+      if sync.export and sync.export.on_change and not options.dry_run then
+        started = core.sys.monotonic()
+        local export = require "entsync.export"
+        local ok, result = pcall(export.drain, session, sync)
+        if not ok then
+          first_error = first_error or result
+          return false
+        end
+        print(export.summary(result, core.sys.monotonic() - started))
+        io.stdout:flush()
+        failed_entities = failed_entities or result.counts.failed > 0
+      end
+      return true
     end
-    loop.run(function()
-      for i, name in ipairs(plan) do tasks[name] = loop.spawn(bodies[i]) end
-      for _, name in ipairs(plan) do tasks[name]:wait() end
-    end)
+    for _, name in ipairs(plan) do tasks[name] = loop.spawn(run_sync, job.syncs[name]) end
+    for _, name in ipairs(plan) do tasks[name]:wait() end
     if first_error then error(first_error, 0) end
     return failed_entities and errors.exit_codes.failed or 0
   end)
@@ -352,9 +352,9 @@ end
 function commands.import(job, args, options)
   local sync = sync_named(job, args[1])
   if not args[2] or args[3] then usage_error("import takes a sync and one remote id") end
-  return with_session(job, options, function(engine, session)
+  return with_session(job, options, function(session)
     local started = core.sys.monotonic()
-    return report(engine, { engine.import_one(session, sync, args[2]) }, started, options)
+    return report({ require("entsync.import").import_one(session, sync, args[2]) }, started, options)
   end)
 end
 
@@ -362,11 +362,11 @@ function commands.refresh(job, args, options)
   local sync = sync_named(job, args[1])
   local ids = { table.unpack(args, 2) }
   if options.all == (#ids > 0) then usage_error("refresh takes a sync and local ids, or --all") end
-  return with_session(job, options, function(engine, session)
+  return with_session(job, options, function(session)
     local started = core.sys.monotonic()
     local local_ids = ids
     if options.all then local_ids = nil end
-    return report(engine, { engine.refresh(session, sync, local_ids) }, started, options)
+    return report({ require("entsync.import").refresh(session, sync, local_ids) }, started, options)
   end)
 end
 
@@ -380,7 +380,7 @@ function commands.export(job, args, options)
     errors.raise("usage", string.format("%s: sync \"%s\" does not export (give it export = { ... })",
       job.display_path, sync.name))
   end
-  return with_session(job, options, function(_, session)
+  return with_session(job, options, function(session)
     local export = require "entsync.export"
     local entity = sync.entities[1]
     if options.all or options.where then
@@ -398,13 +398,7 @@ function commands.export(job, args, options)
     end
     if options.dry_run then
       -- what would be sent, one JSON line per entity; nothing is written
-      for _, id in ipairs(ids) do
-        local remote_id, rows = export.gather(session, sync, entity, id)
-        if not rows[entity] then usage_error("local %s %s does not exist", entity, tostring(id)) end
-        local record = export.remote_record(session, sync, rows, { sync = sync.name, local_id = id, log = options.log })
-        print(json.encode({ local_id = id, remote_id = remote_id or json.null,
-          operation = remote_id and "update" or "create", record = record }))
-      end
+      for _, id in ipairs(ids) do print(json.encode(export.preview(session, sync, id))) end
       print(string.format("%s: would export %d (dry run: nothing was sent or written)", sync.name, #ids))
       return 0
     end
@@ -428,9 +422,9 @@ end
 function commands.retry(job, args, options)
   local sync = sync_named(job, args[1])
   if args[2] then usage_error("retry takes one sync") end
-  return with_session(job, options, function(engine, session)
+  return with_session(job, options, function(session)
     local started = core.sys.monotonic()
-    return report(engine, { engine.retry(session, sync) }, started, options)
+    return report({ require("entsync.import").retry(session, sync) }, started, options)
   end)
 end
 

@@ -1,324 +1,290 @@
--- entsync.export: exports, the outbox drain and conflicts.
+-- entsync.export: exports, the change-log drain and export conflicts.
 --
--- A local entity is mapped in the export direction (paths written into a
--- remote record, export callbacks, references turned back into remote
--- ids) and created on the remote when the id map has no remote id for it,
--- updated otherwise. The id map then records the remote's answer as an
--- import would see it (its changed mark and mapped content hash), so the
--- echo of our own write that comes back with the next import is found
--- unchanged: nothing is written and nothing is queued.
+-- Every sync that exports an entity is a consumer of its changes: the
+-- capture triggers log each insert, update and delete of the entity's
+-- tables (whoever writes them) in entsync_changes, and each exporting sync
+-- keeps its own position in that log, its own failures and retries. A
+-- change carries its origin, the sync whose import (or export answer) made
+-- it: a sync never sends back what came from its own remote, and every
+-- other exporting sync sends it on, so A -> store -> B works and nothing
+-- echoes back to A.
+--
+-- One export of a local entity:
+--   1. its rows (the primary and a split's other entities, found by their
+--      link column) are mapped by the pipeline into the remote record;
+--   2. a drain sends nothing when that record would import to the hash the
+--      id map holds: the local write changed nothing the mapping carries;
+--   3. an update first fetches the remote's current copy: one that differs
+--      from what was last synced is a conflict, settled by the sync's
+--      policy and recorded; the copy is also what a replacing update (PUT)
+--      is merged over, so fields the mapping does not carry are kept, and
+--      what a patching update (PATCH) is compared with, so only what
+--      changed is sent;
+--   4. what is about to be sent is recorded first (entsync_writes), so
+--      after a crash its echo is known for ours;
+--   5. the remote's answer is mapped back: the id map takes its hash, mark
+--      and version, and the local rows its server-computed fields (stamped
+--      with this sync as origin, so this sync does not send them back).
 
-local cjson = require "cjson"
+local conflicts = require "entsync.conflicts"
+local context = require "entsync.context"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
-local http = require "entsync.http"
-local map = require "entsync.map"
-local mapping = require "entsync.mapping"
+local ids = require "entsync.ids"
+local json = require "entsync.json"
+local loop = require "entsync.loop"
+local operation = require "entsync.operation"
+local pipeline = require "entsync.pipeline"
 
 local M = {}
 
-local null = cjson.null
+local null = json.null
+local WAITING = 1e300
+local UPSERT, DELETE = 1, 2
 
-local id_text = require("entsync.cursor").id_text
+local Exporter = {}
+Exporter.__index = Exporter
 
-local SQL = {
-  map_local = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
-  map_remote = "SELECT entity, local_id, hash, changed FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
-  save_map = [[INSERT INTO entsync_idmap (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, (SELECT pass FROM entsync_state WHERE sync = ?1))
-    ON CONFLICT (sync, remote_id, entity) DO UPDATE SET local_id = excluded.local_id, changed = excluded.changed,
-      hash = excluded.hash, raw_hash = NULL, synced_at = excluded.synced_at, gone_at = NULL]],
-  forget_remote = "DELETE FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2",
-  forget_local = "DELETE FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
-  due = [[SELECT id, entity, local_id, operation, queued_at, attempts FROM entsync_outbox
-    WHERE entity IN (SELECT value FROM json_each(?1)) AND (next_at IS NULL OR next_at <= ?2)
-    ORDER BY id LIMIT ?3]],
-  pending = "SELECT id, queued_at FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
-  done = "DELETE FROM entsync_outbox WHERE id = ?1 AND queued_at = ?2",
-  drop = "DELETE FROM entsync_outbox WHERE entity = ?1 AND local_id = ?2",
-  retry_later = [[UPDATE entsync_outbox SET attempts = attempts + 1, last_error = ?2, next_at = ?3
-    WHERE id = ?1]],
-  conflict = [[INSERT INTO entsync_conflicts (run_id, sync, entity, local_id, remote_id, local_hash, remote_hash,
-    policy, winner, at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)]],
-  start_run = [[INSERT INTO entsync_runs (sync, operation, mode, started_at, status, pid, host)
-    VALUES (?1, ?2, 'export', ?3, 'running', ?4, ?5)]],
-  finish_run = [[UPDATE entsync_runs SET ended_at = ?2, status = ?3, created = ?4, updated = ?5, deleted = ?6,
-    failed = ?7, unchanged = ?8, error = ?9 WHERE id = ?1]],
-}
-M.SQL = SQL
+-- new(session, sync, op) -> exporter of one sync within an operation.
+function M.new(session, sync, op)
+  local book = session.ledger
+  local provider = session:provider(sync.provider)
+  return setmetatable({
+    session = session, sync = sync, op = op, book = book, sync_id = book:sync_id(sync.name),
+    provider = provider, resource = sync.export.resource or sync.resource,
+    counts = op and op.counts or operation.new_counts(),
+    writers = session:writers(sync),
+    can_get = type(provider.get) == "function" and not provider.log_sink,
+  }, Exporter)
+end
 
--- Runs fn inside one short write transaction, rolled back if it fails.
-local function in_transaction(store, fn)
-  store:run("BEGIN IMMEDIATE")
-  local ok, err = pcall(fn)
-  if not ok then
-    store:run("ROLLBACK")
-    error(err, 0)
+function Exporter:transaction(fn, ...)
+  if self.op then return self.op:transaction(fn, ...) end
+  return self.session:transaction(self.sync_id, fn, ...)
+end
+
+local function mark_of(sync, record)
+  local mark = sync.changed_field and type(record) == "table" and record[sync.changed_field] or nil
+  if mark == null then return nil end
+  return mark
+end
+
+local function version_of(provider, record)
+  if type(provider.version) == "function" and type(record) == "table" then return provider:version(record) end
+  return nil
+end
+
+-- The contexts of one export: the export direction's, and the import
+-- direction's for reading remote records (hashes, answers).
+local function contexts(self, local_id, remote_id)
+  return context.new(self.session, self.sync, "export"):at(remote_id, local_id, nil),
+    context.new(self.session, self.sync, "import"):at(remote_id, local_id, nil)
+end
+
+-- The remote's answer (or, when it answered nothing, what was sent) is
+-- what the remote now holds: the id map takes its hash, changed mark and
+-- version, and the write in flight is done. The local rows take the
+-- answer's mapped values (server-computed fields) unless they changed
+-- while the write was on its way (that change is in the log and goes out
+-- next); those writes are no other sync's to send: a field one remote
+-- computes does not travel to the others, so remotes never ping-pong.
+-- An answer the mapping cannot read still records the remote id (raising
+-- after), so a create is never sent twice.
+function Exporter:record(local_id, remote_id, sent, answer, rows_hash, in_ctx)
+  local session, sync, book = self.session, self.sync, self.book
+  local echo = type(answer) == "table" and next(answer) ~= nil and answer or sent
+  in_ctx:at(remote_id, local_id, echo)
+  local mapped_ok, mapped = pcall(pipeline.import, sync, echo, in_ctx)
+  local hash = mapped_ok and mapped ~= pipeline.FILTERED and pipeline.hash(mapped) or nil
+  local changed, version = mark_of(sync, echo), version_of(self.provider, echo)
+  local write_back = false
+  if mapped_ok and mapped ~= pipeline.FILTERED and echo == answer then
+    local sent_ok, sent_mapped = pcall(pipeline.import, sync, sent, in_ctx)
+    write_back = not sent_ok or sent_mapped == pipeline.FILTERED or pipeline.hash(sent_mapped) ~= hash
   end
-  store:run("COMMIT")
-end
-
--- The local row of entity id, or nil.
-function M.local_row(store, entity, id)
-  return store:row(string.format('SELECT * FROM "%s" WHERE id = ?1', entity), id)
-end
-local local_row = M.local_row
-
-local function set_path(out, keys, value)
-  local node = out
-  for i = 1, #keys - 1 do
-    local key = keys[i]
-    if type(node[key]) ~= "table" then node[key] = {} end
-    node = node[key]
-  end
-  node[keys[#keys]] = value
-end
-
--- A stored value as the remote gets it: json decoded, booleans as such.
-local function remote_value(field, value)
-  if value == nil then return null end
-  if field.type == "json" and type(value) == "string" then
-    local ok, decoded = pcall(cjson.decode, value)
-    return ok and decoded or value
-  end
-  if field.type == "boolean" then return value ~= 0 and value ~= false end
-  return value
-end
-
--- Maps the local rows of one remote entity ({ entity = row }) to the
--- remote record.
-function M.remote_record(session, sync, rows, ctx)
-  local out = {}
-  for _, entity in ipairs(sync.mapping.entities) do
-    local row = rows[entity.name]
-    if row then
-      for _, field in ipairs(entity.fields) do
-        local value = remote_value(field, row[field.name])
-        if map.is_refs(field.import) and value ~= null then
-          local target = session.job.syncs[field.import.sync]
-          local function remote_of(id)
-            return M.remote_id_of(session.store, target.name, target.entities[1], id)
-          end
-          if type(value) == "table" then
-            local ids = {}
-            for _, id in ipairs(value) do ids[#ids + 1] = remote_of(id) end
-            value = ids
-          else
-            value = remote_of(value)
-          end
-        end
-        if field.export then
-          local ok, result = pcall(field.export, value, out, ctx)
-          if not ok then
-            errors.raise("entity", string.format("field %s: export: %s (%s:%d)", field.name,
-              errors.message(result), field.where.file, field.where.line))
-          end
-          if result ~= nil and field.keys then set_path(out, field.keys, result) end
-        elseif field.keys then
-          set_path(out, field.keys, value)
-        end
-      end
+  local pass = book:state(self.sync_id).pass
+  self.session:transaction(require("entsync.session").UNQUEUED, function()
+    book:save_map(self.sync_id, local_id, remote_id, changed, hash, nil, version, pass)
+    book:end_write(self.sync_id, local_id)
+    if write_back and core.hash.of(session:rows_of(sync, local_id)) == rows_hash then
+      session:write_rows(sync, self.writers, local_id, mapped)
     end
-  end
-  return out
-end
-
--- The remote id that sync's id map gives local (entity, id), or nil.
-function M.remote_id_of(store, sync_name, entity, id)
-  return store:value(SQL.map_local, sync_name, entity, id)
-end
-
--- The local rows of the remote entity that local (entity, id) belongs to,
--- with its remote id when it has one.
-function M.gather(session, sync, entity, id)
-  local store = session.store
-  local remote_id = M.remote_id_of(store, sync.name, entity, id)
-  local rows, ids = {}, {}
-  if remote_id then
-    for _, m in ipairs(store:rows(SQL.map_remote, sync.name, remote_id)) do ids[m.entity] = m.local_id end
-  else
-    ids[entity] = id
-  end
-  for name, local_id in pairs(ids) do rows[name] = local_row(store, name, local_id) end
-  return remote_id, rows, ids
-end
-
--- Records a conflict and the policy's verdict: "local" or "remote".
-function M.resolve_conflict(session, sync, run_id, info)
-  local policy = sync.export and sync.export.conflict or "remote_wins"
-  local winner
-  if policy == "remote_wins" then
-    winner = "remote"
-  elseif policy == "local_wins" then
-    winner = "local"
-  elseif policy == "newest" then
-    local remote_at = info.remote_changed and (tonumber(info.remote_changed)
-      or select(2, pcall(map.iso_to_epoch, info.remote_changed)))
-    winner = (type(remote_at) == "number" and remote_at > (info.local_changed or 0)) and "remote" or "local"
-  else
-    local ok, verdict = pcall(policy, info.local_rows, info.remote_record, info.ctx)
-    if not ok or (verdict ~= "local" and verdict ~= "remote") then
-      errors.raise("entity", string.format("conflict function: %s", ok and ("returned " .. tostring(verdict)
-        .. ", not \"local\" or \"remote\"") or tostring(verdict)))
-    end
-    winner = verdict
-  end
-  session.store:run(SQL.conflict, run_id, sync.name, info.entity, info.local_id, info.remote_id,
-    info.local_hash, info.remote_hash, type(policy) == "function" and "function" or policy, winner, core.sys.now())
-  session.log("warn", string.format("%s %s: changed on both sides; %s kept (%s)", sync.name,
-    tostring(info.remote_id or info.local_id), winner, type(policy) == "function" and "function" or policy))
-  return winner
-end
-
--- The hash and changed mark an import of record would store.
-local function echo_of(sync, record, ctx)
-  local ok, mapped = pcall(mapping.apply, sync.mapping, record, ctx)
-  if not ok then return nil, nil end
-  local changed = sync.changed_field and record[sync.changed_field]
-  if changed == null then changed = nil end
-  return core.hash.of(mapped), changed
-end
-
--- Exports one local entity; returns "created", "updated", "deleted",
--- "unchanged" (a conflict the remote won or, when changed_only, nothing
--- the remote sees changed) or raises an entity error. An export asked for
--- by name sends the entity whatever it holds; the outbox's drain passes
--- changed_only.
--- The caller runs it in a scheduler task or plainly; its store writes are
--- short transactions that never yield.
-function M.export_one(session, sync, entity, id, run_id, changed_only)
-  local store, provider = session.store, session:provider(sync.provider)
-  local resource = sync.export and sync.export.resource or sync.resource
-  local remote_id, rows, ids = M.gather(session, sync, entity, id)
-  local ctx = { sync = sync.name, entity = entity, local_id = id, remote_id = remote_id, log = session.log }
-  if not rows[sync.entities[1]] and not rows[entity] then
-    errors.raise("entity", string.format("local %s %s does not exist", entity, tostring(id)))
-  end
-  if not remote_id and entity ~= sync.entities[1] then
-    -- A split's other entities reach the remote with their first one; on
-    -- its own, a new one has nothing to complete.
-    return "unchanged", nil
-  end
-  local stored = remote_id and store:rows(SQL.map_remote, sync.name, remote_id)[1]
-  local record
-  -- A local write that changed nothing the mapping carries (the same
-  -- values written again, or columns no field maps) leaves the remote as
-  -- it was last synced: nothing is sent. (A record that cannot be built
-  -- fails below, where a conflict the remote wins may still settle it.)
-  if changed_only and stored and stored.hash ~= nil then
-    local built, built_record = pcall(M.remote_record, session, sync, rows, ctx)
-    if built then
-      if echo_of(sync, built_record, ctx) == stored.hash then return "unchanged", remote_id end
-      record = built_record
-    end
-  end
-  -- The remote changed since the last sync too: a conflict. (A file sink
-  -- is a log of our writes: there is nothing to compare with.)
-  if remote_id and type(provider.get) == "function" and not provider.log_sink then
-    local current = provider:get(resource, remote_id)
-    if current then
-      local remote_hash, remote_changed = echo_of(sync, current, ctx)
-      if stored and remote_hash and remote_hash ~= stored.hash then
-        local pending = store:row(SQL.pending, entity, id)
-        local winner = http.blocking(M.resolve_conflict, session, sync, run_id, {
-          entity = entity, local_id = id, remote_id = remote_id, local_rows = rows, remote_record = current,
-          local_hash = core.hash.of(rows), remote_hash = remote_hash, remote_changed = remote_changed,
-          local_changed = pending and pending.queued_at, ctx = ctx,
-        })
-        if winner == "remote" then
-          http.blocking(function()
-            local run = session:dependent_run(sync)
-            session:begin()
-            -- decided: the local change is dropped, not met again as a conflict
-            local ok, outcome, message = pcall(function()
-              for name, local_id in pairs(ids) do store:run(SQL.drop, name, local_id) end
-              return run:process(current)
-            end)
-            if not ok then
-              session:rollback()
-              error(outcome, 0)
-            end
-            session:commit()
-            if outcome == "failed" then errors.raise("entity", "importing the remote version failed: " .. tostring(message)) end
-          end)
-          return "unchanged", remote_id
-        end
-      end
-    end
-  end
-  record = record or M.remote_record(session, sync, rows, ctx)
-  local outcome, answer
-  if remote_id then
-    answer = provider:update(resource, remote_id, record, ctx)
-    outcome = "updated"
-  else
-    if type(provider.create) ~= "function" then
-      errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
-        sync.provider.name))
-    end
-    ctx.idempotency_key = string.format("%s:%s:%s:%s", sync.name, entity, tostring(id), core.hash.hex(record))
-    remote_id, answer = provider:create(resource, record, ctx)
-    remote_id = id_text(remote_id)
-    outcome = "created"
-  end
-  local echo = type(answer) == "table" and next(answer) ~= nil and answer or record
-  local hash, changed = echo_of(sync, echo, ctx)
-  http.blocking(in_transaction, store, function()
-    local now = core.sys.now()
-    for name, local_id in pairs(ids) do
-      store:run(SQL.save_map, sync.name, name, local_id, remote_id, changed, hash, now)
-    end
+    if self.op and self.op.run_id then book:progress_run(self.op.run_id, self.counts, nil) end
   end)
-  return outcome, remote_id
+  if not mapped_ok then
+    errors.raise("entity", string.format("the remote's answer could not be mapped: %s", errors.message(mapped)))
+  end
 end
 
--- Deletes the remote of a local entity that is gone (export deletes =
+-- Creates the remote of a local entity that has none.
+function Exporter:create(local_id, record, rows_hash, in_ctx, out_ctx)
+  local sync, book, provider = self.sync, self.book, self.provider
+  if type(provider.create) ~= "function" then
+    errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
+      sync.provider.name))
+  end
+  local expected = pipeline.import_hash(sync, record, in_ctx:at(nil, local_id, record))
+  local key = string.format("%s:%d:%s", sync.name, local_id, core.hash.hex(record))
+  key = self:transaction(function()
+    return book:begin_write(self.sync_id, local_id, "create", key, expected ~= pipeline.FILTERED and expected or nil)
+  end)
+  out_ctx.idempotency_key = key
+  local remote_id, answer = provider:create(self.resource, record, out_ctx)
+  local typed, why = ids.remote(remote_id)
+  if typed == nil then
+    errors.raise("entity", string.format("the provider's create gave no usable remote id (got %s)", why))
+  end
+  self:record(local_id, typed, record, answer, rows_hash, in_ctx)
+  return "created", typed
+end
+
+-- The remote changed since it was last synced: settled by the policy.
+-- Returns true when the remote version stays (and was written locally).
+function Exporter:remote_wins(local_id, entry, current, remote_hash, rows, in_ctx, change_at)
+  local session, sync, book = self.session, self.sync, self.book
+  local winner = self:transaction(function()
+    return conflicts.settle(session, sync, {
+      direction = "export", run_id = self.op and self.op.run_id, local_id = local_id, remote_id = entry.remote_id,
+      local_rows = rows, remote_record = current, remote_hash = remote_hash, remote_changed = mark_of(sync, current),
+      local_changed = change_at, ctx = in_ctx,
+    })
+  end)
+  self.counts.conflicts = self.counts.conflicts + 1
+  if winner ~= "remote" then return false end
+  in_ctx:at(entry.remote_id, local_id, current)
+  local mapped = pipeline.import(sync, current, in_ctx)
+  self:transaction(function()
+    if mapped ~= pipeline.FILTERED then session:write_rows(sync, self.writers, local_id, mapped) end
+    book:save_map(self.sync_id, local_id, entry.remote_id, mark_of(sync, current), remote_hash, nil,
+      version_of(self.provider, current), nil)
+  end)
+  return true
+end
+
+-- export_one(local_id, options) -> outcome, remote_id. outcome: "created",
+-- "updated", or "unchanged" (nothing the remote would see changed, or a
+-- conflict the remote won). options.changed_only (the drain): send
+-- nothing for a local write that changed nothing the mapping carries.
+-- options.change_at: when the local change was made (newest policy).
+-- Raises an entity error (or a defer error) for this entity's faults.
+function Exporter:export_one(local_id, options)
+  options = options or {}
+  local session, sync, book, provider = self.session, self.sync, self.book, self.provider
+  local rows = session:rows_of(sync, local_id)
+  if not rows[sync.entities[1]] then
+    errors.raise("entity", string.format("local %s %s does not exist", sync.entities[1], tostring(local_id)))
+  end
+  local rows_hash = core.hash.of(rows)
+  local entry = book:by_local(self.sync_id, local_id)
+  local out_ctx, in_ctx = contexts(self, local_id, entry and entry.remote_id)
+  local record = pipeline.export(sync, rows, out_ctx)
+  if not entry then return self:create(local_id, record, rows_hash, in_ctx, out_ctx) end
+  if options.changed_only and entry.hash ~= nil then
+    local local_hash = pipeline.import_hash(sync, record, in_ctx:at(entry.remote_id, local_id, record))
+    if local_hash == entry.hash then return "unchanged", entry.remote_id end
+  end
+  local current
+  if self.can_get then
+    local err
+    current, err = provider:get(self.resource, entry.remote_id, out_ctx)
+    if current == nil then
+      errors.raise("entity", string.format("remote %s is gone (%s)", ids.text(entry.remote_id), tostring(err or "not found")))
+    end
+    in_ctx:at(entry.remote_id, local_id, current)
+    local remote_hash = pipeline.import_hash(sync, current, in_ctx)
+    -- a remote record the import filter skips is none of the import's
+    -- business: it is no change to settle
+    if remote_hash ~= entry.hash and remote_hash ~= pipeline.FILTERED then
+      local w = book:write_of(self.sync_id, local_id)
+      if w and w.hash == remote_hash then
+        -- our own write reached the remote before a crash: not a change
+        self:transaction(function()
+          book:seen_remote(self.sync_id, local_id, remote_hash, mark_of(sync, current), version_of(provider, current))
+        end)
+      elseif self:remote_wins(local_id, entry, current, remote_hash, rows, in_ctx, options.change_at) then
+        return "unchanged", entry.remote_id
+      end
+    end
+  end
+  local body = current and pipeline.merge(current, record) or record
+  out_ctx.current, out_ctx.version = current, entry.version
+  out_ctx.patch = current and pipeline.changes(current, record) or record
+  if current and out_ctx.patch == nil then
+    -- the remote holds these values already: the id map catches up
+    self:record(local_id, entry.remote_id, body, nil, rows_hash, in_ctx)
+    return "unchanged", entry.remote_id
+  end
+  local expected = pipeline.import_hash(sync, body, in_ctx:at(entry.remote_id, local_id, body))
+  self:transaction(function()
+    book:begin_write(self.sync_id, local_id, "update", nil, expected ~= pipeline.FILTERED and expected or nil)
+  end)
+  local answer = provider:update(self.resource, entry.remote_id, body, out_ctx)
+  self:record(local_id, entry.remote_id, body, answer, rows_hash, in_ctx)
+  return "updated", entry.remote_id
+end
+
+-- Deletes the remote of a deleted local entity (export deletes =
 -- "delete"), or only forgets it ("ignore").
-function M.export_delete(session, sync, entity, id)
-  local store, provider = session.store, session:provider(sync.provider)
-  local remote_id = M.remote_id_of(store, sync.name, entity, id)
-  if not remote_id then return "unchanged" end
-  local primary = entity == sync.entities[1]
-  if primary and sync.export.deletes == "delete" then
+function Exporter:export_delete(local_id)
+  local sync, book, provider = self.sync, self.book, self.provider
+  local entry = book:by_local(self.sync_id, local_id)
+  if not entry then return "unchanged" end
+  local deleting = sync.export.deletes == "delete"
+  if deleting then
     if type(provider.delete) ~= "function" then
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot delete records", sync.name,
         sync.provider.name))
     end
-    provider:delete(sync.export.resource or sync.resource, remote_id, { sync = sync.name, local_id = id })
+    self:transaction(function() book:begin_write(self.sync_id, local_id, "delete", nil, nil) end)
+    local out_ctx = contexts(self, local_id, entry.remote_id)
+    out_ctx.version = entry.version
+    provider:delete(self.resource, entry.remote_id, out_ctx)
   end
-  http.blocking(function()
-    if primary and sync.export.deletes == "delete" then
-      store:run(SQL.forget_remote, sync.name, remote_id)
-    else
-      store:run(SQL.forget_local, sync.name, entity, id)
-    end
+  self:transaction(function()
+    book:forget(self.sync_id, local_id)
+    book:end_write(self.sync_id, local_id)
   end)
-  return primary and sync.export.deletes == "delete" and "deleted" or "unchanged"
+  return deleting and "deleted" or "unchanged"
 end
 
-local function new_counts()
-  return { created = 0, updated = 0, deleted = 0, unchanged = 0, failed = 0 }
+-- failures -------------------------------------------------------------------------------
+
+function Exporter:failed(local_id, err)
+  local sync, book = self.sync, self.book
+  local message = errors.message(err, true)
+  self.counts.failed = self.counts.failed + 1
+  local entry = book:by_local(self.sync_id, local_id)
+  if self.counts.failed <= 10 then
+    self.session.log("error", string.format("%s local %s %s%s: %s", sync.name, sync.entities[1], tostring(local_id),
+      entry and (" (remote " .. ids.text(entry.remote_id) .. ")") or "", message))
+  end
+  local key = tostring(local_id)
+  local waits_for = errors.is(err) and err.waits_for or nil
+  self:transaction(function()
+    local attempts = book:failure_attempts(self.sync_id, "export", key) + 1
+    local next_at = waits_for and WAITING or core.sys.now() + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
+    book:save_failure(self.sync_id, "export", { key = key, local_id = local_id, remote_id = entry and entry.remote_id,
+      error = message, attempts = attempts, next_at = next_at, waits_for = waits_for })
+  end)
 end
 
-local function start_run(session, sync, operation)
-  if session.dry then return nil end
-  local _, id = session.store:run(SQL.start_run, sync.name, operation, core.sys.now(), core.sys.getpid(), core.sys.hostname())
-  return id
+function Exporter:succeeded(local_id, outcome, failing)
+  self.counts[outcome] = self.counts[outcome] + 1
+  local key = tostring(local_id)
+  if failing[key] then
+    self:transaction(function() self.book:clear_failure(self.sync_id, "export", key) end)
+    failing[key] = nil
+  end
 end
 
-local function finish_run(session, run_id, counts, err)
-  if not run_id then return end
-  session.store:run(SQL.finish_run, run_id, core.sys.now(), err and "error" or (counts.failed > 0 and "failed" or "ok"),
-    counts.created, counts.updated, counts.deleted, counts.failed, counts.unchanged, err)
-end
-
--- Runs jobs (functions returning an outcome) with up to `width` in flight
--- as scheduler tasks; on_done(i, ok, outcome_or_error) after each.
+-- Runs jobs (functions returning an outcome) with up to `width` of them in
+-- flight, as tasks of the loop; on_done(i, ok, outcome_or_error) after
+-- each. Returns when all are done.
 local function run_concurrently(width, jobs, on_done)
   local next_job = 0
-  local tasks = {}
-  for _ = 1, math.max(1, math.min(width, #jobs)) do
-    tasks[#tasks + 1] = function()
+  local workers = {}
+  for w = 1, math.max(1, math.min(width, #jobs)) do
+    workers[w] = loop.spawn(function()
       while true do
         next_job = next_job + 1
         local i = next_job
@@ -326,116 +292,168 @@ local function run_concurrently(width, jobs, on_done)
         local ok, outcome = pcall(jobs[i])
         on_done(i, ok, outcome)
       end
+    end)
+  end
+  for _, worker in ipairs(workers) do
+    local ok, err = worker:wait()
+    if not ok then error(err, 0) end
+  end
+end
+
+local function width_of(sync)
+  return sync.provider.config.concurrency or 4
+end
+
+-- operations -------------------------------------------------------------------------------
+
+-- export SYNC LOCAL_ID...: exports the listed local entities (of the
+-- sync's primary entity) now, whatever they hold.
+function M.export_list(session, sync, local_ids)
+  return operation.run(session, sync, "export", "export", function(op)
+    local exporter = M.new(session, sync, op)
+    local failing = exporter.book:failing(exporter.sync_id, "export")
+    local jobs = {}
+    for i, id in ipairs(local_ids) do jobs[i] = function() return exporter:export_one(id) end end
+    run_concurrently(width_of(sync), jobs, function(i, ok, outcome)
+      if ok then exporter:succeeded(local_ids[i], outcome, failing) else exporter:failed(local_ids[i], outcome) end
+    end)
+    return { complete = true, export = true }
+  end)
+end
+
+-- The consumers of one entity: the syncs exporting it as their primary.
+local function consumers_of(job, entity)
+  local out = {}
+  for _, name in ipairs(job.sync_order) do
+    local other = job.syncs[name]
+    if other.export and other.entities[1] == entity then out[#out + 1] = other end
+  end
+  return out
+end
+
+-- Drops the change rows every consumer of the entity has passed.
+local function prune(session, sync, entity_ids)
+  local book = session.ledger
+  local lowest
+  for _, consumer in ipairs(consumers_of(session.job, sync.entities[1])) do
+    local position = book:position(book:sync_id(consumer.name)) or 0
+    lowest = lowest and math.min(lowest, position) or position
+  end
+  if lowest and lowest > 0 then book:prune_changes(lowest, entity_ids) end
+end
+
+-- One batch of the log: the latest change per local id, in log order.
+local function latest_changes(rows)
+  local by_id, order, last = {}, {}, 0
+  for _, row in ipairs(rows) do
+    last = math.max(last, row.seq)
+    if row.local_id then
+      local seen = by_id[row.local_id]
+      if not seen then
+        seen = { local_id = row.local_id }
+        by_id[row.local_id] = seen
+        order[#order + 1] = seen
+      end
+      seen.operation = row.operation
+      if row.at then seen.at = math.max(seen.at or 0, row.at) end
     end
   end
-  http.run(tasks)
+  return order, last
 end
 
--- Runs body(counts, run_id) holding the sync's lease, logged as one run of
--- the operation; an error ends the run logged with it and is raised again.
-local function exporting(session, sync, operation, body)
-  session:lock(sync)
-  local counts = new_counts()
-  local run_id = start_run(session, sync, operation)
-  local ok, err = pcall(body, counts, run_id)
-  finish_run(session, run_id, counts, not ok and errors.message(err, true) or nil)
-  session:unlock(sync)
-  if not ok then error(errors.wrap(err), 0) end
-  return { sync = sync.name, counts = counts, complete = true, export = true }
-end
-
--- export SYNC LOCAL_ID... : exports the listed local entities (of the
--- sync's first entity) now, whatever the outbox holds.
-function M.export_list(session, sync, ids)
-  return exporting(session, sync, "export", function(counts, run_id)
-    local entity = sync.entities[1]
-    local width = sync.provider.config.concurrency or 4
-    local jobs = {}
-    for i, id in ipairs(ids) do
-      jobs[i] = function() return M.export_one(session, sync, entity, id, run_id) end
-    end
-    run_concurrently(width, jobs, function(i, done, outcome)
-      if done then
-        counts[outcome] = counts[outcome] + 1
-        http.blocking(session.store.run, session.store, SQL.drop, entity, ids[i])
-      else
-        counts.failed = counts.failed + 1
-        session.log("error", string.format("%s local %s %s: %s", sync.name, entity, tostring(ids[i]),
-          errors.message(outcome, true)))
-      end
-    end)
-  end)
-end
-
--- Drains the outbox of a sync that exports on change: the due rows of its
--- entities in batches, `concurrency` at a time. A row is removed only if
--- no change came after the one exported; a failure stays with its
--- attempts and error and is retried with backoff.
+-- Drains the change log for a sync that exports on change: first the
+-- export failures that are due, then the changes past its position, in
+-- batches, `concurrency` at a time. The position moves past a batch once
+-- every change in it was sent or stored as a failure (retried with
+-- backoff), so a killed drain sends a batch again at worst, and finds
+-- what it had sent unchanged.
 function M.drain(session, sync)
-  local store = session.store
-  local entities = cjson.encode(sync.entities)
-  local width = sync.provider.config.concurrency or 4
-  return exporting(session, sync, "outbox", function(counts, run_id)
-    local seen = {}
-    while true do
-      local due = store:rows(SQL.due, entities, core.sys.now(), sync.export.batch)
-      local fresh = {}
-      for _, row in ipairs(due) do
-        if not seen[row.id .. ":" .. row.queued_at] then fresh[#fresh + 1] = row end
-      end
-      if #fresh == 0 then break end
-      -- Rows of one remote entity (a split's entities changed together)
-      -- are exported once, together.
-      local groups, by_key = {}, {}
-      for _, row in ipairs(fresh) do
-        seen[row.id .. ":" .. row.queued_at] = true
-        local remote_id = row.operation ~= "delete" and M.remote_id_of(store, sync.name, row.entity, row.local_id)
-        local key = remote_id and ("remote:" .. remote_id) or ("local:" .. row.entity .. ":" .. row.local_id)
-        local group = by_key[key]
-        if group and row.operation ~= "delete" and group.rows[1].operation ~= "delete" then
-          table.insert(group.rows, row)
-        else
-          group = { rows = { row } }
-          by_key[key] = group
-          groups[#groups + 1] = group
-        end
-      end
+  return operation.run(session, sync, "outbox", "export", function(op)
+    local exporter = M.new(session, sync, op)
+    local book, sync_id = exporter.book, exporter.sync_id
+    local entity_ids = json.encode({ book:entity_id(sync.entities[1]) })
+    local failing = book:failing(sync_id, "export")
+    local width = width_of(sync)
+    local function send(items)
       local jobs = {}
-      for i, group in ipairs(groups) do
-        local row = group.rows[1]
+      for i, item in ipairs(items) do
         jobs[i] = function()
-          if row.operation == "delete" then return M.export_delete(session, sync, row.entity, row.local_id) end
-          return M.export_one(session, sync, row.entity, row.local_id, run_id, true)
+          if item.operation == DELETE then return exporter:export_delete(item.local_id) end
+          if item.gone_ok and not session.store:value(string.format('SELECT 1 FROM "%s" WHERE id = ?1',
+              sync.entities[1]), item.local_id) then
+            return "unchanged" -- deleted since: its delete follows in the log
+          end
+          return exporter:export_one(item.local_id, { changed_only = true, change_at = item.at })
         end
       end
-      run_concurrently(width, jobs, function(i, done, outcome)
-        local row = groups[i].rows[1]
-        http.blocking(function()
-          if done then
-            counts[outcome] = counts[outcome] + 1
-            for _, member in ipairs(groups[i].rows) do store:run(SQL.done, member.id, member.queued_at) end
-          else
-            counts.failed = counts.failed + 1
-            local message = errors.message(outcome, true)
-            if counts.failed <= 10 then
-              session.log("error", string.format("%s local %s %s: %s", sync.name, row.entity, tostring(row.local_id),
-                message))
-            end
-            local backoff = math.min(30 * 2 ^ (row.attempts or 0), 6 * 3600)
-            store:run(SQL.retry_later, row.id, message, core.sys.now() + backoff)
-          end
-        end)
+      run_concurrently(width, jobs, function(i, ok, outcome)
+        if ok then exporter:succeeded(items[i].local_id, outcome, failing) else exporter:failed(items[i].local_id, outcome) end
       end)
-      session:heartbeat(sync)
-      if session.should_stop and session.should_stop() then break end
     end
+    -- failures that came due
+    local retries = {}
+    for _, row in ipairs(book:due_failures(sync_id, "export", core.sys.now())) do
+      local id = math.tointeger(tonumber(row.key))
+      if id then retries[#retries + 1] = { local_id = id, operation = UPSERT, gone_ok = true } end
+    end
+    if #retries > 0 then
+      op.counts.retried = op.counts.retried + #retries
+      send(retries)
+    end
+    local stopped = false
+    while true do
+      local position = book:position(sync_id) or 0
+      local rows = book:changes(position, entity_ids, sync_id, sync.export.batch)
+      if #rows == 0 then break end
+      local items, last = latest_changes(rows)
+      for _, item in ipairs(items) do item.gone_ok = true end
+      send(items)
+      exporter:transaction(function() book:set_position(sync_id, last) end)
+      if session.options.should_stop and session.options.should_stop() then
+        stopped = true
+        break
+      end
+    end
+    exporter:transaction(function() prune(session, sync, entity_ids) end)
+    return { complete = not stopped, stopped = stopped, export = true }
   end)
 end
 
-function M.summary(result, seconds)
-  local c = result.counts
-  return string.format("%s: exported %d created, %d updated, %d deleted, %d unchanged, %d failed%s", result.sync,
-    c.created, c.updated, c.deleted, c.unchanged, c.failed, seconds and string.format(" in %.2fs", seconds) or "")
+-- Whether a drain of sync has anything to do now: changes past its
+-- position, or failures due.
+function M.has_work(session, sync)
+  local book = session.ledger
+  local sync_id = book:sync_id(sync.name, true)
+  if not sync_id then return false end
+  local entity_id = book:entity_id(sync.entities[1], true)
+  if not entity_id then return false end
+  if book:pending_count(book:position(sync_id) or 0, json.encode({ entity_id }), sync_id) > 0 then return true end
+  local due = book:next_due(sync_id, "export")
+  return due ~= nil and due <= core.sys.now()
 end
+
+-- When the next export failure of sync comes due (nil: none waits).
+function M.next_due(session, sync)
+  local sync_id = session.ledger:sync_id(sync.name, true)
+  local due = sync_id and session.ledger:next_due(sync_id, "export")
+  if due and due < WAITING then return due end
+  return nil
+end
+
+-- What an export of a local entity would send, without sending anything:
+-- { local_id, remote_id, operation, record }.
+function M.preview(session, sync, local_id)
+  local book = session.ledger
+  local rows = session:rows_of(sync, local_id)
+  if not rows[sync.entities[1]] then
+    errors.raise("usage", string.format("local %s %s does not exist", sync.entities[1], tostring(local_id)))
+  end
+  local entry = book:by_local(book:sync_id(sync.name), local_id)
+  local ctx = context.new(session, sync, "export"):at(entry and entry.remote_id, local_id, nil)
+  return { local_id = local_id, remote_id = entry and entry.remote_id or null,
+    operation = entry and "update" or "create", record = pipeline.export(sync, rows, ctx) }
+end
+
+M.summary = operation.export_summary
 
 return M

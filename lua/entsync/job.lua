@@ -19,8 +19,9 @@ local sync_options = {
   after_map = true, conflict = true, description = true, link = true,
 }
 local import_options = {
-  mode = true, changed = true, limit = true, deletes = true, batch = true, retry = true,
+  mode = true, changed = true, changed_kind = true, limit = true, deletes = true, batch = true, retry = true,
 }
+M.changed_kinds = { auto = true, time = true, number = true, text = true }
 local provider_marker = {}
 
 -- The job file's own frame: the nearest caller whose chunk is a file.
@@ -218,6 +219,7 @@ local function validate_import(sync)
     changed = import.changed or sync.spec.changed,
     limit = import.limit,
     deletes = import.deletes or "keep",
+    changed_kind = import.changed_kind or "auto",
     batch = import.batch or 1000,
     retry = import.retry ~= false,
   }
@@ -239,7 +241,32 @@ local function validate_import(sync)
   if settings.changed ~= nil and type(settings.changed) ~= "string" then
     sync_error(sync, "changed must be a field name, got %s", type(settings.changed))
   end
+  if not M.changed_kinds[settings.changed_kind] then
+    sync_error(sync, "import changed_kind must be \"time\", \"number\", \"text\" or \"auto\", got %s",
+      tostring(settings.changed_kind))
+  end
   return settings
+end
+
+-- A split's other entities (a sync over several entities) carry a link
+-- column holding the primary's id: "<primary>_id", an integer, declared by
+-- entsync unless the entity declares it itself. It is what the rows of one
+-- remote record share, and what users join on.
+local function declare_links(job, sync)
+  local primary = sync.entities[1]
+  for i = 2, #sync.entities do
+    local entity = sync.entities[i]
+    if entity == primary then sync_error(sync, "entity \"%s\" is named twice", entity) end
+    local column = primary .. "_id"
+    local declared = job.entities[entity].fields[column]
+    if declared and declared ~= "integer" then
+      sync_error(sync, "entity \"%s\" declares %s as %s, but it is the link to %s, an integer", entity, column,
+        declared, primary)
+    end
+    job.entities[entity].fields[column] = "integer"
+    job.links[entity] = job.links[entity] or {}
+    job.links[entity][primary] = column
+  end
 end
 
 local function validate_sync(job, sync)
@@ -267,8 +294,19 @@ local function validate_sync(job, sync)
   sync.import = validate_import(sync)
   sync.id_field = spec.id or sync.provider.config.id or "id"
   sync.changed_field = sync.import.changed
+  declare_links(job, sync)
   if spec.mapping == nil then sync_error(sync, "mapping is missing (a module name such as \"mappings.contact\", or a table)") end
   sync.mapping = mapping.compile(job, sync, spec.mapping)
+  for i = 2, #sync.mapping.entities do
+    local entity = sync.mapping.entities[i]
+    local link = job.links[entity.name][entities[1]]
+    for _, field in ipairs(entity.fields) do
+      if field.name == link then
+        errors.config(field.where, "sync \"%s\": field \"%s\" of %s is its link to %s, kept by entsync: the mapping "
+          .. "cannot set it", sync.name, link, entity.name, entities[1])
+      end
+    end
+  end
   local depends = spec.depends_on or {}
   if type(depends) == "string" then depends = { depends } end
   for _, other in ipairs(depends) do
@@ -364,17 +402,18 @@ local function validate_export(job, sync)
     sync_error(sync, "export batch must be a positive integer, got %s", tostring(settings.batch))
   end
   for _, entity in ipairs(sync.entities) do
-    local other = job.exported[entity]
-    if other and other ~= sync.name then
-      sync_error(sync, "entity \"%s\" is exported by sync \"%s\" already: one sync exports an entity", entity, other)
-    end
-    job.exported[entity] = sync.name
+    job.exported[entity] = job.exported[entity] or {}
+    table.insert(job.exported[entity], sync.name)
+  end
+  if type(settings.conflict) == "function" then
+    local info = debug.getinfo(settings.conflict, "S")
+    settings.conflict_where = info and info.short_src and string.format("%s:%d", info.short_src, info.linedefined or 0)
   end
   sync.export = settings
 end
 
 function M.validate(job)
-  job.exported = {}
+  job.exported, job.links = {}, {}
   for _, name in ipairs(job.sync_order) do validate_sync(job, job.syncs[name]) end
   for _, name in ipairs(job.sync_order) do validate_export(job, job.syncs[name]) end
   order_syncs(job)

@@ -3,17 +3,16 @@
 --
 -- A mapping is keyed by local field. A value is a remote path ("email",
 -- "company.name", "addresses[1].city") or a table { path, import = fn,
--- export = fn, default = v, required = true, type = "integer" }. A sync
+-- export = fn | false, default = v, required = true, type = "integer" }. A sync
 -- over several entities (a split) has one sub-table per entity. Compiling
 -- checks every field against the entity's declaration and remembers the
 -- file and line of each, so errors point at the mapping source.
 
-local cjson = require "cjson"
 local errors = require "entsync.errors"
 
 local M = {}
 
-local null = cjson.null
+local null = require("entsync.json").null
 local field_options = { path = true, import = true, export = true, default = true, required = true, type = true }
 
 -- Compiles "a.b[2].c" into { "a", "b", 2, "c" }.
@@ -110,8 +109,11 @@ local function compile_field(job, sync, entity, field, spec, source, entity_line
   for _, callback in ipairs({ "import", "export" }) do
     local fn = spec[callback]
     local callable = type(fn) == "function" or (getmetatable(fn) or {}).__call ~= nil
-    if fn ~= nil and not callable then
-      fail("field \"%s\": %s must be a function, got %s", field, callback, type(fn))
+    -- export = false: a field the import fills and an export never sends
+    -- (one a remote computes, such as its updated_at)
+    if fn ~= nil and not callable and not (callback == "export" and fn == false) then
+      fail("field \"%s\": %s must be a function%s, got %s", field, callback,
+        callback == "export" and " or false" or "", type(fn))
     end
   end
   local map = require "entsync.map"
@@ -410,26 +412,6 @@ function M.coerce_entities(job, sync, mapped)
       end
     end
   end
-end
-
--- JSON text of a json field. An empty table is written "[]": decoding
--- cannot tell [] from {}, and empty lists are the common case.
-local function json_text(value)
-  if type(value) == "table" and next(value) == nil then return "[]" end
-  return cjson.encode(value)
-end
-M.json_text = json_text
-
--- The row to store for mapped values: json fields encoded, in place (the
--- values were hashed already and are not used again).
-function M.storable(entity, values)
-  local json_fields = entity.json_fields
-  for i = 1, #json_fields do
-    local name = json_fields[i]
-    local value = values[name]
-    if value ~= nil then values[name] = json_text(value) end
-  end
-  return values
 end
 
 return M

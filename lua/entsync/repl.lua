@@ -142,10 +142,9 @@ local function new_env(ctx)
   function env.map(name, record)
     local sync = sync_of(name)
     if type(record) ~= "table" then record = env.fetch(name, record) end
-    local engine = require "entsync.engine"
-    local run = ctx.session:dependent_run(sync)
-    run.ctx.remote_id = record[sync.id_field]
-    local mapped = run:map(record, run.ctx)
+    local context = require "entsync.context"
+    local map_ctx = context.new(ctx.session, sync, "import"):at(record[sync.id_field], nil, record)
+    local mapped = require("entsync.pipeline").import(sync, record, map_ctx)
     if mapped == false then return "filtered out" end
     return mapped
   end
@@ -154,45 +153,57 @@ local function new_env(ctx)
   -- transaction that is rolled back.
   function env.import(name, remote_id, opts)
     local sync = sync_of(name)
-    local record = env.fetch(name, remote_id)
     local session = ctx.session
-    local run = session:dependent_run(sync)
-    local dry = opts and opts.dry
-    -- an import's own batch: marked, so the outbox does not queue it
-    session:begin()
-    local ok, outcome, message = pcall(run.process, run, record)
-    if dry or not ok then session:rollback() else session:commit() end
-    if not ok then error(outcome, 0) end
-    return outcome .. (message and (": " .. message) or "") .. (dry and " (dry: rolled back)" or "")
+    if opts and opts.dry then
+      local record = env.fetch(name, remote_id)
+      local import = require "entsync.import"
+      local run = import.new_run(session, sync, nil)
+      run.careful = true
+      local plan = run:prepare(record)
+      local store = session.store
+      store:run("SAVEPOINT repl_dry")
+      local ok, outcome = pcall(function()
+        return require("entsync.loop").forbid_yield("a dry import", run.apply, run, plan)
+      end)
+      store:run("ROLLBACK TO repl_dry")
+      store:run("RELEASE repl_dry")
+      if not ok then error(outcome, 0) end
+      return outcome .. (plan.message and (": " .. plan.message) or "") .. " (dry: rolled back)"
+    end
+    local result = require("entsync.import").import_one(session, sync, remote_id)
+    for _, outcome in ipairs({ "created", "updated", "unchanged", "stale", "failed" }) do
+      if result.counts[outcome] > 0 then return outcome end
+    end
+    return result.counts.filtered > 0 and "filtered" or "unchanged"
   end
 
   function env.export(name, local_id, opts)
     local sync = sync_of(name)
     local export = require "entsync.export"
-    if opts and opts.dry then
-      local remote_id, rows = export.gather(ctx.session, sync, sync.entities[1], local_id)
-      if not rows[sync.entities[1]] then
-        error(string.format("local %s %s does not exist", sync.entities[1], tostring(local_id)), 0)
-      end
-      return { remote_id = remote_id, record = export.remote_record(ctx.session, sync, rows, {
-        sync = name, local_id = local_id, log = ctx.options.log }) }
+    if not sync.export then error(string.format("sync %s does not export", name), 0) end
+    if opts and opts.dry then return export.preview(ctx.session, sync, local_id) end
+    local result = export.export_list(ctx.session, sync, { local_id })
+    local outcome = "unchanged"
+    for _, o in ipairs({ "created", "updated", "deleted", "failed" }) do
+      if result.counts[o] > 0 then outcome = o end
     end
-    local outcome, remote_id = require("entsync.http").blocking(export.export_one, ctx.session, sync,
-      sync.entities[1], local_id)
-    return { outcome = outcome, remote_id = remote_id }
+    local book = ctx.session.ledger
+    return { outcome = outcome, remote_id = book:remote_of(book:sync_id(name), local_id) }
   end
 
   function env.state(name)
     local sync = sync_of(name)
-    local store = ctx.session.store
+    local book = ctx.session.ledger
+    local sync_id = book:sync_id(sync.name)
+    local state = book:state(sync_id)
+    local entity_id = book:entity_id(sync.entities[1], true)
     return {
-      state = store:row("SELECT * FROM entsync_state WHERE sync = ?1", name),
-      last_run = store:row("SELECT * FROM entsync_runs WHERE sync = ?1 ORDER BY id DESC LIMIT 1", name),
-      mapped = store:value("SELECT count(DISTINCT remote_id) FROM entsync_idmap WHERE sync = ?1", name),
-      failures = store:rows("SELECT remote_id, attempts, error FROM entsync_failures WHERE sync = ?1", name),
-      outbox = store:value("SELECT count(*) FROM entsync_outbox WHERE entity IN (SELECT value FROM json_each(?1))",
-        json.encode(sync.entities)),
-      lock = core.lock.holder(store, "sync:" .. name),
+      state = state,
+      last_run = book:last_run(sync_id),
+      mapped = book:mapped_count(sync_id),
+      failures = book:failures(sync_id, 20),
+      outbox = sync.export and entity_id and book:pending_count(state.out_seq or 0, json.encode({ entity_id }), sync_id) or 0,
+      lock = core.lock.holder(ctx.session.store, "sync:" .. name),
     }
   end
 
@@ -205,7 +216,7 @@ local function new_env(ctx)
     local job = require("entsync.job").load(ctx.job.path)
     ctx.job = job
     ctx.session.job = job
-    ctx.session.providers, ctx.session.dependents = {}, nil
+    ctx.session.providers, ctx.session.dependents, ctx.session.writer_cache = {}, nil, nil
     ctx.session:define_entities()
     refresh_names()
     return "reloaded " .. job.display_path
@@ -247,8 +258,7 @@ local function evaluate(chunk, out)
 end
 
 function M.run(job, args, options)
-  local engine = require "entsync.engine"
-  local session = engine.open(job, { progress = false, log = options.log })
+  local session = require("entsync.session").open(job, { progress = false, log = options.log })
   local ctx = { job = job, session = session, options = options }
   local env = new_env(ctx)
   local function out(text) io.stdout:write(text, "\n") io.stdout:flush() end

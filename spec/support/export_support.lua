@@ -36,9 +36,26 @@ end
 local import_support = require "import_support"
 M.query, M.value, M.count = import_support.query, import_support.value, import_support.count
 
-function M.outbox(dir)
-  return M.query(dir, "SELECT id, entity, local_id, operation, queued_at, attempts, last_error, next_at "
-    .. "FROM entsync_outbox ORDER BY entity, local_id")
+-- The changes waiting for a sync to export (default "contacts"): past its
+-- position in the change log, not of its own making, the latest per local
+-- id: { { entity, local_id, operation = "upsert"|"delete", seq } }.
+function M.outbox(dir, sync)
+  return M.query(dir, [[SELECT e.name AS entity, c.local_id,
+      CASE max(c.operation) WHEN 2 THEN 'delete' ELSE 'upsert' END AS operation, max(c.seq) AS seq
+    FROM entsync_changes c JOIN entsync_entities e ON e.id = c.entity
+    JOIN entsync_syncs s ON s.name = ?1 JOIN entsync_state t ON t.sync = s.id
+    WHERE c.seq > coalesce(t.out_seq, 0) AND (c.origin IS NULL OR c.origin <> s.id)
+    GROUP BY e.name, c.local_id ORDER BY e.name, c.local_id]], sync or "contacts")
+end
+
+-- The export failures of a sync by local id: { [local_id] = row }.
+function M.export_failures(dir, sync)
+  local out = {}
+  for _, row in ipairs(M.query(dir, "SELECT * FROM entsync_failed WHERE sync = ?1 AND direction = 'export'",
+      sync or "contacts")) do
+    out[row.local_id] = row
+  end
+  return out
 end
 
 -- The contact rows: { [local id] = { email, name, age } }.
@@ -52,8 +69,7 @@ end
 
 -- The remote id of a local entity in a sync's id map.
 function M.remote_of(dir, sync, entity, local_id)
-  return M.value(dir, "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND entity = ?2 AND local_id = ?3",
-    sync, entity, local_id)
+  return M.value(dir, "SELECT remote_id FROM entsync_map WHERE sync = ?1 AND local_id = ?2", sync, local_id)
 end
 
 local DEFAULT_MAPPING = '{ email = "email", name = "name", age = "age" }'

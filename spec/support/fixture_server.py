@@ -28,6 +28,30 @@ resource is a 404.
                                         the first answer, nothing created again)
     POST /oauth/token                   client_credentials (form, JSON or basic)
 
+A document store with a changes feed lives beside the REST resources, seeded
+from {"feeds": {name: [doc, ...]}} in FILE.json (or /_control/data, /reset):
+
+    GET /feed/<db>/_changes?since=T&limit=N[&type=V]
+        {"results": [{"seq": T, "id", "rev", "deleted"?, "doc"}], "last_seq": T,
+        "pending": n}: the latest change of each document after T, in
+        sequence order. Tokens are opaque ("<n>-g<hex>": as text "100-g.."
+        sorts before "99-g.."). type=V returns only documents whose "type" is
+        V, while last_seq still covers every change scanned (pages may be
+        empty). A deleted document's change has "deleted": true.
+    GET /feed/<db>/<id>                 the document with _id and _rev; 404
+                                        {"error": "not_found", "reason": "deleted"|"missing"}
+    PUT /feed/<db>/<id>                 create, or update with the current
+                                        revision ("_rev" in the body or If-Match):
+                                        201 {"ok", "id", "rev"}; 409 on a stale one
+    POST /feed/<db>                     create with a new id: 201 {"ok", "id", "rev"}
+    DELETE /feed/<db>/<id>?rev=R        (or If-Match) 200 {"ok", "id", "rev"}; 409
+    POST /feed/<db>/_bulk_docs {"docs": [...]}   201 with one answer per doc, in
+                                        order: {"ok", "id", "rev"} or {"id", "error":
+                                        "conflict"|"forbidden", "reason"}; a doc with
+                                        "_deleted": true is deleted
+    POST /_control/feed_reject {"ids": [...]}    writes to these ids are refused
+                                        with 403 (a bulk item with "forbidden")
+
 Control (never faulted, logged or authenticated): POST /_control/faults (list,
 replaces the queue), GET /_control/faults, POST /_control/revoke, GET
 /_control/log, POST /_control/reset_log, GET|POST /_control/data, GET|POST
@@ -52,6 +76,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 STYLES = ("page", "offset", "cursor", "link", "next", "api")
+FEED_TOKEN_SALT = "entsync"
 DEFAULT_LIMIT = 100
 ONE_MS = timedelta(milliseconds=1)
 
@@ -121,12 +146,13 @@ class State:
         self.resources = {}
         self.sorted_cache = {}
         self.id_index = {}  # resource -> {id as text: position of its first record}
+        self.feeds = {}
         self.set_resources(resources)
         self.auth = None
         self.tokens = {}
         self.set_auth(auth)
         self.latency_ms = float(latency_ms or 0)
-        self.initial = (json.dumps(self.resources), auth, self.latency_ms)
+        self.initial = (json.dumps(dict(self.resources, **({"feeds": resources.get("feeds")} if isinstance(resources, dict) and resources.get("feeds") else {}))), auth, self.latency_ms)
         self.faults = []
         self.log = []
         self.last_time = None
@@ -153,11 +179,68 @@ class State:
         return out
 
     def set_resources(self, resources):
+        feeds = resources.get("feeds") if isinstance(resources, dict) else None
+        if isinstance(resources, dict) and "feeds" in resources:
+            resources = {k: v for k, v in resources.items() if k != "feeds"}
+            if "resources" in resources and not isinstance(resources["resources"], dict):
+                resources = {}
         normalized = self.normalize(resources)
         with self.lock:
             self.resources = normalized
             self.sorted_cache = {}
             self.id_index = {}
+            self.feeds = {}
+            self.feed_reject = set()
+            for name, docs in (feeds or {}).items():
+                feed = self.feed(name)
+                for doc in (docs.values() if isinstance(docs, dict) else docs):
+                    self.feed_write(feed, str(doc.get("_id", doc.get("id"))), dict(doc), None, force=True)
+
+    # documents and their changes feed -----------------------------------
+    def feed(self, name):
+        """The document store `name` (made on first use): documents by id, their
+        revisions, and the list of changes (seq, id)."""
+        with self.lock:
+            feed = self.feeds.get(name)
+            if feed is None:
+                feed = {"docs": {}, "changes": [], "seq": 0}
+                self.feeds[name] = feed
+            return feed
+
+    @staticmethod
+    def feed_token(seq):
+        return "%d-g%s" % (seq, format((seq * 2654435761) & 0xFFFFFF, "06x"))
+
+    @staticmethod
+    def feed_seq(token):
+        if token in (None, "", "0", 0):
+            return 0
+        try:
+            return int(str(token).split("-", 1)[0])
+        except ValueError:
+            raise HttpError(400, "bad since token")
+
+    def feed_write(self, feed, doc_id, doc, rev, force=False, delete=False):
+        """Writes (or deletes) a document; (status, answer). A write to an existing
+        document must name its current revision unless forced."""
+        with self.lock:
+            if doc_id in self.feed_reject:
+                return 403, {"id": doc_id, "error": "forbidden", "reason": "rejected by validation"}
+            current = feed["docs"].get(doc_id)
+            live = current is not None and not current.get("_deleted")
+            if not force and live and rev != current["_rev"]:
+                return 409, {"id": doc_id, "error": "conflict", "reason": "Document update conflict."}
+            if not force and not live and delete:
+                return 404, {"id": doc_id, "error": "not_found", "reason": "missing"}
+            generation = int(current["_rev"].split("-")[0]) if current else 0
+            body = {k: v for k, v in doc.items() if k not in ("_rev", "_id", "_deleted")}
+            new_rev = "%d-%s" % (generation + 1, format(abs(hash(json.dumps(body, sort_keys=True))) & 0xFFFFFFFF, "08x"))
+            stored = {"_deleted": True} if delete else dict(body)
+            stored["_id"], stored["_rev"] = doc_id, new_rev
+            feed["docs"][doc_id] = stored
+            feed["seq"] += 1
+            feed["changes"].append((feed["seq"], doc_id))
+            return (200 if delete else 201), {"ok": True, "id": doc_id, "rev": new_rev}
 
     def sorted_records(self, name):
         """(records, keys) of a resource in listing order; None for an unknown one."""
@@ -553,6 +636,9 @@ class Handler(BaseHTTPRequestHandler):
         if path == "/oauth/token":
             return self.token()
         parts = [urllib.parse.unquote(p) for p in path.strip("/").split("/")]
+        if len(parts) in (2, 3) and parts[0] == "feed" and parts[1]:
+            self.check_auth()
+            return self.handle_feed(parts[1], parts[2] if len(parts) == 3 else None)
         if len(parts) < 2 or len(parts) > 3 or parts[0] not in STYLES or not parts[1]:
             raise HttpError(404, "not found")
         self.check_auth()
@@ -569,6 +655,75 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, record, {}
             return self.list_style(style, name)
         return self.write(method, name, record_id)
+
+    def handle_feed(self, name, doc_id):
+        state = self.state
+        feed = state.feed(name)
+        method = "GET" if self.command == "HEAD" else self.command
+        if doc_id == "_changes" and method == "GET":
+            since = state.feed_seq((self.params.get("since") or [""])[0])
+            limit = self.int_param("limit", DEFAULT_LIMIT, 1)
+            wanted = (self.params.get("type") or [None])[0]
+            with state.lock:
+                latest = {}
+                for seq, changed_id in feed["changes"]:
+                    if seq > since:
+                        latest[changed_id] = seq
+                ordered = sorted(latest.items(), key=lambda item: item[1])
+                page, last = [], since
+                for changed_id, seq in ordered[:limit]:
+                    last = seq
+                    doc = feed["docs"][changed_id]
+                    if wanted is not None and not doc.get("_deleted") and doc.get("type") != wanted:
+                        continue
+                    result = {"seq": state.feed_token(seq), "id": changed_id, "rev": doc["_rev"]}
+                    if doc.get("_deleted"):
+                        result["deleted"] = True
+                    else:
+                        result["doc"] = dict(doc)
+                    page.append(result)
+                pending = max(0, len(ordered) - limit)
+                if not ordered:
+                    last = feed["seq"] if since < feed["seq"] and not latest else since
+            return 200, {"results": page, "last_seq": state.feed_token(last) if last else "0",
+                         "pending": pending}, {}
+        if doc_id == "_bulk_docs" and method == "POST":
+            body = self.json_body()
+            docs = body.get("docs")
+            if not isinstance(docs, list):
+                raise HttpError(400, "bulk_docs needs {\"docs\": [...]}")
+            answers = []
+            for doc in docs:
+                if not isinstance(doc, dict):
+                    answers.append({"error": "bad_request", "reason": "a doc must be an object"})
+                    continue
+                target = str(doc.get("_id") or secrets.token_hex(8))
+                _, answer = state.feed_write(feed, target, doc, doc.get("_rev"), delete=doc.get("_deleted") is True)
+                answers.append(answer)
+            return 201, answers, {}
+        rev = self.headers.get("If-Match") or (self.params.get("rev") or [None])[0]
+        if rev:
+            rev = rev.strip('"')
+        if doc_id is None:
+            if method != "POST":
+                raise HttpError(405, "method not allowed")
+            body = self.json_body()
+            status, answer = state.feed_write(feed, str(body.get("_id") or secrets.token_hex(8)), body, None)
+            return status, answer, {}
+        if method == "GET":
+            with state.lock:
+                doc = feed["docs"].get(doc_id)
+                if doc is None or doc.get("_deleted"):
+                    return 404, {"error": "not_found", "reason": "deleted" if doc else "missing"}, {}
+                return 200, dict(doc), {"ETag": '"%s"' % doc["_rev"]}
+        if method == "PUT":
+            body = self.json_body()
+            status, answer = state.feed_write(feed, doc_id, body, body.get("_rev") or rev)
+            return status, answer, {}
+        if method == "DELETE":
+            status, answer = state.feed_write(feed, doc_id, {}, rev, delete=True)
+            return status, answer, {}
+        raise HttpError(405, "method not allowed")
 
     def list_style(self, style, name):
         since = self.since_param()
@@ -703,6 +858,14 @@ class Handler(BaseHTTPRequestHandler):
             if what == "faults" and method == "GET":
                 with state.lock:
                     return 200, json.dumps(state.faults), {}
+            if what == "feed_reject" and method == "POST":
+                body = body_json()
+                with state.lock:
+                    state.feed_reject = set(str(i) for i in (body or {}).get("ids", []))
+                return 200, {"ok": True}, {}
+            if what == "feed" and method == "GET":
+                with state.lock:
+                    return 200, json.dumps({name: feed["docs"] for name, feed in state.feeds.items()}), {}
             if what == "revoke" and method == "POST":
                 with state.lock:
                     revoked = len(state.tokens)

@@ -139,8 +139,8 @@ function M.stored(dir, sync, entity)
   local db = dir .. "/entsync.db"
   local out, n = {}, 0
   for _, row in ipairs(helpers.query(db, string.format([[SELECT m.remote_id, c.email, c.name, c.age
-      FROM %s c JOIN entsync_idmap m ON m.entity = ?2 AND m.local_id = c.id WHERE m.sync = ?1]], entity or "contact"),
-      sync or "contacts", entity or "contact")) do
+      FROM %s c JOIN entsync_map m ON m.local_id = c.id WHERE m.sync = ?1]], entity or "contact"),
+      sync or "contacts")) do
     local id = tonumber(row.remote_id) or row.remote_id
     if out[id] then out[id] = "DUPLICATE" end
     out[id] = out[id] or string.format("%s|%s|%s", tostring(row.email), tostring(row.name), tostring(row.age))

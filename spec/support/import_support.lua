@@ -135,7 +135,7 @@ end
 function M.contacts(dir)
   local out = {}
   for _, row in ipairs(M.query(dir, [[SELECT m.remote_id, c.email, c.name, c.age FROM contact c
-      JOIN entsync_idmap m ON m.entity = 'contact' AND m.local_id = c.id ORDER BY c.id]])) do
+      JOIN entsync_map m ON m.local_id = c.id ORDER BY c.id]])) do
     out[tonumber(row.remote_id) or row.remote_id] = string.format("%s|%s|%s", tostring(row.email), tostring(row.name),
       tostring(row.age))
   end
@@ -162,9 +162,9 @@ function M.dump(dir)
     lines[#lines + 1] = string.format("contact %d %s %s %s", row.id, tostring(row.email), tostring(row.name),
       tostring(row.age))
   end
-  for _, row in ipairs(M.query(dir, [[SELECT sync, entity, local_id, remote_id, changed, hash, gone_at
-      FROM entsync_idmap ORDER BY sync, remote_id, entity]])) do
-    lines[#lines + 1] = string.format("idmap %s %s %d %s %s %s %s", row.sync, row.entity, row.local_id,
+  for _, row in ipairs(M.query(dir, [[SELECT sync, local_id, remote_id, changed, hash, gone_at
+      FROM entsync_map ORDER BY sync, CAST(remote_id AS TEXT)]])) do
+    lines[#lines + 1] = string.format("idmap %s %d %s %s %s %s", row.sync, row.local_id,
       row.remote_id, tostring(row.changed), tostring(row.hash), tostring(row.gone_at))
   end
   return table.concat(lines, "\n")

@@ -68,20 +68,22 @@ function M.sqlite(dir, sql)
   helpers.sqlite3(S.db(dir), sql, 3)
 end
 
--- The local id of remote_id in sync's id map (for entity, if given).
-function M.local_id(dir, sync, remote_id, entity)
-  if entity then
-    return M.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2 AND entity = ?3",
-      sync, tostring(remote_id), entity)
-  end
-  return M.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2", sync, tostring(remote_id))
+-- The local id of remote_id in sync's id map: its primary entity's id, or,
+-- given a split's other entity, that entity's row linked to it (through
+-- the link column <primary>_id).
+function M.local_id(dir, sync, remote_id, entity, primary)
+  local id = M.value(dir, "SELECT local_id FROM entsync_map WHERE sync = ?1 AND CAST(remote_id AS TEXT) = ?2", sync,
+    tostring(remote_id))
+  if id == nil or not entity or not primary or entity == primary then return id end
+  return M.value(dir, string.format('SELECT id FROM "%s" WHERE "%s_id" = ?1', entity, primary), id)
 end
 
--- The failures of a sync by remote id: { [remote_id] = row }.
-function M.failures(dir, sync)
+-- The failures of a sync by key (the remote id's text): { [key] = row }.
+function M.failures(dir, sync, direction)
   local out = {}
-  for _, row in ipairs(M.query(dir, "SELECT * FROM entsync_failures WHERE sync = ?1", sync)) do
-    out[row.remote_id] = row
+  for _, row in ipairs(M.query(dir, "SELECT * FROM entsync_failed WHERE sync = ?1 AND direction = ?2", sync,
+      direction or "import")) do
+    out[row.key] = row
   end
   return out
 end

@@ -1,0 +1,619 @@
+-- entsync.import: imports.
+--
+-- A managed run reads records from the sync's provider in batches. Each
+-- record is mapped and hashed as it is read (entsync.pipeline; callbacks
+-- run once, outside any transaction, so a reference imported on demand or
+-- a provider call may wait on the network); what it needs written is kept
+-- as a small plan. The batch's plans are then written in one short write
+-- transaction with the checkpoint that covers them (cursor, pass position,
+-- counts), so a killed run resumes where it stopped with nothing lost or
+-- doubled. A write that fails (a constraint of the user's table, a remote
+-- id met twice) rolls the batch back and writes it again record by record,
+-- each on its own savepoint, so the one bad record is stored as failed.
+--
+-- The outcome of each record: created, updated, unchanged (the mapped
+-- content hash equals the stored one: nothing written), stale (its changed
+-- mark is older than the stored one), filtered, or failed (error, remote
+-- id and payload kept in entsync_failures and retried with backoff).
+
+local conflicts = require "entsync.conflicts"
+local context = require "entsync.context"
+local core = require "entsync.core"
+local cursor = require "entsync.cursor"
+local errors = require "entsync.errors"
+local ids = require "entsync.ids"
+local json = require "entsync.json"
+local operation = require "entsync.operation"
+local pipeline = require "entsync.pipeline"
+local progress = require "entsync.progress"
+local sources = require "entsync.sources"
+
+local M = {}
+
+local null = json.null
+-- A deferred entity waits for its dependency's next run, not for a clock.
+local WAITING = 1e300
+
+-- one run's state ---------------------------------------------------------------------
+
+local Run = {}
+Run.__index = Run
+
+-- new_run(session, sync, op) -> run. op is the operation it runs in (nil
+-- for a dependency imported on demand inside another sync's run).
+local function new_run(session, sync, op)
+  local book = session.ledger
+  local sync_id = book:sync_id(sync.name)
+  local run = setmetatable({
+    session = session, sync = sync, op = op, book = book, store = session.store, sync_id = sync_id,
+    counts = op and op.counts or operation.new_counts(),
+    failing = book:failing(sync_id, "import"),
+    track_seen = sync.import.deletes ~= "keep",
+    ctx = context.new(session, sync, "import"),
+    provider = session:provider(sync.provider),
+    shown = 0,
+  }, Run)
+  run.state = book:state(sync_id)
+  run.pass = run.state.pass
+  run.writers = session:writers(sync)
+  -- conflicts: a remote change to an entity whose local change this sync
+  -- has not exported yet is settled by its export policy
+  run.exports = sync.export and sync.export.on_change
+  -- creates that may have reached the remote before a crash: their copy,
+  -- met here, is that local entity's, not a new one
+  for _, w in ipairs(book:pending_creates(sync_id)) do
+    run.creates = run.creates or {}
+    if w.hash then run.creates[w.hash] = w.local_id end
+  end
+  return run
+end
+M.new_run = new_run
+
+-- The sync's failures are logged (the first ten of a run; then a line
+-- pointing at status) and stored with their payload.
+function Run:report(key, message)
+  if self.quiet then return end
+  self.shown = self.shown + 1
+  if self.shown <= 10 then
+    self.session.log("error", string.format("%s %s: %s", self.sync.name, key, message))
+  elseif self.shown == 11 then
+    self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", self.sync.name,
+      self.session.job.display_path))
+  end
+end
+
+-- plans ------------------------------------------------------------------------------------
+
+-- What one record needs from the write phase, decided while it is read:
+--   { "fail", key, message, payload, waits_for }
+--   { "skip", outcome, local_id }          unchanged or stale: counted, marked seen
+--   { "filtered" }
+--   { "echo", local_id, hash, changed }    our own write seen coming back
+--   { "adopt", local_id, remote_id, hash, changed }  a created record found again
+--   { "write", remote_id, local_id, stored, mapped, hash, changed, raw_hash, record }
+
+local function fail_plan(key, message, payload, waits_for)
+  return { "fail", key = key, message = message, payload = payload, waits_for = waits_for }
+end
+
+local function payload_of(record)
+  if type(record) ~= "table" then return record end
+  local ok, text = pcall(json.encode, record)
+  return ok and text or nil
+end
+
+-- prepare(record, raw_hash) -> plan. Runs the pipeline; never raises for
+-- the record's own faults (they become a "fail" plan).
+function Run:prepare(record, raw_hash)
+  local sync, book, ctx = self.sync, self.book, self.ctx
+  local raw_id = type(record) == "table" and record[sync.id_field] or nil
+  local remote_id, why = ids.remote(raw_id)
+  if remote_id == nil then
+    -- Keyed by its content, so the same record failing again is one row.
+    local hashed, hex = pcall(core.hash.hex, record)
+    return fail_plan("@no-id:" .. (hashed and hex or "unhashable"),
+      string.format("record has no usable id in field \"%s\" (got %s)", sync.id_field, why), payload_of(record))
+  end
+  local key = ids.text(remote_id)
+  local changed = sync.changed_field and record[sync.changed_field]
+  if changed == null then changed = nil end
+  -- A run that began with no id map for its sync (a first import) skips
+  -- the lookup: a remote id met twice then fails on the id map's key, and
+  -- the batch is written again carefully, with lookups.
+  local stored = nil
+  if not self.fresh then stored = book:by_remote(self.sync_id, remote_id) end
+  if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
+    return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
+  end
+  ctx:at(remote_id, stored and stored.local_id, record)
+  local ok, mapped = pcall(pipeline.import, sync, record, ctx)
+  if not ok then
+    return fail_plan(key, errors.message(mapped), payload_of(record), errors.is(mapped) and mapped.waits_for or nil)
+  end
+  if mapped == pipeline.FILTERED then return { "filtered", key = key } end
+  local hash = pipeline.hash(mapped)
+  if stored and stored.hash == hash then
+    return { "skip", outcome = "unchanged", key = key, local_id = stored.local_id }
+  end
+  if stored then
+    local w = book:write_of(self.sync_id, stored.local_id)
+    if w and w.hash == hash then
+      return { "echo", key = key, local_id = stored.local_id, hash = hash, changed = changed }
+    end
+  elseif self.creates and self.creates[hash] then
+    return { "adopt", key = key, local_id = self.creates[hash], remote_id = remote_id, hash = hash, changed = changed }
+  end
+  local local_id = stored and stored.local_id
+  if not local_id and sync.link then
+    local linked, message = self:linked_id(remote_id, record)
+    if not linked then return fail_plan(key, message, payload_of(record), self.link_waits) end
+    local_id = linked
+  end
+  return { "write", key = key, remote_id = remote_id, local_id = local_id, stored = stored, mapped = mapped,
+    hash = hash, changed = changed, raw_hash = raw_hash, record = self.exports and record or nil }
+end
+
+-- A merge: this sync completes entities another sync owns; the local id
+-- is found through that sync's id map (by the record's id, or by the
+-- link's key path).
+function Run:linked_id(remote_id, record)
+  local link = self.sync.link
+  local target = self.session.job.syncs[link.sync]
+  local key = remote_id
+  if link.key then key = ids.remote(require("entsync.mapping").get_path(record, link.key)) end
+  if key == nil then return nil, "link key is missing from the record" end
+  local ok, id = pcall(self.session.resolve_remote, self.session, self.sync, target, key)
+  if not ok then
+    self.link_waits = errors.is(id) and id.waits_for or nil
+    return nil, errors.message(id)
+  end
+  if id == nil then return nil, string.format("link: %s %s is not imported", target.name, ids.text(key)) end
+  return id
+end
+
+-- the write phase ----------------------------------------------------------------------------
+
+function Run:count(outcome, key)
+  self.counts[outcome] = self.counts[outcome] + 1
+  if key and self.failing[key] then
+    self.book:clear_failure(self.sync_id, "import", key)
+    self.failing[key] = nil
+  end
+  return outcome
+end
+
+function Run:fail(plan)
+  local book, sync = self.book, self.sync
+  self.counts.failed = self.counts.failed + 1
+  self:report(plan.key, plan.message)
+  local attempts = book:failure_attempts(self.sync_id, "import", plan.key) + 1
+  local now = core.sys.now()
+  -- A remote that is there but fails to import is still there: a full
+  -- pass must not delete what is stored for it.
+  if self.track_seen and plan.key:sub(1, 1) ~= "@" then
+    local local_id = book:local_of(self.sync_id, ids.remote(plan.key))
+    if local_id then book:mark_seen(self.sync_id, local_id, self.pass) end
+  end
+  local next_at = plan.waits_for and WAITING or now + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
+  book:save_failure(self.sync_id, "import", { key = plan.key, error = plan.message, payload = plan.payload,
+    attempts = attempts, next_at = next_at, waits_for = plan.waits_for })
+  self.failing[plan.key] = true
+  return "failed"
+end
+
+-- The set of local ids with a change this sync has not exported yet (or
+-- whose export failed), read inside the batch's transaction, when the
+-- write lock keeps it from changing: { [local_id] = latest change time }.
+function Run:unexported()
+  if self.pending then return self.pending end
+  local book, sync = self.book, self.sync
+  local pending = {}
+  local entity_ids = json.encode({ book:entity_id(sync.entities[1], true) or -1 })
+  local position = book:position(self.sync_id) or 0
+  for _, row in ipairs(book:pending_changes(position, entity_ids, self.sync_id)) do
+    if row.local_id then pending[row.local_id] = row.at or true end
+  end
+  for key in pairs(book:failing(self.sync_id, "export")) do
+    local id = math.tointeger(tonumber(key))
+    if id and not pending[id] then pending[id] = true end
+  end
+  self.pending = pending
+  return pending
+end
+
+-- A remote change to an entity whose local change waits to be exported:
+-- true when the local version stays (nothing is written; the id map takes
+-- the remote's hash, so the export that follows does not meet the same
+-- conflict again). Otherwise the remote version is written, and the drain
+-- finds nothing left to send.
+function Run:local_wins(plan)
+  local pending = self:unexported()[plan.local_id]
+  if not pending then return false end
+  local session = self.session
+  local winner = conflicts.settle(session, self.sync, {
+    direction = "import", run_id = self.op and self.op.run_id, local_id = plan.local_id, remote_id = plan.remote_id,
+    local_rows = session:rows_of(self.sync, plan.local_id), remote_record = plan.record,
+    remote_hash = plan.hash, remote_changed = plan.changed, local_changed = type(pending) == "number" and pending or nil,
+    ctx = self.ctx:at(plan.remote_id, plan.local_id, plan.record),
+  })
+  self.counts.conflicts = self.counts.conflicts + 1
+  if winner == "local" then
+    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed)
+    return true
+  end
+  return false
+end
+
+-- Writes a record's entities and its id-map row; returns the outcome.
+function Run:write(plan)
+  local session, sync, book = self.session, self.sync, self.book
+  if self.careful and not plan.stored and not plan.local_id then
+    -- written again after a failed batch: a remote id met twice in the
+    -- input is found now
+    local stored = book:by_remote(self.sync_id, plan.remote_id)
+    if stored then
+      plan.stored, plan.local_id = stored, stored.local_id
+      if stored.hash == plan.hash then return self:skip({ outcome = "unchanged", key = plan.key, local_id = stored.local_id }) end
+    end
+  end
+  if plan.stored and self.exports and self:local_wins(plan) then
+    return self:count("unchanged", plan.key)
+  end
+  local local_id = session:write_rows(sync, self.writers, plan.local_id, plan.mapped)
+  if plan.stored then
+    book:save_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, nil, self.pass)
+  else
+    book:insert_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, nil, self.pass)
+  end
+  return self:count(plan.stored and "updated" or "created", plan.key)
+end
+
+function Run:skip(plan)
+  if plan.n then
+    -- lines known unchanged by their bytes, skipped by the reader in C
+    self.counts.unchanged = self.counts.unchanged + plan.n
+    return "unchanged"
+  end
+  if self.track_seen and plan.local_id then self.book:mark_seen(self.sync_id, plan.local_id, self.pass) end
+  return self:count(plan.outcome, plan.key)
+end
+
+local apply = {
+  fail = Run.fail,
+  skip = Run.skip,
+  filtered = function(self) self.counts.filtered = self.counts.filtered + 1; return "filtered" end,
+  echo = function(self, plan)
+    -- our own write, whose answer was not recorded (a crash between send
+    -- and record): the remote holds what we sent, nothing changed here
+    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed)
+    self.book:end_write(self.sync_id, plan.local_id)
+    if self.track_seen then self.book:mark_seen(self.sync_id, plan.local_id, self.pass) end
+    return self:count("unchanged", plan.key)
+  end,
+  adopt = function(self, plan)
+    -- a create that reached the remote before a crash, met again: it is
+    -- that local entity's remote, not a new entity
+    self.book:save_map(self.sync_id, plan.local_id, plan.remote_id, plan.changed, plan.hash, nil, nil, self.pass)
+    self.book:end_write(self.sync_id, plan.local_id)
+    self.creates[plan.hash] = nil
+    return self:count("unchanged", plan.key)
+  end,
+  write = Run.write,
+}
+
+-- Applies one plan; in careful mode on its own savepoint, so a record
+-- whose write fails is stored as failed and the others are written.
+function Run:apply(plan)
+  local kind = plan[1]
+  if kind ~= "write" then return apply[kind](self, plan) end
+  if not self.careful then
+    local ok, outcome = pcall(Run.write, self, plan)
+    if not ok then
+      if errors.is(outcome) and outcome.kind ~= "entity" then error(outcome, 0) end
+      errors.raise("redo", "a write failed; the batch is written again record by record")
+    end
+    return outcome
+  end
+  local ok, outcome = self.session:savepoint(Run.write, self, plan)
+  if ok then return outcome end
+  if errors.is(outcome) and outcome.kind ~= "entity" then error(outcome, 0) end
+  return self:fail(fail_plan(plan.key, errors.message(outcome, true), payload_of(plan.record)))
+end
+
+-- write_batch(plans, checkpoint) writes the plans and the checkpoint in
+-- one transaction. A write that fails rolls it back; the counters and the
+-- failure set are restored, and it is written again with a savepoint per
+-- record.
+function Run:write_batch(plans, checkpoint)
+  local saved = { counts = {}, failing = {}, shown = self.shown }
+  for k, v in pairs(self.counts) do saved.counts[k] = v end
+  for k, v in pairs(self.failing) do saved.failing[k] = v end
+  local function body()
+    self.pending = nil
+    for i = 1, #plans do self:apply(plans[i]) end
+    if checkpoint then checkpoint() end
+  end
+  local transaction = self.op and function(fn) return self.op:transaction(fn) end
+    or function(fn) return self.session:transaction(self.sync_id, fn) end
+  local ok, err = pcall(transaction, body)
+  if ok then return end
+  if not errors.is(err, "redo") then error(err, 0) end
+  for k, v in pairs(saved.counts) do self.counts[k] = v end
+  self.failing, self.shown = saved.failing, saved.shown
+  -- An input that repeats remote ids (a change log) would replay batch
+  -- after batch: one replay ends the first import's unchecked writes.
+  self.fresh = false
+  self.careful = true
+  local done, again = pcall(transaction, body)
+  self.careful = false
+  if not done then error(again, 0) end
+end
+
+-- deletes ------------------------------------------------------------------------------------
+
+-- Applies deletes = "delete" | "flag" to the local entities whose remote
+-- was not seen in the full pass that just completed.
+function Run:apply_deletes(pass_had_unreadable)
+  local sync, book, session = self.sync, self.book, self.session
+  local mode = sync.import.deletes
+  if mode == "keep" then return end
+  if pass_had_unreadable then
+    -- An unreadable record may be any stored entity: deleting what was not
+    -- seen could delete it.
+    session.log("warn", string.format("sync \"%s\": the pass read records it could not parse; "
+      .. "deletes = \"%s\" is not applied this time", sync.name, mode))
+    return
+  end
+  for _, row in ipairs(book:unseen(self.sync_id, self.pass)) do
+    if mode == "delete" then
+      session:delete_rows(sync, row.local_id)
+      book:forget(self.sync_id, row.local_id)
+    else
+      book:flag_gone(self.sync_id, row.local_id)
+    end
+    self.counts.deleted = self.counts.deleted + 1
+  end
+end
+
+-- failures and retries -------------------------------------------------------------------------
+
+-- Fetches a failed entity again (the remote may have been fixed since),
+-- or takes its stored payload: a plan.
+function Run:refetch(row)
+  local sync, provider = self.sync, self.provider
+  if type(provider.get) == "function" and row.key:sub(1, 1) ~= "@" then
+    local fetched, value, err = pcall(provider.get, provider, sync.resource, row.remote_id or row.key)
+    if fetched and value ~= nil then return self:prepare(value) end
+    if fetched then
+      return fail_plan(row.key, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
+    end
+  end
+  if row.payload then
+    local value, err = json.try_decode(row.payload)
+    if type(value) == "table" then return self:prepare(value) end
+    return fail_plan(row.key, "malformed JSON: " .. tostring(err))
+  end
+  return fail_plan(row.key, "nothing to retry")
+end
+
+-- Retries the stored failures that are due (all of them when forced).
+function Run:retry_failures(force)
+  local due = self.book:due_failures(self.sync_id, "import", force and math.huge or core.sys.now())
+  if #due == 0 then return end
+  local plans = {}
+  for i, row in ipairs(due) do
+    self.counts.retried = self.counts.retried + 1
+    plans[i] = self:refetch(row)
+  end
+  self:write_batch(plans)
+end
+
+-- managed runs ---------------------------------------------------------------------------------
+
+local function cursor_text(state)
+  return cursor.format(state.cursor_mark, state.cursor_id)
+end
+
+-- run(session, sync, options) -> result: one managed import of sync, full
+-- or incremental, optionally limited. Each batch is read (and mapped)
+-- first, outside any transaction, then written in one short transaction
+-- with its checkpoint, so other programs and runs wait for the store no
+-- longer than a batch takes to write.
+function M.run(session, sync)
+  local book = session.ledger
+  return operation.run(session, sync, "run", sync.import.mode, function(op)
+    local run = new_run(session, sync, op)
+    run.fresh = not book:has_mapped(run.sync_id)
+    local settings, state = sync.import, run.state
+    local started = core.sys.now()
+    local incremental = settings.mode == "incremental"
+    if not incremental then
+      if state.pass_open == 0 then
+        state.pass, state.pass_resume, state.pass_open, state.pass_unreadable = state.pass + 1, nil, 1, 0
+      end
+      run.pass = state.pass
+    end
+    -- A pass read whole by this run re-met every input still there.
+    local pass_from_start = not incremental and state.pass_resume == nil
+    local query = { offset = not incremental and tonumber(state.pass_resume) or nil, limit = settings.limit }
+    if incremental and state.cursor_mark ~= nil then query.since = { state.cursor_mark, state.cursor_id } end
+    local reader, list_err = run.provider:list(sync.resource, query)
+    if not reader then
+      errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
+        sync.name, tostring(list_err)))
+    end
+    local source = sources.new(run, reader, state, incremental)
+    local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
+    local limit = (source.moves_each_batch and settings.limit) or math.huge
+    local processed, complete, stopped = 0, false, false
+    local ok, result = pcall(function()
+      while true do
+        local plans, taken, exhausted = {}, 0, false
+        while #plans < settings.batch and processed + taken < limit do
+          -- Records in hand are written while the network works: a batch
+          -- ends early when the next record would have to wait for it.
+          if #plans > 0 and reader.ready and not reader:ready() then break end
+          local room = limit - processed - taken
+          local kind, value, extra = source.next(room == math.huge and 65536 or room)
+          if kind == nil then exhausted = true; break end
+          if kind == sources.UNCHANGED then
+            plans[#plans + 1] = { "skip", outcome = "unchanged", n = value }
+            taken = taken + value
+          elseif kind == sources.UNREADABLE then
+            -- An input that could not be read has no id: it is kept under
+            -- its place in the input ("@contacts.ndjson:7"), with its text.
+            local place, message = tostring(value):match("^([^:]+:%d+): (.*)$")
+            plans[#plans + 1] = fail_plan("@" .. (place or "input"), message or tostring(value), extra)
+            plans[#plans].unreadable = true
+            taken = taken + 1
+          else
+            source.note_mark(value)
+            plans[#plans + 1] = run:prepare(value, extra)
+            taken = taken + 1
+          end
+        end
+        run:write_batch(plans, function()
+          for _, plan in ipairs(plans) do if plan.unreadable then state.pass_unreadable = 1 end end
+          complete = exhausted and not source.truncated
+          if incremental then
+            local mark, id = source.max()
+            if mark ~= nil and (source.ordered or complete) then state.cursor_mark, state.cursor_id = mark, id end
+          elseif exhausted then
+            run:apply_deletes(state.pass_unreadable == 1)
+            if pass_from_start and not session.dry then book:clear_unreadable(run.sync_id, started) end
+            state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
+          else
+            -- The reader's position is its resume offset: it counts only
+            -- the records of files that stay in place.
+            state.pass_resume = reader.position
+          end
+          book:save_state(run.sync_id, state)
+          op.cursor_after = cursor_text(state)
+        end)
+        processed = processed + taken
+        meter:tick(processed)
+        if not session.dry and reader.committed and (source.moves_each_batch or complete) then
+          local moved, move_err = reader:committed()
+          if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
+        end
+        if exhausted or processed >= limit then break end
+        -- asked to stop (a signal): the batch is committed, stop here
+        if session.options.should_stop and session.options.should_stop() then
+          stopped = true
+          break
+        end
+      end
+    end)
+    if reader.close then pcall(reader.close, reader) end
+    if not ok then error(result, 0) end
+    meter:finish()
+    -- A full run reads every record again, failed ones included; an
+    -- incremental one retries the failures that are due.
+    if complete and incremental and settings.retry then run:retry_failures(false) end
+    if not session.dry then book:release_deferred(sync.name) end
+    return { complete = complete, stopped = stopped, cursor = cursor_text(state),
+      status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial") }
+  end)
+end
+
+-- Imports records by remote id (import) or by local id (refresh), in one
+-- run logged as that operation.
+local function run_single(session, sync, operation_name, remote_ids)
+  return operation.run(session, sync, operation_name, operation_name, function(op)
+    local run = new_run(session, sync, op)
+    if type(run.provider.get) ~= "function" then
+      errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot fetch one record (it has no get)",
+        sync.name, sync.provider.name))
+    end
+    local meter = progress.new(session.options.progress, sync.name, #remote_ids)
+    for start = 1, #remote_ids, sync.import.batch do
+      local plans = {}
+      for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
+        local remote_id = remote_ids[i]
+        local key = ids.text(remote_id)
+        local fetched, record, err = pcall(run.provider.get, run.provider, sync.resource, remote_id)
+        if not fetched then
+          plans[#plans + 1] = fail_plan(key, "fetching it failed: " .. errors.message(record))
+        elseif record == nil then
+          plans[#plans + 1] = fail_plan(key, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
+        else
+          plans[#plans + 1] = run:prepare(record)
+        end
+        meter:tick(i)
+      end
+      run:write_batch(plans)
+    end
+    meter:finish()
+    if not session.dry then session.ledger:release_deferred(sync.name) end
+    return { complete = true }
+  end)
+end
+
+function M.import_one(session, sync, remote_id)
+  return run_single(session, sync, "import", { remote_id })
+end
+
+-- refresh: local ids to remote ids through the id map; nil means --all.
+function M.refresh(session, sync, local_ids)
+  local book = session.ledger
+  local sync_id = book:sync_id(sync.name)
+  local remote_ids
+  if local_ids == nil then
+    remote_ids = book:remote_ids(sync_id)
+  else
+    remote_ids = {}
+    for _, local_id in ipairs(local_ids) do
+      local id = math.tointeger(tonumber(local_id))
+      local remote_id = id and book:remote_of(sync_id, id)
+      if remote_id == nil then
+        errors.raise("usage", string.format("sync \"%s\": local %s %s has no remote in the id map",
+          sync.name, sync.entities[1], tostring(local_id)))
+      end
+      remote_ids[#remote_ids + 1] = remote_id
+    end
+  end
+  return run_single(session, sync, "refresh", remote_ids)
+end
+
+function M.retry(session, sync)
+  return operation.run(session, sync, "retry", "retry", function(op)
+    new_run(session, sync, op):retry_failures(true)
+    return { complete = true }
+  end)
+end
+
+-- references imported on demand -------------------------------------------------------------
+
+-- Imports remote_id of target now (on_missing = "import" of a referring
+-- sync) through target's provider, in its own short transaction; returns
+-- its local id. Runs outside any transaction: the referring record is
+-- mapped before its batch is written.
+function M.import_reference(session, target, remote_id)
+  session.dependents = session.dependents or {}
+  local run = session.dependents[target.name]
+  if not run then
+    run = new_run(session, target, nil)
+    -- its failures are the referring entity's to report
+    run.quiet, run.careful = true, true
+    session.dependents[target.name] = run
+  end
+  local ok, record, err = pcall(run.provider.get, run.provider, target.resource, remote_id)
+  if not ok or record == nil then
+    errors.raise("entity", string.format("reference %s %s: the remote has no such entity%s", target.name,
+      ids.text(remote_id), (not ok or err) and (" (" .. errors.message(ok and err or record) .. ")") or ""))
+  end
+  local plan = run:prepare(record)
+  if plan[1] == "fail" then
+    errors.raise("entity", string.format("reference %s %s could not be imported: %s", target.name,
+      ids.text(remote_id), plan.message))
+  end
+  run:write_batch({ plan })
+  local local_id = session.ledger:local_of(run.sync_id, remote_id)
+  if local_id then return local_id end
+  errors.raise("entity", string.format("reference %s %s: imported, but no %s came of it", target.name,
+    ids.text(remote_id), target.entities[1]))
+end
+
+M.summary = operation.summary
+
+return M

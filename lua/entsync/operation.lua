@@ -1,0 +1,197 @@
+-- entsync.operation: the one protocol every run follows.
+--
+-- Import, single import, refresh, retry, export and the outbox drain are
+-- each an operation of one sync: the sync's lease is taken (waiting up to
+-- --wait for another run to let go, or taking over a lease whose holder
+-- died or expired) and renewed by a task of its own while the operation
+-- lives, however long it waits on the network; a run record is written;
+-- the body works in short write transactions (op:transaction); at the end
+-- the run record gets its status and counts, the lease is released, and a
+-- summary is returned. An error ends the run recorded with it (the
+-- transaction in progress rolled back, the lease released) and is raised
+-- again.
+
+local core = require "entsync.core"
+local errors = require "entsync.errors"
+local loop = require "entsync.loop"
+
+local M = {}
+
+M.LEASE_TTL = 60
+M.OUTCOMES = { "created", "updated", "unchanged", "stale", "failed", "deleted" }
+
+local function new_counts()
+  local counts = { skipped = 0, retried = 0, filtered = 0, conflicts = 0 }
+  for _, outcome in ipairs(M.OUTCOMES) do counts[outcome] = 0 end
+  return counts
+end
+M.new_counts = new_counts
+
+local Op = {}
+Op.__index = Op
+
+local function describe_holder(holder)
+  return string.format("pid %s on %s (owner %s), heartbeat %.0fs ago, lease expires in %.0fs",
+    tostring(holder.pid), tostring(holder.host), tostring(holder.owner),
+    core.sys.now() - (holder.heartbeat_at or 0), (holder.expires_at or 0) - core.sys.now())
+end
+M.describe_holder = describe_holder
+
+-- Takes the sync's lease, waiting up to session.options.wait seconds. The
+-- wait sleeps until the store changes (the holder's release is a commit)
+-- or the holder's lease would expire, never spinning.
+local function acquire(session, sync)
+  local name = "sync:" .. sync.name
+  local deadline = loop.now() + (session.options.wait or 0)
+  local watch
+  while true do
+    local ok, info = core.lock.acquire(session.store, name, session.owner, M.LEASE_TTL)
+    if ok then
+      if watch then watch:close() end
+      if info then
+        session.log("warn", string.format("sync \"%s\": took over a lease whose holder is %s: %s", sync.name,
+          info.reason, describe_holder(info.holder)))
+      end
+      return
+    end
+    local left = deadline - loop.now()
+    if left <= 0 then
+      if watch then watch:close() end
+      errors.raise("lock", string.format("sync \"%s\" is locked by another run: %s", sync.name, describe_holder(info)),
+        { holder = info })
+    end
+    watch = watch or loop.watch_file(session.store:path())
+    local expires = (info.expires_at or 0) - core.sys.now()
+    watch:wait(math.max(0.01, math.min(left, expires + 0.01)))
+  end
+end
+
+-- Renews the lease every third of its life while the operation lives; a
+-- lease found taken by another run marks the operation lost, and its next
+-- checkpoint stops it.
+local function renew(op)
+  local session, name = op.session, "sync:" .. op.sync.name
+  while not op.finished do
+    loop.sleep(M.LEASE_TTL / 3)
+    if op.finished then return end
+    local ok, kept = pcall(core.lock.heartbeat, session.store, name, session.owner, M.LEASE_TTL)
+    if ok and not kept then
+      op.lost = true
+      return
+    elseif not ok then
+      session.log("warn", string.format("sync \"%s\": renewing the lease failed (tried again in %ds): %s",
+        op.sync.name, M.LEASE_TTL // 3, errors.message(kept, true)))
+    end
+  end
+end
+
+-- Raises when the lease was lost to another run: the operation stops at
+-- this checkpoint rather than write beside that run.
+function Op:check()
+  if self.lost then
+    errors.raise("lock", string.format("sync \"%s\": the lease was lost to another run", self.sync.name))
+  end
+end
+
+-- transaction(fn, ...) -> fn's results: one write transaction whose
+-- writes are stamped with this sync as their origin; the run record's
+-- counts are saved in it too, so they always match what was committed.
+function Op:transaction(fn, ...)
+  self:check()
+  return self.session:transaction(self.sync_id, function(...)
+    local results = table.pack(fn(...))
+    if self.run_id then self.session.ledger:progress_run(self.run_id, self.counts, self.cursor_after) end
+    return table.unpack(results, 1, results.n)
+  end, ...)
+end
+
+function Op:count(outcome, n)
+  self.counts[outcome] = self.counts[outcome] + (n or 1)
+end
+
+local function as_entsync_error(e)
+  if errors.is(e) then return e end
+  return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
+end
+
+-- run(session, sync, operation, mode, body) -> result. body(op) returns a
+-- table { status = "ok"|"partial"|"failed" (default: from the counts),
+-- complete, stopped, cursor, ... }; the result is that table with sync,
+-- counts and status filled in. op: session, sync, sync_id, counts,
+-- run_id, transaction, count, check. Runs inside the loop (one is started
+-- for it when none runs).
+function M.run(session, sync, operation, mode, body)
+  if not loop.running() then return loop.run(M.run, session, sync, operation, mode, body) end
+  local book = session.ledger
+  local op = setmetatable({ session = session, sync = sync, operation = operation, counts = new_counts() }, Op)
+  local dry = session.dry
+  if not dry then acquire(session, sync) end
+  local renewer = not dry and loop.spawn(renew, op)
+  local ok, result = xpcall(function()
+    op.sync_id = book:sync_id(sync.name, dry) or -1
+    if not dry then
+      op.run_id = book:start_run(op.sync_id, operation, mode, op.cursor_before)
+    end
+    return body(op) or {}
+  end, as_entsync_error)
+  op.finished = true
+  if renewer then renewer:cancel() end
+  if not ok then
+    session:rollback()
+    if op.run_id and session.store:is_open() then
+      pcall(book.finish_run, book, op.run_id, "error", op.counts, op.cursor_after, result.message)
+    end
+  else
+    result.sync, result.counts = sync.name, op.counts
+    result.status = result.status or (op.counts.failed > 0 and "failed" or "ok")
+    if op.run_id then
+      local done, err = pcall(book.finish_run, book, op.run_id, result.status, op.counts, result.cursor, nil)
+      if not done then ok, result = false, as_entsync_error(err) end
+    end
+  end
+  if not dry and session.store:is_open() then
+    local released, err = pcall(core.lock.release, session.store, "sync:" .. sync.name, session.owner)
+    -- a failure to let go must not hide the error that ended the run
+    if not released and ok then ok, result = false, as_entsync_error(err) end
+  end
+  if not ok then error(result, 0) end
+  return result
+end
+
+-- summaries --------------------------------------------------------------------------
+
+-- The summary line of an import-side run's counts.
+function M.summary(result, seconds, dry)
+  local c = result.counts
+  local parts = {}
+  local verbs = dry and { created = "would create", updated = "would update", deleted = "would delete" } or {}
+  for _, outcome in ipairs(M.OUTCOMES) do
+    parts[#parts + 1] = string.format("%d %s", c[outcome], verbs[outcome] or outcome)
+  end
+  local line = string.format("%s: %s", result.sync, table.concat(parts, ", "))
+  if c.skipped > 0 then line = line .. string.format(", %d before the cursor", c.skipped) end
+  if c.filtered > 0 then line = line .. string.format(", %d filtered out", c.filtered) end
+  if c.conflicts > 0 then line = line .. string.format(", %d conflicts", c.conflicts) end
+  if c.retried > 0 then line = line .. string.format(", %d retried", c.retried) end
+  if result.stopped then
+    line = line .. " (stopped: the next run continues here)"
+  elseif result.complete == false then
+    line = line .. " (limit reached: the next run continues here)"
+  end
+  if seconds then line = line .. string.format(" in %.2fs", seconds) end
+  if dry then line = line .. " (dry run: nothing was written)" end
+  return line
+end
+
+-- The summary line of an export-side run's counts.
+function M.export_summary(result, seconds)
+  local c = result.counts
+  local line = string.format("%s: exported %d created, %d updated, %d deleted, %d unchanged, %d failed", result.sync,
+    c.created, c.updated, c.deleted, c.unchanged, c.failed)
+  if c.conflicts > 0 then line = line .. string.format(", %d conflicts", c.conflicts) end
+  if result.stopped then line = line .. " (stopped: the next run continues here)" end
+  if seconds then line = line .. string.format(" in %.2fs", seconds) end
+  return line
+end
+
+return M

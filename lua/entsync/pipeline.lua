@@ -1,0 +1,215 @@
+-- entsync.pipeline: the one record pipeline, both ways.
+--
+-- Import:  remote record -> filter -> mapping (paths, callbacks, defaults)
+--          -> after_map -> coercion to the declared types -> references
+--          (callbacks resolve them through ctx:ref) -> content hash.
+-- Export:  local rows -> each field's value as JSON (json fields decoded,
+--          booleans as such) -> references turned back into remote ids
+--          (with their JSON type) -> export callbacks and paths -> the
+--          remote record, holding exactly the fields the mapping carries.
+--
+-- Import runs, exports, echo detection, conflict checks, dry runs and the
+-- REPL all call these functions with one callback context (entsync.context),
+-- so a record maps the same wherever it is met. A callback that raises
+-- fails the entity with the field and the mapping's file:line; no check is
+-- skipped because something raised.
+
+local core = require "entsync.core"
+local errors = require "entsync.errors"
+local json = require "entsync.json"
+local map = require "entsync.map"
+local mapping = require "entsync.mapping"
+
+local M = {}
+
+local null = json.null
+local hash_of = core.hash.of
+
+-- What import() gives for a record the sync's filter skips.
+M.FILTERED = false
+
+-- import(sync, record, ctx) -> { entity = values } | FILTERED. Raises an
+-- entity error (or a defer error, for a reference not imported yet).
+function M.import(sync, record, ctx)
+  if sync.filter then
+    local ok, keep = pcall(sync.filter, record, ctx)
+    if not ok then
+      errors.raise(errors.is(keep, "defer") and "defer" or "entity", "filter: " .. errors.message(keep),
+        { waits_for = errors.is(keep) and keep.waits_for or nil })
+    end
+    if keep == false then return M.FILTERED end
+  end
+  local mapped = mapping.apply(sync.mapping, record, ctx)
+  if sync.after_map then
+    local ok, adjusted = pcall(sync.after_map, mapped, record, ctx)
+    if not ok then
+      errors.raise(errors.is(adjusted, "defer") and "defer" or "entity", "after_map: " .. errors.message(adjusted),
+        { waits_for = errors.is(adjusted) and adjusted.waits_for or nil })
+    end
+    if type(adjusted) == "table" then mapped = adjusted end
+    mapping.coerce_entities(ctx.session.job, sync, mapped)
+  end
+  return mapped
+end
+
+-- The content hash of mapped entities: what the id map keeps.
+function M.hash(mapped)
+  return hash_of(mapped)
+end
+
+-- The hash an import of record would store, or FILTERED: what echo
+-- detection and conflict checks compare with the id map.
+function M.import_hash(sync, record, ctx)
+  local mapped = M.import(sync, record, ctx)
+  if mapped == M.FILTERED then return M.FILTERED end
+  return hash_of(mapped)
+end
+
+-- export ------------------------------------------------------------------------------
+
+-- A stored value as JSON has it: json fields decoded (arrays stay arrays,
+-- objects objects), booleans as booleans, NULL as null.
+local function json_value(field, value)
+  if value == nil then return null end
+  if field.type == "json" and type(value) == "string" then
+    local decoded, err = json.try_decode(value)
+    if decoded == nil and err then
+      errors.raise("entity", string.format("field %s: the stored value is not JSON: %s (%s:%d)", field.name, err,
+        field.where.file, field.where.line))
+    end
+    return decoded
+  end
+  if field.type == "boolean" then return value ~= 0 and value ~= false end
+  return value
+end
+M.json_value = json_value
+
+-- Local ids of a refs field back to the target sync's remote ids.
+local function remote_refs(field, value, ctx)
+  if value == null then return value end
+  local target = field.import.sync
+  if type(value) == "table" then
+    local ids = json.array()
+    for i, id in ipairs(value) do
+      local remote_id = ctx:remote_id_of(target, id)
+      ids[i] = remote_id == nil and null or remote_id
+    end
+    return ids
+  end
+  local remote_id = ctx:remote_id_of(target, value)
+  return remote_id == nil and null or remote_id
+end
+
+local function set_path(out, keys, value)
+  local node = out
+  for i = 1, #keys - 1 do
+    local key = keys[i]
+    if type(node[key]) ~= "table" then
+      node[key] = type(keys[i + 1]) == "number" and json.array() or json.object()
+    end
+    node = node[key]
+  end
+  node[keys[#keys]] = value
+end
+
+local function export_failed(field, result)
+  errors.raise(errors.is(result, "defer") and "defer" or "entity",
+    string.format("field %s: export: %s (%s:%d)", field.name, errors.message(result), field.where.file,
+      field.where.line), { waits_for = errors.is(result) and result.waits_for or nil })
+end
+
+-- export(sync, rows, ctx) -> the remote record of local rows ({ entity =
+-- row }, the split's entities that exist). Raises an entity error naming
+-- the field and the mapping line, or a defer error for a reference whose
+-- target has no remote id yet.
+function M.export(sync, rows, ctx)
+  local out = json.object()
+  for _, entity in ipairs(sync.mapping.entities) do
+    local row = rows[entity.name]
+    if row then
+      for _, field in ipairs(entity.fields) do
+        if field.export == false then goto next_field end
+        local value = json_value(field, row[field.name])
+        if map.is_refs(field.import) and not field.export then
+          local ok, converted = pcall(remote_refs, field, value, ctx)
+          if not ok then export_failed(field, converted) end
+          value = converted
+        end
+        if field.export then
+          local ok, result = pcall(field.export, value, out, ctx)
+          if not ok then export_failed(field, result) end
+          if result ~= nil and field.keys then set_path(out, field.keys, result) end
+        elseif field.keys then
+          set_path(out, field.keys, value)
+        end
+        ::next_field::
+      end
+    end
+  end
+  return out
+end
+
+-- merging and comparing remote records ------------------------------------------------------
+
+local function is_object(value)
+  return type(value) == "table" and not json.is_array(value) and (json.is_object(value) or next(value) == nil
+    or value[1] == nil)
+end
+
+local function copy(value)
+  if type(value) ~= "table" then return value end
+  local out = setmetatable({}, getmetatable(value))
+  for k, v in pairs(value) do out[k] = copy(v) end
+  return out
+end
+
+-- merge(current, record) -> current with record's fields written over it:
+-- objects are merged key by key, anything else (arrays, scalars) replaced.
+-- What a replacing update (PUT) sends, so fields the mapping does not
+-- carry keep the remote's values.
+function M.merge(current, record)
+  if not is_object(current) or not is_object(record) then return copy(record) end
+  local out = copy(current)
+  for k, v in pairs(record) do
+    if is_object(v) and is_object(out[k]) then out[k] = M.merge(out[k], v) else out[k] = copy(v) end
+  end
+  return out
+end
+
+local function same(a, b)
+  if a == b then return true end
+  if type(a) ~= "table" or type(b) ~= "table" then return false end
+  return core.hash.of(a) == core.hash.of(b) and json.is_array(a) == json.is_array(b)
+end
+
+-- changes(current, record) -> the fields of record whose values differ
+-- from current (objects compared key by key), or nil when none does:
+-- what a patching update (PATCH) sends.
+function M.changes(current, record)
+  if not is_object(current) then return copy(record) end
+  local out, any = json.object(), false
+  for k, v in pairs(record) do
+    local before = current[k]
+    if is_object(v) and is_object(before) then
+      local inner = M.changes(before, v)
+      if inner then out[k], any = inner, true end
+    elseif not same(before == nil and null or before, v) then
+      out[k], any = copy(v), true
+    end
+  end
+  return any and out or nil
+end
+
+-- storing ------------------------------------------------------------------------------------
+
+-- The row to store for one entity's mapped values: json values encoded,
+-- in place (the values were hashed already and are not used again). After
+-- coercion only json fields hold tables, after_map's extra fields too.
+function M.storable(values)
+  for name, value in pairs(values) do
+    if type(value) == "table" then values[name] = json.encode(value) end
+  end
+  return values
+end
+
+return M

@@ -1,0 +1,188 @@
+-- entsync.sources: where an import run's records come from.
+--
+-- A source wraps a provider's reader for one run: next(room) -> kind,
+-- value, extra | nil, where kind is RECORD (a decoded record; extra its
+-- raw line's hash when known), UNCHANGED (value lines known unchanged by
+-- their bytes, skipped without decoding) or UNREADABLE (value the message,
+-- extra the text). It also keeps the largest (changed mark, id) of the
+-- records the run processed, for the incremental cursor.
+
+local core = require "entsync.core"
+local cursor = require "entsync.cursor"
+local ids = require "entsync.ids"
+local json = require "entsync.json"
+
+local M = {}
+
+local RECORD, UNCHANGED, UNREADABLE = 1, 2, 3
+M.RECORD, M.UNCHANGED, M.UNREADABLE = RECORD, UNCHANGED, UNREADABLE
+
+local null = json.null
+
+local function mark_of(sync, record)
+  local mark = record[sync.changed_field]
+  if mark == null then return nil end
+  return mark
+end
+
+local function id_of(sync, record)
+  local id = ids.remote(record[sync.id_field])
+  return id ~= nil and ids.text(id) or ""
+end
+
+-- A small binary heap keeping the `limit` smallest (mark, id) candidates
+-- for incremental runs with a limit over a source that is not ordered.
+local function heap_push(heap, item, limit)
+  local function less(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) > 0 end -- max-heap
+  local function up(i)
+    while i > 1 do
+      local parent = i // 2
+      if less(heap[i], heap[parent]) then heap[i], heap[parent] = heap[parent], heap[i]; i = parent else break end
+    end
+  end
+  local function down(i)
+    local n = #heap
+    while true do
+      local l, r, top = 2 * i, 2 * i + 1, i
+      if l <= n and less(heap[l], heap[top]) then top = l end
+      if r <= n and less(heap[r], heap[top]) then top = r end
+      if top == i then break end
+      heap[i], heap[top] = heap[top], heap[i]
+      i = top
+    end
+  end
+  if #heap < limit then
+    heap[#heap + 1] = item
+    up(#heap)
+  elseif cursor.compare(item.mark, item.id, heap[1].mark, heap[1].id) < 0 then
+    heap[1] = item
+    down(1)
+  end
+end
+
+-- new(run, reader, state, incremental) -> source. Three shapes: for an
+-- incremental limited run over a reader that is not ordered, the `limit`
+-- smallest records newer than the cursor (read in full first, so
+-- `truncated` tells whether records were left for later runs); for
+-- ndjson-like readers under a fingerprinted mapping, raw lines whose bytes
+-- were imported before are UNCHANGED without decoding; else the reader's
+-- records themselves.
+function M.new(run, reader, state, incremental)
+  local sync, settings, session = run.sync, run.sync.import, run.session
+  local source = { truncated = false, moves_each_batch = true, ordered = reader.ordered == true }
+  local max_mark, max_id -- the largest (mark, id) processed in this run
+
+  local function newer_than_cursor(record)
+    if not incremental or state.cursor_mark == nil then return true end
+    local mark = mark_of(sync, record)
+    if mark == nil then return true end
+    return cursor.compare(mark, id_of(sync, record), state.cursor_mark, state.cursor_id) > 0
+  end
+
+  local function skip()
+    run.counts.skipped = run.counts.skipped + 1
+  end
+
+  -- note_mark(record): the record is processed; the cursor may move to it.
+  -- A reader that promised changed order and breaks it is told off once,
+  -- and the cursor then moves only when the run completes.
+  function source.note_mark(record)
+    local mark = incremental and mark_of(sync, record)
+    if mark == nil or mark == false then return end
+    local id = id_of(sync, record)
+    local order = max_mark == nil and 1 or cursor.compare(mark, id, max_mark, max_id)
+    if order > 0 then
+      max_mark, max_id = mark, id
+    elseif order < 0 then
+      if source.ordered then
+        session.log("warn", string.format("sync \"%s\": the provider promised records in changed order but %s came after %s; "
+          .. "the cursor now advances only when the run completes", sync.name, cursor.format(mark, id),
+          cursor.format(max_mark, max_id)))
+      end
+      source.ordered = false
+    end
+  end
+
+  function source.max()
+    return max_mark, max_id
+  end
+
+  if incremental and settings.limit and not reader.ordered then
+    local heap, unreadable = {}, {}
+    while true do
+      local record, err, raw = reader:next()
+      if record == nil then break end
+      if record == false then
+        unreadable[#unreadable + 1] = { err, raw }
+      elseif newer_than_cursor(record) then
+        if #heap >= settings.limit then source.truncated = true end
+        heap_push(heap, { mark = mark_of(sync, record), id = id_of(sync, record), record = record }, settings.limit)
+      else
+        skip()
+      end
+    end
+    table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) < 0 end)
+    -- Everything was read already: files may move only once every record
+    -- taken from them is committed, at the end, and only if none was left.
+    source.moves_each_batch, source.ordered = false, true
+    local u, h = 0, 0
+    function source.next()
+      if u < #unreadable then
+        u = u + 1
+        return UNREADABLE, unreadable[u][1], unreadable[u][2]
+      end
+      h = h + 1
+      if heap[h] then return RECORD, heap[h].record end
+      return nil
+    end
+    return source
+  end
+
+  if reader.next_raw and sync.fingerprint and not run.track_seen and not session:uses_refs(sync.name) then
+    local known = run.book:raw_hashes(run.sync_id)
+    local fingerprint = sync.fingerprint
+    -- Runs of known lines are skipped by the reader in C: UNCHANGED then
+    -- carries how many. A line found after such a run waits in `pending`.
+    local pending
+    function source.next(room)
+      while true do
+        local text, skipped, err = pending, 0, nil
+        pending = nil
+        if not text then
+          if reader.next_unknown then
+            text, skipped, err = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
+          else
+            text, err = reader:next_raw()
+            if text and known:has(core.hash.bytes(text, fingerprint)) then text, skipped = nil, 1 end
+          end
+          if skipped > 0 then
+            pending = text
+            return UNCHANGED, skipped
+          end
+        end
+        if text == nil then return nil end
+        if text == false then return UNREADABLE, err end
+        local raw_hash = core.hash.bytes(text, fingerprint)
+        local record
+        record, err = reader:decode(text)
+        if record == false then return UNREADABLE, err, text end
+        if newer_than_cursor(record) then return RECORD, record, raw_hash end
+        skip()
+      end
+    end
+    return source
+  end
+
+  function source.next()
+    while true do
+      local record, err, raw = reader:next()
+      if record == nil then return nil end
+      if record == false then return UNREADABLE, err, raw end
+      if newer_than_cursor(record) then return RECORD, record end
+      skip()
+    end
+  end
+  return source
+end
+
+return M
