@@ -16,8 +16,9 @@
  *
  * The store floor (--store) writes, into an empty entsync store made by the
  * bench job, the rows entsync writes for one record of that job's first
- * import, with the statements entsync uses: a "user" and a "profile" row
- * and their two id-map rows (a first import has no id map to look up).
+ * import, with the statements entsync uses: a "user" row, a "profile" row
+ * linked to it and the record's id-map row (a first import has no id map
+ * to look up).
  * Values are slices of the line of about the real values' sizes, so
  * nothing is decoded, mapped or hashed: it is what the store's own rows
  * cost, a ceiling for any importer keeping entsync's id map, however fast
@@ -84,27 +85,23 @@ static void write_raw(floor_db *f, long long id, const char *line, size_t len)
     step_done(f->db, upsert, "upsert");
 }
 
-static void write_idmap(floor_db *f, const char *entity, sqlite3_int64 local_id, const char *remote_id,
-                        const char *line, size_t len, long long id)
+static void write_idmap(floor_db *f, sqlite3_int64 local_id, const char *line, size_t len, long long id)
 {
     sqlite3_stmt *idmap = f->stmt[STMT_IDMAP];
-    sqlite3_bind_text(idmap, 1, "contacts", -1, SQLITE_STATIC);
-    sqlite3_bind_text(idmap, 2, entity, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(idmap, 3, local_id);
-    sqlite3_bind_text(idmap, 4, remote_id, -1, SQLITE_STATIC);
-    bind_slice(idmap, 5, line, len, 150, 20);
-    sqlite3_bind_int64(idmap, 6, (sqlite3_int64)((uint64_t)id * 0x9E3779B97F4A7C15u));
-    sqlite3_bind_int64(idmap, 7, (sqlite3_int64)((uint64_t)id * 0xC2B2AE3D27D4EB4Fu));
-    sqlite3_bind_double(idmap, 8, 1.7e9 + (double)id);
-    sqlite3_bind_null(idmap, 9);
+    sqlite3_bind_int64(idmap, 1, 1); /* the bench job's one sync */
+    sqlite3_bind_int64(idmap, 2, local_id);
+    sqlite3_bind_int64(idmap, 3, id); /* remote ids are JSON numbers */
+    bind_slice(idmap, 4, line, len, 150, 20);
+    sqlite3_bind_int64(idmap, 5, (sqlite3_int64)((uint64_t)id * 0x9E3779B97F4A7C15u));
+    sqlite3_bind_int64(idmap, 6, (sqlite3_int64)((uint64_t)id * 0xC2B2AE3D27D4EB4Fu));
+    sqlite3_bind_double(idmap, 7, 1.7e9 + (double)id);
     step_done(f->db, idmap, "idmap insert");
 }
 
+/* What entsync's first import writes for one record: the user row, the
+ * profile row linked to it, and the record's one id-map row. */
 static void write_store(floor_db *f, long long id, const char *line, size_t len)
 {
-    char remote_id[24];
-    snprintf(remote_id, sizeof remote_id, "%lld", id);
-
     sqlite3_stmt *user = f->stmt[STMT_USER];
     bind_slice(user, 1, line, len, 10, 30);
     bind_slice(user, 2, line, len, 50, 17);
@@ -118,11 +115,10 @@ static void write_store(floor_db *f, long long id, const char *line, size_t len)
     bind_slice(profile, 2, line, len, 200, 8);
     bind_slice(profile, 3, line, len, 240, 14);
     bind_slice(profile, 4, line, len, 220, 7);
+    sqlite3_bind_int64(profile, 5, user_id);
     step_done(f->db, profile, "profile insert");
-    sqlite3_int64 profile_id = sqlite3_last_insert_rowid(f->db);
 
-    write_idmap(f, "user", user_id, remote_id, line, len, id);
-    write_idmap(f, "profile", profile_id, remote_id, line, len, id);
+    write_idmap(f, user_id, line, len, id);
 }
 
 static void prepare_store(floor_db *f)
@@ -130,11 +126,11 @@ static void prepare_store(floor_db *f)
     f->stmt[STMT_USER] = prepare(f->db,
         "INSERT INTO \"user\" (\"email\",\"name\",\"status\",\"updated\") VALUES (?1,?2,?3,?4)");
     f->stmt[STMT_PROFILE] = prepare(f->db,
-        "INSERT INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\") VALUES (?1,?2,?3,?4)");
+        "INSERT INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\",\"user_id\") VALUES (?1,?2,?3,?4,?5)");
     f->stmt[STMT_IDMAP] = prepare(f->db,
         "INSERT INTO entsync_idmap"
-        " (sync, entity, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, NULL)");
+        " (sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)"
+        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)");
 }
 
 int main(int argc, char **argv)

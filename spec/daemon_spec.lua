@@ -10,6 +10,7 @@ local core = require "entsync.core"
 local helpers = require "helpers"
 local S = require "import_support"
 local D = require "daemon_support"
+local X = require "export_support"
 
 local dirs = {}
 
@@ -120,7 +121,7 @@ describe("daemon", function()
       assert.equal(1, #lines)
       assert.equal("create", lines[1].op)
       assert.same({ email = "ann@example.org", name = "Ann", age = 41 }, lines[1].record)
-      assert.is_truthy(helpers.wait_for(function() return count(d, "SELECT count(*) FROM entsync_outbox") == 0 end, 2))
+      assert.is_truthy(helpers.wait_for(function() return #X.outbox(d) == 0 end, 2))
       assert.equal(0, (D.stop(child)))
     end)
 
@@ -160,12 +161,13 @@ describe("daemon", function()
       local child = D.daemon(d)
       D.sql(db(d), "INSERT INTO contact (email, name, age) VALUES ('ann@example.org', 'Ann', 41)")
       assert.is_truthy(helpers.wait_for(function()
-        return count(d, "SELECT count(*) FROM entsync_outbox WHERE attempts > 0") == 1
+        return count(d, "SELECT count(*) FROM entsync_failed WHERE direction = 'export' AND attempts > 0") == 1
       end, 2), D.stderr(child))
       helpers.write(d .. "/out/.keep", "")
       -- the retry comes due in a second (rather than the 30s backoff); this
       -- write is the last any other program makes
-      D.sql(db(d), string.format("UPDATE entsync_outbox SET next_at = %.3f", core.sys.now() + 1))
+      D.sql(db(d), string.format("UPDATE entsync_failures SET next_at = %.3f WHERE direction = 'export'",
+        core.sys.now() + 1))
       local lines = helpers.wait_for(function()
         local l = sink(d)
         return #l > 0 and l or nil
@@ -174,7 +176,7 @@ describe("daemon", function()
       assert.equal(0, (D.stop(child)))
       assert.is_truthy(lines, "the due retry was not exported 2s after it came due; stderr:\n" .. err)
       assert.equal("create", lines[1].op)
-      assert.equal(0, S.count(d, "entsync_outbox"))
+      assert.equal(0, S.count(d, "entsync_failures"))
     end)
   end)
 
@@ -205,7 +207,7 @@ describe("daemon", function()
 
       -- nothing held, and the run row is committed up to a checkpoint
       assert.equal(0, S.count(d, "entsync_locks"))
-      local run = S.query(d, "SELECT * FROM entsync_runs WHERE sync = 'contacts' ORDER BY id DESC LIMIT 1")[1]
+      local run = S.query(d, "SELECT * FROM entsync_history WHERE sync = 'contacts' ORDER BY id DESC LIMIT 1")[1]
       assert.is_truthy(run)
       assert.equal("partial", run.status)
       assert.is_truthy(run.ended_at)
@@ -213,7 +215,8 @@ describe("daemon", function()
       assert.equal(stored, run.created)
       assert.equal(0, stored % BATCH, "stopped off a batch boundary: " .. stored)
       assert.is_true(stored >= before and stored < N)
-      assert.equal(stored, tonumber(S.value(d, "SELECT pass_resume FROM entsync_state WHERE sync = 'contacts'")))
+      assert.equal(stored, tonumber(S.value(d, "SELECT t.pass_resume FROM entsync_state t JOIN entsync_syncs s ON s.id = t.sync "
+        .. "WHERE s.name = 'contacts'")))
 
       -- a later run takes the rest (faster: the data are the same)
       slow_job(d, 0.001)
@@ -237,7 +240,7 @@ describe("daemon", function()
 
     -- Runs of a sync must not overlap in time, and none may end in error.
     local function assert_serial(dir, sync, err)
-      local runs = S.query(dir, "SELECT id, operation, status, started_at, ended_at, error FROM entsync_runs "
+      local runs = S.query(dir, "SELECT id, operation, status, started_at, ended_at, error FROM entsync_history "
         .. "WHERE sync = ?1 ORDER BY started_at", sync)
       assert.is_true(#runs >= 1)
       for i, run in ipairs(runs) do
@@ -286,9 +289,9 @@ describe("daemon", function()
       assert.is_truthy(helpers.wait_for(function() return count(d, "SELECT count(*) FROM contact") >= 10 end, 3))
       D.sql(db(d), "INSERT INTO contact (email, name, age) VALUES ('ann@example.org', 'Ann', 41)")
       assert.is_truthy(helpers.wait_for(function()
-        return count(d, "SELECT count(*) FROM entsync_runs WHERE operation = 'run' AND ended_at IS NOT NULL") > 0
+        return count(d, "SELECT count(*) FROM entsync_history WHERE operation = 'run' AND ended_at IS NOT NULL") > 0
       end, 4), D.stderr(child))
-      assert.is_truthy(helpers.wait_for(function() return count(d, "SELECT count(*) FROM entsync_outbox") == 0 end, 3),
+      assert.is_truthy(helpers.wait_for(function() return #X.outbox(d) == 0 end, 3),
         D.stderr(child))
       assert.equal(0, (D.stop(child)))
       local err = D.stderr(child)
@@ -296,7 +299,7 @@ describe("daemon", function()
       assert.equal(41, S.count(d, "contact"))
       -- the slow provider names a created record 100000 + its local id
       local ann = S.value(d, "SELECT id FROM contact WHERE email = 'ann@example.org'")
-      assert.equal(tostring(100000 + ann), S.value(d, "SELECT remote_id FROM entsync_idmap m JOIN contact c "
+      assert.equal(tostring(100000 + ann), S.value(d, "SELECT CAST(remote_id AS TEXT) FROM entsync_map m JOIN contact c "
         .. "ON c.id = m.local_id WHERE c.email = 'ann@example.org'"))
     end)
   end)
@@ -312,8 +315,8 @@ describe("daemon", function()
       '  import = { mode = "full" }, schedule = "every 1s" }',
     }, "\n") .. "\n")
     local function name_of(remote_id)
-      return D.peek_value(db(d), "SELECT c.name FROM contact c JOIN entsync_idmap m ON m.local_id = c.id "
-        .. "AND m.entity = 'contact' WHERE m.remote_id = '" .. remote_id .. "'")
+      return D.peek_value(db(d), "SELECT c.name FROM contact c JOIN entsync_map m ON m.local_id = c.id "
+        .. "WHERE CAST(m.remote_id AS TEXT) = '" .. remote_id .. "'")
     end
     local child = D.daemon(d)
     assert.is_truthy(helpers.wait_for(function() return name_of(1) == "Contact 1" end, 3), D.stderr(child))

@@ -161,8 +161,15 @@ function commands.check(job)
     local depends = #sync.depends_on > 0 and ("; after " .. table.concat(sync.depends_on, ", ")) or ""
     local export = ""
     if sync.export then
-      export = string.format("; exports%s (deletes %s)", sync.export.on_change and " on change" or "",
-        sync.export.deletes)
+      local conflict = sync.export.conflict
+      if type(conflict) == "function" then
+        conflict = "a function"
+      elseif conflict == "newest" then
+        conflict = string.format("newest (%s compared as %s)", sync.changed_field,
+          sync.import.changed_kind == "time" and "a time" or "a time: it must hold ISO 8601 or epoch times")
+      end
+      export = string.format("; exports%s (deletes %s, conflicts: %s)", sync.export.on_change and " on change" or "",
+        sync.export.deletes, conflict)
     end
     local schedule = sync.schedule and ("; schedule " .. sync.schedule.text) or ""
     if not import.enabled then mode = "no import" end

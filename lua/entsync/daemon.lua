@@ -29,6 +29,11 @@ local M = {}
 local SAFETY_NET = 60
 -- How often the daemon's state is written for status, while it idles.
 local HEARTBEAT = 5
+-- How long after the store's file changes the drains look: SQLite writes
+-- a commit's log frames (which the file watch sees) a moment before it
+-- publishes them in the shared index (which it cannot see); a look in
+-- between would find nothing new and sleep until the next change.
+local SETTLE = 0.02
 
 local function now() return core.sys.now() end
 
@@ -101,7 +106,9 @@ function Daemon:run_sync(name)
   end
 end
 
--- The task of one scheduled sync: sleeps until it is due.
+-- The task of one scheduled sync: sleeps until it is due, then starts
+-- its run as a task of its own and sleeps until the next time, when a run
+-- still going makes it skip that turn.
 function Daemon:scheduled(name, entry)
   while not self.stopping do
     local wait = entry.due - now()
@@ -109,11 +116,17 @@ function Daemon:scheduled(name, entry)
       self.wake:wait(wait)
     else
       entry.due = schedule.next_time(entry.parsed, now())
-      if self.busy[name] then
+      if self.busy[name] or self.starting[name] then
         self:log("warn", string.format("sync \"%s\" is still running: this turn is skipped", name))
       else
         self:log("info", string.format("sync \"%s\" is due (%s)", name, entry.text))
-        self:run_sync(name)
+        self.starting[name] = true
+        loop.spawn(function()
+          local ok, err = pcall(self.run_sync, self, name)
+          self.starting[name] = nil
+          self.idle:notify_all()
+          if not ok then self:log("error", errors.wrap(err).message) end
+        end)
       end
     end
   end
@@ -131,7 +144,7 @@ function Daemon:drainer(sync)
     else
       local due = export.next_due(self.session, sync)
       local timeout = due and math.max(0.05, due - now()) or SAFETY_NET
-      self.changed:wait(math.min(timeout, SAFETY_NET))
+      if self.changed:wait(math.min(timeout, SAFETY_NET)) then loop.sleep(SETTLE) end
     end
   end
 end
@@ -175,7 +188,7 @@ end
 -- Reloads the job file once nothing runs; the old job stays when the new
 -- one fails to load.
 function Daemon:reload()
-  while next(self.busy) do self.idle:wait() end
+  while next(self.busy) or next(self.starting) do self.idle:wait() end
   local ok, job = pcall(require("entsync.job").load, self.job.path)
   if not ok then
     self:log("error", "reload failed; the running job stays: " .. errors.wrap(job).message)
@@ -216,7 +229,7 @@ function Daemon:main()
   end)
   while not self.stopping do stop:wait() end
   -- stopping: the running syncs stop at their checkpoints
-  while next(self.busy) do self.idle:wait() end
+  while next(self.busy) or next(self.starting) do self.idle:wait() end
   self:stop_tasks()
   heartbeat:cancel()
   for _, handler in ipairs(handlers) do handler:remove() end
@@ -229,7 +242,7 @@ function M.run(job, options)
     local session = require("entsync.session").open(job, { wait = 0, progress = false, log = options.log,
       should_stop = function() return daemon.stopping end })
     daemon = setmetatable({
-      job = job, session = session, options = options, started_at = now(), busy = {},
+      job = job, session = session, options = options, started_at = now(), busy = {}, starting = {},
       schedules = plan_schedules(job), wake = loop.condition(), idle = loop.condition(),
     }, Daemon)
     local names = {}

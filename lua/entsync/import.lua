@@ -71,11 +71,12 @@ M.new_run = new_run
 
 -- The sync's failures are logged (the first ten of a run; then a line
 -- pointing at status) and stored with their payload.
-function Run:report(key, message)
+function Run:report(key, message, local_id)
   if self.quiet then return end
   self.shown = self.shown + 1
   if self.shown <= 10 then
-    self.session.log("error", string.format("%s %s: %s", self.sync.name, key, message))
+    self.session.log("error", string.format("%s %s%s: %s", self.sync.name, key,
+      local_id and string.format(" (local %s %d)", self.sync.entities[1], local_id) or "", message))
   elseif self.shown == 11 then
     self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", self.sync.name,
       self.session.job.display_path))
@@ -128,7 +129,9 @@ function Run:prepare(record, raw_hash)
   ctx:at(remote_id, stored and stored.local_id, record)
   local ok, mapped = pcall(pipeline.import, sync, record, ctx)
   if not ok then
-    return fail_plan(key, errors.message(mapped), payload_of(record), errors.is(mapped) and mapped.waits_for or nil)
+    local plan = fail_plan(key, errors.message(mapped), payload_of(record), errors.is(mapped) and mapped.waits_for or nil)
+    plan.local_id, plan.remote_id = stored and stored.local_id, remote_id
+    return plan
   end
   if mapped == pipeline.FILTERED then return { "filtered", key = key } end
   local hash = pipeline.hash(mapped)
@@ -185,7 +188,7 @@ end
 function Run:fail(plan)
   local book, sync = self.book, self.sync
   self.counts.failed = self.counts.failed + 1
-  self:report(plan.key, plan.message)
+  self:report(plan.key, plan.message, plan.local_id)
   local attempts = book:failure_attempts(self.sync_id, "import", plan.key) + 1
   local now = core.sys.now()
   -- A remote that is there but fails to import is still there: a full
@@ -195,8 +198,8 @@ function Run:fail(plan)
     if local_id then book:mark_seen(self.sync_id, local_id, self.pass) end
   end
   local next_at = plan.waits_for and WAITING or now + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
-  book:save_failure(self.sync_id, "import", { key = plan.key, error = plan.message, payload = plan.payload,
-    attempts = attempts, next_at = next_at, waits_for = plan.waits_for })
+  book:save_failure(self.sync_id, "import", { key = plan.key, local_id = plan.local_id, remote_id = plan.remote_id,
+    error = plan.message, payload = plan.payload, attempts = attempts, next_at = next_at, waits_for = plan.waits_for })
   self.failing[plan.key] = true
   return "failed"
 end

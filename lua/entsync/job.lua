@@ -401,6 +401,19 @@ local function validate_export(job, sync)
   if math.type(settings.batch) ~= "integer" or settings.batch < 1 then
     sync_error(sync, "export batch must be a positive integer, got %s", tostring(settings.batch))
   end
+  if settings.conflict == "newest" then
+    -- newest compares the time of the local change with the remote's
+    -- changed mark: like with like
+    if not sync.changed_field then
+      sync_error(sync, "export conflict = \"newest\" compares the remote's changed mark with the local change's "
+        .. "time: give the import its changed field (import = { changed = \"updated_at\" })")
+    end
+    local kind = sync.import.changed_kind
+    if kind ~= "time" and kind ~= "auto" then
+      sync_error(sync, "export conflict = \"newest\" compares times, but the changed mark %s is declared %s "
+        .. "(changed_kind): use \"time\", or another conflict policy", sync.changed_field, kind)
+    end
+  end
   for _, entity in ipairs(sync.entities) do
     job.exported[entity] = job.exported[entity] or {}
     table.insert(job.exported[entity], sync.name)
