@@ -441,7 +441,7 @@ function Provider:create(resource, record, ctx)
     errors.raise("http", string.format("POST %s: the response names no id in %q", http.redacted_url(response.url),
       self.id_field))
   end
-  return id_text(id), body
+  return id, body
 end
 
 -- update(resource, id, record) -> the updated record

@@ -215,8 +215,10 @@ describe("daemon", function()
       assert.equal(stored, run.created)
       assert.equal(0, stored % BATCH, "stopped off a batch boundary: " .. stored)
       assert.is_true(stored >= before and stored < N)
-      assert.equal(stored, tonumber(S.value(d, "SELECT t.pass_resume FROM entsync_state t JOIN entsync_syncs s ON s.id = t.sync "
-        .. "WHERE s.name = 'contacts'")))
+      -- the slow provider hands over no checkpoint: the pass resumes after a count of records
+      local resume = cjson.decode(S.value(d, "SELECT t.pass_resume FROM entsync_state t JOIN entsync_syncs s "
+        .. "ON s.id = t.sync WHERE s.name = 'contacts'"))
+      assert.equal(stored, resume.offset)
 
       -- a later run takes the rest (faster: the data are the same)
       slow_job(d, 0.001)

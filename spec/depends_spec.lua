@@ -21,7 +21,7 @@ end
 
 local function runs(dir)
   local out = {}
-  for _, row in ipairs(T.query(dir, "SELECT sync FROM entsync_runs ORDER BY id")) do out[#out + 1] = row.sync end
+  for _, row in ipairs(T.query(dir, "SELECT sync FROM entsync_history ORDER BY id")) do out[#out + 1] = row.sync end
   return out
 end
 
@@ -184,10 +184,11 @@ sync "groups" { remote = files "groups.ndjson", entity = "grp", mapping = { name
   local function tag_id(remote_id) return T.local_id(dir, "tags", remote_id) end
   local function group_id(remote_id) return T.local_id(dir, "groups", remote_id) end
 
+  -- The contacts by remote id (integers, as the files give them).
   local function contacts()
     local out = {}
     for _, row in ipairs(T.query(dir, [[SELECT m.remote_id, c.name, c.tag, c.tags FROM contact c
-        JOIN entsync_idmap m ON m.sync = 'contacts' AND m.local_id = c.id]])) do
+        JOIN entsync_map m ON m.sync = 'contacts' AND m.local_id = c.id]])) do
       out[row.remote_id] = { name = row.name, tag = row.tag, tags = row.tags and cjson.decode(row.tags) }
     end
     return out
@@ -202,7 +203,7 @@ sync "groups" { remote = files "groups.ndjson", entity = "grp", mapping = { name
     assert.equal(0, r.code, r.stderr)
     assert.same({ "groups", "tags", "contacts" }, T.summary_order(r.stdout))
     assert.same({ 2, 3, 1 }, { tag_id("t1"), tag_id("t2"), tag_id("t3") })
-    assert.same({ ["1"] = { name = "Ann", tag = 2, tags = { 3, 1 } } }, contacts())
+    assert.same({ [1] = { name = "Ann", tag = 2, tags = { 3, 1 } } }, contacts())
     -- and tags' own references to groups
     assert.same({ { name = "T3", grp = group_id("g1") }, { name = "T1", grp = group_id("g2") } },
       T.query(dir, "SELECT name, grp FROM tag WHERE id IN (1, 2) ORDER BY id"))
@@ -230,8 +231,8 @@ sync "groups" { remote = files "groups.ndjson", entity = "grp", mapping = { name
       assert.same({ name = "T3", grp = group_id("g1") }, T.query(dir, "SELECT name, grp FROM tag WHERE id = ?1", tag_id("t3"))[1])
       assert.equal("G2", T.value(dir, "SELECT name FROM grp WHERE id = ?1", group_id("g2")))
       local c = contacts()
-      assert.same({ name = "Ann", tag = tag_id("t1"), tags = { tag_id("t3") } }, c["1"])
-      assert.same({ name = "Bob", tag = tag_id("t3") }, c["2"])
+      assert.same({ name = "Ann", tag = tag_id("t1"), tags = { tag_id("t3") } }, c[1])
+      assert.same({ name = "Bob", tag = tag_id("t3") }, c[2])
       assert.equal(0, T.count(dir, "entsync_failures"))
       -- a later run of the dependencies finds what was imported on demand
       r = T.run(dir, "run", "tags")
@@ -334,8 +335,8 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       assert.equal(2, T.summary(r.stdout).created)
       assert.equal(0, T.count(dir, "entsync_failures"))
       assert.same({
-        ["1"] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t2"), tag_id("t3") } },
-        ["2"] = { name = "Bob", tag = tag_id("t3"), tags = {} },
+        [1] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t2"), tag_id("t3") } },
+        [2] = { name = "Bob", tag = tag_id("t3"), tags = {} },
       }, contacts())
     end)
 
@@ -343,14 +344,14 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       write_job({ on_missing = "defer" })
       write_data()
       assert.equal(1, T.run(dir, "run", "contacts").code)
-      assert.equal(2, T.count(dir, "entsync_failures", "sync = 'contacts' AND waits_for = 'tags'"))
+      assert.equal(2, T.count(dir, "entsync_failed", "sync = 'contacts' AND waits_for = 'tags'"))
       write_job({ on_missing = "defer", depends = true })
       local r = T.run(dir, "run")
       assert.equal(0, r.code, r.stderr)
       assert.same({ "groups", "tags", "contacts" }, T.summary_order(r.stdout))
       assert.equal(2, T.summary(r.stdout).created)
       assert.equal(0, T.count(dir, "entsync_failures"))
-      assert.equal(tag_id("t1"), contacts()["1"].tag)
+      assert.equal(tag_id("t1"), contacts()[1].tag)
     end)
 
     it("an incremental sync retries its deferred entities after the dependency runs, behind its cursor", function()
@@ -363,10 +364,11 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       local r = T.run(dir, "run", "contacts")
       assert.equal(1, r.code, r.stderr)
       assert.same({ 1, 1 }, { T.summary(r.stdout).created, T.summary(r.stdout).failed })
-      assert.equal("2024-01-02", T.value(dir, "SELECT cursor_mark FROM entsync_state WHERE sync = 'contacts'"))
+      assert.equal("2024-01-02", T.value(dir, [[SELECT t.cursor_mark FROM entsync_state t
+        JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 'contacts']]))
       -- nothing new for contacts, and tags has not run: still waiting
       r = T.run(dir, "run", "contacts")
-      assert.equal(1, T.count(dir, "entsync_failures", "sync = 'contacts'"))
+      assert.equal(1, T.count(dir, "entsync_failed", "sync = 'contacts'"))
       assert.is_nil(T.summary(r.stdout).retried)
       assert.equal(0, T.run(dir, "run", "tags").code)
       r = T.run(dir, "run", "contacts")
@@ -374,7 +376,7 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       local s = T.summary(r.stdout)
       assert.same({ 1, 1, 0 }, { s.created, s.retried, s.failed })
       assert.equal(0, T.count(dir, "entsync_failures"))
-      assert.equal(tag_id("t1"), contacts()["1"].tag)
+      assert.equal(tag_id("t1"), contacts()[1].tag)
     end)
   end)
 
@@ -392,8 +394,8 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       assert.equal(2, T.summary(r.stdout).created)
       assert.equal(0, T.count(dir, "entsync_failures"))
       assert.same({
-        ["1"] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t2"), tag_id("t3") } },
-        ["2"] = { name = "Bob", tags = { tag_id("t1") } },
+        [1] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t2"), tag_id("t3") } },
+        [2] = { name = "Bob", tags = { tag_id("t1") } },
       }, contacts())
     end)
 
@@ -409,12 +411,12 @@ sync "people" { remote = files "people.ndjson", entity = "person", on_missing = 
       write_job({ on_missing = "null" })
       write_data({ { id = 1, name = "Ann", tag = "t1", tags = { "t1", "t2" } } })
       assert.equal(0, T.run(dir, "run", "contacts").code)
-      assert.same({ ["1"] = { name = "Ann", tags = {} } }, contacts())
+      assert.same({ [1] = { name = "Ann", tags = {} } }, contacts())
       assert.equal(0, T.run(dir, "run", "tags").code)
       local r = T.run(dir, "run", "contacts")
       assert.equal(0, r.code, r.stderr)
       assert.equal(1, T.summary(r.stdout).updated)
-      assert.same({ ["1"] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t1"), tag_id("t2") } } }, contacts())
+      assert.same({ [1] = { name = "Ann", tag = tag_id("t1"), tags = { tag_id("t1"), tag_id("t2") } } }, contacts())
     end)
 
     it("fills in references made by ctx:ref in a callback or by map.refs inside map.chain too", function()
@@ -502,7 +504,7 @@ sync "users" { remote = files "users.ndjson", entity = "user", mapping = { name 
     }, users())
     -- both syncs map the same local rows
     assert.same({ { remote_id = "p1", local_id = 1 }, { remote_id = "p2", local_id = 2 } },
-      T.query(dir, "SELECT remote_id, local_id FROM entsync_idmap WHERE sync = 'profiles' ORDER BY remote_id"))
+      T.query(dir, "SELECT remote_id, local_id FROM entsync_map WHERE sync = 'profiles' ORDER BY remote_id"))
     -- users again, with a change: the profile fields stay
     T.data(dir, "users", { { id = 1, name = "Ann Lee", email = "ann@x" }, { id = 2, name = "Bob", email = "b@x" } })
     r = T.run(dir, "run", "users")

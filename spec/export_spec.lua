@@ -9,24 +9,41 @@ local helpers = require "helpers"
 local S = require "http_support"
 local X = require "export_support"
 
-local function no_mark(dir)
-  assert.equal(0, X.count(dir, "entsync_mark"), "entsync_mark holds a row after the run")
-end
-
 local function ok_run(dir, ...)
   local r = X.run(dir, ...)
   assert.equal(0, r.code, r.stdout .. r.stderr)
-  no_mark(dir)
   return r
 end
 
 local function local_of(dir, remote_id)
-  return X.value(dir, "SELECT local_id FROM entsync_idmap WHERE sync = 'contacts' AND remote_id = ?1",
+  return X.value(dir, "SELECT local_id FROM entsync_map WHERE sync = 'contacts' AND CAST(remote_id AS TEXT) = ?1",
     tostring(remote_id))
+end
+
+-- The change-log rows an import of sync made: stamped with that sync as
+-- their origin, so they are not its to send.
+local function own_changes(dir, sync)
+  return X.count(dir, "entsync_changes", string.format(
+    "origin = (SELECT id FROM entsync_syncs WHERE name = '%s')", sync or "contacts"))
+end
+
+-- The changes of the log no sync stamped: another program's writes.
+local function unstamped_changes(dir)
+  return X.count(dir, "entsync_changes", "origin IS NULL")
 end
 
 local function sleep(seconds)
   core.sys.sleep(seconds)
+end
+
+-- A copy of record with changes applied: what a replacing update (PUT)
+-- sends, the remote's current copy with the mapped fields set, so fields
+-- the mapping does not carry (id, updated_at) are kept.
+local function with(record, changes)
+  local out = {}
+  for k, v in pairs(record) do out[k] = v end
+  for k, v in pairs(changes) do out[k] = v end
+  return out
 end
 
 -- change capture -------------------------------------------------------------------
@@ -39,12 +56,16 @@ describe("change capture", function()
     X.http_job(dir, server.url, { export = "{ }" })
   end)
 
-  it("an import of N records queues nothing, and entsync_mark is empty afterwards", function()
+  it("an import of N records queues nothing for its sync: every change it logged carries its origin", function()
     local r = ok_run(dir)
     assert.equal(5, X.summary(r.stdout).created, r.stdout)
     assert.equal(5, X.count(dir, "contact"))
     assert.same({}, X.outbox(dir))
-    -- the triggers are there: it is the import's mark that kept them quiet
+    -- the import's writes are logged, each stamped with the sync: that
+    -- stamp, not a silent trigger, is what keeps them from being sent back
+    assert.equal(5, own_changes(dir))
+    assert.equal(0, unstamped_changes(dir))
+    -- the triggers are there
     local triggers = X.query(dir, "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'contact' "
       .. "ORDER BY name")
     assert.same({ { name = "entsync_contact_delete" }, { name = "entsync_contact_insert" },
@@ -79,9 +100,9 @@ describe("change capture", function()
     X.sql(dir, string.format("UPDATE contact SET age = 99 WHERE id = %d", one))
     local after = X.outbox(dir)
     assert.equal(1, #after)
-    assert.same({ "contact", one, "upsert", 0 }, { after[1].entity, after[1].local_id, after[1].operation,
-      after[1].attempts })
-    assert.is_true(after[1].queued_at > first[1].queued_at, "queued_at follows the latest change")
+    assert.same({ "contact", one, "upsert" }, { after[1].entity, after[1].local_id, after[1].operation })
+    assert.is_nil(X.export_failures(dir)[one], "a pending change that never failed has no export failure")
+    assert.is_true(after[1].seq > first[1].seq, "the pending change is the latest one")
     -- an insert, a delete, and an update followed by a delete
     X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'New', 1)")
     local new_id = X.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
@@ -91,11 +112,11 @@ describe("change capture", function()
     local ops = {}
     for _, row in ipairs(X.outbox(dir)) do ops[row.local_id] = row.operation end
     assert.same({ [one] = "upsert", [new_id] = "upsert", [two] = "delete", [three] = "delete" }, ops)
-    assert.equal(4, X.count(dir, "entsync_outbox"))
+    assert.equal(4, #X.outbox(dir))
   end)
 
-  it("a change another program makes while an import runs is queued; the import's mark is never seen outside it",
-    function()
+  it("a change another program makes while an import runs is queued; the import's changes are never seen "
+    .. "outside it without their origin", function()
       server.reset({ contacts = X.records(30, 101) })
       server.latency(100)
       X.http_job(dir, server.url, { export = "{ }", page_size = 5 })
@@ -106,9 +127,10 @@ describe("change capture", function()
         return rows[1] and rows[1] ~= "" and tonumber(rows[1])
       end, 10)
       assert.is_not_nil(first, "the import wrote nothing")
+      -- what another connection sees of the import's changes: all stamped
       local marks, during = {}, nil
       for _ = 1, 3 do
-        marks[#marks + 1] = X.peek(dir, "SELECT count(*) FROM entsync_mark")[1]
+        marks[#marks + 1] = X.peek(dir, "SELECT count(*) FROM entsync_changes WHERE origin IS NULL")[1]
       end
       during = X.sql(dir, string.format("UPDATE contact SET name = 'outside' WHERE id = %d; "
         .. "SELECT status FROM entsync_runs ORDER BY id DESC LIMIT 1;", first))
@@ -117,22 +139,42 @@ describe("change capture", function()
       assert.equal("running\n", during, "the import had finished before the outside write")
       assert.same({ "0", "0", "0" }, marks)
       assert.equal(30, X.summary(r.stdout).created, r.stdout)
-      no_mark(dir)
+      assert.equal(30, own_changes(dir))
+      assert.equal(1, unstamped_changes(dir), "the outside write was stamped as the import's own")
       local queued = X.outbox(dir)
       assert.equal(1, #queued)
       assert.same({ first, "upsert" }, { queued[1].local_id, queued[1].operation })
       assert.equal("outside", X.contacts(dir)[first].name)
     end)
 
-  it("a new change to a row that failed before makes it due again with no attempts", function()
+  it("a new change to a row that failed before makes it due again, whatever its backoff", function()
+    X.http_job(dir, server.url) -- exports on change
     ok_run(dir)
     local one = local_of(dir, 101)
     X.sql(dir, string.format("UPDATE contact SET name = 'a' WHERE id = %d", one))
-    X.sql(dir, "UPDATE entsync_outbox SET attempts = 3, last_error = 'boom', next_at = 9e9")
+    -- its export fails: kept as a failure, retried with backoff
+    server.faults({ { path = "/api/contacts/101", method = "PUT", kind = "status", status = 500, count = 10 } })
+    local r = X.run(dir)
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    server.faults({})
+    local failure = X.export_failures(dir)[one]
+    assert.is_not_nil(failure, "no export failure kept")
+    assert.is_true(failure.next_at > core.sys.now() + 10, "the failure is not backed off")
+    -- a new change: sent by the next run, though the failure's backoff is not over
     X.sql(dir, string.format("UPDATE contact SET name = 'b' WHERE id = %d", one))
-    local row = X.outbox(dir)[1]
-    assert.equal(0, row.attempts)
-    assert.is_nil(row.next_at)
+    local pending = X.outbox(dir)
+    assert.equal(1, #pending)
+    assert.same({ "contact", one, "upsert" }, { pending[1].entity, pending[1].local_id, pending[1].operation })
+    server.reset_log()
+    r = ok_run(dir)
+    assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
+    local puts = X.writes(server.log(), { method = "PUT" })
+    assert.equal(1, #puts)
+    assert.equal("b", puts[1].record.name)
+    assert.equal("b", X.remote(server, "contacts")[101].name)
+    -- and its failure is gone: no attempts left on it
+    assert.same({}, X.export_failures(dir))
+    assert.same({}, X.outbox(dir))
   end)
 
   it("a sync that exports but not on change keeps its outbox through run", function()
@@ -141,7 +183,7 @@ describe("change capture", function()
     server.reset_log()
     local r = ok_run(dir)
     assert.is_nil(X.summary(r.stdout, true), r.stdout)
-    assert.equal(1, X.count(dir, "entsync_outbox"))
+    assert.equal(1, #X.outbox(dir))
     assert.same({}, X.writes(server.log()))
   end)
 end)
@@ -163,6 +205,27 @@ describe("export SYNC to the fixture remote", function()
     return X.value(dir, "SELECT id FROM contact WHERE name = ?1", name)
   end
 
+  -- An explicit export does not consume the change log: what it sent is
+  -- met again by the next drain, found unchanged, and not sent again. Runs
+  -- the job once with on_change = true (then puts the job back) and
+  -- returns the drain's summary counts and the writes it sent.
+  local function drain()
+    X.http_job(dir, server.url, { export = "{ on_change = true }" })
+    server.reset_log()
+    local r = ok_run(dir)
+    X.http_job(dir, server.url, { export = "{ }" })
+    local s = X.summary(r.stdout, true)
+    assert.is_not_nil(s, r.stdout)
+    assert.same({}, X.outbox(dir))
+    return s, X.writes(server.log())
+  end
+
+  local function assert_next_drain_sends_nothing()
+    local s, writes = drain()
+    assert.same({ 0, 0, 0, 0 }, { s.created, s.updated, s.deleted, s.failed }, s.line)
+    assert.same({}, writes)
+  end
+
   it("export SYNC LOCAL_ID creates the remote when there is none; the id map then has its id; again updates it",
     function()
       local id = insert("Dora")
@@ -174,10 +237,11 @@ describe("export SYNC to the fixture remote", function()
       assert.equal("/api/contacts", posts[1].path)
       assert.same({ email = "dora@example.com", name = "Dora", age = 40 }, posts[1].record)
       assert.is_not_nil(X.remote(server, "contacts")[104])
-      assert.equal("104", X.remote_of(dir, "contacts", "contact", id))
-      assert.same({}, X.outbox(dir))
+      assert.equal(104, X.remote_of(dir, "contacts", "contact", id))
+      assert_next_drain_sends_nothing()
 
       X.sql(dir, string.format("UPDATE contact SET name = 'Dora Two' WHERE id = %d", id))
+      local before = X.remote(server, "contacts")[104]
       server.reset_log()
       r = ok_run(dir, "export", "contacts", tostring(id))
       assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
@@ -185,9 +249,9 @@ describe("export SYNC to the fixture remote", function()
       assert.equal(1, #writes)
       assert.equal("PUT", writes[1].method)
       assert.equal("/api/contacts/104", writes[1].path)
-      assert.same({ email = "dora@example.com", name = "Dora Two", age = 40 }, writes[1].record)
+      assert.same(with(before, { email = "dora@example.com", name = "Dora Two", age = 40 }), writes[1].record)
       assert.equal("Dora Two", X.remote(server, "contacts")[104].name)
-      assert.same({}, X.outbox(dir))
+      assert_next_drain_sends_nothing()
 
       -- the next import meets its own record: no second local row
       r = ok_run(dir)
@@ -210,7 +274,7 @@ describe("export SYNC to the fixture remote", function()
     assert.equal("Eve", remote[tonumber(X.remote_of(dir, "contacts", "contact", a))].name)
     assert.equal("Finn", remote[tonumber(X.remote_of(dir, "contacts", "contact", b))].name)
     assert.equal(5, #server.data().contacts)
-    assert.same({}, X.outbox(dir))
+    assert_next_drain_sends_nothing()
   end)
 
   it("export SYNC --where exports only the rows that match", function()
@@ -228,9 +292,16 @@ describe("export SYNC to the fixture remote", function()
     table.sort(names)
     assert.same({ "Alan", "Alice" }, names)
     assert.is_nil(X.remote_of(dir, "contacts", "contact", bob))
-    -- Bob's insert is still queued: --where exported only what matched
-    assert.equal(1, X.count(dir, "entsync_outbox"))
-    assert.equal(bob, X.outbox(dir)[1].local_id)
+    -- Bob's insert still waits: --where exported only what matched, and
+    -- the next drain sends Bob alone
+    local pending = {}
+    for _, row in ipairs(X.outbox(dir)) do pending[row.local_id] = row.operation end
+    assert.equal("upsert", pending[bob], "Bob's insert is not pending")
+    local s, writes = drain()
+    assert.same({ 1, 0, 0 }, { s.created, s.updated, s.failed }, s.line)
+    assert.equal(1, #writes)
+    assert.same({ "POST", "Bob" }, { writes[1].method, writes[1].record.name })
+    assert.is_not_nil(X.remote_of(dir, "contacts", "contact", bob))
   end)
 
   it("a bad --where is a usage error and sends nothing", function()
@@ -262,6 +333,28 @@ describe("export SYNC to an ndjson file sink", function()
       .. "('al@x', 'Al', 32)")
   end
 
+  -- An explicit export does not consume the change log: the next drain
+  -- meets what it sent, finds it unchanged and sends only the rest. Runs
+  -- the job once exporting on change (then puts the job back); returns
+  -- the drain's counts and the sink lines it appended.
+  local function drain()
+    local before = #X.sink_lines(dir)
+    X.sink_job(dir, "on_change = true")
+    local r = ok_run(dir)
+    X.sink_job(dir)
+    local s = X.summary(r.stdout, true)
+    assert.is_not_nil(s, r.stdout)
+    assert.same({}, X.outbox(dir))
+    return s, { table.unpack(X.sink_lines(dir), before + 1) }
+  end
+
+  local function names_of(lines)
+    local names = {}
+    for _, line in ipairs(lines) do names[#names + 1] = line.op .. " " .. line.record.name end
+    table.sort(names)
+    return names
+  end
+
   it("export SYNC LOCAL_ID appends a create line with op, id and record", function()
     setup_rows()
     local r = ok_run(dir, "export", "contacts", "1")
@@ -273,7 +366,10 @@ describe("export SYNC to an ndjson file sink", function()
     assert.same({ email = "ann@x", name = "Ann", age = 30 }, lines[1].record)
     assert.is_string(lines[1].at)
     assert.equal("1", X.remote_of(dir, "contacts", "contact", 1))
-    assert.equal(2, X.count(dir, "entsync_outbox")) -- the other two inserts wait
+    -- the other two inserts wait: the next drain sends them, and not Ann again
+    local s, sent = drain()
+    assert.same({ 2, 0, 0 }, { s.created, s.updated, s.failed }, s.line)
+    assert.same({ "create Al", "create Bob" }, names_of(sent))
   end)
 
   it("export SYNC --where appends a create line for each row that matches", function()
@@ -287,7 +383,10 @@ describe("export SYNC to an ndjson file sink", function()
     end
     table.sort(names)
     assert.same({ "Al", "Ann" }, names)
-    assert.equal(1, X.count(dir, "entsync_outbox")) -- Bob's insert waits
+    -- Bob's insert waits: the next drain sends Bob alone
+    local s, sent = drain()
+    assert.same({ 1, 0, 0 }, { s.created, s.updated, s.failed }, s.line)
+    assert.same({ "create Bob" }, names_of(sent))
   end)
 
   it("export SYNC --all appends a create line for every row", function()
@@ -302,7 +401,10 @@ describe("export SYNC to an ndjson file sink", function()
       by_id[tostring(line.id)] = line.record.name
     end
     assert.same({ ["1"] = "Ann", ["2"] = "Bob", ["3"] = "Al" }, by_id)
-    assert.same({}, X.outbox(dir))
+    -- the next drain sends nothing
+    local s, sent = drain()
+    assert.same({ 0, 0, 0, 0 }, { s.created, s.updated, s.deleted, s.failed }, s.line)
+    assert.same({}, sent)
   end)
 
   it("exporting an entity again appends an update line and leaves the local row as it is", function()
@@ -425,13 +527,14 @@ describe("merge on export: one remote record from two local entities", function(
     ok_run(dir)
   end)
 
+  -- The local rows of a remote record: the id map's one row names the
+  -- user (the primary); the profile carries that id in user_id.
   local function ids_of(remote_id)
-    local out = {}
-    for _, row in ipairs(X.query(dir, "SELECT entity, local_id FROM entsync_idmap WHERE remote_id = ?1",
-      tostring(remote_id))) do
-      out[row.entity] = row.local_id
-    end
-    return out
+    local rows = X.query(dir, "SELECT local_id FROM entsync_map WHERE sync = 'contacts' AND remote_id = ?1",
+      remote_id)
+    assert.equal(1, #rows, "id-map rows of remote " .. tostring(remote_id))
+    local user = rows[1].local_id
+    return { user = user, profile = X.value(dir, "SELECT id FROM profile WHERE user_id = ?1", user) }
   end
 
   it("a change to either local row sends one record built from both", function()
@@ -447,8 +550,8 @@ describe("merge on export: one remote record from two local entities", function(
       bodies[e.path] = e.record
     end
     assert.same({
-      ["/api/people/1"] = { email = "ann@x", name = "Ann", phone = "999", company = "Acme" },
-      ["/api/people/2"] = { email = "bob@x", name = "Bobby", phone = "222", company = "Bco" },
+      ["/api/people/1"] = with(PEOPLE[1], { email = "ann@x", name = "Ann", phone = "999", company = "Acme" }),
+      ["/api/people/2"] = with(PEOPLE[2], { email = "bob@x", name = "Bobby", phone = "222", company = "Bco" }),
     }, bodies)
     assert.same({}, X.outbox(dir))
     -- the echoes come back unchanged
@@ -489,6 +592,8 @@ describe("conflicts: both sides changed since the last sync", function()
 
   -- Imports, then changes remote 101 at the fixture (a PUT through curl)
   -- and its local row (through sqlite3), in the given order, and runs.
+  -- Returns the run, the local id and the remote record as it was before
+  -- the run.
   local function both_changed(conflict, order, remote_name, command)
     X.http_job(dir, server.url, {
       prelude = string.format("local CALLS = %q", calls),
@@ -508,26 +613,29 @@ describe("conflicts: both sides changed since the last sync", function()
       remote_change(); sleep(0.05); local_change()
     end
     server.reset_log()
+    local before = X.remote(server, "contacts")[101]
     local r
     if command == "export" then
       r = ok_run(dir, "export", "contacts", tostring(id))
     else
       r = ok_run(dir)
     end
-    return r, id
+    return r, id, before
   end
 
   local function conflicts()
-    return X.query(dir, "SELECT sync, entity, local_id, remote_id, local_hash, remote_hash, policy, winner "
-      .. "FROM entsync_conflicts ORDER BY id")
+    return X.query(dir, "SELECT s.name AS sync, c.direction, c.local_id, c.remote_id, c.local_hash, c.remote_hash, "
+      .. "c.policy, c.winner FROM entsync_conflicts c JOIN entsync_syncs s ON s.id = c.sync ORDER BY c.id")
   end
 
-  local function assert_recorded(id, policy, winner)
+  -- direction: where the conflict was met: "import" (run: the import
+  -- meets the remote change first) or "export" (export SYNC LOCAL_ID).
+  local function assert_recorded(id, policy, winner, direction)
     local rows = conflicts()
     assert.is_true(#rows >= 1, "no conflict recorded")
     for _, row in ipairs(rows) do
-      assert.same({ "contacts", "contact", id, "101", policy, winner },
-        { row.sync, row.entity, row.local_id, row.remote_id, row.policy, row.winner })
+      assert.same({ "contacts", direction or "import", id, 101, policy, winner },
+        { row.sync, row.direction, row.local_id, row.remote_id, row.policy, row.winner })
       assert.is_not_nil(row.local_hash)
       assert.is_not_nil(row.remote_hash)
     end
@@ -559,11 +667,11 @@ describe("conflicts: both sides changed since the last sync", function()
   end)
 
   it("local_wins: the remote gets the local version", function()
-    local _, id = both_changed('"local_wins"', "remote first")
+    local _, id, before = both_changed('"local_wins"', "remote first")
     assert.equal("Local", X.contacts(dir)[id].name)
     local sent = puts()
     assert.equal(1, #sent)
-    assert.same({ email = ORIGINAL.email, name = "Local", age = ORIGINAL.age }, sent[1].record)
+    assert.same(with(before, { email = ORIGINAL.email, name = "Local", age = ORIGINAL.age }), sent[1].record)
     assert.equal("Local", X.remote(server, "contacts")[101].name)
     assert_recorded(id, "local_wins", "local")
     assert_quiet_after()
@@ -625,7 +733,7 @@ describe("conflicts: both sides changed since the last sync", function()
       assert.equal(1, X.summary(r.stdout, true).unchanged, r.stdout)
       assert.equal("Remote", X.contacts(dir)[id].name)
       assert.same({}, puts())
-      assert_recorded(id, "remote_wins", "remote")
+      assert_recorded(id, "remote_wins", "remote", "export")
       assert_quiet_after()
     end)
 
@@ -634,7 +742,7 @@ describe("conflicts: both sides changed since the last sync", function()
     assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
     assert.equal(1, #puts())
     assert.equal("Local", X.remote(server, "contacts")[101].name)
-    assert_recorded(id, "local_wins", "local")
+    assert_recorded(id, "local_wins", "local", "export")
     assert_quiet_after()
   end)
 
@@ -665,7 +773,7 @@ describe("a remote that fails mid-batch, then recovers", function()
     X.http_job(dir, server.url, { attempts = 2 })
     ok_run(dir)
     X.sql(dir, "UPDATE contact SET age = age + 100")
-    assert.equal(10, X.count(dir, "entsync_outbox"))
+    assert.equal(10, #X.outbox(dir))
     -- each failing record's PUT answers 500 more often than the client retries
     local faults = {}
     for i, id in ipairs(FAILING) do
@@ -676,33 +784,38 @@ describe("a remote that fails mid-batch, then recovers", function()
     local before = core.sys.now()
     local r = X.run(dir)
     assert.equal(1, r.code, r.stdout .. r.stderr)
-    no_mark(dir)
     local s = X.summary(r.stdout, true)
     assert.same({ 7, 3 }, { s.updated, s.failed }, r.stdout)
-    local left = X.outbox(dir)
-    assert.equal(3, #left)
-    for i, row in ipairs(left) do
-      assert.equal(local_of(dir, FAILING[i]), row.local_id)
+    -- the drain moved past its changes; the three failures wait as export failures
+    assert.same({}, X.outbox(dir))
+    local failures = X.export_failures(dir)
+    local n = 0
+    for _ in pairs(failures) do n = n + 1 end
+    assert.equal(3, n)
+    for _, remote_id in ipairs(FAILING) do
+      local row = failures[local_of(dir, remote_id)]
+      assert.is_not_nil(row, "no export failure for remote " .. remote_id)
       assert.equal(1, row.attempts)
-      assert.matches("status 500", row.last_error, 1, true)
-      assert.matches("/api/contacts/" .. FAILING[i], row.last_error, 1, true)
+      assert.matches("status 500", row.error, 1, true)
+      assert.matches("/api/contacts/" .. remote_id, row.error, 1, true)
       assert.is_true(row.next_at > before + 10, "next_at is not in the future: backoff")
     end
     local status = ok_run(dir, "status")
-    assert.matches("outbox%s+3 pending %(3 failed before%)", status.stdout)
+    assert.matches("outbox%s+0 changes to send, 3 failed exports", status.stdout)
 
     -- not due yet: the next run leaves them alone
     local seen = #server.log()
     r = ok_run(dir)
     assert.same({}, X.writes({ table.unpack(server.log(), seen + 1) }))
-    assert.equal(3, X.count(dir, "entsync_outbox", "attempts = 1"))
+    assert.equal(3, X.count(dir, "entsync_failed", "sync = 'contacts' AND direction = 'export' AND attempts = 1"))
 
     -- the remote recovers; once due they go
     server.faults({})
-    X.sql(dir, "UPDATE entsync_outbox SET next_at = 0")
+    X.sql(dir, "UPDATE entsync_failures SET next_at = 0 WHERE direction = 'export'")
     r = ok_run(dir)
     assert.equal(3, X.summary(r.stdout, true).updated, r.stdout)
     assert.same({}, X.outbox(dir))
+    assert.same({}, X.export_failures(dir))
 
     -- over both runs: one successful PUT per record, no POST, nothing lost
     local log = server.log()
@@ -722,9 +835,8 @@ describe("a remote that fails mid-batch, then recovers", function()
     server.faults({ { path = "/api/contacts", method = "POST", kind = "truncate", count = 1 } })
     server.reset_log()
     X.run(dir)
-    no_mark(dir)
     server.faults({})
-    X.sql(dir, "UPDATE entsync_outbox SET next_at = 0")
+    X.sql(dir, "UPDATE entsync_failures SET next_at = 0 WHERE direction = 'export'")
     X.run(dir)
     local copies = 0
     for _, record in ipairs(server.data().contacts) do

@@ -23,10 +23,13 @@ describe("no loops between imports and exports", function()
     X.audit(dir)
   end)
 
+  -- Runs the job; the drain of every run leaves nothing pending, so a
+  -- change of entsync's own making (an import's write, an answer mapped
+  -- back) is never left waiting to be sent.
   local function run()
     local r = X.run(dir)
     assert.equal(0, r.code, r.stdout .. r.stderr)
-    assert.equal(0, X.count(dir, "entsync_mark"))
+    assert.same({}, X.outbox(dir), "changes left pending after the run: " .. r.stdout)
     return r
   end
 
@@ -70,7 +73,6 @@ describe("no loops between imports and exports", function()
       assert.equal(200, e.status)
     end
     assert.same({}, X.outbox(dir))
-    assert.equal(0, X.count(dir, "entsync_mark"))
     -- both sides hold the same data in the end
     local remote = X.remote(server, "contacts")
     for _, row in pairs(X.contacts(dir)) do
@@ -111,8 +113,11 @@ describe("no loops between imports and exports", function()
     run()
     server.reset_log()
     X.sql(dir, "UPDATE contact SET note = 'called on Monday'")
+    -- the capture triggers watch only the columns the mapping exports: the
+    -- write is not even logged, so the drain has nothing to look at
+    assert.same({}, X.outbox(dir))
     local export = X.summary(run().stdout, true)
-    assert.same({ 0, 0, N }, { export.created, export.updated, export.unchanged })
+    assert.same({ 0, 0, 0, 0 }, { export.created, export.updated, export.unchanged, export.failed })
     assert.same({}, X.writes(server.log()))
     assert.same({}, record_reads(server.log()))
     assert.same({}, X.outbox(dir))
@@ -159,7 +164,7 @@ describe("no loops between imports and exports", function()
     assert.equal(1, #X.writes(log, { method = "POST" }))
     -- the id map names the remote's id as the remote gives it
     local remote_id = X.remote_of(dir, "contacts", "contact", id)
-    assert.equal(tostring(N + 101), remote_id)
+    assert.equal(N + 101, remote_id)
     -- and a later local change to it is one PUT to that id
     X.sql(dir, string.format("UPDATE contact SET age = 2 WHERE id = %d", id))
     server.reset_log()

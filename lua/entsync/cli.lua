@@ -32,6 +32,8 @@ options:
   --dry-run                report what would be created, updated and deleted;
                            the store file is left untouched
   --wait SECONDS           wait up to SECONDS for a sync locked by another run
+  --allow-deletes          let a full pass delete more than its delete guard
+                           allows (import delete_guard, default half)
   --progress, --no-progress  force the live progress line on or off
                            (default: on when stderr is a terminal)
   --log-format text|json   how warnings and errors are written to stderr
@@ -55,7 +57,7 @@ local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["
 local flag_options = {
   ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
   ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
-  ["--all"] = "all",
+  ["--all"] = "all", ["--allow-deletes"] = "allow_deletes",
 }
 
 function M.parse(args)
@@ -277,7 +279,8 @@ local function with_session(job, options, fn)
   local loop = require "entsync.loop"
   return loop.run(function()
     local session = require("entsync.session").open(job, { dry_run = options.dry_run, wait = options.wait,
-      progress = options.progress, log = options.log, should_stop = options.should_stop })
+      progress = options.progress, log = options.log, should_stop = options.should_stop,
+      allow_deletes = options.allow_deletes })
     local ok, result = pcall(fn, session)
     session:close()
     if not ok then error(result, 0) end
@@ -305,52 +308,67 @@ local function sync_named(job, name)
   return sync
 end
 
--- Runs the planned syncs as tasks of the loop: a sync starts once what it
--- depends on has finished (it waits for their tasks), so independent syncs
--- run side by side while their requests are in flight. A sync that
--- exports on change drains its changes after its import.
+-- Runs the planned syncs as tasks of the loop: a sync's import starts once
+-- the imports it depends on have finished (it waits for their tasks), so
+-- independent syncs run side by side while their requests are in flight.
+-- A sync that exports on change drains its changes once every import of
+-- this run that writes its entity has finished, so what one remote brought
+-- reaches the others in the same run.
 function commands.run(job, args, options)
   local plan = require("entsync.job").plan(job, args)
   local loop = require "entsync.loop"
   local operation = require "entsync.operation"
   return with_session(job, options, function(session)
-    local tasks, failed_entities, first_error = {}, false, nil
-    local function run_sync(sync)
+    local imports, drains, failed_entities, first_error = {}, {}, false, nil
+    local function import(sync)
       for _, other in ipairs(sync.depends_on) do
-        local task = tasks[other]
+        local task = imports[other]
         if task then
           local ok, fine = task:wait()
           if not ok or not fine then return false end
         end
       end
+      if not sync.import.enabled then return true end
       local started = core.sys.monotonic()
-      if sync.import.enabled then
-        local ok, result = pcall(require("entsync.import").run, session, sync)
-        if not ok then
-          first_error = first_error or result
-          return false
-        end
-        print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
-        io.stdout:flush()
-        failed_entities = failed_entities or result.counts.failed > 0
-        if result.stopped then return false end
+      local ok, result = pcall(require("entsync.import").run, session, sync)
+      if not ok then
+        first_error = first_error or result
+        return false
       end
-      if sync.export and sync.export.on_change and not options.dry_run then
-        started = core.sys.monotonic()
-        local export = require "entsync.export"
-        local ok, result = pcall(export.drain, session, sync)
-        if not ok then
-          first_error = first_error or result
-          return false
-        end
-        print(export.summary(result, core.sys.monotonic() - started))
-        io.stdout:flush()
-        failed_entities = failed_entities or result.counts.failed > 0
-      end
-      return true
+      print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
+      io.stdout:flush()
+      failed_entities = failed_entities or result.counts.failed > 0
+      return not result.stopped
     end
-    for _, name in ipairs(plan) do tasks[name] = loop.spawn(run_sync, job.syncs[name]) end
-    for _, name in ipairs(plan) do tasks[name]:wait() end
+    local function writes(sync, entity)
+      if not sync.import.enabled then return false end
+      for _, e in ipairs(sync.entities) do if e == entity then return true end end
+      return false
+    end
+    local function drain(sync)
+      local ok, fine = imports[sync.name]:wait()
+      if not ok or not fine then return end
+      for _, name in ipairs(plan) do
+        if name ~= sync.name and writes(job.syncs[name], sync.entities[1]) then imports[name]:wait() end
+      end
+      local started = core.sys.monotonic()
+      local export = require "entsync.export"
+      local done, result = pcall(export.drain, session, sync)
+      if not done then
+        first_error = first_error or result
+        return
+      end
+      print(export.summary(result, core.sys.monotonic() - started))
+      io.stdout:flush()
+      failed_entities = failed_entities or result.counts.failed > 0
+    end
+    for _, name in ipairs(plan) do imports[name] = loop.spawn(import, job.syncs[name]) end
+    for _, name in ipairs(plan) do
+      local sync = job.syncs[name]
+      if sync.export and sync.export.on_change and not options.dry_run then drains[#drains + 1] = loop.spawn(drain, sync) end
+    end
+    for _, name in ipairs(plan) do imports[name]:wait() end
+    for _, task in ipairs(drains) do task:wait() end
     if first_error then error(first_error, 0) end
     return failed_entities and errors.exit_codes.failed or 0
   end)

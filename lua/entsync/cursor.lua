@@ -25,7 +25,31 @@ local function integer_text(s)
   return type(s) == "string" and s:match("^%-?%d+$") and #s < 19
 end
 
-function M.compare_marks(a, b)
+-- A mark as its declared kind compares it: "time" (ISO 8601 text or
+-- epoch seconds, as epoch seconds), "number", "text"; nil when it is not
+-- of that kind.
+local function as_kind(mark, kind)
+  if kind == "time" then
+    if type(mark) == "number" then return mark end
+    local ok, seconds = pcall(require("entsync.map").iso_to_epoch, mark)
+    return ok and seconds or nil
+  elseif kind == "number" then
+    return tonumber(mark)
+  elseif kind == "text" then
+    return tostring(mark)
+  end
+  return mark
+end
+
+-- compare_marks(a, b [, kind]) -> -1, 0, 1. Without a kind ("auto"),
+-- numbers compare as numbers and text as text. Marks that are not of the
+-- declared kind compare as text after those that are.
+function M.compare_marks(a, b, kind)
+  if kind and kind ~= "auto" then
+    local ka, kb = as_kind(a, kind), as_kind(b, kind)
+    if ka ~= nil and kb ~= nil then return compare_scalar(ka, kb) end
+    if ka ~= nil then return -1 elseif kb ~= nil then return 1 end
+  end
   return compare_scalar(a, b)
 end
 
@@ -40,11 +64,11 @@ function M.compare_ids(a, b)
 end
 
 -- Compares (mark_a, id_a) with (mark_b, id_b); a nil mark sorts first.
-function M.compare(mark_a, id_a, mark_b, id_b)
+function M.compare(mark_a, id_a, mark_b, id_b, kind)
   if mark_a == nil or mark_b == nil then
     if mark_a ~= nil then return 1 elseif mark_b ~= nil then return -1 end
   else
-    local c = compare_scalar(mark_a, mark_b)
+    local c = M.compare_marks(mark_a, mark_b, kind)
     if c ~= 0 then return c end
   end
   return M.compare_ids(id_a, id_b)

@@ -243,6 +243,17 @@ function Reader:committed()
   return self.position
 end
 
+-- checkpoint() -> { file, skip }: the file being read and how many of its
+-- records were returned, or the next file to read; { done = true } at the
+-- end.
+function Reader:checkpoint()
+  local current = self._current
+  if current then return { file = current.entry.name, skip = current.count } end
+  local entry = self._files[self._index]
+  if entry then return { file = entry.name, skip = 0 } end
+  return { done = true }
+end
+
 function Reader:close()
   if self._current then
     self._current.file:close()
@@ -297,6 +308,20 @@ local function offset_of(query)
   return offset
 end
 
+-- Where a full pass resumes: the checkpoint names the file being read and
+-- how many of its records were taken; files before it in name order were
+-- read whole (those of a drop folder have moved to processed/ since).
+local function resume_from(files, checkpoint)
+  if type(checkpoint) ~= "table" or type(checkpoint.file) ~= "string" then return files, 0 end
+  local rest = {}
+  for _, entry in ipairs(files) do
+    if entry.name >= checkpoint.file then rest[#rest + 1] = entry end
+  end
+  local skip = 0
+  if rest[1] and rest[1].name == checkpoint.file then skip = tointeger(checkpoint.skip) or 0 end
+  return rest, skip
+end
+
 -- list(resource, query) -> reader | nil, message
 function Provider:list(resource, query)
   local offset = offset_of(query)
@@ -305,16 +330,23 @@ function Provider:list(resource, query)
   end
   local target, err = self:_target(resource)
   if not target then return nil, err end
+  local files, dropdir
   if core.fs.isdir(target) then
-    local files
     files, err = self:_dropfiles(target)
     if not files then return nil, err end
-    return new_reader(self, files, target, offset)
-  end
-  if not core.fs.exists(target) then
+    dropdir = target
+  elseif not core.fs.exists(target) then
     return nil, self.prefix .. target .. ": no such file or directory"
+  else
+    files = { { path = target, name = basename(target) } }
   end
-  return new_reader(self, { { path = target, name = basename(target) } }, nil, offset)
+  local full = type(query) == "table" and query.mode == "full"
+  if full and query.checkpoint ~= nil then files, offset = resume_from(files, query.checkpoint) end
+  local reader = new_reader(self, files, dropdir, offset)
+  -- Full passes hand over checkpoints; an incremental run over a file
+  -- (which may be rewritten between runs) filters by the changed marks.
+  if not full then reader.checkpoint = false end
+  return reader
 end
 
 -- get(resource, id) -> record | nil, message. A full scan: files have no index.

@@ -26,11 +26,13 @@ local json = require "entsync.json"
 local operation = require "entsync.operation"
 local pipeline = require "entsync.pipeline"
 local progress = require "entsync.progress"
+local provider_contract = require "entsync.provider"
 local sources = require "entsync.sources"
 
 local M = {}
 
 local null = json.null
+local resume_of, checkpoint_text -- with the managed runs below
 -- A deferred entity waits for its dependency's next run, not for a clock.
 local WAITING = 1e300
 
@@ -53,6 +55,7 @@ local function new_run(session, sync, op)
     provider = session:provider(sync.provider),
     shown = 0,
   }, Run)
+  run.versioned = type(run.provider.version) == "function"
   run.state = book:state(sync_id)
   run.pass = run.state.pass
   run.writers = session:writers(sync)
@@ -107,6 +110,7 @@ end
 -- the record's own faults (they become a "fail" plan).
 function Run:prepare(record, raw_hash)
   local sync, book, ctx = self.sync, self.book, self.ctx
+  if provider_contract.is_tombstone(record) then return self:gone(provider_contract.tombstone_id(record), record) end
   local raw_id = type(record) == "table" and record[sync.id_field] or nil
   local remote_id, why = ids.remote(raw_id)
   if remote_id == nil then
@@ -123,7 +127,8 @@ function Run:prepare(record, raw_hash)
   -- the batch is written again carefully, with lookups.
   local stored = nil
   if not self.fresh then stored = book:by_remote(self.sync_id, remote_id) end
-  if changed ~= nil and stored and stored.changed ~= nil and cursor.compare_marks(changed, stored.changed) < 0 then
+  if changed ~= nil and stored and stored.changed ~= nil
+      and cursor.compare_marks(changed, stored.changed, sync.import.changed_kind) < 0 then
     return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
   end
   ctx:at(remote_id, stored and stored.local_id, record)
@@ -135,13 +140,20 @@ function Run:prepare(record, raw_hash)
   end
   if mapped == pipeline.FILTERED then return { "filtered", key = key } end
   local hash = pipeline.hash(mapped)
-  if stored and stored.hash == hash then
+  local version = self.versioned and self.provider:version(record) or nil
+  if stored and stored.hash == hash and not stored.gone_at then
+    if version ~= nil and version ~= stored.version then
+      -- the same content under a new version (our own write's answer
+      -- elsewhere, or a touch): the id map takes the version only
+      return { "echo", key = key, local_id = stored.local_id, hash = hash, changed = changed, version = version }
+    end
     return { "skip", outcome = "unchanged", key = key, local_id = stored.local_id }
   end
   if stored then
     local w = book:write_of(self.sync_id, stored.local_id)
     if w and w.hash == hash then
-      return { "echo", key = key, local_id = stored.local_id, hash = hash, changed = changed }
+      return { "echo", key = key, local_id = stored.local_id, hash = hash, changed = changed, version = version,
+        written = true }
     end
   elseif self.creates and self.creates[hash] then
     return { "adopt", key = key, local_id = self.creates[hash], remote_id = remote_id, hash = hash, changed = changed }
@@ -153,7 +165,24 @@ function Run:prepare(record, raw_hash)
     local_id = linked
   end
   return { "write", key = key, remote_id = remote_id, local_id = local_id, stored = stored, mapped = mapped,
-    hash = hash, changed = changed, raw_hash = raw_hash, record = self.exports and record or nil }
+    hash = hash, changed = changed, raw_hash = raw_hash, version = version, record = self.exports and record or nil }
+end
+
+-- The remote deleted remote_id (a tombstone in the listing, or a get that
+-- found nothing): a "gone" plan, which the sync's deletes policy settles.
+-- One the id map does not know is nothing to settle, unless the user
+-- asked for it by id (`asked`): then it fails as not on the remote.
+function Run:gone(raw_id, record, asked)
+  local remote_id = ids.remote(raw_id)
+  if remote_id == nil then
+    return fail_plan("@tombstone", "a tombstone with no usable id", payload_of(record))
+  end
+  local stored = self.book:by_remote(self.sync_id, remote_id)
+  if not stored and asked then return fail_plan(ids.text(remote_id), "the remote has no such entity") end
+  local changed = record and self.sync.changed_field and record[self.sync.changed_field] or nil
+  if changed == null then changed = nil end
+  return { "gone", key = ids.text(remote_id), remote_id = remote_id, local_id = stored and stored.local_id,
+    stored = stored, changed = changed }
 end
 
 -- A merge: this sync completes entities another sync owns; the local id
@@ -264,9 +293,11 @@ function Run:write(plan)
   end
   local local_id = session:write_rows(sync, self.writers, plan.local_id, plan.mapped)
   if plan.stored then
-    book:save_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, nil, self.pass)
+    book:save_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, plan.version,
+      self.pass)
   else
-    book:insert_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, nil, self.pass)
+    book:insert_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, plan.version,
+      self.pass)
   end
   return self:count(plan.stored and "updated" or "created", plan.key)
 end
@@ -281,22 +312,57 @@ function Run:skip(plan)
   return self:count(plan.outcome, plan.key)
 end
 
+-- A remote entity is gone: deletes = "delete" deletes the local entity,
+-- "flag" sets gone_at in the id map, "keep" keeps both. A local change
+-- not exported yet is a conflict the export policy settles: when the
+-- local version wins, the id map forgets the remote, and the next export
+-- creates it again.
+function Run:apply_gone(plan)
+  local book, session = self.book, self.session
+  if not plan.stored then return self:count("unchanged", plan.key) end
+  if plan.stored.gone_at and self.sync.import.deletes == "flag" then return self:count("unchanged", plan.key) end
+  if self.exports and self:unexported()[plan.local_id] then
+    local winner = conflicts.settle(session, self.sync, {
+      direction = "import", run_id = self.op and self.op.run_id, local_id = plan.local_id, remote_id = plan.remote_id,
+      local_rows = session:rows_of(self.sync, plan.local_id), remote_record = nil, remote_hash = nil,
+      remote_changed = plan.changed, ctx = self.ctx:at(plan.remote_id, plan.local_id, nil),
+    })
+    self.counts.conflicts = self.counts.conflicts + 1
+    if winner == "local" then
+      book:forget(self.sync_id, plan.local_id)
+      return self:count("unchanged", plan.key)
+    end
+  end
+  local mode = self.sync.import.deletes
+  if mode == "delete" then
+    session:delete_rows(self.sync, plan.local_id)
+    book:forget(self.sync_id, plan.local_id)
+  elseif mode == "flag" then
+    book:flag_gone(self.sync_id, plan.local_id)
+  else
+    return self:count("unchanged", plan.key)
+  end
+  return self:count("deleted", plan.key)
+end
+
 local apply = {
   fail = Run.fail,
+  gone = Run.apply_gone,
   skip = Run.skip,
   filtered = function(self) self.counts.filtered = self.counts.filtered + 1; return "filtered" end,
   echo = function(self, plan)
     -- our own write, whose answer was not recorded (a crash between send
     -- and record): the remote holds what we sent, nothing changed here
-    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed)
-    self.book:end_write(self.sync_id, plan.local_id)
+    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed, plan.version)
+    if plan.written then self.book:end_write(self.sync_id, plan.local_id) end
     if self.track_seen then self.book:mark_seen(self.sync_id, plan.local_id, self.pass) end
     return self:count("unchanged", plan.key)
   end,
   adopt = function(self, plan)
     -- a create that reached the remote before a crash, met again: it is
     -- that local entity's remote, not a new entity
-    self.book:save_map(self.sync_id, plan.local_id, plan.remote_id, plan.changed, plan.hash, nil, nil, self.pass)
+    self.book:save_map(self.sync_id, plan.local_id, plan.remote_id, plan.changed, plan.hash, nil, plan.version,
+      self.pass)
     self.book:end_write(self.sync_id, plan.local_id)
     self.creates[plan.hash] = nil
     return self:count("unchanged", plan.key)
@@ -352,22 +418,59 @@ function Run:write_batch(plans, checkpoint)
   if not done then error(again, 0) end
 end
 
+-- Whether the batch being read holds a record of remote_id not written
+-- yet: a record that refers to one before it in the same batch.
+function Run:holds(remote_id)
+  return self.batch_keys ~= nil and self.batch_keys[ids.text(remote_id)] == true
+end
+
+-- Writes what the batch being read holds so far (without a checkpoint:
+-- the batch's own commit brings it), so a later record of the batch can
+-- find an earlier one it refers to.
+function Run:flush()
+  local plans = self.batch
+  if not plans or #plans == 0 then return end
+  self:write_batch({ table.unpack(plans) })
+  for i = #plans, 1, -1 do plans[i] = nil end
+  self.batch_keys = {}
+end
+
 -- deletes ------------------------------------------------------------------------------------
 
+-- The delete guard: a full pass that would delete (or flag) more than
+-- this share of a sync's entities, and more than GUARD_MIN of them,
+-- deletes nothing unless the run is told it may (--allow-deletes): an API
+-- that answers an empty list, or a wrong filter, must not empty the store.
+local GUARD_MIN = 10
+M.GUARD_MIN = GUARD_MIN
+
 -- Applies deletes = "delete" | "flag" to the local entities whose remote
--- was not seen in the full pass that just completed.
-function Run:apply_deletes(pass_had_unreadable)
+-- was not seen in the full pass that just completed. why_not, when given,
+-- says why this pass cannot vouch for having seen every remote record:
+-- then nothing is deleted, and the log says why.
+function Run:apply_deletes(why_not)
   local sync, book, session = self.sync, self.book, self.session
   local mode = sync.import.deletes
   if mode == "keep" then return end
-  if pass_had_unreadable then
-    -- An unreadable record may be any stored entity: deleting what was not
-    -- seen could delete it.
-    session.log("warn", string.format("sync \"%s\": the pass read records it could not parse; "
-      .. "deletes = \"%s\" is not applied this time", sync.name, mode))
+  if why_not then
+    session.log("warn", string.format("sync \"%s\": %s; deletes = \"%s\" is not applied this time", sync.name,
+      why_not, mode))
     return
   end
-  for _, row in ipairs(book:unseen(self.sync_id, self.pass)) do
+  local unseen = book:unseen(self.sync_id, self.pass)
+  local guard = sync.import.delete_guard
+  if guard and #unseen > GUARD_MIN and not session.options.allow_deletes then
+    local mapped = book:mapped_count(self.sync_id)
+    if #unseen > guard * mapped then
+      self.guarded = #unseen
+      session.log("warn", string.format("sync \"%s\": the pass would %s %d of %d entities, more than the delete "
+        .. "guard's %d%%: nothing is %s (run it with --allow-deletes if the remote really lost them)", sync.name,
+        mode == "delete" and "delete" or "flag as gone", #unseen, mapped, math.floor(guard * 100 + 0.5),
+        mode == "delete" and "deleted" or "flagged"))
+      return
+    end
+  end
+  for _, row in ipairs(unseen) do
     if mode == "delete" then
       session:delete_rows(sync, row.local_id)
       book:forget(self.sync_id, row.local_id)
@@ -385,11 +488,11 @@ end
 function Run:refetch(row)
   local sync, provider = self.sync, self.provider
   if type(provider.get) == "function" and row.key:sub(1, 1) ~= "@" then
-    local fetched, value, err = pcall(provider.get, provider, sync.resource, row.remote_id or row.key)
+    local fetched, value = pcall(provider_contract.call, sync.provider, provider, "get", sync.resource,
+      row.remote_id or row.key, self.ctx:at(row.remote_id, row.local_id, nil))
     if fetched and value ~= nil then return self:prepare(value) end
-    if fetched then
-      return fail_plan(row.key, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
-    end
+    -- gone from the remote: settled by the deletes policy, not kept failing
+    if fetched then return self:gone(row.remote_id or row.key, nil) end
   end
   if row.payload then
     local value, err = json.try_decode(row.payload)
@@ -417,6 +520,23 @@ local function cursor_text(state)
   return cursor.format(state.cursor_mark, state.cursor_id)
 end
 
+-- Where a full pass resumes: { checkpoint = value } or { offset = n }
+-- (stored as JSON; a bare number is what schema 1 stored), or nil.
+resume_of = function(text)
+  if text == nil then return nil end
+  local number = tonumber(text)
+  if number then return { offset = math.tointeger(number) or 0, positional = true } end
+  local value = json.try_decode(text)
+  if type(value) ~= "table" then return nil end
+  if value.checkpoint == json.null then value.checkpoint = nil end
+  return value
+end
+
+checkpoint_text = function(value)
+  if value == nil then return nil end
+  return json.encode(value)
+end
+
 -- run(session, sync, options) -> result: one managed import of sync, full
 -- or incremental, optionally limited. Each batch is read (and mapped)
 -- first, outside any transaction, then written in one short transaction
@@ -427,6 +547,8 @@ function M.run(session, sync)
   return operation.run(session, sync, "run", sync.import.mode, function(op)
     local run = new_run(session, sync, op)
     run.fresh = not book:has_mapped(run.sync_id)
+    session.importing = session.importing or {}
+    session.importing[sync.name] = run
     local settings, state = sync.import, run.state
     local started = core.sys.now()
     local incremental = settings.mode == "incremental"
@@ -436,22 +558,36 @@ function M.run(session, sync)
       end
       run.pass = state.pass
     end
-    -- A pass read whole by this run re-met every input still there.
-    local pass_from_start = not incremental and state.pass_resume == nil
-    local query = { offset = not incremental and tonumber(state.pass_resume) or nil, limit = settings.limit }
-    if incremental and state.cursor_mark ~= nil then query.since = { state.cursor_mark, state.cursor_id } end
-    local reader, list_err = run.provider:list(sync.resource, query)
+    -- A full pass resumes where the last run of it stopped: from the
+    -- reader's checkpoint, or (for readers that give none) by a count of
+    -- records, which cannot vouch that a remote list that shifted meanwhile
+    -- was seen whole.
+    local resume = not incremental and resume_of(state.pass_resume) or nil
+    local pass_from_start = not incremental and resume == nil
+    local query = { limit = settings.limit, mode = settings.mode }
+    if resume then
+      query.checkpoint, query.offset = resume.checkpoint, resume.offset
+      run.positional = resume.positional or resume.offset ~= nil
+    end
+    if incremental then
+      if state.cursor_mark ~= nil then query.since = { state.cursor_mark, state.cursor_id } end
+      if state.checkpoint ~= nil then query.checkpoint = json.try_decode(state.checkpoint) end
+    end
+    local reader, list_err = provider_contract.call(sync.provider, run.provider, "list", sync.resource, query)
     if not reader then
       errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
         sync.name, tostring(list_err)))
     end
     local source = sources.new(run, reader, state, incremental)
+    local checkpointed = type(reader.checkpoint) == "function"
+    reader = source.reader
     local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
     local limit = (source.moves_each_batch and settings.limit) or math.huge
     local processed, complete, stopped = 0, false, false
     local ok, result = pcall(function()
       while true do
         local plans, taken, exhausted = {}, 0, false
+        run.batch, run.batch_keys = plans, {}
         while #plans < settings.batch and processed + taken < limit do
           -- Records in hand are written while the network works: a batch
           -- ends early when the next record would have to wait for it.
@@ -471,7 +607,9 @@ function M.run(session, sync)
             taken = taken + 1
           else
             source.note_mark(value)
-            plans[#plans + 1] = run:prepare(value, extra)
+            local plan = run:prepare(value, extra)
+            plans[#plans + 1] = plan
+            if plan[1] == "write" then run.batch_keys[plan.key] = true end
             taken = taken + 1
           end
         end
@@ -480,15 +618,33 @@ function M.run(session, sync)
           complete = exhausted and not source.truncated
           if incremental then
             local mark, id = source.max()
-            if mark ~= nil and (source.ordered or complete) then state.cursor_mark, state.cursor_id = mark, id end
+            if mark ~= nil and (source.ordered or complete or checkpointed) then
+              state.cursor_mark, state.cursor_id = mark, id
+            end
+            -- the checkpoint covers every record this batch holds, and
+            -- moves on over pages that held none
+            if checkpointed then state.checkpoint = checkpoint_text(reader:checkpoint()) end
           elseif exhausted then
-            run:apply_deletes(state.pass_unreadable == 1)
+            local why_not
+            if state.pass_unreadable == 1 then
+              -- an unreadable record may be any stored entity
+              why_not = "the pass read records it could not parse"
+            elseif run.positional then
+              why_not = "the pass was resumed by a count of records, which a remote list that changed meanwhile "
+                .. "makes unreliable"
+            elseif reader.complete_pass == false then
+              why_not = "the provider cannot vouch that the pass saw every record"
+            end
+            run:apply_deletes(why_not)
             if pass_from_start and not session.dry then book:clear_unreadable(run.sync_id, started) end
             state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
+          elseif checkpointed then
+            state.pass_resume = json.encode(json.object({ checkpoint = reader:checkpoint() or json.null,
+              positional = run.positional or nil }))
           else
-            -- The reader's position is its resume offset: it counts only
-            -- the records of files that stay in place.
-            state.pass_resume = reader.position
+            -- no checkpoint: the reader's position (a count of records of
+            -- files that stay in place) is where the pass resumes
+            state.pass_resume = json.encode(json.object({ offset = reader.position or 0, positional = true }))
           end
           book:save_state(run.sync_id, state)
           op.cursor_after = cursor_text(state)
@@ -507,6 +663,8 @@ function M.run(session, sync)
         end
       end
     end)
+    session.importing[sync.name] = nil
+    run.batch, run.batch_keys = nil, nil
     if reader.close then pcall(reader.close, reader) end
     if not ok then error(result, 0) end
     meter:finish()
@@ -534,11 +692,13 @@ local function run_single(session, sync, operation_name, remote_ids)
       for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
         local remote_id = remote_ids[i]
         local key = ids.text(remote_id)
-        local fetched, record, err = pcall(run.provider.get, run.provider, sync.resource, remote_id)
+        local fetched, record = pcall(provider_contract.call, sync.provider, run.provider, "get", sync.resource,
+          remote_id, run.ctx:at(remote_id, nil, nil))
         if not fetched then
           plans[#plans + 1] = fail_plan(key, "fetching it failed: " .. errors.message(record))
         elseif record == nil then
-          plans[#plans + 1] = fail_plan(key, "the remote has no such entity" .. (err and (" (" .. tostring(err) .. ")") or ""))
+          -- gone from the remote: the deletes policy settles it
+          plans[#plans + 1] = run:gone(remote_id, nil, true)
         else
           plans[#plans + 1] = run:prepare(record)
         end
@@ -600,7 +760,8 @@ function M.import_reference(session, target, remote_id)
     run.quiet, run.careful = true, true
     session.dependents[target.name] = run
   end
-  local ok, record, err = pcall(run.provider.get, run.provider, target.resource, remote_id)
+  local ok, record, err = pcall(provider_contract.call, target.provider, run.provider, "get", target.resource, remote_id,
+    run.ctx:at(remote_id, nil, nil))
   if not ok or record == nil then
     errors.raise("entity", string.format("reference %s %s: the remote has no such entity%s", target.name,
       ids.text(remote_id), (not ok or err) and (" (" .. errors.message(ok and err or record) .. ")") or ""))

@@ -20,6 +20,7 @@ local sync_options = {
 }
 local import_options = {
   mode = true, changed = true, changed_kind = true, limit = true, deletes = true, batch = true, retry = true,
+  delete_guard = true,
 }
 M.changed_kinds = { auto = true, time = true, number = true, text = true }
 local provider_marker = {}
@@ -142,6 +143,10 @@ local function dsl_provider(job)
       if type(config) ~= "table" then
         errors.config(where, "provider \"%s\" expects a table of settings, got %s", module_name, type(config))
       end
+      if module.settings then
+        local valid, err = require("entsync.provider").check_settings(module.settings, config)
+        if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
+      end
       if module.validate then
         local valid, err = module.validate(config)
         if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
@@ -220,6 +225,7 @@ local function validate_import(sync)
     limit = import.limit,
     deletes = import.deletes or "keep",
     changed_kind = import.changed_kind or "auto",
+    delete_guard = import.delete_guard == nil and 0.5 or import.delete_guard,
     batch = import.batch or 1000,
     retry = import.retry ~= false,
   }
@@ -240,6 +246,11 @@ local function validate_import(sync)
   end
   if settings.changed ~= nil and type(settings.changed) ~= "string" then
     sync_error(sync, "changed must be a field name, got %s", type(settings.changed))
+  end
+  local guard = settings.delete_guard
+  if guard ~= false and (type(guard) ~= "number" or guard < 0 or guard > 1) then
+    sync_error(sync, "import delete_guard must be a share between 0 and 1 (0.5: a pass may delete at most half of "
+      .. "the sync's entities), or false, got %s", tostring(guard))
   end
   if not M.changed_kinds[settings.changed_kind] then
     sync_error(sync, "import changed_kind must be \"time\", \"number\", \"text\" or \"auto\", got %s",
@@ -425,10 +436,30 @@ local function validate_export(job, sync)
   sync.export = settings
 end
 
+-- Makes each provider's object once, as the job loads, and checks that it
+-- has the verbs every sync using it needs (entsync.provider).
+local function check_providers(job)
+  local contract = require "entsync.provider"
+  for _, handle in ipairs(job.providers) do
+    local ok, instance = pcall(handle.module.new, handle.config, { base_dir = job.dir, name = handle.name })
+    if not ok then errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(instance)) end
+    if type(instance) ~= "table" then
+      errors.config(handle.where, "provider \"%s\": new must return the provider object, got %s", handle.name,
+        type(instance))
+    end
+    handle.instance = instance
+  end
+  for _, name in ipairs(job.sync_order) do
+    local sync = job.syncs[name]
+    contract.check(sync, sync.provider.instance)
+  end
+end
+
 function M.validate(job)
   job.exported, job.links = {}, {}
   for _, name in ipairs(job.sync_order) do validate_sync(job, job.syncs[name]) end
   for _, name in ipairs(job.sync_order) do validate_export(job, job.syncs[name]) end
+  check_providers(job)
   order_syncs(job)
   return job
 end

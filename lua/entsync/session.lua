@@ -351,8 +351,9 @@ end
 
 -- providers ----------------------------------------------------------------------------
 
+-- The provider object of a handle: the one the job made as it loaded.
 function Session:provider(handle)
-  local instance = self.providers[handle]
+  local instance = self.providers[handle] or handle.instance
   if not instance then
     local ok, result = pcall(handle.module.new, handle.config, { base_dir = self.job.dir, name = handle.name })
     if not ok then
@@ -375,6 +376,10 @@ function Session:resolve_remote(sync, target, remote_id)
   if id == nil then return nil end
   if sync.fingerprint then self:note_refs(sync.name) end
   local book = self.ledger
+  -- a record earlier in the batch that target's own run is reading now:
+  -- written first, then found
+  local running = self.importing and self.importing[target.name]
+  if running and running:holds(id) then running:flush() end
   local local_id = book:local_of(book:sync_id(target.name), id)
   if local_id or sync.on_missing == "null" then return local_id end
   if sync.on_missing == "import" then

@@ -9,8 +9,10 @@
 
 local core = require "entsync.core"
 local cursor = require "entsync.cursor"
+local errors = require "entsync.errors"
 local ids = require "entsync.ids"
 local json = require "entsync.json"
+local provider = require "entsync.provider"
 
 local M = {}
 
@@ -26,14 +28,37 @@ local function mark_of(sync, record)
 end
 
 local function id_of(sync, record)
-  local id = ids.remote(record[sync.id_field])
+  local raw = provider.is_tombstone(record) and provider.tombstone_id(record) or record[sync.id_field]
+  local id = ids.remote(raw)
   return id ~= nil and ids.text(id) or ""
 end
+
+-- The reader's methods, each raising a "provider" error (naming the
+-- provider, the method and the message's file:line) for what the
+-- provider's code raises, instead of an internal error.
+local function guarded(handle, reader)
+  local out = setmetatable({}, { __index = reader })
+  for _, method in ipairs({ "next", "next_raw", "next_unknown", "decode", "checkpoint", "ready", "total",
+      "committed", "close" }) do
+    local fn = reader[method]
+    if type(fn) == "function" then
+      out[method] = function(_, ...)
+        local results = table.pack(pcall(fn, reader, ...))
+        if results[1] then return table.unpack(results, 2, results.n) end
+        local err = results[2]
+        if errors.is(err) then error(err, 0) end
+        errors.raise("provider", string.format("provider \"%s\" reader %s: %s", handle.name, method, tostring(err)))
+      end
+    end
+  end
+  return out
+end
+M.guarded = guarded
 
 -- A small binary heap keeping the `limit` smallest (mark, id) candidates
 -- for incremental runs with a limit over a source that is not ordered.
 local function heap_push(heap, item, limit)
-  local function less(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) > 0 end -- max-heap
+  local function less(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id, heap.kind) > 0 end -- max-heap
   local function up(i)
     while i > 1 do
       local parent = i // 2
@@ -54,7 +79,7 @@ local function heap_push(heap, item, limit)
   if #heap < limit then
     heap[#heap + 1] = item
     up(#heap)
-  elseif cursor.compare(item.mark, item.id, heap[1].mark, heap[1].id) < 0 then
+  elseif cursor.compare(item.mark, item.id, heap[1].mark, heap[1].id, heap.kind) < 0 then
     heap[1] = item
     down(1)
   end
@@ -69,14 +94,20 @@ end
 -- records themselves.
 function M.new(run, reader, state, incremental)
   local sync, settings, session = run.sync, run.sync.import, run.session
+  local kind = settings.changed_kind
   local source = { truncated = false, moves_each_batch = true, ordered = reader.ordered == true }
   local max_mark, max_id -- the largest (mark, id) processed in this run
+  -- A reader that hands over checkpoints resumes from them: what it gives
+  -- is new by its own account, whatever the marks say.
+  local checkpointed = type(reader.checkpoint) == "function"
+  reader = guarded(sync.provider, reader)
+  source.reader = reader
 
   local function newer_than_cursor(record)
-    if not incremental or state.cursor_mark == nil then return true end
+    if checkpointed or not incremental or state.cursor_mark == nil then return true end
     local mark = mark_of(sync, record)
     if mark == nil then return true end
-    return cursor.compare(mark, id_of(sync, record), state.cursor_mark, state.cursor_id) > 0
+    return cursor.compare(mark, id_of(sync, record), state.cursor_mark, state.cursor_id, kind) > 0
   end
 
   local function skip()
@@ -90,7 +121,7 @@ function M.new(run, reader, state, incremental)
     local mark = incremental and mark_of(sync, record)
     if mark == nil or mark == false then return end
     local id = id_of(sync, record)
-    local order = max_mark == nil and 1 or cursor.compare(mark, id, max_mark, max_id)
+    local order = max_mark == nil and 1 or cursor.compare(mark, id, max_mark, max_id, kind)
     if order > 0 then
       max_mark, max_id = mark, id
     elseif order < 0 then
@@ -107,8 +138,8 @@ function M.new(run, reader, state, incremental)
     return max_mark, max_id
   end
 
-  if incremental and settings.limit and not reader.ordered then
-    local heap, unreadable = {}, {}
+  if incremental and settings.limit and not reader.ordered and not checkpointed then
+    local heap, unreadable = { kind = kind }, {}
     while true do
       local record, err, raw = reader:next()
       if record == nil then break end
@@ -121,7 +152,7 @@ function M.new(run, reader, state, incremental)
         skip()
       end
     end
-    table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id) < 0 end)
+    table.sort(heap, function(a, b) return cursor.compare(a.mark, a.id, b.mark, b.id, kind) < 0 end)
     -- Everything was read already: files may move only once every record
     -- taken from them is committed, at the end, and only if none was left.
     source.moves_each_batch, source.ordered = false, true
