@@ -213,7 +213,8 @@ sync "recent" { remote = src, entity = "contact", mapping = { name = "name" },
       assert.equal(0, helpers.run(dir, { "job.lua", "run" }).code)
     end)
 
-    it("4 on an internal error, one line without --verbose, the traceback with it", function()
+    it("1 on an error raised in provider code: one line naming the sync, the provider and its file:line, "
+      .. "the traceback with --verbose", function()
       helpers.write(dir .. "/providers/exploding.lua", [[
 return {
   new = function()
@@ -223,15 +224,17 @@ return {
 ]])
       helpers.write(dir .. "/job.lua", JOB:gsub('provider "ndjson" { path = "contacts.ndjson" }', 'provider "exploding" {}'))
       local r = helpers.run(dir, { "job.lua", "run" })
-      assert.equal(4, r.code, r.stderr)
+      assert.equal(1, r.code, r.stderr)
       assert.equal(1, line_count(r.stderr), r.stderr)
-      assert.matches("^entsync%-run: internal error: [^\n]*providers/exploding%.lua:3: the remote went away\n$", r.stderr)
+      assert.matches('^entsync%-run: sync "contacts": provider "exploding" list: [^\n]*providers/exploding%.lua:3: '
+        .. 'the remote went away\n$', r.stderr)
+      assert.is_nil(r.stderr:find("internal error", 1, true))
       assert.is_nil(r.stderr:find("stack traceback", 1, true))
       assert.equal("", r.stdout)
 
       r = helpers.run(dir, { "job.lua", "run", "--verbose" })
-      assert.equal(4, r.code)
-      assert.matches("^entsync%-run: internal error: [^\n]*the remote went away\n", r.stderr)
+      assert.equal(1, r.code)
+      assert.matches('^entsync%-run: sync "contacts": provider "exploding" list: [^\n]*the remote went away\n', r.stderr)
       assert.matches("stack traceback:", r.stderr, 1, true)
       assert.matches("exploding.lua:3: in", r.stderr, 1, true)
 

@@ -31,7 +31,7 @@ local function dated(id, day, fields)
 end
 
 local function last_run(d)
-  return S.query(d, "SELECT * FROM entsync_runs ORDER BY id DESC LIMIT 1")[1]
+  return S.query(d, "SELECT * FROM entsync_history ORDER BY id DESC LIMIT 1")[1]
 end
 
 describe("run: outcomes", function()
@@ -43,7 +43,7 @@ describe("run: outcomes", function()
     assert.matches("^contacts: 5 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted in %d+%.%d%ds\n$",
       r.stdout)
     assert.same(S.expected(five()), S.contacts(dir))
-    assert.equal(5, S.count(dir, "entsync_idmap", "sync = 'contacts' AND entity = 'contact'"))
+    assert.equal(5, S.count(dir, "entsync_map", "sync = 'contacts'"))
     local run = last_run(dir)
     assert.same({ "run", "full", "ok", 5, 0, 0, 0, 0, 0 }, { run.operation, run.mode, run.status, run.created,
       run.updated, run.unchanged, run.stale, run.failed, run.deleted })
@@ -62,7 +62,7 @@ describe("run: outcomes", function()
     local records = five()
     S.data(dir, records)
     assert.equal(0, S.run(dir, "run", "--no-progress").code)
-    local before = S.query(dir, "SELECT local_id, remote_id, synced_at FROM entsync_idmap ORDER BY remote_id")
+    local before = S.query(dir, "SELECT local_id, remote_id, synced_at FROM entsync_map ORDER BY remote_id")
     records[3] = contact(3, { name = "Renamed", age = 99 })
     S.data(dir, records)
     local r = S.run(dir, "run", "--no-progress")
@@ -70,10 +70,11 @@ describe("run: outcomes", function()
     local c = summary(r.stdout)
     assert.same({ 0, 1, 4, 0, 0, 0 }, { c.created, c.updated, c.unchanged, c.stale, c.failed, c.deleted })
     assert.same(S.expected(records), S.contacts(dir))
-    local after = S.query(dir, "SELECT local_id, remote_id, synced_at FROM entsync_idmap ORDER BY remote_id")
+    local after = S.query(dir, "SELECT local_id, remote_id, synced_at FROM entsync_map ORDER BY remote_id")
     for i, row in ipairs(after) do
       assert.equal(before[i].local_id, row.local_id)
-      if row.remote_id == "3" then
+      assert.equal(before[i].remote_id, row.remote_id)
+      if row.remote_id == 3 then
         assert.is_true(row.synced_at > before[i].synced_at)
       else
         assert.equal(before[i].synced_at, row.synced_at)
@@ -142,7 +143,7 @@ describe("run: a remote id met twice in a first import", function()
       local c = summary(r.stdout)
       assert.same({ 3, 1, 1, 0 }, { c.created, c.updated, c.unchanged, c.failed })
       assert.same(S.expected({ contact(1, { name = "Later" }), contact(2), contact(3) }), S.contacts(dir))
-      assert.equal(3, S.count(dir, "entsync_idmap", "sync = 'contacts'"))
+      assert.equal(3, S.count(dir, "entsync_map", "sync = 'contacts'"))
       assert.equal(3, S.count(dir, "contact", "1"))
     end)
   end
@@ -185,11 +186,12 @@ describe("run: failures", function()
       [5] = "c5@example.com|Contact 5|25" }, S.contacts(dir))
 
     local failures = {}
-    for _, row in ipairs(S.query(dir, "SELECT * FROM entsync_failures WHERE sync = 'contacts'")) do
-      failures[row.remote_id] = row
+    for _, row in ipairs(S.query(dir, "SELECT * FROM entsync_failed WHERE sync = 'contacts' AND direction = 'import'")) do
+      failures[row.key] = row
     end
     local bad_type = failures["2"]
     assert.is_not_nil(bad_type)
+    assert.equal(2, bad_type.remote_id)
     assert.matches("age", bad_type.error)
     assert.matches("expected integer", bad_type.error)
     assert.equal(1, bad_type.attempts)
@@ -223,7 +225,7 @@ describe("run: failures", function()
       { email = "second@example.com", name = "Second", age = 2, updated_at = "2024-01-03" } })
     assert.equal(1, S.run(dir, "run", "--no-progress").code)
     local emails = {}
-    for _, row in ipairs(S.query(dir, "SELECT payload FROM entsync_failures WHERE sync = 'contacts' ORDER BY payload")) do
+    for _, row in ipairs(S.query(dir, "SELECT payload FROM entsync_failed WHERE sync = 'contacts' ORDER BY payload")) do
       emails[#emails + 1] = cjson.decode(row.payload).email
     end
     table.sort(emails)
@@ -258,7 +260,7 @@ sync "others" { remote = files "others.ndjson", entity = "contact",
     assert.same({ "tags", "contacts" }, lines)
     assert.equal(2, summary(r.stdout, "tags").created)
     assert.equal(5, summary(r.stdout, "contacts").created)
-    assert.equal(0, S.count(dir, "entsync_idmap", "sync = 'others'"))
+    assert.equal(0, S.count(dir, "entsync_map", "sync = 'others'"))
     local r2 = S.run(dir, "run", "--no-progress")
     assert.equal(0, r2.code, r2.stderr)
     assert.equal(2, summary(r2.stdout, "others").created)
@@ -294,7 +296,7 @@ describe("import SYNC REMOTE_ID", function()
     local r = S.run(dir, "import", "contacts", "77")
     assert.equal(1, r.code)
     assert.equal(1, summary(r.stdout).failed)
-    local failure = S.query(dir, "SELECT * FROM entsync_failures WHERE remote_id = '77'")[1]
+    local failure = S.query(dir, "SELECT * FROM entsync_failed WHERE sync = 'contacts' AND direction = 'import' AND key = '77'")[1]
     assert.is_not_nil(failure)
     assert.matches("no such entity", failure.error)
     assert.equal(0, S.count(dir, "contact"))
@@ -310,7 +312,8 @@ describe("refresh", function()
     records[2] = contact(2, { name = "Two, refreshed" })
     records[4] = contact(4, { name = "Four, changed too" })
     S.data(dir, records)
-    local local_id = S.value(dir, "SELECT local_id FROM entsync_idmap WHERE remote_id = '2'")
+    local local_id = S.value(dir, "SELECT local_id FROM entsync_map WHERE remote_id = 2")
+    assert.is_not_nil(local_id)
     local r = S.run(dir, "refresh", "contacts", tostring(local_id))
     assert.equal(0, r.code, r.stderr)
     assert.matches("^contacts: 0 created, 1 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted in ", r.stdout)
@@ -350,7 +353,9 @@ describe("full mode deletes", function()
     S.data(dir, five())
     assert.equal(0, S.run(dir, "run", "--no-progress").code)
     S.data(dir, { contact(1), contact(2), contact(4), contact(5) })
-    return S.value(dir, "SELECT local_id FROM entsync_idmap WHERE remote_id = '3'")
+    local local_id = S.value(dir, "SELECT local_id FROM entsync_map WHERE remote_id = 3")
+    assert.is_not_nil(local_id)
+    return local_id
   end
 
   it("keep: a record gone from the remote stays, nothing is deleted", function()
@@ -359,7 +364,7 @@ describe("full mode deletes", function()
     assert.equal(0, r.code, r.stderr)
     assert.equal(0, summary(r.stdout).deleted)
     assert.same(S.expected(five()), S.contacts(dir))
-    assert.equal(0, S.count(dir, "entsync_idmap", "gone_at IS NOT NULL"))
+    assert.equal(0, S.count(dir, "entsync_map", "gone_at IS NOT NULL"))
   end)
 
   it("delete: the local row and its id map rows are removed after the pass", function()
@@ -368,7 +373,7 @@ describe("full mode deletes", function()
     assert.equal(0, r.code, r.stderr)
     assert.matches("^contacts: 0 created, 0 updated, 4 unchanged, 0 stale, 0 failed, 1 deleted in ", r.stdout)
     assert.equal(0, S.count(dir, "contact", "id = " .. local_id))
-    assert.equal(0, S.count(dir, "entsync_idmap", "remote_id = '3'"))
+    assert.equal(0, S.count(dir, "entsync_map", "CAST(remote_id AS TEXT) = '3'"))
     assert.equal(4, S.count(dir, "contact"))
     assert.equal(1, last_run(dir).deleted)
   end)
@@ -379,9 +384,9 @@ describe("full mode deletes", function()
     assert.equal(0, r.code, r.stderr)
     assert.equal(1, summary(r.stdout).deleted)
     assert.equal(5, S.count(dir, "contact"))
-    local gone = S.query(dir, "SELECT remote_id, gone_at FROM entsync_idmap WHERE gone_at IS NOT NULL")
+    local gone = S.query(dir, "SELECT remote_id, gone_at FROM entsync_map WHERE gone_at IS NOT NULL")
     assert.equal(1, #gone)
-    assert.equal("3", gone[1].remote_id)
+    assert.equal(3, gone[1].remote_id)
     assert.is_number(gone[1].gone_at)
     -- a second pass does not count it again
     local again = S.run(dir, "run", "--no-progress")
@@ -389,8 +394,8 @@ describe("full mode deletes", function()
     S.data(dir, five())
     local back = S.run(dir, "run", "--no-progress")
     assert.equal(0, back.code, back.stderr)
-    assert.equal(0, S.count(dir, "entsync_idmap", "gone_at IS NOT NULL"))
-    assert.equal(local_id, S.value(dir, "SELECT local_id FROM entsync_idmap WHERE remote_id = '3'"))
+    assert.equal(0, S.count(dir, "entsync_map", "gone_at IS NOT NULL"))
+    assert.equal(local_id, S.value(dir, "SELECT local_id FROM entsync_map WHERE remote_id = 3"))
   end)
 
   it("deletes only after a complete pass, even when the pass spans limited runs", function()
@@ -470,8 +475,9 @@ describe("incremental mode", function()
     local r1 = S.run(dir, "run", "--no-progress")
     assert.equal(0, r1.code, r1.stderr)
     assert.equal(3, summary(r1.stdout).created)
-    local state = S.query(dir, "SELECT cursor_mark, cursor_id FROM entsync_state WHERE sync = 'contacts'")[1]
-    assert.same({ "2024-01-03", "3" }, { state.cursor_mark, state.cursor_id })
+    local state = S.query(dir, [[SELECT t.cursor_mark, t.cursor_id FROM entsync_state t
+      JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 'contacts']])[1]
+    assert.same({ "2024-01-03", "3" }, { state.cursor_mark, tostring(state.cursor_id) })
     -- an edit that did not move updated_at is behind the cursor: not read
     records[1] = dated(1, 1, { name = "not seen" })
     records[4] = dated(4, 4)
@@ -523,11 +529,11 @@ describe("incremental mode", function()
     until c.created == 0 or runs > 10
     assert.same({ 3, 3, 3, 0 }, created)
     assert.equal(9, total)
-    local sum = S.value(dir, "SELECT sum(created) FROM entsync_runs WHERE sync = 'contacts'")
+    local sum = S.value(dir, "SELECT sum(created) FROM entsync_history WHERE sync = 'contacts'")
     assert.equal(9, sum)
     assert.same(S.expected(records), S.contacts(dir))
     local cursors = {}
-    for _, row in ipairs(S.query(dir, "SELECT cursor_after FROM entsync_runs ORDER BY id")) do
+    for _, row in ipairs(S.query(dir, "SELECT cursor_after FROM entsync_history ORDER BY id")) do
       cursors[#cursors + 1] = row.cursor_after
     end
     -- the first run stopped inside the group of 2024-01-02
@@ -581,8 +587,9 @@ describe("limit", function()
     local r = S.run(dir, "run", "--no-progress")
     assert.equal(3, summary(r.stdout).updated)
     assert.matches("limit reached", r.stdout)
-    local state = S.query(dir, "SELECT pass, pass_resume, pass_open FROM entsync_state WHERE sync = 'contacts'")[1]
-    assert.equal("3", tostring(state.pass_resume))
+    local state = S.query(dir, [[SELECT t.pass, t.pass_resume, t.pass_open FROM entsync_state t
+      JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 'contacts']])[1]
+    assert.equal(3, S.resumes_after(state.pass_resume))
     assert.equal(1, state.pass_open)
     local r2 = S.run(dir, "run", "--no-progress")
     local c2 = summary(r2.stdout)
@@ -592,7 +599,8 @@ describe("limit", function()
     assert.same({ 1, 0 }, { c3.updated, c3.unchanged })
     assert.is_nil(r3.stdout:match("limit reached"))
     assert.same(S.expected(records), S.contacts(dir))
-    local after = S.query(dir, "SELECT pass, pass_resume, pass_open FROM entsync_state WHERE sync = 'contacts'")[1]
+    local after = S.query(dir, [[SELECT t.pass, t.pass_resume, t.pass_open FROM entsync_state t
+      JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 'contacts']])[1]
     assert.equal(0, after.pass_open)
     assert.equal(state.pass, after.pass)
   end)
@@ -625,7 +633,7 @@ describe("limit", function()
     assert.same({ "a.ndjson", "b.ndjson", "c.ndjson" }, S.ls(dir .. "/inbox/processed"))
     assert.same({ "processed" }, S.ls(dir .. "/inbox"))
     assert.same(S.expected(all), S.contacts(dir))
-    assert.equal(9, S.value(dir, "SELECT sum(created) FROM entsync_runs"))
+    assert.equal(9, S.value(dir, "SELECT sum(created) FROM entsync_history"))
   end)
 end)
 

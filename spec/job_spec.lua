@@ -81,7 +81,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { mail = "mail", n
       local rows = helpers.query(dir .. "/crm.db", "SELECT name FROM contact ORDER BY id")
       assert.same({ { name = "Ann" }, { name = "Bob" } }, rows)
       -- syncs ran in dependency order: tags first.
-      local runs = helpers.query(dir .. "/crm.db", "SELECT sync FROM entsync_runs ORDER BY id")
+      local runs = helpers.query(dir .. "/crm.db", "SELECT sync FROM entsync_history ORDER BY id")
       assert.same({ { sync = "tags" }, { sync = "contacts" } }, runs)
     end)
 

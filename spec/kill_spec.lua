@@ -88,8 +88,10 @@ end
 -- The committed resume position of the open full pass.
 local function pass_resume(d)
   if not S.exists(S.db(d)) then return 0 end
-  local row = S.peek(d, "SELECT pass_resume FROM entsync_state WHERE sync = 'contacts' AND pass_open = 1")[1]
-  return row and tonumber(row[1]) or 0
+  local row = S.peek(d, [[SELECT t.pass_resume FROM entsync_state t JOIN entsync_syncs s ON s.id = t.sync
+    WHERE s.name = 'contacts' AND t.pass_open = 1]])[1]
+  local records = row and S.resumes_after(row[1])
+  return math.type(records) == "integer" and records or 0
 end
 
 -- Spawns a run and SIGKILLs it once the store shows at least `rows`
@@ -113,7 +115,7 @@ local function kill_after(d, rows, progress)
 end
 
 local function total(d, column)
-  return S.value(d, "SELECT coalesce(sum(" .. column .. "), 0) FROM entsync_runs WHERE sync = 'contacts'")
+  return S.value(d, "SELECT coalesce(sum(" .. column .. "), 0) FROM entsync_history WHERE sync = 'contacts'")
 end
 
 local function check_killed_matches_reference(opts, kind)
@@ -138,11 +140,14 @@ local function check_killed_matches_reference(opts, kind)
   assert.equal(N, total(d, "created"))
   assert.equal(0, total(d, "updated"))
   assert.equal(0, total(d, "failed"))
-  assert.equal(kills, S.count(d, "entsync_runs", "status = 'killed'"))
-  assert.equal(0, S.count(d, "entsync_runs", "status = 'running'"))
+  assert.equal(kills, S.count(d, "entsync_history", "sync = 'contacts' AND status = 'killed'"))
+  assert.equal(0, S.count(d, "entsync_history", "sync = 'contacts' AND status = 'running'"))
   assert.same({}, S.query(d, "SELECT * FROM entsync_locks"))
-  local state = S.query(d, "SELECT * FROM entsync_state WHERE sync = 'contacts'")[1]
-  local ref_state = S.query(reference, "SELECT * FROM entsync_state WHERE sync = 'contacts'")[1]
+  local state_sql = "SELECT t.* FROM entsync_state t JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 'contacts'"
+  local state = S.query(d, state_sql)[1]
+  local ref_state = S.query(reference, state_sql)[1]
+  assert.is_not_nil(state)
+  assert.is_not_nil(ref_state)
   assert.same({ ref_state.cursor_mark, ref_state.cursor_id, ref_state.pass_open },
     { state.cursor_mark, state.cursor_id, state.pass_open })
   return d

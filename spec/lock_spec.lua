@@ -35,8 +35,7 @@ end
 local function prepared()
   S.job(dir, {})
   S.data(dir, five())
-  local store = helpers.open_store(S.db(dir))
-  store:close()
+  S.create_store(dir)
 end
 
 local function leases()

@@ -483,7 +483,7 @@ return {
     expect('return {\n  email = "email",\n  name = { "name", import = "trim" },\n}\n', 3,
       'field "name": import must be a function, got string')
     expect('return {\n  email = "email",\n  name = { "name",\n    export = 42 },\n}\n', 3,
-      'field "name": export must be a function, got number')
+      'field "name": export must be a function or false, got number')
   end)
 
   it("an unknown sync in a reference", function()
@@ -603,10 +603,13 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
     assert.equal(2, T.summary(r.stdout, "accounts").created)
     assert.same({ { id = 1, name = "Ann", email = "a@x" }, { id = 2, name = "Bob", email = "b@x" } }, users())
     assert.same({ { id = 1, phone = "1", company = "Acme" }, { id = 2, phone = "2" } }, profiles())
-    assert.same({
-      { entity = "profile", local_id = 1, remote_id = "10" }, { entity = "user", local_id = 1, remote_id = "10" },
-      { entity = "profile", local_id = 2, remote_id = "20" }, { entity = "user", local_id = 2, remote_id = "20" },
-    }, T.query(dir, "SELECT entity, local_id, remote_id FROM entsync_idmap WHERE sync = 'accounts' ORDER BY remote_id, entity"))
+    -- one id-map row per remote record, keyed by the primary entity (user);
+    -- the profile carries the user's id in its link column
+    assert.same({ { local_id = 1, remote_id = 10 }, { local_id = 2, remote_id = 20 } },
+      T.query(dir, "SELECT local_id, remote_id FROM entsync_map WHERE sync = 'accounts' ORDER BY remote_id"))
+    assert.same({ { id = 1, user_id = 1 }, { id = 2, user_id = 2 } }, T.query(dir, "SELECT id, user_id FROM profile ORDER BY id"))
+    assert.equal(1, T.local_id(dir, "accounts", 10, "profile", "user"))
+    assert.equal(2, T.local_id(dir, "accounts", 20, "profile", "user"))
     -- a change to either part updates both rows of that record, in place
     T.data(dir, "accounts", {
       { id = 10, name = "Ann", email = "a@x", phone = "1", company = { name = "Acme" } },
@@ -618,6 +621,8 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
     assert.same({ 0, 1, 1 }, { c.created, c.updated, c.unchanged })
     assert.same({ { id = 1, phone = "1", company = "Acme" }, { id = 2, phone = "22" } }, profiles())
     assert.equal(2, #users())
+    assert.equal(2, T.count(dir, "entsync_map", "sync = 'accounts'"))
+    assert.same({ { id = 1, user_id = 1 }, { id = 2, user_id = 2 } }, T.query(dir, "SELECT id, user_id FROM profile ORDER BY id"))
   end)
 
   it("writes neither entity of a record when writing one fails, and stores the failure", function()
@@ -632,7 +637,7 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
         BEGIN SELECT RAISE(ABORT, 'phone rejected'); END;
       CREATE TRIGGER profile_no_bad_update BEFORE UPDATE ON profile WHEN NEW.phone = 'bad'
         BEGIN SELECT RAISE(ABORT, 'phone rejected'); END;]])
-    local idmap_before = T.query(dir, "SELECT * FROM entsync_idmap ORDER BY remote_id, entity")
+    local idmap_before = T.query(dir, "SELECT * FROM entsync_map ORDER BY remote_id")
     T.data(dir, "accounts", {
       { id = 10, name = "Ann Changed", email = "a@x", phone = "11" },
       { id = 20, name = "Bob Changed", email = "b@x", phone = "bad" },
@@ -644,7 +649,7 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
     local c = T.summary(r.stdout, "accounts")
     assert.same({ 1, 1, 2 }, { c.created, c.updated, c.failed })
     assert.is_nil(r.stderr:find("traceback", 1, true))
-    assert.matches("accounts 20: [^\n]*phone rejected", r.stderr)
+    assert.matches("accounts 20 %(local user %d+%): [^\n]*phone rejected", r.stderr)
     assert.matches("accounts 30: [^\n]*phone rejected", r.stderr)
     -- record 20: the user row was not updated either; record 30: no user row
     assert.same({
@@ -652,9 +657,10 @@ sync "accounts" { remote = files "accounts.ndjson", entity = { "user", "profile"
       { id = 3, name = "Dee", email = "d@x" },
     }, users())
     assert.same({ { id = 1, phone = "11" }, { id = 2, phone = "2" }, { id = 3, phone = "4" } }, profiles())
-    local idmap = T.query(dir, "SELECT * FROM entsync_idmap WHERE remote_id = '20' ORDER BY entity")
-    assert.same({ idmap_before[3].hash, idmap_before[4].hash }, { idmap[1].hash, idmap[2].hash })
-    assert.equal(0, T.count(dir, "entsync_idmap", "remote_id = '30'"))
+    local idmap = T.query(dir, "SELECT * FROM entsync_map WHERE remote_id = 20")
+    assert.equal(1, #idmap)
+    assert.equal(idmap_before[2].hash, idmap[1].hash)
+    assert.equal(0, T.count(dir, "entsync_map", "CAST(remote_id AS TEXT) = '30'"))
     local failures = T.failures(dir, "accounts")
     assert.matches("phone rejected", failures["20"].error)
     assert.matches("phone rejected", failures["30"].error)
@@ -754,9 +760,9 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping 
     assert.matches(", 1 filtered out", c.line, 1, true)
     assert.is_nil(c.line:find("before the cursor", 1, true))
     assert.same({ { email = "a@x" }, { email = "c@x" } }, T.query(dir, "SELECT email FROM contact ORDER BY id"))
-    assert.equal(0, T.count(dir, "entsync_idmap", "remote_id = '2'"))
+    assert.equal(0, T.count(dir, "entsync_map", "CAST(remote_id AS TEXT) = '2'"))
     assert.equal(0, T.count(dir, "entsync_failures"))
-    local run = T.query(dir, "SELECT skipped, created, status FROM entsync_runs ORDER BY id DESC LIMIT 1")[1]
+    local run = T.query(dir, "SELECT skipped, created, status FROM entsync_history ORDER BY id DESC LIMIT 1")[1]
     assert.same({ skipped = 1, created = 2, status = "ok" }, run)
   end)
 

@@ -1,5 +1,7 @@
--- Managed runs: the run log (entsync_runs), `status`, and stored failures
--- with their retry schedule, through the real entsync-run binary.
+-- Managed runs: the run log (entsync_runs, read by sync name through the
+-- entsync_history view), `status`, and stored failures with their retry
+-- schedule (entsync_failures, read through entsync_failed), through the
+-- real entsync-run binary.
 
 local cjson = require "cjson"
 local core = require "entsync.core"
@@ -25,11 +27,12 @@ local function dated(id, day, fields)
 end
 
 local function runs(d)
-  return S.query(d, "SELECT * FROM entsync_runs ORDER BY id")
+  return S.query(d, "SELECT * FROM entsync_history ORDER BY id")
 end
 
 local function failure(d, remote_id)
-  return S.query(d, "SELECT * FROM entsync_failures WHERE sync = 'contacts' AND remote_id = ?1", remote_id)[1]
+  return S.query(d, "SELECT * FROM entsync_failed WHERE sync = 'contacts' AND direction = 'import' AND key = ?1",
+    remote_id)[1]
 end
 
 local function lines_of(text)
@@ -164,7 +167,8 @@ describe("status", function()
     until not r.stdout:match("limit reached")
     assert.matches("limit reached", S.run(dir, "run", "--no-progress").stdout)
     local r = S.run(dir, "status")
-    assert.is_not_nil(has_line(r.stdout, "^%s+full pass%s+%d+ in progress, resumes after 2 records$"), r.stdout)
+    assert.is_not_nil(has_line(r.stdout, "^%s+full pass%s+%d+ in progress, resumes in contacts%.ndjson after 2 records$"),
+      r.stdout)
   end)
 end)
 
@@ -264,8 +268,9 @@ describe("retries", function()
     S.job(dir, {})
     S.data(dir, { contact(1), '{"id": 2, "email": "c2@example.com", "name": "Two" "age": 22}' })
     assert.equal(1, S.run(dir, "run", "--no-progress").code)
-    local row = S.query(dir, "SELECT * FROM entsync_failures")[1]
-    assert.equal("@contacts.ndjson:2", row.remote_id)
+    local row = S.query(dir, "SELECT * FROM entsync_failed")[1]
+    assert.equal("import", row.direction)
+    assert.equal("@contacts.ndjson:2", row.key)
     assert.is_not_nil(row.payload, "the malformed line is not kept anywhere")
     assert.matches('"name": "Two" "age"', row.payload, 1, true)
   end)
@@ -295,7 +300,7 @@ describe("retries", function()
     local r = S.run(dir, "retry", "contacts")
     assert.equal(1, r.code)
     assert.equal(1, summary(r.stdout).created)
-    local rows = S.query(dir, "SELECT remote_id, attempts, payload FROM entsync_failures")
+    local rows = S.query(dir, "SELECT key, attempts, payload FROM entsync_failed")
     assert.equal(1, #rows, cjson.encode(rows))
     assert.equal("noid@example.com", cjson.decode(rows[1].payload).email)
     assert.equal(2, rows[1].attempts)

@@ -1,8 +1,16 @@
 -- The SQLite store: through the C API (require "entsync.core") and through
--- the real entsync-run binary on a job with an ndjson provider.
+-- the real entsync-run binary on a job with an ndjson provider. entsync's
+-- own tables are made and migrated by entsync.ledger (core.store.open only
+-- opens the file).
+
+-- entsync's own tables and views at schema 2.
+local TABLES = { "entsync_changes", "entsync_conflicts", "entsync_entities", "entsync_failures", "entsync_idmap",
+  "entsync_locks", "entsync_meta", "entsync_runs", "entsync_state", "entsync_syncs", "entsync_writes" }
+local VIEWS = { "entsync_failed", "entsync_history", "entsync_map" }
 
 local core = require "entsync.core"
 local cjson = require "cjson"
+local ledger = require "entsync.ledger"
 local helpers = require "helpers"
 
 local function sqlite3(db, sql)
@@ -42,38 +50,51 @@ describe("the store through the C API", function()
   end)
 
   describe("store.open", function()
-    it("creates the file, in WAL mode, with entsync's own tables at the current schema version", function()
+    it("creates the file, in WAL mode; the ledger makes entsync's own tables at the current schema version", function()
       assert.is_true(core.fs.exists(db) ~= false)
       assert.equal("wal", store:value("PRAGMA journal_mode"))
       assert.equal("wal", sqlite3(db, "PRAGMA journal_mode"))
+      assert.equal(2, ledger.migrate(store))
       local names = {}
       for _, row in ipairs(store:rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")) do
         names[#names + 1] = row.name
       end
-      assert.same({ "entsync_conflicts", "entsync_failures", "entsync_idmap", "entsync_locks", "entsync_mark", "entsync_meta", "entsync_outbox",
-        "entsync_runs", "entsync_state" }, names)
-      assert.equal(core.schema_version, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
-      assert.equal(1, core.schema_version)
+      assert.same(TABLES, names)
+      local views = {}
+      for _, row in ipairs(store:rows("SELECT name FROM sqlite_master WHERE type = 'view' ORDER BY name")) do
+        views[#views + 1] = row.name
+      end
+      assert.same(VIEWS, views)
+      assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+      assert.equal(2, ledger.VERSION)
     end)
 
     it("opens an existing store again without touching its data or version", function()
-      store:run("INSERT INTO entsync_state (sync, cursor_mark) VALUES ('s', 'mark')")
+      ledger.migrate(store)
+      store:run("INSERT INTO entsync_syncs (name) VALUES ('s')")
+      store:run("INSERT INTO entsync_state (sync, cursor_mark) VALUES ((SELECT id FROM entsync_syncs WHERE name = 's'), 'mark')")
       store:close()
       store = core.store.open(db)
-      assert.equal("mark", store:value("SELECT cursor_mark FROM entsync_state WHERE sync = 's'"))
+      assert.equal(2, ledger.migrate(store))
+      assert.equal("mark", store:value([[SELECT t.cursor_mark FROM entsync_state t
+        JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 's']]))
       assert.equal(1, store:value("SELECT count(*) FROM entsync_meta"))
+      assert.equal(2, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     end)
 
     it("refuses a store whose schema version is newer than it knows, with a clear message, leaving it as it was", function()
+      ledger.migrate(store)
       store:run("UPDATE entsync_meta SET value = 99 WHERE key = 'schema_version'")
       store:close()
-      store = nil
-      local ok, err = pcall(core.store.open, db)
+      store = core.store.open(db)
+      local ok, err = pcall(ledger.migrate, store)
       assert.is_false(ok)
       err = tostring(err)
       assert.matches("store " .. db:gsub("%p", "%%%0") .. " has schema version 99", err)
-      assert.matches("knows up to 1", err)
+      assert.matches("knows up to 2", err)
       assert.matches("upgrade entsync", err)
+      store:close()
+      store = nil
       assert.equal("99", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     end)
 
@@ -470,13 +491,15 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
     helpers.write(dir .. "/job.lua", job_source('name = "text"', 'name = "name"'))
     assert.equal(0, run({ "job.lua", "run" }).code)
     local db = dir .. "/entsync.db"
-    assert.equal("entsync_conflicts\nentsync_failures\nentsync_idmap\nentsync_locks\nentsync_mark\nentsync_meta\nentsync_outbox\nentsync_runs\nentsync_state",
+    assert.equal(table.concat(TABLES, "\n"),
       sqlite3(db, "SELECT name FROM sqlite_master WHERE type = 'table' AND name LIKE 'entsync%' ORDER BY name"))
+    assert.equal(table.concat(VIEWS, "\n"),
+      sqlite3(db, "SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE 'entsync%' ORDER BY name"))
     assert.equal("contact", sqlite3(db,
       "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'entsync%'"))
-    assert.equal("1", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
-    assert.equal("contacts|run|ok|2", sqlite3(db, "SELECT sync, operation, status, created FROM entsync_runs"))
-    assert.equal("2", sqlite3(db, "SELECT count(*) FROM entsync_idmap WHERE sync = 'contacts'"))
+    assert.equal("2", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+    assert.equal("contacts|run|ok|2", sqlite3(db, "SELECT sync, operation, status, created FROM entsync_history"))
+    assert.equal("2", sqlite3(db, "SELECT count(*) FROM entsync_map WHERE sync = 'contacts'"))
   end)
 
   describe("with a schema version newer than this entsync knows", function()
@@ -494,7 +517,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
         local r = run({ "job.lua", command })
         assert.are_not.equal(0, r.code)
         assert.matches("schema version 99", r.stderr)
-        assert.matches("knows up to 1", r.stderr)
+        assert.matches("knows up to 2", r.stderr)
         assert.matches("upgrade entsync", r.stderr)
         assert.matches(db, r.stderr, 1, true)
         assert.is_nil(r.stderr:find("stack traceback", 1, true))
@@ -509,7 +532,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
       local r = run({ "job.lua", "run" })
       assert.are_not.equal(4, r.code)
       assert.is_nil(r.stderr:find("internal error", 1, true))
-      assert.is_nil(r.stderr:find("entsync/engine.lua", 1, true))
+      assert.is_nil(r.stderr:find("entsync/[%w_]+%.lua:%d+"))
       assert.matches("^entsync%-run: job%.lua: store ", r.stderr)
     end)
   end)

@@ -193,6 +193,21 @@ local function ago(t)
   return os.date("!%Y-%m-%d %H:%M UTC", math.floor(t))
 end
 
+-- Where a full pass in progress resumes, in words.
+local function describe_resume(text)
+  if text == nil then return "from the start" end
+  local number = tonumber(text)
+  if number then return string.format("resumes after %d records", number) end
+  local resume = json.try_decode(text)
+  if type(resume) ~= "table" then return "resumes from " .. tostring(text) end
+  if resume.offset then return string.format("resumes after %d records", resume.offset) end
+  local checkpoint = resume.checkpoint
+  if type(checkpoint) == "table" and checkpoint.file then
+    return string.format("resumes in %s after %d records", checkpoint.file, checkpoint.skip or 0)
+  end
+  return "resumes from the provider's checkpoint " .. json.encode(checkpoint)
+end
+
 function commands.status(job)
   local store
   if core.fs.exists(job.store_file) then
@@ -238,7 +253,7 @@ function commands.status(job)
         say("  cursor     none (the next run reads everything)")
       end
       if state.pass_open == 1 then
-        say("  full pass  %d in progress, resumes after %s records", state.pass, tostring(state.pass_resume or 0))
+        say("  full pass  %d in progress, %s", state.pass, describe_resume(state.pass_resume))
       end
       say("  mapped     %d remote entities", book:mapped_count(sync_id))
       local holder = core.lock.holder(store, "sync:" .. name)

@@ -54,7 +54,14 @@ function M.new(session, sync, op)
     provider = provider, resource = sync.export.resource or sync.resource,
     counts = op and op.counts or operation.new_counts(),
     writers = session:writers(sync),
-    can_get = type(provider.get) == "function" and not provider.log_sink,
+    can_create = type(provider.create) == "function" or type(provider.write_batch) == "function",
+    -- an update reads the remote's copy first (the conflict check, and what
+    -- a replacing update is merged over), unless there is none to read (a
+    -- file sink), or the provider's updates change only the fields they
+    -- are given and its versions catch a remote change (the remote refuses
+    -- a write on a stale version)
+    reads_before_write = type(provider.get) == "function" and not provider.log_sink
+      and not (provider.partial_updates and type(provider.version) == "function"),
   }, Exporter)
 end
 
@@ -73,6 +80,8 @@ local function version_of(provider, record)
   if type(provider.version) == "function" and type(record) == "table" then return provider:version(record) end
   return nil
 end
+
+local provider_contract = require "entsync.provider"
 
 -- The contexts of one export: the export direction's, and the import
 -- direction's for reading remote records (hashes, answers).
@@ -116,28 +125,6 @@ function Exporter:record(local_id, remote_id, sent, answer, rows_hash, in_ctx)
   end
 end
 
--- Creates the remote of a local entity that has none.
-function Exporter:create(local_id, record, rows_hash, in_ctx, out_ctx)
-  local sync, book, provider = self.sync, self.book, self.provider
-  if type(provider.create) ~= "function" then
-    errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
-      sync.provider.name))
-  end
-  local expected = pipeline.import_hash(sync, record, in_ctx:at(nil, local_id, record))
-  local key = string.format("%s:%d:%s", sync.name, local_id, core.hash.hex(record))
-  key = self:transaction(function()
-    return book:begin_write(self.sync_id, local_id, "create", key, expected ~= pipeline.FILTERED and expected or nil)
-  end)
-  out_ctx.idempotency_key = key
-  local remote_id, answer = provider:create(self.resource, record, out_ctx)
-  local typed, why = ids.remote(remote_id)
-  if typed == nil then
-    errors.raise("entity", string.format("the provider's create gave no usable remote id (got %s)", why))
-  end
-  self:record(local_id, typed, record, answer, rows_hash, in_ctx)
-  return "created", typed
-end
-
 -- The remote changed since it was last synced: settled by the policy.
 -- Returns true when the remote version stays (and was written locally).
 function Exporter:remote_wins(local_id, entry, current, remote_hash, rows, in_ctx, change_at)
@@ -161,66 +148,148 @@ function Exporter:remote_wins(local_id, entry, current, remote_hash, rows, in_ct
   return true
 end
 
--- export_one(local_id, options) -> outcome, remote_id. outcome: "created",
--- "updated", or "unchanged" (nothing the remote would see changed, or a
--- conflict the remote won). options.changed_only (the drain): send
--- nothing for a local write that changed nothing the mapping carries.
+-- Fetches the remote's current copy of an entry and compares it with what
+-- was last synced. Returns the copy and whether to go on (false: a
+-- conflict the remote won, settled already).
+function Exporter:check_remote(plan, options)
+  local sync, book, provider = self.sync, self.book, self.provider
+  local entry, local_id, in_ctx = plan.entry, plan.local_id, plan.in_ctx
+  local current, err = provider_contract.call(sync.provider, provider, "get", self.resource, entry.remote_id, plan.out_ctx)
+  if current == nil then
+    errors.raise("entity", string.format("remote %s is gone (%s)", ids.text(entry.remote_id), tostring(err or "not found")))
+  end
+  in_ctx:at(entry.remote_id, local_id, current)
+  local remote_hash = pipeline.import_hash(sync, current, in_ctx)
+  -- a remote record the import filter skips is none of the import's
+  -- business: it is no change to settle
+  if remote_hash ~= entry.hash and remote_hash ~= pipeline.FILTERED then
+    local w = book:write_of(self.sync_id, local_id)
+    if w and w.hash == remote_hash then
+      -- our own write reached the remote before a crash: not a change
+      self:transaction(function()
+        book:seen_remote(self.sync_id, local_id, remote_hash, mark_of(sync, current), version_of(provider, current))
+      end)
+    elseif self:remote_wins(local_id, entry, current, remote_hash, plan.rows, in_ctx, options.change_at) then
+      return current, false
+    end
+  end
+  return current, true
+end
+
+-- Fills in what an update sends, given the remote's current copy (nil
+-- when the provider is not asked for it): the mapped fields merged over it
+-- (a replacing update keeps what the mapping does not carry), only what
+-- changed (a patching one), and the version to send.
+function Exporter:fill_update(plan, current)
+  local out_ctx, record = plan.out_ctx, plan.record
+  plan.current = current
+  plan.body = current and pipeline.merge(current, record) or record
+  plan.patch = current and pipeline.changes(current, record) or record
+  plan.version = current and version_of(self.provider, current) or plan.entry.version
+  out_ctx.current, out_ctx.version, out_ctx.patch = current, plan.version, plan.patch
+  plan.expected = pipeline.import_hash(self.sync, plan.body, plan.in_ctx:at(plan.remote_id, plan.local_id, plan.body))
+end
+
+-- plan(local_id, options) -> plan: what an export of one local entity
+-- would send, worked out without sending anything. plan.done is set (an
+-- outcome) when there is nothing to send: the mapping sees no change
+-- (options.changed_only, the drain), or the remote won a conflict.
+-- Otherwise plan.op is "create" or "update" with its body.
 -- options.change_at: when the local change was made (newest policy).
 -- Raises an entity error (or a defer error) for this entity's faults.
-function Exporter:export_one(local_id, options)
+function Exporter:plan(local_id, options)
   options = options or {}
-  local session, sync, book, provider = self.session, self.sync, self.book, self.provider
+  local session, sync, book = self.session, self.sync, self.book
   local rows = session:rows_of(sync, local_id)
   if not rows[sync.entities[1]] then
     errors.raise("entity", string.format("local %s %s does not exist", sync.entities[1], tostring(local_id)))
   end
-  local rows_hash = core.hash.of(rows)
   local entry = book:by_local(self.sync_id, local_id)
   local out_ctx, in_ctx = contexts(self, local_id, entry and entry.remote_id)
-  local record = pipeline.export(sync, rows, out_ctx)
-  if not entry then return self:create(local_id, record, rows_hash, in_ctx, out_ctx) end
+  local plan = { local_id = local_id, entry = entry, rows = rows, rows_hash = core.hash.of(rows),
+    out_ctx = out_ctx, in_ctx = in_ctx, remote_id = entry and entry.remote_id }
+  plan.record = pipeline.export(sync, rows, out_ctx)
+  if not entry then
+    if not self.can_create then
+      errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
+        sync.provider.name))
+    end
+    plan.op, plan.body = "create", plan.record
+    local expected = pipeline.import_hash(sync, plan.record, in_ctx:at(nil, local_id, plan.record))
+    plan.expected = expected ~= pipeline.FILTERED and expected or nil
+    plan.key = string.format("%s:%d:%s", sync.name, local_id, core.hash.hex(plan.record))
+    return plan
+  end
   if options.changed_only and entry.hash ~= nil then
-    local local_hash = pipeline.import_hash(sync, record, in_ctx:at(entry.remote_id, local_id, record))
-    if local_hash == entry.hash then return "unchanged", entry.remote_id end
+    local local_hash = pipeline.import_hash(sync, plan.record, in_ctx:at(entry.remote_id, local_id, plan.record))
+    if local_hash == entry.hash then plan.done = "unchanged" return plan end
   end
+  plan.op = "update"
   local current
-  if self.can_get then
-    local err
-    current, err = provider:get(self.resource, entry.remote_id, out_ctx)
-    if current == nil then
-      errors.raise("entity", string.format("remote %s is gone (%s)", ids.text(entry.remote_id), tostring(err or "not found")))
-    end
-    in_ctx:at(entry.remote_id, local_id, current)
-    local remote_hash = pipeline.import_hash(sync, current, in_ctx)
-    -- a remote record the import filter skips is none of the import's
-    -- business: it is no change to settle
-    if remote_hash ~= entry.hash and remote_hash ~= pipeline.FILTERED then
-      local w = book:write_of(self.sync_id, local_id)
-      if w and w.hash == remote_hash then
-        -- our own write reached the remote before a crash: not a change
-        self:transaction(function()
-          book:seen_remote(self.sync_id, local_id, remote_hash, mark_of(sync, current), version_of(provider, current))
-        end)
-      elseif self:remote_wins(local_id, entry, current, remote_hash, rows, in_ctx, options.change_at) then
-        return "unchanged", entry.remote_id
-      end
-    end
+  if self.reads_before_write then
+    local go_on
+    current, go_on = self:check_remote(plan, options)
+    if not go_on then plan.done = "unchanged" return plan end
   end
-  local body = current and pipeline.merge(current, record) or record
-  out_ctx.current, out_ctx.version = current, entry.version
-  out_ctx.patch = current and pipeline.changes(current, record) or record
-  if current and out_ctx.patch == nil then
+  self:fill_update(plan, current)
+  if current and plan.patch == nil then
     -- the remote holds these values already: the id map catches up
-    self:record(local_id, entry.remote_id, body, nil, rows_hash, in_ctx)
-    return "unchanged", entry.remote_id
+    self:record(local_id, entry.remote_id, plan.body, nil, plan.rows_hash, in_ctx)
+    plan.done = "unchanged"
   end
-  local expected = pipeline.import_hash(sync, body, in_ctx:at(entry.remote_id, local_id, body))
+  return plan
+end
+
+-- Sends one planned write through the provider's own verb; returns the
+-- outcome. A version conflict (the remote changed since its version was
+-- read) is met like a conflict found before sending: the remote is read
+-- again and the policy settles it, in this run; the local version, when it
+-- wins, is sent once more on the new version.
+function Exporter:send(plan, options)
+  local sync, book, provider = self.sync, self.book, self.provider
+  local handle, local_id = sync.provider, plan.local_id
+  if plan.op == "create" then
+    local key = self:transaction(function()
+      return book:begin_write(self.sync_id, local_id, "create", plan.key, plan.expected)
+    end)
+    plan.out_ctx.idempotency_key = key
+    local remote_id, answer = provider_contract.call(handle, provider, "create", self.resource, plan.body, plan.out_ctx)
+    return self:created(plan, remote_id, answer)
+  end
   self:transaction(function()
-    book:begin_write(self.sync_id, local_id, "update", nil, expected ~= pipeline.FILTERED and expected or nil)
+    book:begin_write(self.sync_id, local_id, "update", nil, plan.expected ~= pipeline.FILTERED and plan.expected or nil)
   end)
-  local answer = provider:update(self.resource, entry.remote_id, body, out_ctx)
-  self:record(local_id, entry.remote_id, body, answer, rows_hash, in_ctx)
-  return "updated", entry.remote_id
+  local ok, answer = pcall(provider_contract.call, handle, provider, "update", self.resource, plan.remote_id, plan.body,
+    plan.out_ctx)
+  if not ok and errors.is(answer, "conflict") and not plan.retried then
+    plan.retried = true
+    local current, go_on = self:check_remote(plan, options or {})
+    if not go_on then return "unchanged" end
+    self:fill_update(plan, current)
+    return self:send(plan, options)
+  end
+  if not ok then error(answer, 0) end
+  self:record(local_id, plan.remote_id, plan.body, answer, plan.rows_hash, plan.in_ctx)
+  return "updated"
+end
+
+function Exporter:created(plan, remote_id, answer)
+  local typed, why = ids.remote(remote_id)
+  if typed == nil then
+    errors.raise("entity", string.format("the provider's create gave no usable remote id (got %s)", why))
+  end
+  plan.remote_id = typed
+  self:record(plan.local_id, typed, plan.body, answer, plan.rows_hash, plan.in_ctx)
+  return "created"
+end
+
+-- export_one(local_id, options) -> outcome, remote_id: plan, then send.
+-- outcome: "created", "updated", or "unchanged" (nothing the remote would
+-- see changed, or a conflict the remote won).
+function Exporter:export_one(local_id, options)
+  local plan = self:plan(local_id, options)
+  if plan.done then return plan.done, plan.remote_id end
+  return self:send(plan, options), plan.remote_id
 end
 
 -- Deletes the remote of a deleted local entity (export deletes =

@@ -76,6 +76,12 @@ M.new_run = new_run
 -- pointing at status) and stored with their payload.
 function Run:report(key, message, local_id)
   if self.quiet then return end
+  -- a batch written again after a failed write applies its failures
+  -- again: what they logged the first time is not logged twice
+  if self.reported then
+    if self.reported[key] then return end
+    self.reported[key] = true
+  end
   self.shown = self.shown + 1
   if self.shown <= 10 then
     self.session.log("error", string.format("%s %s%s: %s", self.sync.name, key,
@@ -165,7 +171,7 @@ function Run:prepare(record, raw_hash)
     local_id = linked
   end
   return { "write", key = key, remote_id = remote_id, local_id = local_id, stored = stored, mapped = mapped,
-    hash = hash, changed = changed, raw_hash = raw_hash, version = version, record = self.exports and record or nil }
+    hash = hash, changed = changed, raw_hash = raw_hash, version = version, record = record }
 end
 
 -- The remote deleted remote_id (a tombstone in the listing, or a get that
@@ -386,7 +392,9 @@ function Run:apply(plan)
   local ok, outcome = self.session:savepoint(Run.write, self, plan)
   if ok then return outcome end
   if errors.is(outcome) and outcome.kind ~= "entity" then error(outcome, 0) end
-  return self:fail(fail_plan(plan.key, errors.message(outcome, true), payload_of(plan.record)))
+  local failed = fail_plan(plan.key, errors.message(outcome, true), payload_of(plan.record))
+  failed.remote_id, failed.local_id = plan.remote_id, plan.local_id
+  return self:fail(failed)
 end
 
 -- write_batch(plans, checkpoint) writes the plans and the checkpoint in
@@ -394,6 +402,7 @@ end
 -- failure set are restored, and it is written again with a savepoint per
 -- record.
 function Run:write_batch(plans, checkpoint)
+  self.reported = {}
   local saved = { counts = {}, failing = {}, shown = self.shown }
   for k, v in pairs(self.counts) do saved.counts[k] = v end
   for k, v in pairs(self.failing) do saved.failing[k] = v end
@@ -405,8 +414,8 @@ function Run:write_batch(plans, checkpoint)
   local transaction = self.op and function(fn) return self.op:transaction(fn) end
     or function(fn) return self.session:transaction(self.sync_id, fn) end
   local ok, err = pcall(transaction, body)
-  if ok then return end
-  if not errors.is(err, "redo") then error(err, 0) end
+  if ok then self.reported = nil return end
+  if not errors.is(err, "redo") then self.reported = nil error(err, 0) end
   for k, v in pairs(saved.counts) do self.counts[k] = v end
   self.failing, self.shown = saved.failing, saved.shown
   -- An input that repeats remote ids (a change log) would replay batch
@@ -414,7 +423,7 @@ function Run:write_batch(plans, checkpoint)
   self.fresh = false
   self.careful = true
   local done, again = pcall(transaction, body)
-  self.careful = false
+  self.careful, self.reported = false, nil
   if not done then error(again, 0) end
 end
 
@@ -544,6 +553,7 @@ end
 -- longer than a batch takes to write.
 function M.run(session, sync)
   local book = session.ledger
+  local before = book:state(book:sync_id(sync.name))
   return operation.run(session, sync, "run", sync.import.mode, function(op)
     local run = new_run(session, sync, op)
     run.fresh = not book:has_mapped(run.sync_id)
@@ -674,7 +684,7 @@ function M.run(session, sync)
     if not session.dry then book:release_deferred(sync.name) end
     return { complete = complete, stopped = stopped, cursor = cursor_text(state),
       status = run.counts.failed > 0 and "failed" or (complete and "ok" or "partial") }
-  end)
+  end, cursor_text(before))
 end
 
 -- Imports records by remote id (import) or by local id (refresh), in one

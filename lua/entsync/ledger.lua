@@ -205,6 +205,8 @@ local MIGRATIONS = {
       store:exec(string.format('DROP TRIGGER "%s"', row.name))
     end
     store:exec(SCHEMA_2)
+    -- a store made from nothing has no id map of schema 1 to adopt
+    if not store:value("SELECT 1 FROM entsync_idmap_v1 LIMIT 1") then store:exec("DROP TABLE entsync_idmap_v1") end
   end,
 }
 assert(#MIGRATIONS == M.VERSION)

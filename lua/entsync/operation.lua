@@ -114,16 +114,28 @@ local function as_entsync_error(e)
   return errors.new("internal", tostring(e), { traceback = debug.traceback(tostring(e), 2) })
 end
 
--- run(session, sync, operation, mode, body) -> result. body(op) returns a
+-- An error that ends a run names its sync (the remote's and the provider's
+-- own messages do not know it).
+local function naming(sync, e)
+  if (e.kind == "provider" or e.kind == "http" or e.kind == "conflict") and not e.message:find(sync.name, 1, true) then
+    e.message = string.format("sync \"%s\": %s", sync.name, e.message)
+  end
+  return e
+end
+
+-- run(session, sync, operation, mode, body [, cursor_before]) -> result.
+-- cursor_before: the import cursor the run starts from, for its record.
+-- body(op) returns a
 -- table { status = "ok"|"partial"|"failed" (default: from the counts),
 -- complete, stopped, cursor, ... }; the result is that table with sync,
 -- counts and status filled in. op: session, sync, sync_id, counts,
 -- run_id, transaction, count, check. Runs inside the loop (one is started
 -- for it when none runs).
-function M.run(session, sync, operation, mode, body)
-  if not loop.running() then return loop.run(M.run, session, sync, operation, mode, body) end
+function M.run(session, sync, operation, mode, body, cursor_before)
+  if not loop.running() then return loop.run(M.run, session, sync, operation, mode, body, cursor_before) end
   local book = session.ledger
-  local op = setmetatable({ session = session, sync = sync, operation = operation, counts = new_counts() }, Op)
+  local op = setmetatable({ session = session, sync = sync, operation = operation, counts = new_counts(),
+    cursor_before = cursor_before }, Op)
   local dry = session.dry
   if not dry then acquire(session, sync) end
   local renewer = not dry and loop.spawn(renew, op)
@@ -137,6 +149,7 @@ function M.run(session, sync, operation, mode, body)
   op.finished = true
   if renewer then renewer:cancel() end
   if not ok then
+    result = naming(sync, result)
     session:rollback()
     if op.run_id and session.store:is_open() then
       pcall(book.finish_run, book, op.run_id, "error", op.counts, op.cursor_after, result.message)

@@ -202,12 +202,12 @@ end
 
 -- storing ------------------------------------------------------------------------------------
 
--- The row to store for one entity's mapped values: json values encoded,
--- in place (the values were hashed already and are not used again). After
--- coercion only json fields hold tables, after_map's extra fields too.
-function M.storable(values)
+-- The row to store for one entity's mapped values: the values of its json
+-- fields (declared: { field = type }) encoded, in place (the values were
+-- hashed already and are not used again).
+function M.storable(values, declared)
   for name, value in pairs(values) do
-    if type(value) == "table" then values[name] = json.encode(value) end
+    if declared[name] == "json" then values[name] = json.encode(value) end
   end
   return values
 end

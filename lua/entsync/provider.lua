@@ -250,12 +250,19 @@ end
 -- usage) pass as they are; anything else raised in provider code becomes a
 -- "provider" error naming the provider and the verb, keeping the message's
 -- file:line.
+local function as_provider_error(handle, what)
+  return function(err)
+    if errors.is(err) then return err end
+    return errors.new("provider", string.format("provider \"%s\" %s: %s", handle.name, what, tostring(err)),
+      { traceback = debug.traceback(tostring(err), 2) })
+  end
+end
+M.as_provider_error = as_provider_error
+
 function M.call(handle, instance, verb, ...)
-  local results = table.pack(pcall(instance[verb], instance, ...))
+  local results = table.pack(xpcall(instance[verb], as_provider_error(handle, verb), instance, ...))
   if results[1] then return table.unpack(results, 2, results.n) end
-  local err = results[2]
-  if errors.is(err) then error(err, 0) end
-  errors.raise("provider", string.format("provider \"%s\" %s: %s", handle.name, verb, tostring(err)))
+  error(results[2], 0)
 end
 
 return M

@@ -49,7 +49,10 @@ function M.open(job, options)
     owner = string.format("%s:%d:%d", core.sys.hostname(), core.sys.getpid(), math.floor(core.sys.now() * 1000)),
   }, Session)
   session.ledger.read_only = dry
-  if dry then store:run("BEGIN") end
+  -- a dry run writes inside one transaction it rolls back: it takes the
+  -- write lock first, so a writer beside it makes it wait (the busy
+  -- timeout) rather than fail on a snapshot gone stale
+  if dry then store:run(path == ":memory:" and "BEGIN" or "BEGIN IMMEDIATE") end
   session:define_entities()
   return session
 end
@@ -319,7 +322,7 @@ function Session:write_rows(sync, writers, local_id, mapped)
   local existed = local_id ~= nil
   for i, entity in ipairs(sync.mapping.entities) do
     local name = entity.name
-    local values = pipeline.storable(mapped[name] or {})
+    local values = pipeline.storable(mapped[name] or {}, self.job.entities[name].fields)
     if i == 1 then
       local writer = writer_for(self, writers, name, values)
       if local_id then

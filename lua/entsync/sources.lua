@@ -9,7 +9,6 @@
 
 local core = require "entsync.core"
 local cursor = require "entsync.cursor"
-local errors = require "entsync.errors"
 local ids = require "entsync.ids"
 local json = require "entsync.json"
 local provider = require "entsync.provider"
@@ -42,12 +41,11 @@ local function guarded(handle, reader)
       "committed", "close" }) do
     local fn = reader[method]
     if type(fn) == "function" then
+      local handler = provider.as_provider_error(handle, "reader " .. method)
       out[method] = function(_, ...)
-        local results = table.pack(pcall(fn, reader, ...))
+        local results = table.pack(xpcall(fn, handler, reader, ...))
         if results[1] then return table.unpack(results, 2, results.n) end
-        local err = results[2]
-        if errors.is(err) then error(err, 0) end
-        errors.raise("provider", string.format("provider \"%s\" reader %s: %s", handle.name, method, tostring(err)))
+        error(results[2], 0)
       end
     end
   end

@@ -135,7 +135,7 @@ end
 function M.contacts(dir)
   local out = {}
   for _, row in ipairs(M.query(dir, [[SELECT m.remote_id, c.email, c.name, c.age FROM contact c
-      JOIN entsync_map m ON m.local_id = c.id ORDER BY c.id]])) do
+      JOIN entsync_map m ON m.local_id = c.id AND m.sync = 'contacts' ORDER BY c.id]])) do
     out[tonumber(row.remote_id) or row.remote_id] = string.format("%s|%s|%s", tostring(row.email), tostring(row.name),
       tostring(row.age))
   end
@@ -219,6 +219,32 @@ function M.dead_pid()
   pipe:close()
   helpers.wait_gone(pid, 5)
   return pid
+end
+
+-- Makes the job's store with entsync's own tables at the current schema,
+-- as entsync-run's first open would (core.store.open alone makes none of
+-- them: entsync.ledger does).
+function M.create_store(dir)
+  local store = helpers.open_store(M.db(dir))
+  require("entsync.ledger").migrate(store)
+  store:close()
+end
+
+-- How many records of the input an open full pass has behind it, read
+-- from entsync_state.pass_resume: a count of records ("3"), or the JSON
+-- the pass resumes from ({"offset":3}, or a file reader's checkpoint
+-- {"checkpoint":{"file":...,"skip":3}}). Other text is returned as it is.
+function M.resumes_after(text)
+  if text == nil then return nil end
+  local n = tonumber(text)
+  if n then return math.tointeger(n) end
+  local ok, value = pcall(cjson.decode, text)
+  if not ok or type(value) ~= "table" then return text end
+  if value.offset ~= nil then return math.tointeger(value.offset) end
+  if type(value.checkpoint) == "table" and value.checkpoint.skip ~= nil then
+    return math.tointeger(value.checkpoint.skip)
+  end
+  return text
 end
 
 -- Writes a lease row for sync into the store.
