@@ -123,6 +123,7 @@ end
 return filesource.provider {
   kind = "csv",
   extensions = { ".csv" },
+  settings = { delimiter = "string" },
   validate = validate,
   open = open,
 }

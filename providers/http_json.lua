@@ -26,57 +26,68 @@ local M = {}
 local null = json.null
 
 local id_text = require("entsync.cursor").id_text
-local styles = { page = true, offset = true, cursor = true, link = true, next = true, none = true }
-local known = {
-  base_url = true, auth = true, page = true, records = true, id = true, changed = true, since = true,
-  headers = true, timeout = true, connect_timeout = true, attempts = true, concurrency = true, rate = true,
-  verify = true, cafile = true, resources = true, ordered = true, update_method = true, name = true,
-  secret_headers = true, record_path = true, idempotency_header = true,
+local contract = require "entsync.provider"
+
+local styles = { "page", "offset", "cursor", "link", "next", "key", "none" }
+
+-- Every setting, by type (entsync.provider checks them before new runs).
+M.settings = {
+  base_url = { type = "string", required = true },
+  name = "string",
+  auth = { fields = {
+    bearer = "string_or_number",
+    basic = { list = "string_or_number" },
+    api_key = { fields = { header = "string", query = "string", value = { type = "string_or_number", required = true } } },
+    oauth2 = { fields = { client_id = { type = "string_or_number", required = true },
+      client_secret = { type = "string_or_number", required = true }, token_url = "string", scope = "string" } },
+  } },
+  page = { fields = {
+    style = { one_of = styles }, size = "positive", first = "integer", total = "string",
+    page_param = "string", size_param = "string", offset_param = "string", limit_param = "string",
+    cursor_param = "string", cursor_path = "string", next_path = "string", after_param = "string", key = "string",
+  } },
+  records = "string", record_path = "string", resources = { map = "string" },
+  id = "string", changed = "string",
+  since = { type = "any" },
+  version = { fields = { field = "string", header = "string" } },
+  headers = { map = "string_or_number" }, secret_headers = { list = "string" },
+  timeout = "number", connect_timeout = "number", attempts = "positive", concurrency = "positive",
+  rate = { fields = { per_second = "number" } },
+  verify = "boolean", cafile = "string", ordered = "boolean",
+  update_method = { one_of = { "PUT", "PATCH" } }, idempotency_header = { type = "any" },
 }
 
 local function fail(fmt, ...)
-  return nil, "provider http_json: " .. string.format(fmt, ...)
+  return nil, string.format(fmt, ...)
 end
 
+-- What the schema cannot say.
 function M.validate(config)
-  if type(config) ~= "table" then return fail("expects a table, got %s", type(config)) end
-  for key in pairs(config) do
-    if not known[key] then return fail("unknown setting %q", tostring(key)) end
+  if not config.base_url:match("^https?://") then
+    return fail("setting base_url must be an http:// or https:// URL, got %q", config.base_url)
   end
-  if type(config.base_url) ~= "string" or not config.base_url:match("^https?://") then
-    return fail("base_url must be an http:// or https:// URL")
-  end
-  local page = config.page or {}
-  if type(page) ~= "table" or not styles[page.style or "none"] then
-    return fail("page.style must be one of page, offset, cursor, link, next")
-  end
-  if page.size ~= nil and (math.type(page.size) ~= "integer" or page.size < 1) then
-    return fail("page.size must be a positive integer")
+  local since = config.since
+  if since ~= nil and type(since) ~= "string" and not (type(since) == "table" and type(since.param) == "string") then
+    return fail("setting since must be a query parameter name, or { param = name }")
   end
   local auth = config.auth
   if auth ~= nil then
-    if type(auth) ~= "table" then return fail("auth must be a table") end
     local kinds = 0
     for _, kind in ipairs({ "bearer", "basic", "api_key", "oauth2" }) do
       if auth[kind] ~= nil then kinds = kinds + 1 end
     end
-    if kinds ~= 1 then return fail("auth takes one of bearer, basic, api_key, oauth2") end
-    if auth.basic and (type(auth.basic) ~= "table" or #auth.basic ~= 2) then
-      return fail("auth.basic is { user, password }")
-    end
-    if auth.api_key and (type(auth.api_key) ~= "table" or not (auth.api_key.header or auth.api_key.query)
-        or auth.api_key.value == nil) then
-      return fail("auth.api_key is { header = name, value = key } or { query = name, value = key }")
-    end
-    if auth.oauth2 and (type(auth.oauth2) ~= "table" or not auth.oauth2.client_id or not auth.oauth2.client_secret) then
-      return fail("auth.oauth2 needs client_id and client_secret (and token_url)")
+    if kinds ~= 1 then return fail("setting auth takes one of bearer, basic, api_key, oauth2") end
+    if auth.basic and #auth.basic ~= 2 then return fail("setting auth.basic is { user, password }") end
+    if auth.api_key and not (auth.api_key.header or auth.api_key.query) then
+      return fail("setting auth.api_key is { header = name, value = key } or { query = name, value = key }")
     end
   end
-  if config.concurrency ~= nil and (math.type(config.concurrency) ~= "integer" or config.concurrency < 1) then
-    return fail("concurrency must be a positive integer")
+  if config.version and (config.version.field == nil) == (config.version.header == nil) then
+    return fail("setting version is { field = name } (in the record) or { header = name } (such as ETag)")
   end
-  if config.update_method ~= nil and config.update_method ~= "PUT" and config.update_method ~= "PATCH" then
-    return fail("update_method is PUT or PATCH")
+  local idempotency = config.idempotency_header
+  if idempotency ~= nil and idempotency ~= false and type(idempotency) ~= "string" then
+    return fail("setting idempotency_header must be a header name or false")
   end
   return true
 end
@@ -104,8 +115,6 @@ end
 M.basic_header = basic_header
 
 function M.new(config, ctx)
-  local ok, err = M.validate(config)
-  if not ok then error(err, 0) end
   local self = setmetatable({
     config = config, name = (ctx and ctx.name) or "http_json",
     base = config.base_url:gsub("/+$", ""),
@@ -113,7 +122,11 @@ function M.new(config, ctx)
     id_field = config.id or "id",
     limits = http.limits({ concurrency = config.concurrency or 4, per_second = config.rate and config.rate.per_second }),
     refreshed = loop.condition(), -- notified when a token refresh ends
+    -- a PATCH changes only the fields it is given
+    partial_updates = config.update_method == "PATCH",
+    etags = setmetatable({}, { __mode = "k" }), -- record -> the version header it came with
   }, Provider)
+  if not config.version then self.version = false end
   for _, name in ipairs(config.secret_headers or {}) do http.secret_header(name) end
   local auth = config.auth or {}
   if auth.api_key and auth.api_key.header then http.secret_header(auth.api_key.header) end
@@ -261,7 +274,30 @@ function Provider:list(resource, query)
   elseif style == "offset" then
     reader.next_page = 0
   end
+  if style == "page" or style == "offset" or style == "none" or query.mode ~= "full" then
+    -- a page number or an offset is no place to resume a list that may
+    -- shift: these styles hand over no checkpoint; and an incremental run
+    -- starts a new listing of what changed since its cursor
+    reader.checkpoint = false
+  elseif type(query.checkpoint) == "table" then
+    -- resume: the page the checkpoint names, less the records taken from it
+    local cp = query.checkpoint
+    reader.cursor, reader.next_url, reader.after = cp.cursor, cp.url, cp.after
+    reader.skip = math.tointeger(cp.skip) or 0
+    if cp.done then reader.done = true end
+  end
   return reader
+end
+
+-- checkpoint() -> where this listing resumes: the token or URL of the page
+-- being read with how many of its records were taken ({ cursor, skip },
+-- { url, skip }), or the last key taken ({ after }); { done = true } at
+-- the end.
+function Reader:checkpoint()
+  if self.done and self.index >= self.count then return { done = true } end
+  if self.style == "key" then return { after = self.last_key } end
+  if self.style == "cursor" then return { cursor = self.page_cursor, skip = self.index } end
+  return { url = self.page_url, skip = self.index }
 end
 
 -- The request for page number n (page style) or offset n (offset style).
@@ -330,12 +366,16 @@ end
 function Reader:fetch_chained()
   local page, provider = self.provider.page, self.provider
   local req
+  self.page_cursor, self.page_url = self.cursor, self.next_url
   if self.next_url then
     req = provider:req("GET", self.next_url, nil)
   else
     local params = {}
     for k, v in pairs(self.params) do params[k] = v end
-    if self.style == "cursor" then
+    if self.style == "key" then
+      params[page.limit_param or "limit"] = self.size
+      if self.after ~= nil then params[page.after_param or "after"] = self.after end
+    elseif self.style == "cursor" then
       params[page.limit_param or "limit"] = self.size
       if self.cursor then params[page.cursor_param or "cursor"] = self.cursor end
     elseif self.style ~= "none" then
@@ -348,7 +388,13 @@ function Reader:fetch_chained()
   check_status(response)
   local body = response:json()
   local records = provider:records_of(body, response)
-  if self.style == "cursor" then
+  if self.style == "key" then
+    -- the next page starts after the last key of this one; a short page
+    -- is the last
+    local last = records[#records]
+    local key = type(last) == "table" and last[page.key or provider.id_field] or nil
+    if #records < self.size or key == nil or key == null then self.done = true else self.after = key end
+  elseif self.style == "cursor" then
     local cursor = dig(body, page.cursor_path or "next_cursor")
     if cursor == nil or cursor == null or cursor == "" or #records == 0 then self.done = true else self.cursor = cursor end
   elseif self.style == "link" then
@@ -376,6 +422,7 @@ function Reader:next()
       if self.skip > 0 then
         self.skip = self.skip - 1
       elseif type(record) == "table" then
+        if self.style == "key" then self.last_key = record[self.provider.page.key or self.provider.id_field] end
         return record
       else
         return false, string.format("%s: a record that is not an object (%s)", self.path, type(record))
@@ -413,14 +460,50 @@ function Provider:record_url(resource, id)
   return self:path(resource):gsub("/+$", "") .. "/" .. http.encode(id_text(id))
 end
 
+-- version(record) -> the record's version token: version.field of the
+-- record, or the version.header (an ETag) its response came with.
+function Provider:version(record)
+  local v = self.config.version
+  if v.field then
+    local token = record[v.field]
+    if token == null then return nil end
+    return token
+  end
+  return self.etags[record]
+end
+
+-- The headers that make a write conditional on the version last seen.
+local function if_match(self, req, ctx)
+  if self.config.version and ctx and ctx.version ~= nil then
+    req.headers["If-Match"] = self.config.version.header and tostring(ctx.version)
+      or string.format('"%s"', tostring(ctx.version))
+  end
+  return req
+end
+
+-- A 409 or 412 to a write made on a version: the remote changed since.
+local function check_write(response)
+  if response.status == 409 or response.status == 412 then
+    contract.conflict(string.format("%s %s: status %d: the remote changed since its version was read", response.method,
+      http.redacted_url(response.url), response.status))
+  end
+  check_status(response)
+end
+
+local function keep_etag(self, response, body)
+  local header = self.config.version and self.config.version.header
+  if header and type(body) == "table" then self.etags[body] = response.headers[header:lower()] end
+  return body
+end
+
 -- get(resource, id) -> record | nil, "not found"
 function Provider:get(resource, id)
   local response = http.request(self:req("GET", self:record_url(resource, id)))
-  if response.status == 404 then return nil, "not found" end
+  if response.status == 404 or response.status == 410 then return nil, "not found" end
   check_status(response)
   local body = response:json()
   if self.config.record_path then body = dig(body, self.config.record_path) end
-  return body
+  return keep_etag(self, response, body)
 end
 
 -- create(resource, record, ctx) -> remote id, the created record. A
@@ -441,22 +524,29 @@ function Provider:create(resource, record, ctx)
     errors.raise("http", string.format("POST %s: the response names no id in %q", http.redacted_url(response.url),
       self.id_field))
   end
-  return id, body
+  return id, keep_etag(self, response, body)
 end
 
--- update(resource, id, record) -> the updated record
-function Provider:update(resource, id, record)
-  local response = http.request(self:req(self.config.update_method or "PUT", self:record_url(resource, id), nil, record))
-  check_status(response)
+-- update(resource, id, record, ctx) -> the updated record. PUT sends the
+-- record as entsync gives it (the mapped fields merged over the remote's
+-- copy); PATCH sends only what changed (ctx.patch). With versions, the
+-- write names the version last seen (If-Match) and a 409 or 412 is a
+-- version conflict.
+function Provider:update(resource, id, record, ctx)
+  local method = self.config.update_method or "PUT"
+  local body = record
+  if method == "PATCH" and ctx and ctx.patch then body = ctx.patch end
+  local response = http.request(if_match(self, self:req(method, self:record_url(resource, id), nil, body), ctx))
+  check_write(response)
   if response.body == "" then return record end
-  return response:json()
+  return keep_etag(self, response, response:json())
 end
 
--- delete(resource, id) -> true (a remote already gone counts as deleted)
-function Provider:delete(resource, id)
-  local response = http.request(self:req("DELETE", self:record_url(resource, id)))
-  if response.status == 404 then return true end
-  check_status(response)
+-- delete(resource, id, ctx) -> true (a remote already gone counts as deleted)
+function Provider:delete(resource, id, ctx)
+  local response = http.request(if_match(self, self:req("DELETE", self:record_url(resource, id)), ctx))
+  if response.status == 404 or response.status == 410 then return true end
+  check_write(response)
   return true
 end
 

@@ -251,6 +251,7 @@ end
 return filesource.provider {
   kind = "json",
   extensions = { ".json" },
+  settings = { records = "string" },
   validate = validate,
   open = open,
 }

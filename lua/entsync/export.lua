@@ -283,6 +283,60 @@ function Exporter:created(plan, remote_id, answer)
   return "created"
 end
 
+-- Sends planned writes through the provider's write_batch, as many at
+-- once as the export's batch allows, and records each answer:
+-- on_done(plan, ok, outcome_or_error). An item refused for a version
+-- conflict is settled like any conflict, and sent again on its own when
+-- the local version wins.
+function Exporter:send_batch(plans, on_done)
+  local sync, book, provider = self.sync, self.book, self.provider
+  self:transaction(function()
+    for _, plan in ipairs(plans) do
+      if plan.op == "create" then
+        plan.key = book:begin_write(self.sync_id, plan.local_id, "create", plan.key, plan.expected)
+      else
+        book:begin_write(self.sync_id, plan.local_id, "update", nil,
+          plan.expected ~= pipeline.FILTERED and plan.expected or nil)
+      end
+    end
+  end)
+  local items = {}
+  for i, plan in ipairs(plans) do
+    items[i] = { op = plan.op, id = plan.remote_id, record = plan.body, patch = plan.patch, version = plan.version,
+      key = plan.key, current = plan.current }
+  end
+  local ok, results = pcall(provider_contract.call, sync.provider, provider, "write_batch", self.resource, items,
+    context.new(self.session, sync, "export"))
+  for i, plan in ipairs(plans) do
+    local result = ok and type(results) == "table" and results[i]
+    if not ok then
+      on_done(plan, false, results)
+    elseif type(result) ~= "table" then
+      on_done(plan, false, errors.new("provider", string.format("provider \"%s\" write_batch gave no answer for "
+        .. "item %d of %d", sync.provider.name, i, #plans)))
+    elseif result.ok then
+      local done, outcome = pcall(function()
+        if plan.op == "create" then return self:created(plan, result.id, result.answer) end
+        self:record(plan.local_id, plan.remote_id, plan.body, result.answer, plan.rows_hash, plan.in_ctx)
+        return "updated"
+      end)
+      on_done(plan, done, outcome)
+    elseif result.conflict and plan.op == "update" then
+      -- the remote changed since its version was read: settled now
+      on_done(plan, pcall(function()
+        local current, go_on = self:check_remote(plan, plan.options or {})
+        if not go_on then return "unchanged" end
+        self:fill_update(plan, current)
+        plan.retried = true
+        return self:send(plan, plan.options)
+      end))
+    else
+      on_done(plan, false, errors.new(result.conflict and "conflict" or "entity",
+        string.format("the remote refused it: %s", tostring(result.error or "no reason given"))))
+    end
+  end
+end
+
 -- export_one(local_id, options) -> outcome, remote_id: plan, then send.
 -- outcome: "created", "updated", or "unchanged" (nothing the remote would
 -- see changed, or a conflict the remote won).
@@ -307,7 +361,7 @@ function Exporter:export_delete(local_id)
     self:transaction(function() book:begin_write(self.sync_id, local_id, "delete", nil, nil) end)
     local out_ctx = contexts(self, local_id, entry.remote_id)
     out_ctx.version = entry.version
-    provider:delete(self.resource, entry.remote_id, out_ctx)
+    provider_contract.call(sync.provider, provider, "delete", self.resource, entry.remote_id, out_ctx)
   end
   self:transaction(function()
     book:forget(self.sync_id, local_id)
@@ -443,8 +497,9 @@ function M.drain(session, sync)
     local entity_ids = json.encode({ book:entity_id(sync.entities[1]) })
     local failing = book:failing(sync_id, "export")
     local width = width_of(sync)
+    local batched = type(exporter.provider.write_batch) == "function"
     local function send(items)
-      local jobs = {}
+      local jobs, plans = {}, {}
       for i, item in ipairs(items) do
         jobs[i] = function()
           if item.operation == DELETE then return exporter:export_delete(item.local_id) end
@@ -452,12 +507,28 @@ function M.drain(session, sync)
               sync.entities[1]), item.local_id) then
             return "unchanged" -- deleted since: its delete follows in the log
           end
-          return exporter:export_one(item.local_id, { changed_only = true, change_at = item.at })
+          local options = { changed_only = true, change_at = item.at }
+          if not batched then return exporter:export_one(item.local_id, options) end
+          -- with a batch verb, the writes are planned here and sent together
+          local plan = exporter:plan(item.local_id, options)
+          if plan.done then return plan.done end
+          plan.options, plan.index = options, i
+          plans[#plans + 1] = plan
+          return nil
         end
       end
       run_concurrently(width, jobs, function(i, ok, outcome)
-        if ok then exporter:succeeded(items[i].local_id, outcome, failing) else exporter:failed(items[i].local_id, outcome) end
+        if not ok then
+          exporter:failed(items[i].local_id, outcome)
+        elseif outcome ~= nil then
+          exporter:succeeded(items[i].local_id, outcome, failing)
+        end
       end)
+      if #plans > 0 then
+        exporter:send_batch(plans, function(plan, ok, outcome)
+          if ok then exporter:succeeded(plan.local_id, outcome, failing) else exporter:failed(plan.local_id, outcome) end
+        end)
+      end
     end
     -- failures that came due
     local retries = {}

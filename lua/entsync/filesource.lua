@@ -451,24 +451,35 @@ end
 -- provider(spec) -> the module a provider file returns.
 --   spec.kind        "ndjson", used in messages
 --   spec.extensions  file name endings read from a drop folder, lower case
---   spec.validate    optional: config -> message | nil, for its own options
+--   spec.settings    optional: the schema of its own settings (entsync.provider)
+--   spec.validate    optional: config -> message | nil, for what a schema cannot say
 --   spec.raw         true when sources also offer next_raw() and decode(text)
 --   spec.open        (file, name, config) -> source; source:next() gives
 --                    record | nil at end | false, message; source.broken set
 --                    true means it stopped early and the file must stay
+-- The settings every file provider takes; spec.settings adds its own.
+local COMMON_SETTINGS = {
+  dir = "string", path = "string", id = "string", name = "string",
+  processed = { type = "any" },
+}
+
 function M.provider(spec)
   local prefix = "provider " .. spec.kind .. ": "
-  local P = {}
+  local P = { settings = {} }
+  for k, v in pairs(COMMON_SETTINGS) do P.settings[k] = v end
+  for k, v in pairs(spec.settings or {}) do P.settings[k] = v end
 
   function P.validate(config)
+    local ok, err = require("entsync.provider").check_settings(P.settings, config)
+    if not ok then return nil, err end
     local message = check_common(config) or (spec.validate and spec.validate(config))
-    if message then return nil, prefix .. message end
+    if message then return nil, message end
     return true
   end
 
   function P.new(config, ctx)
     local ok, err = P.validate(config)
-    if not ok then error(err, 0) end
+    if not ok then error(prefix .. err, 0) end
     ctx = ctx or {}
     if ctx.base_dir ~= nil and type(ctx.base_dir) ~= "string" then
       error(prefix .. "ctx.base_dir must be a string", 0)

@@ -21,6 +21,8 @@ resource is a 404.
     GET /cursor/<res>?cursor=T&limit=M  {"data", "next_cursor": token|null}
     GET /link/<res>?page=N&per_page=M   [...] + Link: <absolute next>; rel="next"
     GET /next/<res>?page=N&per_page=M   {"items", "next": absolute url|null}
+    GET /key/<res>?after=K&limit=M      {"data"}: the records in id order whose id is
+                                        after K (integer ids numerically)
     GET /api/<res>                      like /page
     GET /<style>/<res>/<id>             the record, or 404 {"error": "not found"}
     POST /api/<res>, PUT|PATCH|DELETE /api/<res>/<id>   201 / 200 / 204, 404, 409
@@ -75,7 +77,7 @@ import urllib.parse
 from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STYLES = ("page", "offset", "cursor", "link", "next", "api")
+STYLES = ("page", "offset", "cursor", "link", "next", "key", "api")
 FEED_TOKEN_SALT = "entsync"
 DEFAULT_LIMIT = 100
 ONE_MS = timedelta(milliseconds=1)
@@ -750,6 +752,14 @@ class Handler(BaseHTTPRequestHandler):
                 raw = base64.urlsafe_b64encode(json.dumps(token).encode()).decode()
                 next_cursor = raw.rstrip("=")
             return 200, {"data": chunk, "next_cursor": next_cursor}, {}
+        if style == "key":
+            limit = self.int_param("limit", DEFAULT_LIMIT, 1)
+            after = (self.params.get("after") or [None])[0]
+            records = sorted(self.listing(name, since), key=lambda r: id_key(r.get("id")))
+            if after is not None and after != "":
+                floor = id_key(int(after)) if after.lstrip("-").isdigit() else id_key(after)
+                records = [r for r in records if id_key(r.get("id")) > floor]
+            return 200, {"data": records[:limit]}, {}
         if style == "offset":
             offset = self.int_param("offset", 0, 0)
             limit = self.int_param("limit", DEFAULT_LIMIT, 1)
