@@ -20,6 +20,9 @@ commands:
   refresh SYNC LOCAL_ID... refresh local entities from their remotes
   refresh SYNC --all       refresh every entity the sync has imported
   retry SYNC               retry the sync's failed entities now
+  failures SYNC [--json]   the sync's failures with their payloads
+  failures SYNC retry [KEY...]        retry them (all, or the keys given) now
+  failures SYNC dismiss KEY...|--all  forget them
   export SYNC LOCAL_ID...  export local entities now (create or update their remote)
   export SYNC --all        export every local entity of the sync (or --where SQL)
   daemon                   run syncs on their schedules and export changes as
@@ -57,7 +60,7 @@ local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["
 local flag_options = {
   ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
   ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
-  ["--all"] = "all", ["--allow-deletes"] = "allow_deletes",
+  ["--all"] = "all", ["--allow-deletes"] = "allow_deletes", ["--json"] = "json",
 }
 
 function M.parse(args)
@@ -446,6 +449,65 @@ function commands.export(job, args, options)
     local result = export.export_list(session, sync, ids)
     print(export.summary(result, core.sys.monotonic() - started))
     return result.counts.failed > 0 and errors.exit_codes.failed or 0
+  end)
+end
+
+-- failures SYNC [--json] | failures SYNC retry [KEY...] | failures SYNC dismiss KEY... | --all
+function commands.failures(job, args, options)
+  local sync = sync_named(job, args[1])
+  local action = args[2]
+  local keys = { table.unpack(args, 3) }
+  if action ~= nil and action ~= "retry" and action ~= "dismiss" then
+    usage_error("failures takes a sync, then nothing (list them), retry [KEY...] or dismiss KEY... | --all")
+  end
+  if action == "dismiss" and #keys == 0 and not options.all then
+    usage_error("failures SYNC dismiss takes the keys to dismiss, or --all")
+  end
+  return with_session(job, options, function(session)
+    local book = session.ledger
+    local sync_id = book:sync_id(sync.name)
+    if action == nil then
+      local rows = book:failures(sync_id)
+      for _, f in ipairs(rows) do
+        if options.json then
+          print(json.encode(json.object({ sync = sync.name, direction = f.direction, key = f.key,
+            local_id = f.local_id, remote_id = f.remote_id, error = f.error, attempts = f.attempts,
+            first_at = f.first_at, last_at = f.last_at, next_at = f.next_at < 1e100 and f.next_at or nil,
+            waits_for = f.waits_for, payload = f.payload and json.try_decode(f.payload) or f.payload })))
+        else
+          local when = f.next_at <= core.sys.now() and "due now"
+            or f.next_at > 1e100 and ("after " .. tostring(f.waits_for) .. " runs")
+            or string.format("retried in %.0fs", f.next_at - core.sys.now())
+          print(string.format("%s %s%s: %s (attempt %d, %s)", f.direction, f.key,
+            f.local_id and string.format(" (local %d)", f.local_id) or "", f.error, f.attempts, when))
+          if f.payload then print("  payload " .. f.payload) end
+        end
+      end
+      if not options.json then print(string.format("%s: %d failures", sync.name, #rows)) end
+      return 0
+    end
+    local chosen = #keys > 0 and keys or nil
+    if action == "dismiss" then
+      local n = session:transaction(nil, book.dismiss, book, sync_id, chosen)
+      print(string.format("%s: %d failures dismissed", sync.name, n))
+      return 0
+    end
+    -- retry: the chosen failures come due now and are retried, imports by
+    -- fetching them again, exports by the drain
+    session:transaction(nil, book.make_due, book, sync_id, chosen)
+    local started, failed = core.sys.monotonic(), false
+    if book:failure_count(sync_id, "import") > 0 then
+      local result = require("entsync.import").retry(session, sync, chosen ~= nil)
+      print(require("entsync.operation").summary(result, core.sys.monotonic() - started, options.dry_run))
+      failed = result.counts.failed > 0
+    end
+    if sync.export and book:failure_count(sync_id, "export") > 0 then
+      local export = require "entsync.export"
+      local result = export.drain(session, sync)
+      print(export.summary(result, core.sys.monotonic() - started))
+      failed = failed or result.counts.failed > 0
+    end
+    return failed and errors.exit_codes.failed or 0
   end)
 end
 

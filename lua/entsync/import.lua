@@ -748,9 +748,11 @@ function M.refresh(session, sync, local_ids)
   return run_single(session, sync, "refresh", remote_ids)
 end
 
-function M.retry(session, sync)
+-- retry(session, sync [, due_only]): retries the sync's failed entities
+-- now, all of them (or those due, when due_only).
+function M.retry(session, sync, due_only)
   return operation.run(session, sync, "retry", "retry", function(op)
-    new_run(session, sync, op):retry_failures(true)
+    new_run(session, sync, op):retry_failures(not due_only)
     return { complete = true }
   end)
 end

@@ -696,6 +696,29 @@ function Ledger:failures(sync_id, limit)
   return self.store:rows(SQL.failures, sync_id, limit or -1)
 end
 
+SQL.make_due = "UPDATE entsync_failures SET next_at = ?3 WHERE sync = ?1 AND key = ?2"
+SQL.make_all_due = "UPDATE entsync_failures SET next_at = ?2 WHERE sync = ?1"
+SQL.dismiss = "DELETE FROM entsync_failures WHERE sync = ?1 AND key = ?2"
+SQL.dismiss_all = "DELETE FROM entsync_failures WHERE sync = ?1"
+
+-- Makes failures due now (keys: a list of keys, or nil for all); returns
+-- how many.
+function Ledger:make_due(sync_id, keys)
+  local now = core.sys.now()
+  if not keys then return (self.store:run(SQL.make_all_due, sync_id, now)) end
+  local n = 0
+  for _, key in ipairs(keys) do n = n + self.store:run(SQL.make_due, sync_id, key, now) end
+  return n
+end
+
+-- Forgets failures (keys, or nil for all); returns how many.
+function Ledger:dismiss(sync_id, keys)
+  if not keys then return (self.store:run(SQL.dismiss_all, sync_id)) end
+  local n = 0
+  for _, key in ipairs(keys) do n = n + self.store:run(SQL.dismiss, sync_id, key) end
+  return n
+end
+
 function Ledger:failure_count(sync_id, direction)
   if direction then return self.store:value(SQL.failure_count_dir, sync_id, direction) end
   return self.store:value(SQL.failure_count, sync_id)
