@@ -626,19 +626,29 @@ describe("entsync.loop", function()
       assert.is_true(ticks >= 5, ticks .. " ticks during a 300 ms request")
     end)
 
-    it("a task's http.run spawns beside it: the other tasks are not frozen meanwhile", function()
+    it("a task waiting on tasks that make requests does not freeze the others meanwhile", function()
       server.latency(200)
       local ticks = loop.run(function()
         local count, ticking = ticker()
-        local results = http.run({
-          function() return http.get(url("/page/contacts")).status end,
-          function() return http.get(url("/offset/contacts")).status end,
-        })
-        assert.same({ { true, 200 }, { true, 200 } }, results)
+        local a = loop.spawn(function() return http.get(url("/page/contacts")).status end)
+        local b = loop.spawn(function() return http.get(url("/offset/contacts")).status end)
+        assert.same({ true, 200 }, { a:wait() })
+        assert.same({ true, 200 }, { b:wait() })
         ticking:cancel()
         return count()
       end)
-      assert.is_true(ticks >= 4, ticks .. " ticks during the inner run")
+      assert.is_true(ticks >= 4, ticks .. " ticks during the requests")
+    end)
+
+    it("a task that dies of an error inside forbid_yield leaves no refusal behind it", function()
+      local ok = loop.run(function()
+        local t = loop.spawn(function() return loop.forbid_yield("a batch", function() error("boom") end) end)
+        return (t:wait())
+      end)
+      assert.is_false(ok)
+      -- waits after it are waits again
+      loop.run(function() loop.sleep(0.01) end)
+      assert.is_true(pcall(loop.run, function() loop.sleep(0) end))
     end)
 
     it("inside forbid_yield a request is refused before it is sent", function()

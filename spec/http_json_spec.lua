@@ -702,7 +702,7 @@ describe("http_json", function()
 
     it("list reads every page with the provider's headers", function()
       local p = provider({ page = { style = "next", size = 40 }, records = "items", headers = { ["X-Tenant"] = "t1" } })
-      local results = http.run({ function()
+      local results = S.tasks({ function()
         local reader, n, ids = p:list("next/others", {}), 0, {}
         while true do
           local record = reader:next()

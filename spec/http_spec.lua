@@ -175,9 +175,9 @@ describe("entsync.http", function()
   end)
 
   describe("the scheduler", function()
-    it("http.run overlaps the requests of several tasks; outside a task a request blocks", function()
+    it("tasks of one loop overlap their requests; outside a task a request blocks", function()
       server.latency(200)
-      local elapsed, results = S.timed(http.run, {
+      local elapsed, results = S.timed(S.tasks, {
         function() return http.get(url("/page/contacts")).status end,
         function() return http.get(url("/offset/contacts")).status end,
         function() return http.get(url("/cursor/contacts")).status end,
@@ -204,7 +204,7 @@ describe("entsync.http", function()
     end)
 
     it("a task's error does not stop the others; results keep the task order", function()
-      local results = http.run({
+      local results = S.tasks({
         function() error("task one failed") end,
         function() return http.get(url("/page/contacts")):json().total end,
       })
@@ -215,7 +215,7 @@ describe("entsync.http", function()
 
     it("futures started in a task are in flight together", function()
       server.latency(200)
-      local elapsed, results = S.timed(http.run, { function()
+      local elapsed, results = S.timed(S.tasks, { function()
         local futures = {}
         for i = 1, 3 do futures[i] = http.start({ url = url("/page/contacts"), query = { page = i, per_page = 2 } }) end
         local ids = {}
@@ -234,7 +234,7 @@ describe("entsync.http", function()
     -- when the task comes to wait for it.
     it("a request started before a task sleeps is in flight during the sleep", function()
       server.latency(300)
-      local elapsed, results = S.timed(http.run, { function()
+      local elapsed, results = S.timed(S.tasks, { function()
         local future = http.start({ url = url("/page/contacts") })
         http.sleep(0.3)
         return future:wait().status
@@ -243,19 +243,18 @@ describe("entsync.http", function()
       assert.is_true(elapsed < 0.5, string.format("a 300 ms request beside a 300 ms sleep took %.2fs", elapsed))
     end)
 
-    it("http.blocking keeps other tasks from running while it waits", function()
-      server.latency(150)
-      local results = http.run({
+    it("a request inside a write (loop.forbid_yield) is an error, and is never sent", function()
+      local loop = require "entsync.loop"
+      local results = S.tasks({
         function()
-          return http.blocking(function() return http.get(url("/page/contacts")).status end)
+          return loop.forbid_yield("a write transaction", function() return http.get(url("/page/contacts")).status end)
         end,
         function() return http.get(url("/offset/contacts")).status end,
       })
-      assert.same({ { true, 200 }, { true, 200 } }, results)
-      local page = S.entries(server.log(), { path = "/page/contacts" })[1]
-      local offset = S.entries(server.log(), { path = "/offset/contacts" })[1]
-      assert.is_false(S.overlap(page, offset))
-      assert.is_true(offset.start >= page["end"])
+      assert.is_false(results[1][1])
+      assert.matches("a write transaction: cannot wait inside a write transaction", tostring(results[1][2]))
+      assert.same({ true, 200 }, results[2])
+      assert.equal(0, #S.entries(server.log(), { path = "/page/contacts" }))
     end)
   end)
 
@@ -408,7 +407,7 @@ describe("entsync.http", function()
           return http.get(url("/page/contacts"), { query = { page = 1, n = i }, limits = limits }).status
         end
       end
-      local elapsed, results = S.timed(http.run, tasks)
+      local elapsed, results = S.timed(S.tasks, tasks)
       for i = 1, 6 do assert.same({ true, 200 }, results[i]) end
       local log = server.log()
       assert.equal(6, #log)
@@ -427,7 +426,7 @@ describe("entsync.http", function()
           return http.get(url("/page/contacts"), { query = { n = i }, limits = limits, backoff = 0.01 }).status
         end
       end
-      local results = http.run(tasks)
+      local results = S.tasks(tasks)
       for i = 1, 4 do assert.same({ true, 200 }, results[i]) end
       local log = server.log()
       assert.equal(7, #log)
@@ -441,7 +440,7 @@ describe("entsync.http", function()
       for i = 1, 5 do
         tasks[i] = function() return http.get(url("/page/contacts"), { query = { n = i }, limits = limits }).status end
       end
-      local elapsed = S.timed(http.run, tasks)
+      local elapsed = S.timed(S.tasks, tasks)
       assert.is_true(elapsed >= 0.38, "five requests at 10/s took " .. elapsed .. "s")
       local log = server.log()
       table.sort(log, function(a, b) return a.start < b.start end)
@@ -458,7 +457,7 @@ describe("entsync.http", function()
     -- together at its first wait.
     it("per_second spaces requests that one task starts ahead as futures", function()
       local limits = http.limits({ per_second = 10 })
-      local results = http.run({ function()
+      local results = S.tasks({ function()
         local futures = {}
         for i = 1, 4 do
           futures[i] = http.start({ url = url("/page/contacts"), query = { n = i }, limits = limits })

@@ -209,13 +209,6 @@ function M.sleep(seconds)
   if seconds > 0 then loop.sleep(seconds) end
 end
 
--- Transitional, while lua/entsync/engine.lua, export.lua and daemon.lua
--- still call it: runs fn with every wait inside (requests, their retries'
--- sleeps, a limit's slot) blocking in place on core.loop.wait rather than
--- yielding, so that no other task runs inside a write. Its successor is
--- loop.forbid_yield, which refuses such waits.
-M.blocking = loop.blocking
-
 -- limits: a concurrency cap and a rate per provider ---------------------------
 
 local Limits = {}
@@ -393,30 +386,5 @@ for _, method in ipairs({ "get", "post", "put", "patch", "delete" }) do
     return M.request(req)
   end
 end
-
--- transitional: the scheduler that was here -----------------------------------------------
--- lua/entsync/engine.lua, export.lua and daemon.lua still call these;
--- new code uses entsync.loop.
-
--- run(tasks): each function of tasks as a task; returns, per task, true
--- and its first result or false and its error, once all have ended.
--- Inside a task of a running loop they are spawned beside it and waited
--- for (the loop is never nested); else a loop runs for them.
-function M.run(tasks)
-  local function all()
-    local spawned, results = {}, {}
-    for i, fn in ipairs(tasks) do spawned[i] = loop.spawn(fn) end
-    for i, task in ipairs(spawned) do
-      local ok, value = task:wait()
-      results[i] = { ok, value }
-    end
-    return results
-  end
-  if loop.active() then return all() end
-  return loop.run(all)
-end
-
--- spawn(fn) -> task: loop.spawn.
-M.spawn = loop.spawn
 
 return M

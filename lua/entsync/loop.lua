@@ -42,7 +42,6 @@ local SIGNALS = { "TERM", "INT", "HUP", "USR1" }
 local state               -- the running loop: { ready, timers, tasks, fd_waits, seq }
 local current             -- the task being resumed
 local forbidden = {}      -- the whys of the forbid_yield calls in progress, innermost last
-local blocking = 0        -- transitional (http.blocking): > 0, every wait blocks in place
 local counters = { turns = 0, waits = 0 }
 local sources = {}        -- descriptors every wait includes: { fd, events, on_ready } (file watches)
 local transfers           -- { client, deliver }: entsync.http's client and where its responses go
@@ -91,18 +90,6 @@ local Unforbid = setmetatable({}, { __close = function() forbidden[#forbidden] =
 function M.forbid_yield(why, fn, ...)
   forbidden[#forbidden + 1] = tostring(why)
   local _ <close> = Unforbid
-  return fn(...)
-end
-
-local Unblock = setmetatable({}, { __close = function() blocking = blocking - 1 end })
-
--- Transitional, for entsync.http's http.blocking while the engine and the
--- export still rely on it: inside fn every wait blocks in place instead of
--- yielding, so no other task runs meanwhile. To be replaced by
--- forbid_yield around write transactions.
-function M.blocking(fn, ...)
-  blocking = blocking + 1
-  local _ <close> = Unblock
   return fn(...)
 end
 
@@ -188,7 +175,7 @@ function M.suspend(arm)
   if #forbidden > 0 then refuse_wait() end
   if not state then return M.run(M.suspend, arm) end
   local token = { active = true }
-  if blocking == 0 and in_task() then
+  if in_task() then
     local task = current
     token.task = task
     task.token = token
@@ -258,9 +245,6 @@ local function close_task(task, reason)
     if token.on_cancel then token.on_cancel() end
   end
   task.closing, task.status = true, "closing"
-  -- the task's blocking regions end as its variables close
-  blocking = blocking + (task.blocking or 0)
-  task.blocking = nil
   local outer = current
   current = task
   coroutine.close(task.co)
@@ -268,12 +252,12 @@ local function close_task(task, reason)
   finish(task, false, reason or "cancelled")
 end
 
-local function settle(task, outer, forbid_depth, blocking_before, ok, marker, ...)
+local function settle(task, outer, forbid_depth, ok, marker, ...)
   current = outer
-  -- a yield of the task's own inside blocking: the count goes with the task
-  task.blocking, blocking = blocking - blocking_before, blocking_before
   if coroutine.status(task.co) == "dead" then
-    task.blocking = nil
+    -- a coroutine that died of an error keeps its to-be-closed variables
+    -- open (a forbid_yield's, say) until it is closed
+    if not ok then coroutine.close(task.co) end
     return finish(task, ok, marker, ...)
   end
   if #forbidden > forbid_depth then
@@ -295,13 +279,12 @@ local function step(task)
   task.status = "running"
   local outer = current
   current = task
-  local args, before = task.args, blocking
+  local args = task.args
   task.args = nil
-  blocking = before + (task.blocking or 0)
   if args then
-    return settle(task, outer, #forbidden, before, coroutine.resume(task.co, table.unpack(args, 1, args.n)))
+    return settle(task, outer, #forbidden, coroutine.resume(task.co, table.unpack(args, 1, args.n)))
   end
-  return settle(task, outer, #forbidden, before, coroutine.resume(task.co))
+  return settle(task, outer, #forbidden, coroutine.resume(task.co))
 end
 
 -- task:wait() -> ok, results...: true and what the task returned, or false
@@ -310,7 +293,7 @@ function Task:wait()
   if #forbidden > 0 then refuse_wait() end
   if self.status ~= "done" then
     if self == current and in_task() then error("a task cannot wait for itself", 2) end
-    if blocking > 0 or not in_task() then
+    if not in_task() then
       error("task:wait: only another task can wait for a task (a wait here would block every task, "
         .. "the one waited for too)", 2)
     end
@@ -437,11 +420,10 @@ function M.run(main, ...)
   if state then error("the loop is running already: spawn a task instead", 2) end
   local s = { ready = {}, timers = {}, tasks = {}, fd_waits = {}, seq = 0 }
   state = s
-  local outer_blocking = blocking
   local main_task = spawn(s, main, ...)
   local ok, err = pcall(drive, s, main_task)
   local closed, close_err = pcall(cancel_all, s)
-  state, current, blocking = nil, nil, outer_blocking
+  state, current = nil, nil
   if not ok then error(err, 0) end
   if not closed then error(close_err, 0) end
   local results = main_task.results

@@ -239,4 +239,19 @@ function M.tls_server(body)
   return server
 end
 
+-- Runs each function of fns as a task of one loop and waits for all:
+-- per function { true, its first result } or { false, its error }.
+function M.tasks(fns)
+  local loop = require "entsync.loop"
+  return loop.run(function()
+    local spawned, results = {}, {}
+    for i, fn in ipairs(fns) do spawned[i] = loop.spawn(fn) end
+    for i, task in ipairs(spawned) do
+      local ok, value = task:wait()
+      results[i] = { ok, value }
+    end
+    return results
+  end)
+end
+
 return M
