@@ -22,7 +22,9 @@ commands:
   retry SYNC               retry the sync's failed entities now
   failures SYNC [--json]   the sync's failures with their payloads
   failures SYNC retry [KEY...]        retry them (all, or the keys given) now
-  failures SYNC dismiss KEY...|--all  forget them
+  failures SYNC dismiss KEY...|--all  forget them (KEY: a remote id for an
+                           import, a local id for an export; import:KEY or
+                           export:KEY when both have one)
   export SYNC LOCAL_ID...  export local entities now (create or update their remote)
   export SYNC --all        export every local entity of the sync (or --where SQL)
   daemon                   run syncs on their schedules and export changes as

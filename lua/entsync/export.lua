@@ -76,12 +76,15 @@ local function mark_of(sync, record)
   return mark
 end
 
-local function version_of(provider, record)
-  if type(provider.version) == "function" and type(record) == "table" then return provider:version(record) end
+local provider_contract = require "entsync.provider"
+
+-- A record's version token, when the provider keeps versions.
+local function version_of(provider, record, handle)
+  if type(provider.version) == "function" and type(record) == "table" then
+    return provider_contract.call(handle or { name = "provider" }, provider, "version", record)
+  end
   return nil
 end
-
-local provider_contract = require "entsync.provider"
 
 -- The contexts of one export: the export direction's, and the import
 -- direction's for reading remote records (hashes, answers).
@@ -105,7 +108,7 @@ function Exporter:record(local_id, remote_id, sent, answer, rows_hash, in_ctx)
   in_ctx:at(remote_id, local_id, echo)
   local mapped_ok, mapped = pcall(pipeline.import, sync, echo, in_ctx)
   local hash = mapped_ok and mapped ~= pipeline.FILTERED and pipeline.hash(mapped) or nil
-  local changed, version = mark_of(sync, echo), version_of(self.provider, echo)
+  local changed, version = mark_of(sync, echo), version_of(self.provider, echo, self.sync.provider)
   local write_back = false
   if mapped_ok and mapped ~= pipeline.FILTERED and echo == answer then
     local sent_ok, sent_mapped = pcall(pipeline.import, sync, sent, in_ctx)
@@ -143,7 +146,7 @@ function Exporter:remote_wins(local_id, entry, current, remote_hash, rows, in_ct
   self:transaction(function()
     if mapped ~= pipeline.FILTERED then session:write_rows(sync, self.writers, local_id, mapped) end
     book:save_map(self.sync_id, local_id, entry.remote_id, mark_of(sync, current), remote_hash, nil,
-      version_of(self.provider, current), nil)
+      version_of(self.provider, current, self.sync.provider), nil)
   end)
   return true
 end
@@ -167,7 +170,8 @@ function Exporter:check_remote(plan, options)
     if w and w.hash == remote_hash then
       -- our own write reached the remote before a crash: not a change
       self:transaction(function()
-        book:seen_remote(self.sync_id, local_id, remote_hash, mark_of(sync, current), version_of(provider, current))
+        book:seen_remote(self.sync_id, local_id, remote_hash, mark_of(sync, current),
+          version_of(provider, current, sync.provider))
       end)
     elseif self:remote_wins(local_id, entry, current, remote_hash, plan.rows, in_ctx, options.change_at) then
       return current, false
@@ -185,7 +189,7 @@ function Exporter:fill_update(plan, current)
   plan.current = current
   plan.body = current and pipeline.merge(current, record) or record
   plan.patch = current and pipeline.changes(current, record) or record
-  plan.version = current and version_of(self.provider, current) or plan.entry.version
+  plan.version = current and version_of(self.provider, current, self.sync.provider) or plan.entry.version
   out_ctx.current, out_ctx.version, out_ctx.patch = current, plan.version, plan.patch
   plan.expected = pipeline.import_hash(self.sync, plan.body, plan.in_ctx:at(plan.remote_id, plan.local_id, plan.body))
 end
@@ -301,6 +305,11 @@ function Exporter:send_batch(plans, on_done)
     end
   end)
   local items = {}
+  self:transaction(function()
+    for _, plan in ipairs(plans) do
+      if plan.op == "delete" then book:begin_write(self.sync_id, plan.local_id, "delete", nil, nil) end
+    end
+  end)
   for i, plan in ipairs(plans) do
     items[i] = { op = plan.op, id = plan.remote_id, record = plan.body, patch = plan.patch, version = plan.version,
       key = plan.key, current = plan.current }
@@ -314,6 +323,8 @@ function Exporter:send_batch(plans, on_done)
     elseif type(result) ~= "table" then
       on_done(plan, false, errors.new("provider", string.format("provider \"%s\" write_batch gave no answer for "
         .. "item %d of %d", sync.provider.name, i, #plans)))
+    elseif result.ok and plan.op == "delete" then
+      on_done(plan, pcall(self.deleted, self, plan.local_id, true))
     elseif result.ok then
       local done, outcome = pcall(function()
         if plan.op == "create" then return self:created(plan, result.id, result.answer) end
@@ -363,11 +374,26 @@ function Exporter:export_delete(local_id)
     out_ctx.version = entry.version
     provider_contract.call(sync.provider, provider, "delete", self.resource, entry.remote_id, out_ctx)
   end
+  return self:deleted(local_id, deleting)
+end
+
+-- The remote of a deleted local entity is gone (or is left, with deletes
+-- = "ignore"): the id map forgets it.
+function Exporter:deleted(local_id, deleting)
   self:transaction(function()
-    book:forget(self.sync_id, local_id)
-    book:end_write(self.sync_id, local_id)
+    self.book:forget(self.sync_id, local_id)
+    self.book:end_write(self.sync_id, local_id)
   end)
   return deleting and "deleted" or "unchanged"
+end
+
+-- A delete to send through write_batch, or nil when there is nothing to
+-- send (no remote, or deletes = "ignore": export_delete settles those).
+function Exporter:plan_delete(local_id)
+  if self.sync.export.deletes ~= "delete" then return nil end
+  local entry = self.book:by_local(self.sync_id, local_id)
+  if not entry then return nil end
+  return { op = "delete", local_id = local_id, remote_id = entry.remote_id, version = entry.version }
 end
 
 -- failures -------------------------------------------------------------------------------
@@ -383,11 +409,18 @@ function Exporter:failed(local_id, err)
   end
   local key = tostring(local_id)
   local waits_for = errors.is(err) and err.waits_for or nil
+  -- what the export would send, when it can still be built: the payload
+  local payload
+  local built, preview = pcall(M.preview, self.session, sync, local_id)
+  if built then
+    local encoded, text = pcall(json.encode, preview.record)
+    payload = encoded and text or nil
+  end
   self:transaction(function()
     local attempts = book:failure_attempts(self.sync_id, "export", key) + 1
     local next_at = waits_for and WAITING or core.sys.now() + math.min(30 * 2 ^ (attempts - 1), 6 * 3600)
     book:save_failure(self.sync_id, "export", { key = key, local_id = local_id, remote_id = entry and entry.remote_id,
-      error = message, attempts = attempts, next_at = next_at, waits_for = waits_for })
+      error = message, payload = payload, attempts = attempts, next_at = next_at, waits_for = waits_for })
   end)
 end
 
@@ -502,7 +535,12 @@ function M.drain(session, sync)
       local jobs, plans = {}, {}
       for i, item in ipairs(items) do
         jobs[i] = function()
-          if item.operation == DELETE then return exporter:export_delete(item.local_id) end
+          if item.operation == DELETE then
+            local plan = batched and exporter:plan_delete(item.local_id)
+            if not plan then return exporter:export_delete(item.local_id) end
+            plans[#plans + 1] = plan
+            return nil
+          end
           if item.gone_ok and not session.store:value(string.format('SELECT 1 FROM "%s" WHERE id = ?1',
               sync.entities[1]), item.local_id) then
             return "unchanged" -- deleted since: its delete follows in the log

@@ -146,7 +146,16 @@ function Run:prepare(record, raw_hash)
   end
   if mapped == pipeline.FILTERED then return { "filtered", key = key } end
   local hash = pipeline.hash(mapped)
-  local version = self.versioned and self.provider:version(record) or nil
+  local version = nil
+  if self.versioned then
+    local got, token = pcall(provider_contract.call, sync.provider, self.provider, "version", record)
+    if not got then
+      local plan = fail_plan(key, errors.message(token), payload_of(record))
+      plan.local_id, plan.remote_id = stored and stored.local_id, remote_id
+      return plan
+    end
+    version = token
+  end
   if stored and stored.hash == hash and not stored.gone_at then
     if version ~= nil and version ~= stored.version then
       -- the same content under a new version (our own write's answer
@@ -276,7 +285,7 @@ function Run:local_wins(plan)
   })
   self.counts.conflicts = self.counts.conflicts + 1
   if winner == "local" then
-    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed)
+    self.book:seen_remote(self.sync_id, plan.local_id, plan.hash, plan.changed, plan.version)
     return true
   end
   return false

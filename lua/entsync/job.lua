@@ -148,7 +148,8 @@ local function dsl_provider(job)
         if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
       end
       if module.validate then
-        local valid, err = module.validate(config)
+        local ran, valid, err = pcall(module.validate, config)
+        if not ran then valid, err = nil, errors.message(valid) end
         if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
       end
       local handle = new_provider(job, module_name, module, config, where)

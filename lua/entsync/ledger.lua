@@ -696,10 +696,19 @@ function Ledger:failures(sync_id, limit)
   return self.store:rows(SQL.failures, sync_id, limit or -1)
 end
 
-SQL.make_due = "UPDATE entsync_failures SET next_at = ?3 WHERE sync = ?1 AND key = ?2"
+SQL.make_due = [[UPDATE entsync_failures SET next_at = ?4 WHERE sync = ?1 AND key = ?2
+  AND (?3 IS NULL OR direction = ?3)]]
 SQL.make_all_due = "UPDATE entsync_failures SET next_at = ?2 WHERE sync = ?1"
-SQL.dismiss = "DELETE FROM entsync_failures WHERE sync = ?1 AND key = ?2"
+SQL.dismiss = "DELETE FROM entsync_failures WHERE sync = ?1 AND key = ?2 AND (?3 IS NULL OR direction = ?3)"
 SQL.dismiss_all = "DELETE FROM entsync_failures WHERE sync = ?1"
+
+-- A key as the command line names a failure: "import:KEY" or
+-- "export:KEY" for one direction, a bare key for both.
+local function split_key(key)
+  local direction, rest = tostring(key):match("^(%a+):(.+)$")
+  if direction == "import" or direction == "export" then return rest, direction end
+  return key, nil
+end
 
 -- Makes failures due now (keys: a list of keys, or nil for all); returns
 -- how many.
@@ -707,7 +716,10 @@ function Ledger:make_due(sync_id, keys)
   local now = core.sys.now()
   if not keys then return (self.store:run(SQL.make_all_due, sync_id, now)) end
   local n = 0
-  for _, key in ipairs(keys) do n = n + self.store:run(SQL.make_due, sync_id, key, now) end
+  for _, given in ipairs(keys) do
+    local key, direction = split_key(given)
+    n = n + self.store:run(SQL.make_due, sync_id, key, direction, now)
+  end
   return n
 end
 
@@ -715,7 +727,10 @@ end
 function Ledger:dismiss(sync_id, keys)
   if not keys then return (self.store:run(SQL.dismiss_all, sync_id)) end
   local n = 0
-  for _, key in ipairs(keys) do n = n + self.store:run(SQL.dismiss, sync_id, key) end
+  for _, given in ipairs(keys) do
+    local key, direction = split_key(given)
+    n = n + self.store:run(SQL.dismiss, sync_id, key, direction)
+  end
   return n
 end
 

@@ -101,7 +101,18 @@ local function written(record, answer)
   return doc
 end
 
+-- A document made here carries the type the provider reads, so its later
+-- changes come back through the feed's type filter.
+local function typed(self, record)
+  if not self.config.type or record.type ~= nil then return record end
+  local doc = {}
+  for k, v in pairs(record) do doc[k] = v end
+  doc.type = self.config.type
+  return doc
+end
+
 function Docs:create(_, record)
+  record = typed(self, record)
   local answer = self:call("POST", "", record)
   return answer.id, written(record, answer)
 end
@@ -125,7 +136,7 @@ function Docs:write_batch(_, items)
   local docs = {}
   for i, item in ipairs(items) do
     local doc = {}
-    for k, v in pairs(item.record or {}) do doc[k] = v end
+    for k, v in pairs(item.op == "create" and typed(self, item.record) or item.record or {}) do doc[k] = v end
     doc._id, doc._rev = item.id, item.version
     if item.op == "delete" then doc._deleted = true end
     docs[i] = doc
