@@ -96,29 +96,27 @@ end
 -- The remote's answer (or, when it answered nothing, what was sent) is
 -- what the remote now holds: the id map takes its hash, changed mark and
 -- version, and the write in flight is done. The local rows take the
--- answer's mapped values (server-computed fields) unless they changed
--- while the write was on its way (that change is in the log and goes out
--- next); those writes are no other sync's to send: a field one remote
--- computes does not travel to the others, so remotes never ping-pong.
--- An answer the mapping cannot read still records the remote id (raising
--- after), so a create is never sent twice.
-function Exporter:record(local_id, remote_id, sent, answer, rows_hash, in_ctx)
+-- answer as an import maps it (server-computed fields, what after_map
+-- derives) unless they changed while the write was on its way (that change
+-- is in the log and goes out next), or keep_rows says the answer is older
+-- than the rows; those writes are no other sync's to send: a field one
+-- remote computes does not travel to the others, so remotes never
+-- ping-pong. An answer the mapping cannot read still records the remote id
+-- (raising after), so a create is never sent twice.
+function Exporter:record(local_id, remote_id, sent, answer, rows_hash, in_ctx, keep_rows)
   local session, sync, book = self.session, self.sync, self.book
   local echo = type(answer) == "table" and next(answer) ~= nil and answer or sent
   in_ctx:at(remote_id, local_id, echo)
   local mapped_ok, mapped = pcall(pipeline.import, sync, echo, in_ctx)
   local hash = mapped_ok and mapped ~= pipeline.FILTERED and pipeline.hash(mapped) or nil
   local changed, version = mark_of(sync, echo), version_of(self.provider, echo, self.sync.provider)
-  local write_back = false
-  if mapped_ok and mapped ~= pipeline.FILTERED and echo == answer then
-    local sent_ok, sent_mapped = pcall(pipeline.import, sync, sent, in_ctx)
-    write_back = not sent_ok or sent_mapped == pipeline.FILTERED or pipeline.hash(sent_mapped) ~= hash
-  end
+  local write_back = mapped_ok and mapped ~= pipeline.FILTERED and not keep_rows
   local pass = book:state(self.sync_id).pass
   self.session:transaction(require("entsync.session").UNQUEUED, function()
     book:save_map(self.sync_id, local_id, remote_id, changed, hash, nil, version, pass)
     book:end_write(self.sync_id, local_id)
-    if write_back and core.hash.of(session:rows_of(sync, local_id)) == rows_hash then
+    if write_back and core.hash.of(session:rows_of(sync, local_id)) == rows_hash
+        and session:rows_differ(sync, local_id, mapped) then
       session:write_rows(sync, self.writers, local_id, mapped)
     end
     if self.op and self.op.run_id then book:progress_run(self.op.run_id, self.counts, nil) end
@@ -187,8 +185,8 @@ end
 function Exporter:fill_update(plan, current)
   local out_ctx, record = plan.out_ctx, plan.record
   plan.current = current
-  plan.body = current and pipeline.merge(current, record) or record
-  plan.patch = current and pipeline.changes(current, record) or record
+  plan.body = current and pipeline.merge(current, record, plan.leaves) or record
+  plan.patch = current and pipeline.changes(current, record, plan.leaves) or record
   plan.version = current and version_of(self.provider, current, self.sync.provider) or plan.entry.version
   out_ctx.current, out_ctx.version, out_ctx.patch = current, plan.version, plan.patch
   plan.expected = pipeline.import_hash(self.sync, plan.body, plan.in_ctx:at(plan.remote_id, plan.local_id, plan.body))
@@ -212,7 +210,7 @@ function Exporter:plan(local_id, options)
   local out_ctx, in_ctx = contexts(self, local_id, entry and entry.remote_id)
   local plan = { local_id = local_id, entry = entry, rows = rows, rows_hash = core.hash.of(rows),
     out_ctx = out_ctx, in_ctx = in_ctx, remote_id = entry and entry.remote_id }
-  plan.record = pipeline.export(sync, rows, out_ctx)
+  plan.record, plan.leaves = pipeline.export(sync, rows, out_ctx)
   if not entry then
     if not self.can_create then
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot create records", sync.name,
@@ -221,7 +219,9 @@ function Exporter:plan(local_id, options)
     plan.op, plan.body = "create", plan.record
     local expected = pipeline.import_hash(sync, plan.record, in_ctx:at(nil, local_id, plan.record))
     plan.expected = expected ~= pipeline.FILTERED and expected or nil
-    plan.key = string.format("%s:%d:%s", sync.name, local_id, core.hash.hex(plan.record))
+    -- the same for every attempt of this create, and unlike any other
+    -- store's (a store made again must not meet an old answer)
+    plan.key = string.format("%s:%s:%d:%s", book:store_id(), sync.name, local_id, core.hash.hex(plan.record))
     return plan
   end
   if options.changed_only and entry.hash ~= nil then
@@ -256,6 +256,7 @@ function Exporter:send(plan, options)
     local key = self:transaction(function()
       return book:begin_write(self.sync_id, local_id, "create", plan.key, plan.expected)
     end)
+    plan.resent = key ~= plan.key
     plan.out_ctx.idempotency_key = key
     local remote_id, answer = provider_contract.call(handle, provider, "create", self.resource, plan.body, plan.out_ctx)
     return self:created(plan, remote_id, answer)
@@ -283,7 +284,13 @@ function Exporter:created(plan, remote_id, answer)
     errors.raise("entity", string.format("the provider's create gave no usable remote id (got %s)", why))
   end
   plan.remote_id = typed
-  self:record(plan.local_id, typed, plan.body, answer, plan.rows_hash, plan.in_ctx)
+  self:record(plan.local_id, typed, plan.body, answer, plan.rows_hash, plan.in_ctx, plan.resent)
+  if plan.resent then
+    -- the create of an earlier attempt, sent again under its key: the
+    -- remote may answer with what that attempt carried, older than the
+    -- rows now; what changed since goes out as an update
+    self:export_one(plan.local_id, { changed_only = true })
+  end
   return "created"
 end
 
@@ -297,7 +304,8 @@ function Exporter:send_batch(plans, on_done)
   self:transaction(function()
     for _, plan in ipairs(plans) do
       if plan.op == "create" then
-        plan.key = book:begin_write(self.sync_id, plan.local_id, "create", plan.key, plan.expected)
+        local key = book:begin_write(self.sync_id, plan.local_id, "create", plan.key, plan.expected)
+        plan.resent, plan.key = key ~= plan.key, key
       else
         book:begin_write(self.sync_id, plan.local_id, "update", nil,
           plan.expected ~= pipeline.FILTERED and plan.expected or nil)

@@ -121,6 +121,10 @@ CREATE TABLE entsync_changes (
 INSERT INTO entsync_changes (entity, local_id, operation, at)
   SELECT e.id, o.local_id, CASE o.operation WHEN 'delete' THEN 2 ELSE 1 END, o.queued_at
   FROM entsync_outbox o JOIN entsync_entities e ON e.name = o.entity ORDER BY o.queued_at, o.id;
+-- the exporting sync of schema 1 had these changes to send: the job that
+-- opens the store next hands them to its exporting syncs (start_position)
+INSERT INTO entsync_meta (key, value)
+  SELECT 'v1_outbox', 1 WHERE EXISTS (SELECT 1 FROM entsync_changes);
 DROP TABLE entsync_outbox;
 DROP TABLE entsync_mark;
 
@@ -618,7 +622,14 @@ function Ledger:position(sync_id)
 end
 
 function Ledger:start_position(sync_id)
-  self.store:run(SQL.start_position, sync_id, self:last_seq(), core.sys.now())
+  -- changes migrated from schema 1's outbox were waiting for its exporter
+  local from = self:meta("v1_outbox") and 0 or self:last_seq()
+  self.store:run(SQL.start_position, sync_id, from, core.sys.now())
+end
+
+-- The schema 1 changes have their consumers now (after start_position).
+function Ledger:v1_outbox_handed()
+  self.store:run("DELETE FROM entsync_meta WHERE key = 'v1_outbox'")
 end
 
 function Ledger:set_position(sync_id, seq)
@@ -794,6 +805,22 @@ SQL.set_meta = "INSERT OR REPLACE INTO entsync_meta (key, value) VALUES (?1, ?2)
 
 function Ledger:meta(key)
   return self.store:value(SQL.meta, key)
+end
+
+-- A random name of this store, made once: it keeps idempotency keys of one
+-- store apart from another's.
+function Ledger:store_id()
+  if self.id then return self.id end
+  local id = self:meta("store_id")
+  if not id then
+    local f = io.open("/dev/urandom", "rb")
+    local bytes = f and f:read(8) or tostring(core.sys.now()) .. tostring(core.sys.getpid())
+    if f then f:close() end
+    id = (bytes:gsub(".", function(c) return string.format("%02x", c:byte()) end)):sub(1, 16)
+    self:set_meta("store_id", id)
+  end
+  self.id = id
+  return id
 end
 
 function Ledger:set_meta(key, value)

@@ -118,12 +118,18 @@ local function export_failed(field, result)
       field.where.line), { waits_for = errors.is(result) and result.waits_for or nil })
 end
 
--- export(sync, rows, ctx) -> the remote record of local rows ({ entity =
--- row }, the split's entities that exist). Raises an entity error naming
--- the field and the mapping line, or a defer error for a reference whose
--- target has no remote id yet.
+-- export(sync, rows, ctx) -> record, leaves: the remote record of local
+-- rows ({ entity = row }, the split's entities that exist), and the paths
+-- it sets ({ { "company", "name" }, ... }: where a field's value goes,
+-- whole; a key an export callback sets counts as one). Raises an entity
+-- error naming the field and the mapping line, or a defer error for a
+-- reference whose target has no remote id yet.
 function M.export(sync, rows, ctx)
-  local out = json.object()
+  local out, leaves, seen = json.object(), {}, {}
+  local function leaf(keys)
+    local key = table.concat(keys, "\0")
+    if not seen[key] then seen[key] = true; leaves[#leaves + 1] = keys end
+  end
   for _, entity in ipairs(sync.mapping.entities) do
     local row = rows[entity.name]
     if row then
@@ -136,17 +142,24 @@ function M.export(sync, rows, ctx)
           value = converted
         end
         if field.export then
+          local before = {}
+          for k in pairs(out) do before[k] = true end
           local ok, result = pcall(field.export, value, out, ctx)
           if not ok then export_failed(field, result) end
-          if result ~= nil and field.keys then set_path(out, field.keys, result) end
+          for k in pairs(out) do if not before[k] then leaf({ k }) end end
+          if result ~= nil and field.keys then
+            set_path(out, field.keys, result)
+            leaf(field.keys)
+          end
         elseif field.keys then
           set_path(out, field.keys, value)
+          leaf(field.keys)
         end
         ::next_field::
       end
     end
   end
-  return out
+  return out, leaves
 end
 
 -- merging and comparing remote records ------------------------------------------------------
@@ -163,15 +176,40 @@ local function copy(value)
   return out
 end
 
--- merge(current, record) -> current with record's fields written over it:
--- objects are merged key by key, anything else (arrays, scalars) replaced.
--- What a replacing update (PUT) sends, so fields the mapping does not
--- carry keep the remote's values.
-function M.merge(current, record)
+local function get_at(value, keys)
+  for i = 1, #keys do
+    if type(value) ~= "table" then return nil end
+    value = value[keys[i]]
+  end
+  return value
+end
+
+local function top_leaves(record)
+  local leaves = {}
+  for k in pairs(record) do leaves[#leaves + 1] = { k } end
+  return leaves
+end
+
+-- merge(current, record, leaves) -> the remote's current copy with each of
+-- record's leaves (the paths the mapping sets: export's second result)
+-- written over it, whole: what a replacing update (PUT) sends, so fields
+-- the mapping does not carry keep the remote's values, and a value the
+-- mapping carries (a json field's object, say) is sent as the store holds
+-- it, not merged into the remote's old one.
+function M.merge(current, record, leaves)
   if not is_object(current) or not is_object(record) then return copy(record) end
   local out = copy(current)
-  for k, v in pairs(record) do
-    if is_object(v) and is_object(out[k]) then out[k] = M.merge(out[k], v) else out[k] = copy(v) end
+  for _, keys in ipairs(leaves or top_leaves(record)) do
+    local node = out
+    for i = 1, #keys - 1 do
+      local k = keys[i]
+      if type(node[k]) ~= "table" then
+        node[k] = type(keys[i + 1]) == "number" and json.array() or json.object()
+      end
+      node = node[k]
+    end
+    local value = get_at(record, keys)
+    node[keys[#keys]] = value == nil and null or copy(value)
   end
   return out
 end
@@ -182,19 +220,23 @@ local function same(a, b)
   return core.hash.of(a) == core.hash.of(b) and json.is_array(a) == json.is_array(b)
 end
 
--- changes(current, record) -> the fields of record whose values differ
--- from current (objects compared key by key), or nil when none does:
--- what a patching update (PATCH) sends.
-function M.changes(current, record)
+-- changes(current, record, leaves) -> the leaves of record whose values
+-- differ from current's, as a record holding only those, or nil when none
+-- does: what a patching update (PATCH) sends.
+function M.changes(current, record, leaves)
   if not is_object(current) then return copy(record) end
   local out, any = json.object(), false
-  for k, v in pairs(record) do
-    local before = current[k]
-    if is_object(v) and is_object(before) then
-      local inner = M.changes(before, v)
-      if inner then out[k], any = inner, true end
-    elseif not same(before == nil and null or before, v) then
-      out[k], any = copy(v), true
+  for _, keys in ipairs(leaves or top_leaves(record)) do
+    local value, before = get_at(record, keys), get_at(current, keys)
+    if not same(before == nil and null or before, value == nil and null or value) then
+      any = true
+      local node = out
+      for i = 1, #keys - 1 do
+        local k = keys[i]
+        if type(node[k]) ~= "table" then node[k] = json.object() end
+        node = node[k]
+      end
+      node[keys[#keys]] = value == nil and null or copy(value)
     end
   end
   return any and out or nil

@@ -128,7 +128,7 @@ function Session:define_entities()
     if missing then needed[#needed + 1] = name end
   end
   local function current()
-    if #needed > 0 or book:has_v1() then return false end
+    if #needed > 0 or book:has_v1() or book:meta("v1_outbox") then return false end
     for _, name in ipairs(job.sync_order) do
       local id = book:sync_id(name, true)
       if not id then return false end
@@ -187,6 +187,7 @@ function Session:define_entities()
     for _, name in ipairs(job.sync_order) do
       if job.syncs[name].export then book:start_position(book:sync_id(name)) end
     end
+    book:v1_outbox_handed()
   end)
   if not ok then
     if not self.dry then store:run("ROLLBACK") end
@@ -339,6 +340,36 @@ function Session:write_rows(sync, writers, local_id, mapped)
     end
   end
   return local_id
+end
+
+-- Whether mapped entities ({ entity = values }) differ from what the rows
+-- of local_id hold: a field's value as it would be stored, against the
+-- stored one (a field the values lack counts as NULL).
+function Session:rows_differ(sync, local_id, mapped)
+  local pipeline = require "entsync.pipeline"
+  local json = require "entsync.json"
+  local rows = self:rows_of(sync, local_id)
+  for _, entity in ipairs(sync.mapping.entities) do
+    local row, values = rows[entity.name], mapped[entity.name] or {}
+    if not row then return true end
+    local declared = self.job.entities[entity.name].fields
+    local fields = {}
+    for _, column in ipairs(entity.columns) do fields[column] = true end
+    for field in pairs(values) do fields[field] = true end
+    for field in pairs(fields) do
+      local value = values[field]
+      if declared[field] == "json" and value ~= nil then
+        value = json.encode(value)
+      elseif declared[field] == "boolean" and value ~= nil then
+        value = value and 1 or 0
+      end
+      local stored = row[field]
+      if value ~= stored and not (type(value) == "number" and type(stored) == "number" and value == stored) then
+        return true
+      end
+    end
+  end
+  return false
 end
 
 -- Deletes the rows of one local id: the split's other entities, then the
