@@ -176,13 +176,7 @@ local function copy(value)
   return out
 end
 
-local function get_at(value, keys)
-  for i = 1, #keys do
-    if type(value) ~= "table" then return nil end
-    value = value[keys[i]]
-  end
-  return value
-end
+local get_at = mapping.get_path
 
 local function top_leaves(record)
   local leaves = {}
@@ -200,16 +194,8 @@ function M.merge(current, record, leaves)
   if not is_object(current) or not is_object(record) then return copy(record) end
   local out = copy(current)
   for _, keys in ipairs(leaves or top_leaves(record)) do
-    local node = out
-    for i = 1, #keys - 1 do
-      local k = keys[i]
-      if type(node[k]) ~= "table" then
-        node[k] = type(keys[i + 1]) == "number" and json.array() or json.object()
-      end
-      node = node[k]
-    end
     local value = get_at(record, keys)
-    node[keys[#keys]] = value == nil and null or copy(value)
+    set_path(out, keys, value == nil and null or copy(value))
   end
   return out
 end
@@ -230,13 +216,7 @@ function M.changes(current, record, leaves)
     local value, before = get_at(record, keys), get_at(current, keys)
     if not same(before == nil and null or before, value == nil and null or value) then
       any = true
-      local node = out
-      for i = 1, #keys - 1 do
-        local k = keys[i]
-        if type(node[k]) ~= "table" then node[k] = json.object() end
-        node = node[k]
-      end
-      node[keys[#keys]] = value == nil and null or copy(value)
+      set_path(out, keys, value == nil and null or copy(value))
     end
   end
   return any and out or nil
