@@ -401,3 +401,78 @@ print(repr(buf))
     assert.is_truthy(has(helpers.read(d .. "/.entsync_history") or "", "20 + 22"))
   end)
 end)
+
+-- On a terminal (a pty): Tab completion, Ctrl-C, and the live objects.
+describe("repl on a terminal", function()
+  local function pty(d, steps)
+    local cjson = require "cjson"
+    local pipe = io.popen(string.format("HOME=%s python3 %s %s --cwd %s --timeout 20 -- %s job.lua repl",
+      helpers.quote(d), helpers.quote(helpers.root .. "/spec/support/pty_run.py"), helpers.quote(cjson.encode(steps)),
+      helpers.quote(d), helpers.quote(helpers.bin)))
+    local result = cjson.decode(pipe:read("a"))
+    pipe:close()
+    return result
+  end
+
+  it("completes globals, fields, sync names inside a helper's string, and names inside sql", function()
+    local d = newdir()
+    local result = pty(d, {
+      { expect = "> " },
+      { send = "syncs.con\t.ent\t\n" }, { expect = '{ "contact" }' },
+      { expect = "> " },
+      { send = 'fetch("con\t, 2).name\n' }, { expect = '"Contact 2"' },
+      { expect = "> " },
+      { send = "stat\t" }, { expect = "state" }, { send = '("contacts").mapped\n' }, { expect = "0" },
+      { expect = "> " },
+      { send = 'sql "SELECT count(*) AS n FROM cont\t"\n' }, { expect = "n\r\n-\r\n0" },
+      { expect = "> " },
+      -- store:ro completes to store:row (rows too): an s makes it rows
+      { send = "store:ro\t" }, { sleep = 0.2 }, { send = 's("SELECT 7 * 6 AS x")[1].x\n' }, { expect = "42" },
+    })
+    assert.is_true(result.ok, result.output)
+    assert.equal(0, result.status, result.output)
+    assert.matches('fetch("contacts", 2).name', result.output, 1, true)
+    assert.matches("syncs.contacts.entities", result.output, 1, true)
+  end)
+
+  it("Ctrl-C drops the line being typed, and stops what is being evaluated; the session goes on", function()
+    local d = newdir()
+    local result = pty(d, {
+      { expect = "> " },
+      { send = "this is not lua" }, { sleep = 0.2 }, { send = "\3" },
+      { expect = "> " },
+      { send = "function f()\n" }, { expect = ">> " }, { send = "\3" }, { expect = "> " },
+      { send = "require('entsync.loop').sleep(30)\n" }, { sleep = 0.5 }, { signal = "INT" },
+      { expect = "interrupted" },
+      { expect = "> " },
+      { send = "40 + 2\n" }, { expect = "42" },
+    })
+    assert.is_true(result.ok, result.output)
+    assert.equal(0, result.status, result.output)
+    assert.is_nil(result.output:find("unexpected symbol", 1, true), result.output)
+  end)
+
+  it("provider(sync) is the live provider object; reload() reads the providers' code again", function()
+    local d = newdir()
+    helpers.write(d .. "/providers/tagged.lua", [[
+local ndjson = require "providers.ndjson"
+return { new = function(config, ctx)
+  local p = ndjson.new(config, ctx)
+  p.marker = "one"
+  return p
+end }
+]])
+    helpers.write(d .. "/job.lua", (JOB:gsub('provider "ndjson"', 'provider "tagged"')))
+    local r = repl(d, table.concat({
+      'provider("contacts").marker',
+      'provider("contacts"):get("contacts.ndjson", 3).name',
+      '(assert(os.execute("sed -i s/one/two/ providers/tagged.lua")))',
+      "reload()",
+      'provider("contacts").marker',
+      'provider("nope")',
+    }, "\n") .. "\n")
+    assert.equal(0, r.code, r.stderr)
+    assert.same({ '"one"', '"Contact 3"', "true", '"reloaded job.lua"', '"two"',
+      'error: no sync named "nope" (declared: contacts)' }, lines(r.stdout))
+  end)
+end)

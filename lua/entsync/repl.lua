@@ -422,10 +422,12 @@ function M.run(job, args, options)
       if not tty then return io.read("l") end
       core.readline.start(buffer and ">> " or "> ")
       while true do
+        -- readline reads only what is there: a wait for a key is the
+        -- loop's, so a signal (Ctrl-C) is handled while the prompt waits
+        loop.wait_fd(0, "r")
         local line = core.readline.feed()
         if line then return line end
         if line == false then return nil end
-        loop.wait_fd(0, "r")
       end
     end
     while true do
