@@ -294,8 +294,7 @@ static int httpd_listen(lua_State *L)
                                       MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&addr,
                                       MHD_OPTION_NOTIFY_COMPLETED, on_completed, server,
                                       MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int)30,
-                                      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64,
-                                      MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned int)1, MHD_OPTION_END);
+                                      MHD_OPTION_CONNECTION_LIMIT, (unsigned int)64, MHD_OPTION_END);
     if (!server->daemon) {
         int err = errno;
         server_release(L, server);

@@ -50,9 +50,9 @@ function M.render(report, extra)
     return f
   end
   local function sample(name, kind, help, labels, value)
+    local f = family(name, kind, help) -- typed even while it has no sample
     local text = number(value)
     if text == nil then return end
-    local f = family(name, kind, help)
     local parts = {}
     for _, pair in ipairs(labels) do parts[#parts + 1] = string.format('%s="%s"', pair[1], escape(pair[2])) end
     f.samples[#f.samples + 1] = string.format("%s{%s} %s", name, table.concat(parts, ","), text)
