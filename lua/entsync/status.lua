@@ -193,7 +193,7 @@ local function sync_entry(store, book, job, name, sync, daemon, options)
   if sync and sync.schedule then
     local period, due = period_of(sync.schedule)
     entry.period = period
-    local daemon_due = daemon and daemon.alive and tonumber(daemon.next_due[name])
+    local daemon_due = (daemon and daemon.alive) and tonumber(daemon.next_due[name]) or nil
     entry.next_run = daemon_due or due
     entry.next_run_by_daemon = daemon_due ~= nil
   end
