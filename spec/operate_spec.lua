@@ -278,14 +278,18 @@ describe("progress", function()
     assert.matches("\r\27%[Kcontacts: 150000 created", result.output)
   end)
 
-  it("elsewhere: a log line every --progress-every seconds, and none with --no-progress", function()
+  -- A job over the slow provider: 60 records, 20 ms each, 5 a batch.
+  local function slow_job(extra)
     helpers.install_slow_provider(dir)
     helpers.write(dir .. "/job.lua", [[
 entity "contact" { email = "text", name = "text", age = "integer" }
 local slow = provider "slow" { count = 60, delay = 0.02 }
 sync "contacts" { remote = slow, entity = "contact", mapping = { email = "email", name = "name", age = "age" },
-  import = { batch = 5 } }
-]])
+  import = { batch = 5 }]] .. (extra or "") .. " }\n")
+  end
+
+  it("elsewhere: a log line every --progress-every seconds, and none with --no-progress", function()
+    slow_job()
     local r = S.run(dir, "run", "--progress-every", "0.3")
     assert.equal(0, r.code, r.stderr)
     local lines = 0
@@ -297,13 +301,7 @@ sync "contacts" { remote = slow, entity = "contact", mapping = { email = "email"
   end)
 
   it("the daemon logs progress lines during a run", function()
-    helpers.install_slow_provider(dir)
-    helpers.write(dir .. "/job.lua", [[
-entity "contact" { email = "text", name = "text", age = "integer" }
-local slow = provider "slow" { count = 60, delay = 0.02 }
-sync "contacts" { remote = slow, entity = "contact", mapping = { email = "email", name = "name", age = "age" },
-  import = { batch = 5 }, schedule = "every 1h" }
-]])
+    slow_job(', schedule = "every 1h"')
     local child = D.daemon(dir, { "--progress-every", "0.3", "--log-format", "json" })
     assert.is_truthy(D.wait_log(child, '"event":"progress"', 10), D.stderr(child))
     assert.is_truthy(D.wait_log(child, '"event":"summary"', 10), D.stderr(child))

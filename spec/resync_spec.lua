@@ -19,11 +19,7 @@ after_each(function()
   helpers.rmdir(dir)
 end)
 
-local function dated(id, day, fields)
-  local record = S.contact(id, fields)
-  record.updated_at = string.format("2024-01-%02d", day)
-  return record
-end
+local dated = S.dated
 
 local UPPER = '{ email = "email", name = { "name", import = function(v) return v:upper() end }, age = "age" }'
 
