@@ -239,6 +239,17 @@ describe("logs", function()
     assert.matches("^contacts: 1 created", r.stdout)
   end)
 
+  it("a callback's ctx:log line names the sync and the entity at hand", function()
+    S.job(dir, { mapping = '{ email = "email", name = { "name", import = function(v, _, ctx) ctx:log("saw %s", v) '
+      .. 'return v end }, age = "age" }' })
+    S.data(dir, { S.contact(7) })
+    local r = S.run(dir, "run", "--log-format", "json")
+    assert.equal(0, r.code, r.stderr)
+    local line = jq_lines(r.stderr)[1]
+    assert.same({ "info", "contacts 7: saw Contact 7", "contacts", 7, "import", "callback" },
+      { line.level, line.message, line.sync, line.remote_id, line.direction, line.event })
+  end)
+
   it("a fatal error is a JSON line too; text logs stay one line each", function()
     S.job(dir, {})
     local r = S.run(dir, "run", "--log-format", "json")
