@@ -800,7 +800,9 @@ describe("a remote that fails mid-batch, then recovers", function()
       assert.matches("/api/contacts/" .. remote_id, row.error, 1, true)
       assert.is_true(row.next_at > before + 10, "next_at is not in the future: backoff")
     end
-    local status = ok_run(dir, "status")
+    -- failures pending: status says so, and exits 1
+    local status = X.run(dir, "status")
+    assert.equal(1, status.code, status.stdout .. status.stderr)
     assert.matches("outbox%s+0 changes to send, 3 failed exports", status.stdout)
 
     -- not due yet: the next run leaves them alone

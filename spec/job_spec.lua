@@ -135,10 +135,15 @@ entity "contact" { name = "text" }
 sync "good" { remote = src, entity = "contact", mapping = { name = "name" } }
 sync "bad" { remote = src, entity = "nobody", mapping = { name = "name" } }
 ]])
-      for _, command in ipairs({ "run", "check", "status" }) do
+      for _, command in ipairs({ "run", "check" }) do
         local r = run(command)
         assert_config_error(r, '^entsync%-run: job%.lua:4: sync "bad": entity "nobody" is not declared\n$')
       end
+      -- status reads the store alone: it says the job does not load, exit 2
+      local r = run("status")
+      assert.equal(2, r.code, r.stderr)
+      assert.matches('job job%.lua does not load: job%.lua:4: sync "bad": entity "nobody" is not declared', r.stdout)
+      assert.is_false(exists(dir .. "/entsync.db"))
       local r = run("run", "good")
       assert_config_error(r, 'sync "bad"')
     end)

@@ -467,6 +467,9 @@ return {
   tags = { "tags", import = map.refs "tags" },
 }
 ]])
+    -- check looks at the input files too: they are there
+    T.data(dir, "tags", {})
+    T.data(dir, "contacts", {})
     local r = T.run(dir, "check")
     assert.equal(0, r.code, r.stderr)
     assert.matches("^job job%.lua: ok\n", r.stdout)

@@ -6,9 +6,11 @@
 #include "fsutil.h"
 #include "hash.h"
 #include "http.h"
+#include "httpd.h"
 #include "json.h"
 #include "lock.h"
 #include "loop.h"
+#include "notify.h"
 #include "readline.h"
 #include "store.h"
 
@@ -23,8 +25,10 @@ int luaopen_entsync_core(lua_State *L)
     entsync_lock_register(L);
     entsync_fsutil_register(L);
     entsync_http_register(L);
+    entsync_httpd_register(L);
     entsync_json_register(L);
     entsync_loop_register(L);
+    entsync_notify_register(L);
     entsync_readline_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);
     lua_setfield(L, -2, "version");

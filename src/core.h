@@ -5,7 +5,7 @@
  *
  * The module is a table with one sub-table per C concern, each set by that
  * concern's register function: store, hash, lock, fs and sys (fsutil), http,
- * json, loop and readline; and the fields version and sqlite_version.
+ * httpd, json, loop, notify and readline; and the fields version and sqlite_version.
  */
 #ifndef ENTSYNC_CORE_H
 #define ENTSYNC_CORE_H

@@ -61,13 +61,23 @@ static int find_root(char *root, size_t size)
     return 0;
 }
 
+/* The options that take a value (entsync.usage lists them all). */
+static int takes_value(const char *arg)
+{
+    static const char *const with_value[] = {"--wait",  "--log-format", "--where",          "-e",
+                                             "--limit", "--max-age",    "--progress-every", "--listen"};
+    for (size_t i = 0; i < sizeof with_value / sizeof with_value[0]; i++)
+        if (strcmp(arg, with_value[i]) == 0)
+            return 1;
+    return 0;
+}
+
 /* The job file is the first argument that is neither an option nor the
- * value of one (entsync.cli parses the rest; these two take a value). */
+ * value of one (entsync.cli parses the rest). */
 static const char *job_argument(int argc, char **argv)
 {
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--wait") == 0 || strcmp(argv[i], "--log-format") == 0 ||
-            strcmp(argv[i], "--where") == 0 || strcmp(argv[i], "-e") == 0) {
+        if (takes_value(argv[i])) {
             i++;
             continue;
         }

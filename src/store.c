@@ -338,6 +338,42 @@ static int store_rows(lua_State *L)
     return 1;
 }
 
+/* store:query(sql, ...) -> columns, rows, changes, total_changes, readonly:
+ * the REPL's sql, shown as the sqlite3 shell shows it: the column names in
+ * the statement's order, each row a list of its values as SQLite writes
+ * them as text (nil for NULL), and the change counts of a statement that
+ * writes. */
+static int store_query(lua_State *L)
+{
+    entsync_store *store;
+    sqlite3_stmt *stmt = prepare_with_args(L, &store);
+    int columns = sqlite3_column_count(stmt);
+    lua_createtable(L, columns, 0);
+    for (int i = 0; i < columns; i++) {
+        lua_pushstring(L, sqlite3_column_name(stmt, i));
+        lua_rawseti(L, -2, i + 1);
+    }
+    lua_newtable(L);
+    lua_Integer n = 0;
+    while (step_or_raise(L, store, stmt) == SQLITE_ROW) {
+        lua_createtable(L, columns, 0);
+        for (int i = 0; i < columns; i++) {
+            if (sqlite3_column_type(stmt, i) == SQLITE_NULL)
+                continue;
+            const unsigned char *text = sqlite3_column_text(stmt, i);
+            lua_pushlstring(L, text ? (const char *)text : "", (size_t)sqlite3_column_bytes(stmt, i));
+            lua_rawseti(L, -2, i + 1);
+        }
+        lua_rawseti(L, -2, ++n);
+    }
+    int readonly = sqlite3_stmt_readonly(stmt);
+    sqlite3_reset(stmt);
+    lua_pushinteger(L, readonly ? 0 : sqlite3_changes(store->db));
+    lua_pushinteger(L, sqlite3_total_changes(store->db));
+    lua_pushboolean(L, readonly);
+    return 5;
+}
+
 /* store:hash_set(sql, ...) -> a hash set of the first column's integers,
  * built in C: a run loads hundreds of thousands of them. */
 static int store_hash_set(lua_State *L)
@@ -767,6 +803,7 @@ void entsync_store_register(lua_State *L)
         {"run", store_run},
         {"row", store_row},
         {"rows", store_rows},
+        {"query", store_query},
         {"value", store_value},
         {"hash_set", store_hash_set},
         {"columns", store_columns},

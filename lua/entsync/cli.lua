@@ -1,140 +1,23 @@
 -- entsync.cli: the command line of entsync-run.
 --
--- main(args) parses the arguments, loads the job and runs the command; it
--- returns the exit status and never raises: every error becomes one line
--- on stderr (with its traceback under --verbose).
+-- main(args) parses the arguments (entsync.usage: the grammar, the help
+-- texts, the suggestions), loads the job and runs the command; it returns
+-- the exit status and never raises: every error becomes one line on stderr
+-- (with its traceback under --verbose).
 
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local json = require "entsync.json"
+local logger = require "entsync.logger"
+local usage = require "entsync.usage"
 
 local M = {}
 
-local USAGE = [[
-usage: entsync-run JOB.lua [COMMAND] [ARGS] [OPTIONS]
-
-commands:
-  run [SYNC...]            import every sync (or the named ones and what they
-                           depend on), in dependency order; the default
-  import SYNC REMOTE_ID    import one remote entity
-  refresh SYNC LOCAL_ID... refresh local entities from their remotes
-  refresh SYNC --all       refresh every entity the sync has imported
-  retry SYNC               retry the sync's failed entities now
-  failures SYNC [--json]   the sync's failures with their payloads
-  failures SYNC retry [KEY...]        retry them (all, or the keys given) now
-  failures SYNC dismiss KEY...|--all  forget them (KEY: a remote id for an
-                           import, a local id for an export; import:KEY or
-                           export:KEY when both have one)
-  export SYNC LOCAL_ID...  export local entities now (create or update their remote)
-  export SYNC --all        export every local entity of the sync (or --where SQL)
-  daemon                   run syncs on their schedules and export changes as
-                           they arrive, until SIGTERM or SIGINT; SIGHUP reloads
-  repl [-e EXPR]           a Lua prompt with the job loaded (help() lists helpers)
-  check                    validate the job, its mappings and providers
-  status                   per sync: settings, last run, cursor, lock, failures
-
-options:
-  --dry-run                report what would be created, updated and deleted;
-                           the store file is left untouched
-  --wait SECONDS           wait up to SECONDS for a sync locked by another run
-  --allow-deletes          let a full pass delete more than its delete guard
-                           allows (import delete_guard, default half)
-  --progress, --no-progress  force the live progress line on or off
-                           (default: on when stderr is a terminal)
-  --log-format text|json   how warnings and errors are written to stderr
-  --verbose, -v            tracebacks with errors, more detail
-  --help, -h               this text
-  --version                entsync's version
-
-exit status: 0 success, 1 the run finished but some entities failed,
-2 usage or configuration error, 3 a lock is held by another run,
-4 an internal error. A remote that keeps failing stops a run with 1.
-]]
-
 local commands = {}
+local usage_error = usage.usage_error
 
-local function usage_error(fmt, ...)
-  errors.raise("usage", string.format(fmt, ...) .. " (see entsync-run --help)")
-end
-
--- Options that take a value, and flags.
-local value_options = { ["--wait"] = "wait", ["--log-format"] = "log_format", ["--where"] = "where", ["-e"] = "eval" }
-local flag_options = {
-  ["--dry-run"] = "dry_run", ["--verbose"] = "verbose", ["-v"] = "verbose", ["--help"] = "help",
-  ["-h"] = "help", ["--version"] = "version", ["--progress"] = "progress", ["--no-progress"] = "no_progress",
-  ["--all"] = "all", ["--allow-deletes"] = "allow_deletes", ["--json"] = "json",
-}
-
-function M.parse(args)
-  local options, positional = {}, {}
-  local i = 1
-  while i <= #args do
-    local arg = args[i]
-    local name, inline = arg:match("^(%-%-[%w-]+)=(.*)$")
-    name = name or arg
-    if value_options[name] then
-      local value = inline
-      if value == nil then
-        i = i + 1
-        value = args[i]
-      end
-      if value == nil then usage_error("option %s needs a value", name) end
-      options[value_options[name]] = value
-    elseif flag_options[name] and not inline then
-      options[flag_options[name]] = true
-    elseif arg:sub(1, 1) == "-" and arg ~= "-" then
-      usage_error("unknown option %s", arg)
-    else
-      positional[#positional + 1] = arg
-    end
-    i = i + 1
-  end
-  if options.wait then
-    local seconds = tonumber(options.wait)
-    if not seconds or seconds < 0 then usage_error("--wait needs a number of seconds, got %s", options.wait) end
-    options.wait = seconds
-  end
-  if options.log_format and options.log_format ~= "text" and options.log_format ~= "json" then
-    usage_error("--log-format is text or json, got %s", options.log_format)
-  end
-  if options.progress then options.progress = true elseif options.no_progress then options.progress = false end
-  return options, positional
-end
-
--- Invalid UTF-8 (a message may quote a bad record's bytes) as U+FFFD, so
--- a log line is always JSON.
-local function valid_utf8(text)
-  local parts, i = {}, 1
-  while true do
-    local _, bad = utf8.len(text, i)
-    if not bad then
-      parts[#parts + 1] = text:sub(i)
-      return table.concat(parts)
-    end
-    parts[#parts + 1] = text:sub(i, bad - 1) .. "\239\191\189"
-    i = bad + 1
-  end
-end
-
--- One JSON log line for --log-format json.
-local function log_line(fields)
-  local ok, line = pcall(json.encode, fields)
-  if ok then return line .. "\n" end
-  for k, v in pairs(fields) do
-    if type(v) == "string" then fields[k] = valid_utf8(v) end
-  end
-  return json.encode(fields) .. "\n"
-end
-
-local function make_logger(options)
-  return function(level, message)
-    if options.log_format == "json" then
-      io.stderr:write(log_line({ time = core.sys.now(), level = level, message = message }))
-    else
-      io.stderr:write(string.format("entsync: %s: %s\n", level, message))
-    end
-  end
-end
+M.parse = usage.parse
+M.EXIT_STOPPED = 5
 
 -- check ------------------------------------------------------------------------
 
@@ -142,10 +25,60 @@ local function describe_remote(sync)
   local provider = sync.provider
   return sync.resource and string.format("%s %q", provider.name, sync.resource) or provider.name
 end
+M.describe_remote = describe_remote
 
-function commands.check(job)
+-- Whether each sync's mapping changed since its rows were written, from
+-- the store when there is one (read only; nothing is created).
+local function mapping_notes(job)
+  local notes = {}
+  if not core.fs.exists(job.store_file) then return notes end
+  local ok = pcall(function()
+    local store = core.store.open(job.store_file)
+    local ledger = require "entsync.ledger"
+    if ledger.stored_version(store) == ledger.VERSION then
+      local book = ledger.new(store)
+      for _, name in ipairs(job.run_order) do
+        local sync = job.syncs[name]
+        local id = book:sync_id(name, true)
+        local stored = id and book:state(id).fingerprint
+        if stored and sync.mapping_fingerprint and stored ~= sync.mapping_fingerprint then
+          notes[#notes + 1] = string.format("note: sync \"%s\": its mapping changed since its rows were written; "
+            .. "`entsync-run %s run %s --full` maps every record again", name, job.display_path, name)
+        end
+      end
+    end
+    store:close()
+  end)
+  if not ok then return {} end
+  return notes
+end
+
+function commands.check(job, _, options)
+  options = options or {}
   local out = {}
   local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  local problems = job.problems or {}
+  -- in the order of the files and lines they name
+  local order = {}
+  for i, problem in ipairs(problems) do
+    local file, line = problem:match("^([^:\n]+):(%d+):")
+    order[problem] = { file = file or "\255", line = tonumber(line) or 0, i = i }
+  end
+  table.sort(problems, function(a, b)
+    local x, y = order[a], order[b]
+    if x.file ~= y.file then return x.file < y.file end
+    if x.line ~= y.line then return x.line < y.line end
+    return x.i < y.i
+  end)
+  if #problems > 0 then
+    for _, problem in ipairs(problems) do
+      io.stderr:write("entsync-run: ", problem, "\n")
+      local traceback = options.verbose and job.tracebacks and job.tracebacks[problem]
+      if traceback then io.stderr:write(traceback, "\n") end
+    end
+    if #problems > 1 then io.stderr:write(string.format("entsync-run: %s: %d errors\n", job.display_path, #problems)) end
+    return errors.exit_codes.config
+  end
   say("job %s: ok", job.display_path)
   say("store     %s", job.store_file)
   say("entities  %d", #job.entity_order)
@@ -183,136 +116,74 @@ function commands.check(job)
     say("  %-16s %s -> %s; %s%s%s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "),
       mode, import.enabled and (", deletes " .. import.deletes) or "", depends, export, schedule)
   end
-  print(table.concat(out, "\n"))
-  return 0
-end
-
--- status -----------------------------------------------------------------------
-
-local function ago(t)
-  if not t then return "never" end
-  local seconds = core.sys.now() - t
-  if seconds < 120 then return string.format("%.0fs ago", seconds) end
-  if seconds < 7200 then return string.format("%.0fm ago", seconds / 60) end
-  if seconds < 172800 then return string.format("%.1fh ago", seconds / 3600) end
-  return os.date("!%Y-%m-%d %H:%M UTC", math.floor(t))
-end
-
--- Where a full pass in progress resumes, in words.
-local function describe_resume(text)
-  if text == nil then return "from the start" end
-  local number = tonumber(text)
-  if number then return string.format("resumes after %d records", number) end
-  local resume = json.try_decode(text)
-  if type(resume) ~= "table" then return "resumes from " .. tostring(text) end
-  if resume.offset then return string.format("resumes after %d records", resume.offset) end
-  local checkpoint = resume.checkpoint
-  if type(checkpoint) == "table" and checkpoint.file then
-    return string.format("resumes in %s after %d records", checkpoint.file, checkpoint.skip or 0)
-  end
-  return "resumes from the provider's checkpoint " .. json.encode(checkpoint)
-end
-
-function commands.status(job)
-  local store
-  if core.fs.exists(job.store_file) then
-    store = core.store.open(job.store_file)
-    require("entsync.ledger").migrate(store)
-  end
-  local book = store and require("entsync.ledger").new(store)
-  local out = {}
-  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
-  say("store %s%s", job.store_file, store and "" or " (not created yet: nothing has run)")
-  local daemon = book and book:meta("daemon")
-  if daemon then
-    local info = json.try_decode(daemon)
-    if type(info) == "table" then
-      local alive = info.activity ~= "stopped" and core.sys.process_alive(info.pid or 0)
-      say("daemon %s: pid %s on %s, started %s, %s%s", alive and "running" or "not running",
-        tostring(math.tointeger(info.pid) or info.pid),
-        tostring(info.host), ago(info.started_at), tostring(info.activity),
-        (type(info.running) == "table" and #info.running > 0) and (" (" .. table.concat(info.running, ", ") .. ")") or "")
-    end
-  end
-  for _, name in ipairs(job.run_order) do
-    local sync = job.syncs[name]
-    local import = sync.import
-    say("")
-    say("sync %s: %s -> %s, %s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "), import.mode,
-      import.limit and (", limit " .. import.limit) or "", ", deletes " .. import.deletes)
-    local sync_id = book and book:sync_id(name, true)
-    if sync_id then
-      local run = book:last_run(sync_id)
-      if run then
-        say("  last run   %s %s, %s (%s): %d created, %d updated, %d unchanged, %d stale, %d failed, %d deleted",
-          run.operation, ago(run.started_at), run.status, run.mode or "-", run.created, run.updated, run.unchanged,
-          run.stale, run.failed, run.deleted)
-        if run.error then say("  last error %s", run.error) end
-      else
-        say("  last run   never")
-      end
-      local state = book:state(sync_id)
-      if state.cursor_mark ~= nil then
-        say("  cursor     %s / %s", tostring(state.cursor_mark), tostring(state.cursor_id))
-      elseif import.mode == "incremental" then
-        say("  cursor     none (the next run reads everything)")
-      end
-      if state.pass_open == 1 then
-        say("  full pass  %d in progress, %s", state.pass, describe_resume(state.pass_resume))
-      end
-      say("  mapped     %d remote entities", book:mapped_count(sync_id))
-      local holder = core.lock.holder(store, "sync:" .. name)
-      if holder then
-        say("  lock       held by pid %d on %s since %s, expires in %.0fs", holder.pid, holder.host,
-          ago(holder.acquired_at), holder.expires_at - core.sys.now())
-      else
-        say("  lock       free")
-      end
-      if sync.export then
-        local entity_id = book:entity_id(sync.entities[1], true)
-        local queued = entity_id and book:pending_count(state.out_seq or 0, json.encode({ entity_id }), sync_id) or 0
-        say("  outbox     %d changes to send, %d failed exports, deletes %s, conflicts: %s", queued,
-          book:failure_count(sync_id, "export"), sync.export.deletes,
-          type(sync.export.conflict) == "function" and "function" or sync.export.conflict)
-      end
-      say("  failures   %d pending", book:failure_count(sync_id))
-      for _, failure in ipairs(book:failures(sync_id, 5)) do
-        local when = failure.next_at <= core.sys.now() and "due"
-          or failure.waits_for and failure.next_at > 1e100 and ("after " .. failure.waits_for .. " runs")
-          or string.format("in %.0fs", failure.next_at - core.sys.now())
-        say("    %s%s (attempt %d, retry %s): %s", failure.direction == "export" and "local " or "", failure.key,
-          failure.attempts, when, failure.error)
-      end
-    else
-      say("  last run   never")
-    end
-  end
-  if store then store:close() end
+  for _, note in ipairs(job.notes or {}) do say("note: %s", note) end
+  for _, note in ipairs(mapping_notes(job)) do say("%s", note) end
   print(table.concat(out, "\n"))
   return 0
 end
 
 -- operations -------------------------------------------------------------------
 
--- Runs fn(session) inside the loop with the job's store open.
-local function with_session(job, options, fn)
+-- Runs fn(session) inside the loop with the job's store open. SIGINT and
+-- SIGTERM (when stoppable) ask the run to stop at its next checkpoint; a
+-- second one takes the signal's own course (the process ends at once).
+local function with_session(job, options, fn, stoppable)
   local loop = require "entsync.loop"
   return loop.run(function()
-    local session = require("entsync.session").open(job, { dry_run = options.dry_run, wait = options.wait,
-      progress = options.progress, log = options.log, should_stop = options.should_stop,
-      allow_deletes = options.allow_deletes })
-    local ok, result = pcall(fn, session)
+    local handles = {}
+    local function drop()
+      for _, handle in ipairs(handles) do handle:remove() end
+      handles = {}
+    end
+    if stoppable then
+      local function stop(name)
+        if options.stopped then return end
+        options.stopped = name
+        options.log("warn", string.format("SIG%s: stopping at the next checkpoint (once more to end at once)", name),
+          { event = "signal", signal = name })
+        drop()
+      end
+      handles = { loop.on_signal("INT", stop), loop.on_signal("TERM", stop) }
+      options.should_stop = function() return options.stopped ~= nil end
+    end
+    local ok, session = pcall(require("entsync.session").open, job, {
+      dry_run = options.dry_run, wait = options.wait, progress = options.progress,
+      progress_every = options.progress_every, log_format = options.log_format, log = options.log,
+      should_stop = options.should_stop, allow_deletes = options.allow_deletes, diff = options.diff,
+      out = options.out,
+    })
+    if not ok then
+      drop()
+      error(session, 0)
+    end
+    local done, result = pcall(fn, session)
     session:close()
-    if not ok then error(result, 0) end
+    drop()
+    if not done then error(result, 0) end
     return result
   end)
 end
+
+-- Prints a summary line, and with --log-format json writes it as an event.
+local function announce(options, result, line, seconds, kind)
+  print(line)
+  io.stdout:flush()
+  if options.log_format == "json" then
+    local counts = json.object()
+    for k, v in pairs(result.counts) do counts[k] = v end
+    options.log(result.counts.failed > 0 and "warn" or "info", line, { event = "summary", kind = kind,
+      sync = result.sync, operation = result.operation, counts = counts, seconds = seconds,
+      status = result.status, stopped = result.stopped or nil, dry_run = options.dry_run or nil })
+  end
+end
+M.announce = announce
 
 local function report(results, started, options)
   local operation = require "entsync.operation"
   local failed = false
   for _, result in ipairs(results) do
-    print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
+    local seconds = core.sys.monotonic() - started
+    announce(options, result, operation.summary(result, seconds, options.dry_run), seconds, "import")
     failed = failed or result.counts.failed > 0
   end
   return failed and errors.exit_codes.failed or 0
@@ -322,10 +193,16 @@ local function sync_named(job, name)
   if not name then usage_error("a sync name is needed") end
   local sync = job.syncs[name]
   if not sync then
-    errors.raise("usage", string.format("%s: no sync named \"%s\" (declared: %s)", job.display_path, name,
-      table.concat(job.sync_order, ", ")))
+    errors.raise("usage", string.format("%s: no sync named \"%s\" (declared: %s)%s", job.display_path, name,
+      table.concat(job.sync_order, ", "), usage.did_you_mean(name, job.sync_order)))
   end
   return sync
+end
+M.sync_named = sync_named
+
+local function exit_status(options, failed)
+  if options.stopped then return M.EXIT_STOPPED end
+  return failed and errors.exit_codes.failed or 0
 end
 
 -- Runs the planned syncs as tasks of the loop: a sync's import starts once
@@ -333,9 +210,13 @@ end
 -- independent syncs run side by side while their requests are in flight.
 -- A sync that exports on change drains its changes once every import of
 -- this run that writes its entity has finished, so what one remote brought
--- reaches the others in the same run.
+-- reaches the others in the same run. A dry run reports what the drains
+-- would send, without sending.
 function commands.run(job, args, options)
+  for _, name in ipairs(args) do sync_named(job, name) end
   local plan = require("entsync.job").plan(job, args)
+  local named = {}
+  for _, name in ipairs(args) do named[name] = true end
   local loop = require "entsync.loop"
   local operation = require "entsync.operation"
   return with_session(job, options, function(session)
@@ -349,14 +230,16 @@ function commands.run(job, args, options)
         end
       end
       if not sync.import.enabled then return true end
+      if options.stopped then return false end
       local started = core.sys.monotonic()
-      local ok, result = pcall(require("entsync.import").run, session, sync)
+      local full = options.full and (#args == 0 or named[sync.name]) or nil
+      local ok, result = pcall(require("entsync.import").run, session, sync, { full = full })
       if not ok then
         first_error = first_error or result
         return false
       end
-      print(operation.summary(result, core.sys.monotonic() - started, options.dry_run))
-      io.stdout:flush()
+      local seconds = core.sys.monotonic() - started
+      announce(options, result, operation.summary(result, seconds, options.dry_run), seconds, "import")
       failed_entities = failed_entities or result.counts.failed > 0
       return not result.stopped
     end
@@ -371,32 +254,32 @@ function commands.run(job, args, options)
       for _, name in ipairs(plan) do
         if name ~= sync.name and writes(job.syncs[name], sync.entities[1]) then imports[name]:wait() end
       end
+      if options.stopped then return end
       local started = core.sys.monotonic()
       local export = require "entsync.export"
-      local done, result = pcall(export.drain, session, sync)
+      local done, result = pcall(options.dry_run and export.dry_drain or export.drain, session, sync)
       if not done then
         first_error = first_error or result
         return
       end
-      print(export.summary(result, core.sys.monotonic() - started))
-      io.stdout:flush()
+      local seconds = core.sys.monotonic() - started
+      announce(options, result, export.summary(result, seconds, options.dry_run), seconds, "export")
       failed_entities = failed_entities or result.counts.failed > 0
     end
     for _, name in ipairs(plan) do imports[name] = loop.spawn(import, job.syncs[name]) end
     for _, name in ipairs(plan) do
       local sync = job.syncs[name]
-      if sync.export and sync.export.on_change and not options.dry_run then drains[#drains + 1] = loop.spawn(drain, sync) end
+      if sync.export and sync.export.on_change then drains[#drains + 1] = loop.spawn(drain, sync) end
     end
     for _, name in ipairs(plan) do imports[name]:wait() end
     for _, task in ipairs(drains) do task:wait() end
     if first_error then error(first_error, 0) end
-    return failed_entities and errors.exit_codes.failed or 0
-  end)
+    return exit_status(options, failed_entities)
+  end, true)
 end
 
 function commands.import(job, args, options)
   local sync = sync_named(job, args[1])
-  if not args[2] or args[3] then usage_error("import takes a sync and one remote id") end
   return with_session(job, options, function(session)
     local started = core.sys.monotonic()
     return report({ require("entsync.import").import_one(session, sync, args[2]) }, started, options)
@@ -406,12 +289,32 @@ end
 function commands.refresh(job, args, options)
   local sync = sync_named(job, args[1])
   local ids = { table.unpack(args, 2) }
-  if options.all == (#ids > 0) then usage_error("refresh takes a sync and local ids, or --all") end
+  if (options.all and true or false) == (#ids > 0) then
+    usage_error("refresh takes a sync and local ids, or --all")
+  end
   return with_session(job, options, function(session)
     local started = core.sys.monotonic()
     local local_ids = ids
     if options.all then local_ids = nil end
-    return report({ require("entsync.import").refresh(session, sync, local_ids) }, started, options)
+    local result = require("entsync.import").refresh(session, sync, local_ids)
+    local code = report({ result }, started, options)
+    return exit_status(options, code ~= 0)
+  end, true)
+end
+
+-- reset SYNC: the next run reads everything.
+function commands.reset(job, args, options)
+  local sync = sync_named(job, args[1])
+  if not sync.import.enabled then
+    errors.raise("usage", string.format("%s: sync \"%s\" does not import: there is nothing to reset",
+      job.display_path, sync.name))
+  end
+  return with_session(job, options, function(session)
+    local kept = require("entsync.import").reset(session, sync)
+    print(string.format("%s: reset: the next run reads and maps every record (kept: %d id-map entries, "
+      .. "the entity rows, %d failures, the export position and the run history)", sync.name, kept.mapped,
+      kept.failures))
+    return 0
   end)
 end
 
@@ -449,7 +352,8 @@ function commands.export(job, args, options)
     end
     local started = core.sys.monotonic()
     local result = export.export_list(session, sync, ids)
-    print(export.summary(result, core.sys.monotonic() - started))
+    local seconds = core.sys.monotonic() - started
+    announce(options, result, export.summary(result, seconds), seconds, "export")
     return result.counts.failed > 0 and errors.exit_codes.failed or 0
   end)
 end
@@ -460,11 +364,14 @@ function commands.failures(job, args, options)
   local action = args[2]
   local keys = { table.unpack(args, 3) }
   if action ~= nil and action ~= "retry" and action ~= "dismiss" then
-    usage_error("failures takes a sync, then nothing (list them), retry [KEY...] or dismiss KEY... | --all")
+    usage_error("failures takes a sync, then nothing (list them), retry [KEY...] or dismiss KEY... | --all%s",
+      usage.did_you_mean(action, { "retry", "dismiss" }))
   end
   if action == "dismiss" and #keys == 0 and not options.all then
     usage_error("failures SYNC dismiss takes the keys to dismiss, or --all")
   end
+  if options.all and action ~= "dismiss" then usage_error("--all goes with failures SYNC dismiss") end
+  if options.json and action ~= nil then usage_error("--json goes with failures SYNC (the list)") end
   return with_session(job, options, function(session)
     local book = session.ledger
     local sync_id = book:sync_id(sync.name)
@@ -485,7 +392,10 @@ function commands.failures(job, args, options)
           if f.payload then print("  payload " .. f.payload) end
         end
       end
-      if not options.json then print(string.format("%s: %d failures", sync.name, #rows)) end
+      if not options.json then
+        print(string.format("%s: %d failures%s", sync.name, #rows, #rows > 0 and string.format(
+          " (retry them: entsync-run %s failures %s retry)", job.display_path, sync.name) or ""))
+      end
       return 0
     end
     local chosen = #keys > 0 and keys or nil
@@ -500,22 +410,23 @@ function commands.failures(job, args, options)
     local started, failed = core.sys.monotonic(), false
     if book:failure_count(sync_id, "import") > 0 then
       local result = require("entsync.import").retry(session, sync, chosen ~= nil)
-      print(require("entsync.operation").summary(result, core.sys.monotonic() - started, options.dry_run))
+      local seconds = core.sys.monotonic() - started
+      announce(options, result, require("entsync.operation").summary(result, seconds, options.dry_run), seconds,
+        "import")
       failed = result.counts.failed > 0
     end
     if sync.export and book:failure_count(sync_id, "export") > 0 then
       local export = require "entsync.export"
       local result = export.drain(session, sync)
-      print(export.summary(result, core.sys.monotonic() - started))
+      local seconds = core.sys.monotonic() - started
+      announce(options, result, export.summary(result, seconds), seconds, "export")
       failed = failed or result.counts.failed > 0
     end
     return failed and errors.exit_codes.failed or 0
   end)
 end
 
-function commands.daemon(job, args, options)
-  if args[1] then usage_error("daemon takes no arguments") end
-  if options.dry_run then usage_error("daemon does not take --dry-run") end
+function commands.daemon(job, _, options)
   return require("entsync.daemon").run(job, options)
 end
 
@@ -525,11 +436,15 @@ end
 
 function commands.retry(job, args, options)
   local sync = sync_named(job, args[1])
-  if args[2] then usage_error("retry takes one sync") end
   return with_session(job, options, function(session)
     local started = core.sys.monotonic()
     return report({ require("entsync.import").retry(session, sync) }, started, options)
   end)
+end
+
+function commands.log(job, args, options)
+  if args[1] then sync_named(job, args[1]) end
+  return require("entsync.status").history(job.store_file, args[1], options)
 end
 
 -- main -------------------------------------------------------------------------
@@ -537,8 +452,8 @@ end
 local function report_error(e, options)
   e = errors.wrap(e)
   if options.log_format == "json" then
-    io.stderr:write(log_line({ time = core.sys.now(), level = "fatal", kind = e.kind, message = e.message,
-      traceback = options.verbose and e.traceback or nil }))
+    io.stderr:write(logger.json_line(json.object({ time = logger.iso_time(), level = "fatal", kind = e.kind,
+      message = e.message, traceback = options.verbose and e.traceback or nil })))
     return errors.exit_codes[e.kind] or errors.exit_codes.internal
   end
   local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "
@@ -547,25 +462,81 @@ local function report_error(e, options)
   return errors.exit_codes[e.kind] or errors.exit_codes.internal
 end
 
+-- The command a --help is about: `job.lua CMD --help`, `CMD --help` (with
+-- no file of that name) or `help CMD`.
+local function help_subject(positional)
+  local a, b = positional[1], positional[2]
+  if b and usage.commands[b] then return b end
+  if a and usage.commands[a] and not core.fs.exists(a) then return a end
+  return nil
+end
+
+local function print_help(name)
+  if name and name ~= "help" then
+    io.stdout:write(usage.command_text(name))
+  else
+    io.stdout:write(usage.text())
+  end
+  return 0
+end
+
+-- A job path that is a folder: a usage error, pointing at the job inside.
+local function check_job_path(path)
+  if core.fs.isdir(path) then
+    local inside = path:gsub("/+$", "") .. "/job.lua"
+    local hint = core.fs.exists(inside) and string.format(" (did you mean %s?)", inside) or ""
+    errors.raise("usage", string.format("%s is a folder; give the job file%s (see entsync-run --help)", path, hint))
+  end
+end
+
 local function dispatch(args)
   local options, positional = M.parse(args)
-  options.log = make_logger(options)
+  options.log = logger.new(options)
   require("entsync.http").set_logger(options.log, options.verbose)
-  if options.help then
-    io.stdout:write(USAGE)
-    return 0
-  end
   if options.version then
     print(string.format("entsync %s (Lua %s, SQLite %s)", core.version, _VERSION:match("%d.*"), core.sqlite_version))
     return 0
   end
+  if options.help then return print_help(help_subject(positional)) end
+  -- `help [COMMAND]`, with or without a job before it
+  local help_at = (positional[1] == "help" and not core.fs.exists("help")) and 1
+    or (positional[2] == "help" and 2) or nil
+  if help_at then
+    local name = positional[help_at + 1]
+    if name and not usage.commands[name] then
+      usage_error("no command \"%s\"%s", name, usage.did_you_mean(name, usage.order))
+    end
+    return print_help(name)
+  end
   local job_path = positional[1]
   if not job_path then usage_error("no job file given") end
   local command = positional[2] or "run"
-  local handler = commands[command]
-  if not handler then usage_error("unknown command \"%s\"", command) end
+  check_job_path(job_path)
+  local rest = { table.unpack(positional, 3) }
+  if not usage.commands[command] then
+    if usage.commands[job_path] and core.fs.exists(command) then
+      usage_error("the job file comes first: entsync-run %s %s", command, job_path)
+    end
+    local hint = usage.did_you_mean(command, usage.order)
+    if hint == "" then
+      -- a sync's name given as the command
+      local ok, job = pcall(require("entsync.job").load, job_path)
+      if ok and job.syncs[command] then
+        hint = string.format(" (to run sync %s: entsync-run %s run %s)", command, job_path, command)
+      end
+    end
+    usage_error("unknown command \"%s\"%s", command, hint)
+  end
+  usage.check_command(command, options, rest)
+  if command == "status" then
+    return require("entsync.status").command(job_path, rest, options)
+  end
+  if command == "check" then
+    local job = require("entsync.job").load(job_path, { collect = true })
+    return commands.check(job, rest, options)
+  end
   local job = require("entsync.job").load(job_path)
-  return handler(job, { table.unpack(positional, 3) }, options)
+  return commands[command](job, rest, options)
 end
 
 function M.main(args)

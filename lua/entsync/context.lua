@@ -60,12 +60,18 @@ function Context:about()
   return self.sync
 end
 
+-- The fields of a callback's log line: the sync and the entity at hand.
+function Context:fields()
+  return { sync = self.sync, entity = self.entity, direction = self.direction, remote_id = self.remote_id,
+    local_id = self.local_id, event = "callback" }
+end
+
 function Context:log(message, ...)
-  self.session.log("info", string.format("%s: %s", self:about(), text_of(message, ...)))
+  self.session.log("info", string.format("%s: %s", self:about(), text_of(message, ...)), self:fields())
 end
 
 function Context:warn(message, ...)
-  self.session.log("warn", string.format("%s: %s", self:about(), text_of(message, ...)))
+  self.session.log("warn", string.format("%s: %s", self:about(), text_of(message, ...)), self:fields())
 end
 
 local function target_sync(self, sync_name)

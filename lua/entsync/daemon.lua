@@ -13,7 +13,16 @@
 --     checkpoint, release the leases and exit 0; SIGHUP reloads the job
 --     and its mappings once nothing runs, keeping the old job when the new
 --     one does not load.
--- What the daemon is doing is written to entsync_meta for `status`.
+-- What the daemon is doing is written to entsync_meta for `status`. One
+-- daemon per store: it holds the lease "daemon" (entsync_locks) while it
+-- runs, and a second one exits 3 naming the first.
+--
+-- With --listen HOST:PORT it serves GET /metrics (entsync.metrics) and GET
+-- / (entsync.web) from a task of the same loop (entsync.httpd). Under a
+-- service manager that listens ($NOTIFY_SOCKET: systemd's Type=notify) it
+-- says READY=1 once it serves, STOPPING=1 when it stops, RELOADING=1 on
+-- SIGHUP, and pings the watchdog ($WATCHDOG_USEC) from a timer task at half
+-- its period, so a loop that stalls gets the daemon restarted.
 
 local core = require "entsync.core"
 local errors = require "entsync.errors"
@@ -34,14 +43,39 @@ local HEARTBEAT = 5
 -- publishes them in the shared index (which it cannot see); a look in
 -- between would find nothing new and sleep until the next change.
 local SETTLE = 0.02
+local SETTLE_TRIES = 4
+
+-- The daemon's lease: renewed with each heartbeat, so it outlives a
+-- heartbeat missed or two.
+local DAEMON_TTL = 30
 
 local function now() return core.sys.now() end
+
+-- A line to the service manager, when one listens (a failure to send is
+-- said once and otherwise ignored: the daemon's work does not depend on it).
+local notify_failed = false
+local function notify(daemon, text)
+  local sent, err = core.notify.send(text)
+  if sent == nil and not notify_failed then
+    notify_failed = true
+    daemon:log("warn", "telling the service manager failed: " .. tostring(err))
+  end
+end
 
 local Daemon = {}
 Daemon.__index = Daemon
 
-function Daemon:log(level, message)
-  self.options.log(level, message)
+function Daemon:log(level, message, fields)
+  self.options.log(level, message, fields)
+end
+
+-- A finished run's summary, with its counts as fields.
+function Daemon:summary(result, line, seconds, kind)
+  local counts = json.object()
+  for k, v in pairs(result.counts) do counts[k] = v end
+  self:log(result.counts.failed > 0 and "warn" or "info", line, { event = "summary", kind = kind, sync = result.sync,
+    operation = result.operation, counts = counts, seconds = seconds, status = result.status,
+    stopped = result.stopped or nil })
 end
 
 function Daemon:running_names()
@@ -58,7 +92,7 @@ function Daemon:publish()
   local state = json.encode({
     pid = core.sys.getpid(), host = core.sys.hostname(), started_at = self.started_at, heartbeat_at = now(),
     activity = self.stopped and "stopped" or (#names > 0 and "running" or "idle"), running = json.array(names),
-    next_due = json.object(due),
+    next_due = json.object(due), listen = self.listen,
   })
   pcall(self.session.ledger.set_meta, self.session.ledger, "daemon", state)
 end
@@ -82,7 +116,8 @@ function Daemon:drain(sync)
   local result = export.drain(self.session, sync)
   local c = result.counts
   if c.created + c.updated + c.deleted + c.failed + c.unchanged + c.conflicts > 0 then
-    self:log("info", export.summary(result, core.sys.monotonic() - started))
+    local seconds = core.sys.monotonic() - started
+    self:summary(result, export.summary(result, seconds), seconds, "export")
   end
 end
 
@@ -96,7 +131,8 @@ function Daemon:run_sync(name)
       if sync.import.enabled then
         local started = core.sys.monotonic()
         local result = require("entsync.import").run(session, sync)
-        self:log("info", operation.summary(result, core.sys.monotonic() - started))
+        local seconds = core.sys.monotonic() - started
+        self:summary(result, operation.summary(result, seconds), seconds, "import")
       end
       if sync.export and sync.export.on_change and not self.stopping then self:drain(sync) end
     end)
@@ -132,19 +168,65 @@ function Daemon:scheduled(name, entry)
   end
 end
 
+-- After the store file changed: waits until another connection's commit
+-- is visible (PRAGMA data_version moves), a few settles at most (a busy
+-- machine may hold a writer between its log write and its commit).
+-- Returns false when nothing new became visible (the change was this
+-- process's own, or a commit still on its way: the caller looks again soon).
+function Daemon:settle()
+  local before = self.data_version
+  for i = 1, SETTLE_TRIES do
+    loop.sleep(SETTLE * i)
+    local version = self:read_data_version()
+    if version ~= before then
+      self.data_version = version
+      return true
+    end
+  end
+  return false
+end
+
+-- The store's data version: it moves when another connection commits (the
+-- pragma reads; the file control alone keeps its old value until a read
+-- transaction starts).
+function Daemon:read_data_version()
+  local store = self.session.store
+  local ok, version = pcall(store.value, store, "PRAGMA data_version")
+  return ok and version or nil
+end
+
 -- The task of one sync that exports on change: drains when there is
 -- something to send, then sleeps until the store changes or a failed
 -- export comes due.
+-- A change of the store that arrives while a drainer looks (or drains)
+-- is not lost: the watching task counts changes, and a drainer waits only
+-- when none came since it began to look.
 function Daemon:drainer(sync)
   local export = require "entsync.export"
+  local soon = false -- a change was noticed but nothing new seen yet: look again shortly
   while not self.stopping do
+    local mark = self.change_count
     local ok, work = pcall(export.has_work, self.session, sync)
     if ok and work and not self.busy[sync.name] then
       self:exclusive(sync.name, function() self:drain(sync) end)
-    else
+    elseif self.change_count == mark then
       local due = export.next_due(self.session, sync)
       local timeout = due and math.max(0.05, due - now()) or SAFETY_NET
-      if self.changed:wait(math.min(timeout, SAFETY_NET)) then loop.sleep(SETTLE) end
+      if soon then timeout = math.min(timeout, 1) end
+      self.work:wait(math.min(timeout, SAFETY_NET))
+    end
+    soon = false
+    if self.change_count ~= mark then soon = not self:settle() end
+  end
+end
+
+-- The task that watches the store file: counts its changes and wakes the
+-- drainers.
+function Daemon:watcher()
+  while not self.stopping do
+    if self.changed:wait() then
+      self.change_count = self.change_count + 1
+      self.work:notify_all()
     end
   end
 end
@@ -189,9 +271,12 @@ end
 -- one fails to load.
 function Daemon:reload()
   while next(self.busy) or next(self.starting) do self.idle:wait() end
-  local ok, job = pcall(require("entsync.job").load, self.job.path)
+  notify(self, "RELOADING=1")
+  -- the providers' code and the job's own modules are read again too
+  local ok, job = require("entsync.job").reload(self.job)
   if not ok then
     self:log("error", "reload failed; the running job stays: " .. errors.wrap(job).message)
+    notify(self, "READY=1")
     return
   end
   self:stop_tasks()
@@ -200,9 +285,53 @@ function Daemon:reload()
   self.session.providers, self.session.dependents, self.session.writer_cache = {}, nil, nil
   local define_ok, err = pcall(self.session.define_entities, self.session)
   if not define_ok then self:log("error", "reload: " .. errors.wrap(err).message) end
+  self.session.ledger.history = job.history
   self.schedules = plan_schedules(job, self.schedules)
   self:start_tasks()
   self:log("info", string.format("reloaded %s", job.display_path))
+  notify(self, "READY=1")
+end
+
+-- The HTTP server of --listen: /metrics and the status page, each read
+-- from the store when asked.
+function Daemon:serve(listen)
+  local httpd = require "entsync.httpd"
+  local server = httpd.listen(listen.host, listen.port, { log = self.options.log })
+  local daemon = self
+  local function report(recent)
+    return require("entsync.status").gather(daemon.job.store_file, daemon.job, { recent = recent })
+  end
+  server:route("GET", "/metrics", function()
+    local text = require("entsync.metrics").render(report(), { http = require("entsync.http").stats(),
+      started_at = daemon.started_at, requests = server.requests })
+    return 200, text, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }
+  end)
+  server:route("GET", "/", function()
+    return 200, require("entsync.web").page(report(30)), { ["Content-Type"] = "text/html; charset=utf-8" }
+  end)
+  server:route("GET", "/status.json", function()
+    return 200, require("entsync.status").json(report(30)), { ["Content-Type"] = "application/json" }
+  end)
+  server:start()
+  self.server = server
+  local host = listen.host:find(":", 1, true) and ("[" .. listen.host .. "]") or listen.host
+  self.listen = string.format("%s:%d", host, server.port)
+  self:log("info", string.format("serving http://%s/ (/metrics, /, /status.json)", self.listen),
+    { event = "listening", address = self.listen })
+end
+
+-- Pings the service manager's watchdog at half its period, while the
+-- loop turns (a loop that stalls misses its pings and is restarted).
+function Daemon:watchdog()
+  local usec = tonumber(os.getenv("WATCHDOG_USEC") or "")
+  local pid = tonumber(os.getenv("WATCHDOG_PID") or "")
+  if not usec or usec <= 0 or (pid and pid ~= core.sys.getpid()) then return nil end
+  return loop.spawn(function()
+    while not self.stopping do
+      notify(self, "WATCHDOG=1")
+      loop.sleep(usec / 2e6)
+    end
+  end)
 end
 
 function Daemon:main()
@@ -213,25 +342,48 @@ function Daemon:main()
     self.stopping = true
     self.wake:notify_all()
     self.changed:notify_all()
+    self.work:notify_all()
     stop:notify_all()
   end
   local handlers = {
     loop.on_signal("TERM", stopping), loop.on_signal("INT", stopping),
     loop.on_signal("HUP", function() if not self.stopping then self:reload() end end),
   }
-  self.changed = loop.watch_file(self.session.store:path())
+  self.changed, self.work, self.change_count = loop.watch_file(self.session.store:path()), loop.condition(), 0
+  self.data_version = self:read_data_version()
+  local watching = loop.spawn(self.watcher, self)
+  if self.options.listen then self:serve(self.options.listen) end
   self:start_tasks()
+  local store, owner = self.session.store, self.session.owner
   local heartbeat = loop.spawn(function()
     while not self.stopping do
+      local renewed, kept = pcall(core.lock.heartbeat, store, "daemon", owner, DAEMON_TTL)
+      if renewed and not kept then
+        self:log("warn", "the daemon's lease was taken by another daemon; this one goes on, but two daemons now "
+          .. "share the store")
+      end
       self:publish()
       stop:wait(HEARTBEAT)
     end
   end)
+  local watchdog = self:watchdog()
+  -- said once the store is watched: a change made after this line is seen
+  local names = {}
+  for name, entry in pairs(self.schedules) do names[#names + 1] = name .. " (" .. entry.text .. ")" end
+  table.sort(names)
+  self:log("info", string.format("daemon started, pid %d: %s", core.sys.getpid(),
+    #names > 0 and table.concat(names, ", ") or "no scheduled syncs; exporting changes as they come"))
+  self:publish()
+  notify(self, "READY=1\nSTATUS=" .. (self.listen and ("serving http://" .. self.listen .. "/") or "running"))
   while not self.stopping do stop:wait() end
+  notify(self, "STOPPING=1")
   -- stopping: the running syncs stop at their checkpoints
   while next(self.busy) or next(self.starting) do self.idle:wait() end
   self:stop_tasks()
   heartbeat:cancel()
+  watching:cancel()
+  if watchdog then watchdog:cancel() end
+  if self.server then self.server:close() end
   for _, handler in ipairs(handlers) do handler:remove() end
   self.changed:close()
 end
@@ -239,21 +391,29 @@ end
 function M.run(job, options)
   return loop.run(function()
     local daemon
-    local session = require("entsync.session").open(job, { wait = 0, progress = false, log = options.log,
-      should_stop = function() return daemon.stopping end })
+    local session = require("entsync.session").open(job, { wait = 0, log = options.log,
+      progress = options.progress ~= false and "lines" or false, progress_every = options.progress_every,
+      log_format = options.log_format, should_stop = function() return daemon.stopping end })
+    -- one daemon per store
+    local held, info = core.lock.acquire(session.store, "daemon", session.owner, DAEMON_TTL)
+    if not held then
+      session:close()
+      errors.raise("lock", string.format("another daemon runs on %s: %s", job.store_file,
+        operation.describe_holder(info)), { holder = info })
+    end
+    if info then
+      options.log("warn", string.format("took over the daemon lease of a daemon that is %s: %s", info.reason,
+        operation.describe_holder(info.holder)))
+    end
     daemon = setmetatable({
       job = job, session = session, options = options, started_at = now(), busy = {}, starting = {},
       schedules = plan_schedules(job), wake = loop.condition(), idle = loop.condition(),
     }, Daemon)
-    local names = {}
-    for name, entry in pairs(daemon.schedules) do names[#names + 1] = name .. " (" .. entry.text .. ")" end
-    table.sort(names)
-    daemon:log("info", string.format("daemon started, pid %d: %s", core.sys.getpid(),
-      #names > 0 and table.concat(names, ", ") or "no scheduled syncs; exporting changes as they come"))
     daemon:publish()
     local ok, err = pcall(daemon.main, daemon)
     daemon.stopped = true
     daemon:publish()
+    pcall(core.lock.release, session.store, "daemon", session.owner)
     session:close()
     if not ok then error(err, 0) end
     daemon:log("info", "daemon stopped")

@@ -412,8 +412,11 @@ function Exporter:failed(local_id, err)
   self.counts.failed = self.counts.failed + 1
   local entry = book:by_local(self.sync_id, local_id)
   if self.counts.failed <= 10 then
+    local fields = { sync = sync.name, operation = self.op and self.op.operation or "export", event = "failure",
+      entity = sync.entities[1], local_id = local_id, remote_id = entry and entry.remote_id or nil }
+    if errors.is(err) and err.field then fields.field, fields.file, fields.line = err.field, err.file, err.line end
     self.session.log("error", string.format("%s local %s %s%s: %s", sync.name, sync.entities[1], tostring(local_id),
-      entry and (" (remote " .. ids.text(entry.remote_id) .. ")") or "", message))
+      entry and (" (remote " .. ids.text(entry.remote_id) .. ")") or "", message), fields)
   end
   local key = tostring(local_id)
   local waits_for = errors.is(err) and err.waits_for or nil
@@ -587,6 +590,10 @@ function M.drain(session, sync)
       send(retries)
     end
     local stopped = false
+    local queued = book:pending_count(book:position(sync_id) or 0, entity_ids, sync_id)
+    local meter = require("entsync.progress").new(session.options, sync.name .. " export",
+      function() return queued end, { sync = sync.name, operation = "outbox" })
+    local sent = 0
     while true do
       local position = book:position(sync_id) or 0
       local rows = book:changes(position, entity_ids, sync_id, sync.export.batch)
@@ -595,11 +602,15 @@ function M.drain(session, sync)
       for _, item in ipairs(items) do item.gone_ok = true end
       send(items)
       exporter:transaction(function() book:set_position(sync_id, last) end)
+      sent = sent + #rows
+      meter:tick(sent)
+      loop.sleep(0) -- signals, and the daemon's other tasks, between batches
       if session.options.should_stop and session.options.should_stop() then
         stopped = true
         break
       end
     end
+    meter:finish()
     exporter:transaction(function() prune(session, sync, entity_ids) end)
     return { complete = not stopped, stopped = stopped, export = true }
   end)
@@ -638,6 +649,68 @@ function M.preview(session, sync, local_id)
   local ctx = context.new(session, sync, "export"):at(entry and entry.remote_id, local_id, nil)
   return { local_id = local_id, remote_id = entry and entry.remote_id or null,
     operation = entry and "update" or "create", record = pipeline.export(sync, rows, ctx) }
+end
+
+-- dry_drain(session, sync) -> result: what a drain would send now, worked
+-- out without sending (a dry run): the counts, and with --diff each
+-- entity's changes. An update reads the remote's copy first, as a drain
+-- does (the conflict check), so what is shown is what would change there.
+function M.dry_drain(session, sync)
+  return operation.run(session, sync, "outbox", "export", function(op)
+    local exporter = M.new(session, sync, op)
+    local book, sync_id, counts = exporter.book, exporter.sync_id, op.counts
+    local entity_id = book:entity_id(sync.entities[1], true)
+    if not entity_id then return { complete = true, export = true, dry = true } end
+    local entity_ids = json.encode({ entity_id })
+    local items = {}
+    for _, row in ipairs(book:due_failures(sync_id, "export", core.sys.now())) do
+      local id = math.tointeger(tonumber(row.key))
+      if id then items[#items + 1] = { local_id = id, operation = UPSERT } end
+    end
+    local changes = latest_changes(book:changes(book:position(sync_id) or 0, entity_ids, sync_id, -1))
+    local seen = {}
+    for _, item in ipairs(items) do seen[item.local_id] = item end
+    for _, item in ipairs(changes) do
+      if seen[item.local_id] then seen[item.local_id].operation = item.operation
+      else items[#items + 1] = item end
+    end
+    local diffing = session.options.diff
+    local diff = require "entsync.diff"
+    local shown = {}
+    local jobs = {}
+    for i, item in ipairs(items) do
+      jobs[i] = function()
+        if item.operation == DELETE then
+          local entry = book:by_local(sync_id, item.local_id)
+          if not entry then return "unchanged" end
+          shown[i] = diff.export_delete(sync, item.local_id, entry.remote_id, sync.export.deletes == "delete")
+          return sync.export.deletes == "delete" and "deleted" or "unchanged"
+        end
+        if not session.store:value(string.format('SELECT 1 FROM "%s" WHERE id = ?1', sync.entities[1]),
+            item.local_id) then
+          return "unchanged" -- deleted since: its delete follows
+        end
+        local plan = exporter:plan(item.local_id, { changed_only = true, change_at = item.at })
+        if plan.done then return plan.done end
+        shown[i] = diff.export(sync, plan)
+        return plan.op == "create" and "created" or "updated"
+      end
+    end
+    run_concurrently(width_of(sync), jobs, function(i, ok, outcome)
+      if ok then
+        counts[outcome] = counts[outcome] + 1
+      else
+        counts.failed = counts.failed + 1
+        shown[i] = diff.export_failure(sync, items[i].local_id, errors.message(outcome, true))
+      end
+    end)
+    if diffing then
+      local list = {}
+      for i = 1, #items do if shown[i] then list[#list + 1] = shown[i] end end
+      diff.show(session, list)
+    end
+    return { complete = true, export = true, dry = true }
+  end)
 end
 
 M.summary = operation.export_summary

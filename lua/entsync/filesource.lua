@@ -210,6 +210,27 @@ function Reader:decode(text)
   return self._last.decode(text)
 end
 
+-- fraction() -> the share of the input's bytes read so far (0..1), or nil
+-- when there is nothing to read: the progress line's percentage and ETA.
+function Reader:fraction()
+  if not self._sizes then
+    local sizes, total = {}, 0
+    for i, entry in ipairs(self._files) do
+      local f = io.open(entry.path, "rb")
+      sizes[i] = f and f:seek("end") or 0
+      if f then f:close() end
+      total = total + sizes[i]
+    end
+    self._sizes, self._total_bytes = sizes, total
+  end
+  if self._total_bytes == 0 then return nil end
+  local done = 0
+  for i = 1, math.min(self._index - 1, #self._sizes) do done = done + self._sizes[i] end
+  local current = self._current
+  if current then done = done + (current.file:seek() or 0) end
+  return math.min(1, done / self._total_bytes)
+end
+
 -- A name already taken in processed/ (the same file dropped twice) gets a
 -- number, so an earlier delivery is never overwritten.
 local function free_name(dir, name)
@@ -347,6 +368,46 @@ function Provider:list(resource, query)
   -- (which may be rewritten between runs) filters by the changed marks.
   if not full then reader.checkpoint = false end
   return reader
+end
+
+-- check(resource, wants) -> problems, notes: what `check` can see without
+-- running anything. Problems: the file or folder an import reads does not
+-- exist; the folder an export writes into does not. Notes: the first
+-- record of the input has no id field, or no changed field, of the ones
+-- the sync reads. wants: { import, id_field, changed_field, export,
+-- export_resource }.
+function Provider:check(resource, wants)
+  local problems, notes = {}, {}
+  if wants.import then
+    local target, err = self:_target(resource)
+    if not target then
+      problems[#problems + 1] = err
+    elseif not core.fs.exists(target) then
+      problems[#problems + 1] = string.format("%s: no such file or folder", target)
+    else
+      local reader = self:list(resource)
+      local record = reader and reader:next()
+      if reader then reader:close() end
+      if type(record) == "table" then
+        if record[wants.id_field] == nil then
+          notes[#notes + 1] = string.format("%s: its first record has no id field \"%s\" (the sync's id = \"...\" "
+            .. "names another)", target, wants.id_field)
+        end
+        if wants.changed_field and record[wants.changed_field] == nil then
+          notes[#notes + 1] = string.format("%s: its first record has no changed field \"%s\"", target,
+            wants.changed_field)
+        end
+      end
+    end
+  end
+  if wants.export and self._encode then
+    local target = self:_target(wants.export_resource or resource)
+    local dir = target and target:match("^(.*)/[^/]*$")
+    if dir and not core.fs.isdir(dir) then
+      problems[#problems + 1] = string.format("%s: the folder exports are written into does not exist", dir)
+    end
+  end
+  return problems, notes
 end
 
 -- get(resource, id) -> record | nil, message. A full scan: files have no index.

@@ -58,6 +58,31 @@ end
 
 M.defaults = { timeout = 60, connect_timeout = 10, attempts = 4, backoff = 0.25, max_backoff = 30 }
 
+-- counts ----------------------------------------------------------------------------
+
+-- Requests sent (each attempt), retries and requests that failed for good,
+-- per sync (the one whose run the request is made for: loop.context().sync),
+-- for the daemon's /metrics. "" holds those made outside any run.
+local counts = {}
+
+local function count(what)
+  local label = loop.context().sync or ""
+  local c = counts[label]
+  if not c then
+    c = { requests = 0, retries = 0, failures = 0 }
+    counts[label] = c
+  end
+  c[what] = c[what] + 1
+end
+
+-- stats() -> { [sync] = { requests, retries, failures } } since the
+-- process started.
+function M.stats()
+  local out = {}
+  for label, c in pairs(counts) do out[label] = { requests = c.requests, retries = c.retries, failures = c.failures } end
+  return out
+end
+
 -- logging and redaction ---------------------------------------------------------
 
 local log = function() end
@@ -310,6 +335,7 @@ function Future:send()
   end
   self.id = id
   if limits then held[id] = limits end
+  count("requests")
   M.pump() -- starts the transfer now, not at the next wait
 end
 
@@ -357,10 +383,12 @@ function Future:wait()
       end
       log("warn", string.format("%s %s: %s; retrying in %.2fs (attempt %d of %d)", prepared.method,
         redacted_url(prepared.url), response.error or ("status " .. response.status), delay, self.attempt + 1, attempts))
+      count("retries")
       M.sleep(delay)
       self:send()
     elseif retryable(response) then
       self.done = true
+      count("failures")
       errors.raise("http", describe_failure(prepared, response, self.attempt),
         { status = response.status, body = response.body })
     else

@@ -23,6 +23,7 @@ local cursor = require "entsync.cursor"
 local errors = require "entsync.errors"
 local ids = require "entsync.ids"
 local json = require "entsync.json"
+local loop = require "entsync.loop"
 local operation = require "entsync.operation"
 local pipeline = require "entsync.pipeline"
 local progress = require "entsync.progress"
@@ -74,7 +75,7 @@ M.new_run = new_run
 
 -- The sync's failures are logged (the first ten of a run; then a line
 -- pointing at status) and stored with their payload.
-function Run:report(key, message, local_id)
+function Run:report(key, message, local_id, located)
   if self.quiet then return end
   -- a batch written again after a failed write applies its failures
   -- again: what they logged the first time is not logged twice
@@ -83,12 +84,17 @@ function Run:report(key, message, local_id)
     self.reported[key] = true
   end
   self.shown = self.shown + 1
+  local sync = self.sync
   if self.shown <= 10 then
-    self.session.log("error", string.format("%s %s%s: %s", self.sync.name, key,
-      local_id and string.format(" (local %s %d)", self.sync.entities[1], local_id) or "", message))
+    local fields = { sync = sync.name, operation = self.op and self.op.operation or "import", entity = sync.entities[1],
+      local_id = local_id, event = "failure" }
+    if key:sub(1, 1) == "@" then fields.input = key:sub(2) else fields.remote_id = key end
+    for k, v in pairs(located or {}) do fields[k] = v end
+    self.session.log("error", string.format("%s %s%s: %s", sync.name, key,
+      local_id and string.format(" (local %s %d)", sync.entities[1], local_id) or "", message), fields)
   elseif self.shown == 11 then
-    self.session.log("error", string.format("sync %s: more failures; see entsync-run %s status", self.sync.name,
-      self.session.job.display_path))
+    self.session.log("error", string.format("sync %s: more failures; see entsync-run %s failures %s", sync.name,
+      self.session.job.display_path, sync.name), { sync = sync.name, event = "failure" })
   end
 end
 
@@ -142,6 +148,9 @@ function Run:prepare(record, raw_hash)
   if not ok then
     local plan = fail_plan(key, errors.message(mapped), payload_of(record), errors.is(mapped) and mapped.waits_for or nil)
     plan.local_id, plan.remote_id = stored and stored.local_id, remote_id
+    if errors.is(mapped) and mapped.field then
+      plan.located = { field = mapped.field, file = mapped.file, line = mapped.line }
+    end
     return plan
   end
   if mapped == pipeline.FILTERED then return { "filtered", key = key } end
@@ -232,7 +241,7 @@ end
 function Run:fail(plan)
   local book, sync = self.book, self.sync
   self.counts.failed = self.counts.failed + 1
-  self:report(plan.key, plan.message, plan.local_id)
+  self:report(plan.key, plan.message, plan.local_id, plan.located)
   local attempts = book:failure_attempts(self.sync_id, "import", plan.key) + 1
   local now = core.sys.now()
   -- A remote that is there but fails to import is still there: a full
@@ -306,6 +315,10 @@ function Run:write(plan)
   if plan.stored and self.exports and self:local_wins(plan) then
     return self:count("unchanged", plan.key)
   end
+  if self.diffs then
+    self.diffs[#self.diffs + 1] = require("entsync.diff").import(session, sync, plan.remote_id, plan.local_id,
+      plan.mapped)
+  end
   local local_id = session:write_rows(sync, self.writers, plan.local_id, plan.mapped)
   if plan.stored then
     book:save_map(self.sync_id, local_id, plan.remote_id, plan.changed, plan.hash, plan.raw_hash, plan.version,
@@ -356,6 +369,9 @@ function Run:apply_gone(plan)
     book:flag_gone(self.sync_id, plan.local_id)
   else
     return self:count("unchanged", plan.key)
+  end
+  if self.diffs then
+    self.diffs[#self.diffs + 1] = require("entsync.diff").gone(self.sync, plan.remote_id, plan.local_id, mode)
   end
   return self:count("deleted", plan.key)
 end
@@ -415,15 +431,26 @@ function Run:write_batch(plans, checkpoint)
   local saved = { counts = {}, failing = {}, shown = self.shown }
   for k, v in pairs(self.counts) do saved.counts[k] = v end
   for k, v in pairs(self.failing) do saved.failing[k] = v end
+  local diffing = self.session.options.diff and self.session.dry
   local function body()
     self.pending = nil
+    -- the field changes of a dry run's --diff, shown once the batch is in
+    if diffing then self.diffs = {} end
     for i = 1, #plans do self:apply(plans[i]) end
     if checkpoint then checkpoint() end
+  end
+  local function show_diffs()
+    if self.diffs then require("entsync.diff").show(self.session, self.diffs) end
+    self.diffs = nil
   end
   local transaction = self.op and function(fn) return self.op:transaction(fn) end
     or function(fn) return self.session:transaction(self.sync_id, fn) end
   local ok, err = pcall(transaction, body)
-  if ok then self.reported = nil return end
+  if ok then
+    self.reported = nil
+    show_diffs()
+    return
+  end
   if not errors.is(err, "redo") then self.reported = nil error(err, 0) end
   for k, v in pairs(saved.counts) do self.counts[k] = v end
   self.failing, self.shown = saved.failing, saved.shown
@@ -433,7 +460,11 @@ function Run:write_batch(plans, checkpoint)
   self.careful = true
   local done, again = pcall(transaction, body)
   self.careful, self.reported = false, nil
-  if not done then error(again, 0) end
+  if not done then
+    self.diffs = nil
+    error(again, 0)
+  end
+  show_diffs()
 end
 
 -- Whether the batch being read holds a record of remote_id not written
@@ -489,6 +520,9 @@ function Run:apply_deletes(why_not)
     end
   end
   for _, row in ipairs(unseen) do
+    if self.diffs then
+      self.diffs[#self.diffs + 1] = require("entsync.diff").gone(sync, row.remote_id, row.local_id, mode)
+    end
     if mode == "delete" then
       session:delete_rows(sync, row.local_id)
       book:forget(self.sync_id, row.local_id)
@@ -560,20 +594,55 @@ end
 -- first, outside any transaction, then written in one short transaction
 -- with its checkpoint, so other programs and runs wait for the store no
 -- longer than a batch takes to write.
-function M.run(session, sync)
+-- The mapping changed since the sync's rows were written: said once at
+-- the start of a run, with what this run does about it.
+local function note_mapping_change(session, sync, state, full, incremental)
+  local stored, current = state.fingerprint, sync.mapping_fingerprint
+  if stored == nil or current == nil or stored == current then return end
+  local fields = { sync = sync.name, event = "mapping_changed" }
+  if full then
+    session.log("info", string.format("sync \"%s\": its mapping changed since its rows were written; this full pass "
+      .. "maps every record again", sync.name), fields)
+  elseif incremental then
+    session.log("warn", string.format("sync \"%s\": its mapping changed since its rows were written; an incremental "
+      .. "run maps only what changed at the remote, so the other rows keep the old mapping: `entsync-run %s run %s "
+      .. "--full` maps every record again", sync.name, session.job.display_path, sync.name), fields)
+  elseif state.pass_open == 1 and state.pass_resume ~= nil then
+    session.log("warn", string.format("sync \"%s\": its mapping changed since its rows were written; this run "
+      .. "resumes a full pass, so what the pass read before keeps the old mapping until the next pass (`entsync-run %s "
+      .. "run %s --full` starts one now)", sync.name, session.job.display_path, sync.name), fields)
+  else
+    session.log("info", string.format("sync \"%s\": its mapping changed since its rows were written; this full pass "
+      .. "maps every record again", sync.name), fields)
+  end
+end
+
+-- run(session, sync [, options]) -> result. options.full: a full pass
+-- now, whatever the import mode: no cursor, checkpoint or limit, a new
+-- pass from the start (with deletes, as any complete pass); an
+-- incremental sync's cursor moves to the newest record read.
+function M.run(session, sync, options)
+  options = options or {}
+  local full = options.full and true or false
   local book = session.ledger
   local before = book:state(book:sync_id(sync.name))
-  return operation.run(session, sync, "run", sync.import.mode, function(op)
+  return operation.run(session, sync, "run", full and "full" or sync.import.mode, function(op)
     local run = new_run(session, sync, op)
     run.fresh = not book:has_mapped(run.sync_id)
     session.importing = session.importing or {}
     session.importing[sync.name] = run
     local settings, state = sync.import, run.state
     local started = core.sys.now()
-    local incremental = settings.mode == "incremental"
+    local keeps_cursor = settings.mode == "incremental"
+    local incremental = keeps_cursor and not full
+    note_mapping_change(session, sync, state, full, incremental)
+    -- whether this run, once complete, has mapped every record the sync
+    -- holds under the current mapping
+    local maps_all = run.fresh or full or (incremental and state.cursor_mark == nil and state.checkpoint == nil)
     if not incremental then
-      if state.pass_open == 0 then
+      if full or state.pass_open == 0 then
         state.pass, state.pass_resume, state.pass_open, state.pass_unreadable = state.pass + 1, nil, 1, 0
+        maps_all = true
       end
       run.pass = state.pass
     end
@@ -583,7 +652,8 @@ function M.run(session, sync)
     -- was seen whole.
     local resume = not incremental and resume_of(state.pass_resume) or nil
     local pass_from_start = not incremental and resume == nil
-    local query = { limit = settings.limit, mode = settings.mode }
+    local limit_setting = not full and settings.limit or nil
+    local query = { limit = limit_setting, mode = full and "full" or settings.mode }
     if resume then
       query.checkpoint, query.offset = resume.checkpoint, resume.offset
       run.positional = resume.positional or resume.offset ~= nil
@@ -597,11 +667,13 @@ function M.run(session, sync)
       errors.raise("config", string.format("%s: sync \"%s\": %s", errors.at(sync.where, ""):gsub(": $", ""),
         sync.name, tostring(list_err)))
     end
-    local source = sources.new(run, reader, state, incremental)
+    local source = sources.new(run, reader, state, incremental, keeps_cursor)
     local checkpointed = type(reader.checkpoint) == "function"
     reader = source.reader
-    local meter = progress.new(session.options.progress, sync.name, reader.total and reader:total())
-    local limit = (source.moves_each_batch and settings.limit) or math.huge
+    local meter = progress.new(session.options, sync.name, function()
+      return reader.total and reader:total() or nil, reader.fraction and reader:fraction() or nil
+    end, { sync = sync.name, operation = "run" })
+    local limit = (source.moves_each_batch and limit_setting) or math.huge
     local processed, complete, stopped = 0, false, false
     local ok, result = pcall(function()
       while true do
@@ -657,6 +729,15 @@ function M.run(session, sync)
             run:apply_deletes(why_not)
             if pass_from_start and not session.dry then book:clear_unreadable(run.sync_id, started) end
             state.pass_open, state.pass_resume, state.pass_unreadable = 0, nil, 0
+            if keeps_cursor then
+              -- a full pass of an incremental sync: its cursor moves to the
+              -- newest record the pass read
+              local mark, id = source.max()
+              if mark ~= nil and (state.cursor_mark == nil
+                  or cursor.compare(mark, id, state.cursor_mark, state.cursor_id or "", settings.changed_kind) > 0) then
+                state.cursor_mark, state.cursor_id = mark, id
+              end
+            end
           elseif checkpointed then
             state.pass_resume = json.encode(json.object({ checkpoint = reader:checkpoint() or json.null,
               positional = run.positional or nil }))
@@ -667,6 +748,12 @@ function M.run(session, sync)
           end
           book:save_state(run.sync_id, state)
           op.cursor_after = cursor_text(state)
+          if sync.mapping_fingerprint and ((complete and maps_all) or state.fingerprint == nil) then
+            -- the rows are the current mapping's (or, with no fingerprint
+            -- kept yet, taken to be)
+            book:set_fingerprint(run.sync_id, sync.mapping_fingerprint)
+            state.fingerprint = sync.mapping_fingerprint
+          end
         end)
         processed = processed + taken
         meter:tick(processed)
@@ -675,6 +762,10 @@ function M.run(session, sync)
           if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
         end
         if exhausted or processed >= limit then break end
+        -- between batches the loop turns once: signals are handled (and a
+        -- daemon's other tasks, its HTTP server, go on) even while a file
+        -- is read without any wait
+        loop.sleep(0)
         -- asked to stop (a signal): the batch is committed, stop here
         if session.options.should_stop and session.options.should_stop() then
           stopped = true
@@ -698,14 +789,15 @@ end
 
 -- Imports records by remote id (import) or by local id (refresh), in one
 -- run logged as that operation.
-local function run_single(session, sync, operation_name, remote_ids)
+local function run_single(session, sync, operation_name, remote_ids, options)
   return operation.run(session, sync, operation_name, operation_name, function(op)
     local run = new_run(session, sync, op)
     if type(run.provider.get) ~= "function" then
       errors.raise("usage", string.format("sync \"%s\": provider \"%s\" cannot fetch one record (it has no get)",
         sync.name, sync.provider.name))
     end
-    local meter = progress.new(session.options.progress, sync.name, #remote_ids)
+    local meter = progress.new(session.options, sync.name, function() return #remote_ids end,
+      { sync = sync.name, operation = operation_name })
     for start = 1, #remote_ids, sync.import.batch do
       local plans = {}
       for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
@@ -723,7 +815,18 @@ local function run_single(session, sync, operation_name, remote_ids)
         end
         meter:tick(i)
       end
-      run:write_batch(plans)
+      local last = start + sync.import.batch - 1 >= #remote_ids
+      run:write_batch(plans, function()
+        if last and options and options.all and sync.mapping_fingerprint then
+          -- every entity was fetched and mapped again
+          session.ledger:set_fingerprint(run.sync_id, sync.mapping_fingerprint)
+        end
+      end)
+      if not last then loop.sleep(0) end
+      if not last and session.options.should_stop and session.options.should_stop() then
+        meter:finish()
+        return { complete = false, stopped = true, status = "partial" }
+      end
     end
     meter:finish()
     if not session.dry then session.ledger:release_deferred(sync.name) end
@@ -754,7 +857,21 @@ function M.refresh(session, sync, local_ids)
       remote_ids[#remote_ids + 1] = remote_id
     end
   end
-  return run_single(session, sync, "refresh", remote_ids)
+  return run_single(session, sync, "refresh", remote_ids, { all = local_ids == nil })
+end
+
+-- reset(session, sync) -> { mapped, failures }: forgets the cursor, the
+-- checkpoint, the full pass in progress and the raw-line hashes, so the
+-- next run reads and maps every record; says what it kept.
+function M.reset(session, sync)
+  local kept
+  operation.run(session, sync, "reset", "reset", function(op)
+    local book = session.ledger
+    op:transaction(function() book:reset_import(op.sync_id) end)
+    kept = { mapped = book:mapped_count(op.sync_id), failures = book:failure_count(op.sync_id) }
+    return { complete = true, status = "ok" }
+  end)
+  return kept
 end
 
 -- retry(session, sync [, due_only]): retries the sync's failed entities

@@ -25,6 +25,78 @@ local import_options = {
 M.changed_kinds = { auto = true, time = true, number = true, text = true }
 local provider_marker = {}
 
+-- collecting every error (check) ------------------------------------------
+
+-- Records a problem found while collecting (check): its message, once.
+function M.add_problem(job, err)
+  if errors.is(err) and err.reported then return end
+  local message = errors.message(err, true)
+  for _, seen in ipairs(job.problems) do
+    if seen == message then return end
+  end
+  job.problems[#job.problems + 1] = message
+  if type(err) == "table" and err.traceback then
+    job.tracebacks = job.tracebacks or {}
+    job.tracebacks[message] = err.traceback
+  end
+end
+
+-- attempt(job, fn, ...) -> ok: fn(...) raising records a problem when the
+-- job collects them; otherwise the error goes on up.
+local function attempt(job, fn, ...)
+  if not job.problems then
+    fn(...)
+    return true
+  end
+  local ok, err = pcall(fn, ...)
+  if not ok then M.add_problem(job, err) end
+  return ok
+end
+
+-- What a DSL call that failed gives back while collecting: it takes any
+-- call or index, so the rest of the job file goes on being read, and what
+-- is built from it is passed over (its cause is reported already).
+local poison = setmetatable({}, {
+  __call = function(self) return self end,
+  __index = function(self) return self end,
+  __tostring = function() return "(a declaration that failed)" end,
+})
+M.poison = poison
+
+local function guarded(job, kind, fn, name)
+  return function(...)
+    if not job.problems then return fn(...) end
+    local first = ...
+    local results = table.pack(pcall(fn, ...))
+    if not results[1] then
+      M.add_problem(job, results[2])
+      if kind == "entity" then job.broken_entities[name or first] = true end
+      return poison
+    end
+    local value = results[2]
+    if type(value) == "function" then return guarded(job, kind, value, name or first) end
+    return table.unpack(results, 2, results.n)
+  end
+end
+
+-- Whether a sync is built from a declaration that failed (while collecting).
+local function poisoned(job, sync)
+  local spec = sync.spec
+  if spec == poison or spec.remote == poison or (type(spec.remote) == "table" and rawget(spec.remote, "provider") == poison) then
+    return true
+  end
+  local entities = type(spec.entity) == "string" and { spec.entity } or spec.entity
+  if type(entities) == "table" and entities ~= poison then
+    for _, entity in ipairs(entities) do
+      if job.broken_entities[entity] then return true end
+    end
+  end
+  local remote = spec.remote
+  local handle = type(remote) == "table" and (rawget(remote, "provider") or remote) or nil
+  return handle ~= nil and handle.broken == true
+end
+
+
 -- The job file's own frame: the nearest caller whose chunk is a file.
 local function where_called(job)
   for level = 3, 8 do
@@ -35,6 +107,16 @@ local function where_called(job)
     end
   end
   return { file = job.display_path, line = 0 }
+end
+
+-- require's "module 'x' not found:" lists every path it tried, a line
+-- each (22 lines and more): one line says the same.
+function M.shorten_require_error(message)
+  message = tostring(message)
+  local head, name = message:match("^(.-module '([^']+)' not found):")
+  if not head then return message end
+  return string.format("%s (looked for %s.lua beside the job, then in entsync's lua/, providers/ and mappings/)",
+    head, (name:gsub("%.", "/")))
 end
 
 local function check_name(where, what, name)
@@ -129,6 +211,8 @@ local function dsl_provider(job)
     local ok, module = pcall(require, "providers." .. module_name)
     if not ok then
       local message = tostring(module)
+      local inner = message:match("^error loading module [^\n]*\n%s*(.-)$")
+      if inner then message = M.shorten_require_error(inner) end
       local missing = message:match("^module '[^']+' not found")
       -- require's own message spans lines ("error loading module ...:\n\t
       -- file:line: reason"); its last line says what is wrong.
@@ -176,6 +260,29 @@ local function dsl_sync(job)
     end
   end
 end
+
+-- history { days = 90, runs = 10000 }: how long entsync_runs keeps runs.
+local function dsl_history(job)
+  return function(settings)
+    local where = where_called(job)
+    if type(settings) ~= "table" then
+      errors.config(where, "history expects a table such as { days = 90, runs = 10000 }, got %s", type(settings))
+    end
+    for key, value in pairs(settings) do
+      if key ~= "days" and key ~= "runs" then
+        errors.config(where, "history: unknown setting \"%s\" (known: days, runs)", tostring(key))
+      end
+      if type(value) ~= "number" or value <= 0 or (key == "runs" and math.type(value) ~= "integer") then
+        errors.config(where, "history %s must be a positive %s, got %s", key, key == "runs" and "integer" or "number",
+          tostring(value))
+      end
+    end
+    job.history = { days = settings.days or M.HISTORY.days, runs = settings.runs or M.HISTORY.runs }
+  end
+end
+
+-- How long the run history is kept when the job does not say.
+M.HISTORY = require("entsync.ledger").HISTORY
 
 local function dsl_env(job)
   return function(name, default)
@@ -359,6 +466,9 @@ local function validate_sync(job, sync)
   if not sync.mapping.has_refs and not sync.link then
     sync.fingerprint = core.hash.of({ core.version, name = sync.name, job = job.source, mapping = sync.mapping.source_text })
   end
+  -- What decides the rows its records map to: a change warns at the next
+  -- run that rows written before it keep the old mapping.
+  sync.mapping_fingerprint = require("entsync.fingerprint").of(job, sync)
 end
 
 -- Orders syncs so each comes after what it depends on; a cycle is an error
@@ -442,26 +552,78 @@ end
 local function check_providers(job)
   local contract = require "entsync.provider"
   for _, handle in ipairs(job.providers) do
-    local ok, instance = pcall(handle.module.new, handle.config, { base_dir = job.dir, name = handle.name })
-    if not ok then errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(instance)) end
-    if type(instance) ~= "table" then
-      errors.config(handle.where, "provider \"%s\": new must return the provider object, got %s", handle.name,
-        type(instance))
-    end
-    handle.instance = instance
+    local made = attempt(job, function()
+      local ok, instance = pcall(handle.module.new, handle.config, { base_dir = job.dir, name = handle.name })
+      if not ok then errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(instance)) end
+      if type(instance) ~= "table" then
+        errors.config(handle.where, "provider \"%s\": new must return the provider object, got %s", handle.name,
+          type(instance))
+      end
+      handle.instance = instance
+    end)
+    if not made then handle.broken = true end
   end
   for _, name in ipairs(job.sync_order) do
     local sync = job.syncs[name]
-    contract.check(sync, sync.provider.instance)
+    if sync.provider.instance then attempt(job, contract.check, sync, sync.provider.instance) end
+  end
+end
+
+-- The files and folders the providers read, where they can be seen
+-- (check): a provider object with check(resource, wants) answers.
+local function check_files(job)
+  for _, name in ipairs(job.sync_order) do
+    local sync = job.syncs[name]
+    local instance = sync.provider.instance
+    if instance and type(instance.check) == "function" then
+      local ok, found, notes = pcall(instance.check, instance, sync.resource, {
+        import = sync.import.enabled, id_field = sync.id_field, changed_field = sync.changed_field,
+        export = sync.export ~= nil, export_resource = sync.export and sync.export.resource,
+      })
+      if not ok then found, notes = { errors.message(found, true) }, nil end
+      for _, message in ipairs(found or {}) do
+        M.add_problem(job, errors.at(sync.where, string.format("sync \"%s\": %s", sync.name, message)))
+      end
+      for _, message in ipairs(notes or {}) do
+        job.notes = job.notes or {}
+        job.notes[#job.notes + 1] = string.format("sync \"%s\": %s", sync.name, message)
+      end
+    end
   end
 end
 
 function M.validate(job)
   job.exported, job.links = {}, {}
-  for _, name in ipairs(job.sync_order) do validate_sync(job, job.syncs[name]) end
-  for _, name in ipairs(job.sync_order) do validate_export(job, job.syncs[name]) end
-  check_providers(job)
-  order_syncs(job)
+  local broken = {}
+  for _, name in ipairs(job.sync_order) do
+    local sync = job.syncs[name]
+    if job.problems and poisoned(job, sync) then
+      broken[name] = true
+    elseif not attempt(job, validate_sync, job, sync) then
+      broken[name] = true
+    end
+  end
+  if job.problems and next(broken) then
+    -- what failed is reported; the rest is checked without it
+    local kept = {}
+    for _, name in ipairs(job.sync_order) do
+      if broken[name] then job.syncs[name] = nil else kept[#kept + 1] = name end
+    end
+    job.sync_order = kept
+    for _, name in ipairs(kept) do
+      local depends = {}
+      for _, other in ipairs(job.syncs[name].depends_on or {}) do
+        if not broken[other] then depends[#depends + 1] = other end
+      end
+      job.syncs[name].depends_on = depends
+    end
+  end
+  for _, name in ipairs(job.sync_order) do attempt(job, validate_export, job, job.syncs[name]) end
+  attempt(job, check_providers, job)
+  if not attempt(job, order_syncs, job) then job.run_order = job.sync_order end
+  -- the files and folders are the environment's, looked at once the job
+  -- itself is right
+  if job.problems and #job.problems == 0 then check_files(job) end
   return job
 end
 
@@ -502,15 +664,52 @@ end
 
 -- Loads and validates the job file at path; raises a config error naming
 -- the file and line on any problem.
-function M.load(path)
+-- Forgets the provider modules and the modules beside the job that
+-- require cached, so a reload (the daemon's SIGHUP, the REPL's reload())
+-- reads their code again. entsync's own modules stay.
+function M.forget_modules(job)
+  local dir = job.dir .. "/"
+  for name in pairs(package.loaded) do
+    if type(name) == "string" and (name:match("^providers%.") or name:match("^mappings%.")) then
+      package.loaded[name] = nil
+    elseif type(name) == "string" and not name:match("^entsync") then
+      local file = package.searchpath(name, package.path)
+      if file and absolute(file):sub(1, #dir) == dir then package.loaded[name] = nil end
+    end
+  end
+end
+
+-- reload(job) -> true, the job loaded again | false, the error: the job
+-- file, its mappings, its providers' code and its own modules are read
+-- again; when the new job does not load, the modules loaded before stay.
+function M.reload(job)
+  local loaded = {}
+  for name, value in pairs(package.loaded) do loaded[name] = value end
+  M.forget_modules(job)
+  local ok, result = pcall(M.load, job.path)
+  if not ok then
+    for name, value in pairs(loaded) do package.loaded[name] = value end
+    return false, result
+  end
+  return true, result
+end
+
+-- options.collect: every error is collected in job.problems (a list of
+-- messages) rather than raised at the first (check); the job is as far
+-- as it could be read and validated.
+function M.load(path, options)
+  options = options or {}
   local job = {
     path = path, display_path = path, chunkname = "@" .. path,
     dir = absolute(dirname(path)),
     entities = {}, entity_names = {}, entity_order = {}, providers = {}, syncs = {}, sync_order = {},
+    history = { days = M.HISTORY.days, runs = M.HISTORY.runs },
   }
+  if options.collect then job.problems, job.broken_entities = {}, {} end
   local env = setmetatable({
-    store = dsl_store(job), entity = dsl_entity(job), provider = dsl_provider(job),
-    sync = dsl_sync(job), env = dsl_env(job),
+    store = guarded(job, "store", dsl_store(job)), entity = guarded(job, "entity", dsl_entity(job)),
+    provider = guarded(job, "provider", dsl_provider(job)), sync = guarded(job, "sync", dsl_sync(job)),
+    env = guarded(job, "env", dsl_env(job)), history = guarded(job, "history", dsl_history(job)),
   }, { __index = _G })
   local file = io.open(path, "r")
   if not file then errors.raise("usage", string.format("%s: cannot open the job file", path)) end
@@ -518,17 +717,29 @@ function M.load(path)
   file:close()
   job.source = source
   local chunk, err = load(source, job.chunkname, "t", env)
-  if not chunk then errors.raise("config", err) end
+  if not chunk then
+    if job.problems then
+      M.add_problem(job, err)
+      return job
+    end
+    errors.raise("config", err)
+  end
   local ok, failure = xpcall(chunk, function(e)
     if errors.is(e) then return e end
     local message = type(e) == "table" and e.message ~= nil and tostring(e.message) or tostring(e)
+    message = M.shorten_require_error(message)
     -- An error raised without a position (error({...}), error("x", 0))
     -- still names the job file.
     if not message:match("^[^:\n]+:%d+:") then message = path .. ": " .. message end
     return errors.new("config", message, { traceback = debug.traceback(message, 2) })
   end)
-  if not ok then error(failure, 0) end
+  if not ok then
+    if not job.problems then error(failure, 0) end
+    -- the job file stopped there: what it declared before is checked too
+    M.add_problem(job, failure)
+  end
   if not next(job.syncs) and not next(job.entities) then
+    if job.problems and #job.problems > 0 then return job end
     errors.raise("config", string.format("%s: declares no entity and no sync", path))
   end
   local store_path = job.store_path or "entsync.db"

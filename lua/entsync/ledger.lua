@@ -221,6 +221,12 @@ local function read_version(store)
   return math.tointeger(version) or 0
 end
 
+-- The schema version of a store as it is (nil: entsync has not written
+-- it), read without changing anything: status and check only look.
+function M.stored_version(store)
+  return read_version(store)
+end
+
 -- Brings entsync's tables to the current version, each step and the new
 -- version in one transaction, so a failed migration leaves the previous
 -- schema whole. A current store is read without a write lock: another
@@ -640,6 +646,19 @@ function Ledger:set_fingerprint(sync_id, fingerprint)
   self.store:run(SQL.set_fingerprint, sync_id, fingerprint, core.sys.now())
 end
 
+SQL.reset_import = [[UPDATE entsync_state SET cursor_mark = NULL, cursor_id = NULL, checkpoint = NULL,
+  pass_open = 0, pass_resume = NULL, pass_unreadable = 0, updated_at = ?2 WHERE sync = ?1]]
+SQL.forget_raw_hashes = "UPDATE entsync_idmap SET raw_hash = NULL WHERE sync = ?1 AND raw_hash IS NOT NULL"
+
+-- reset SYNC: the import's position is forgotten (cursor, checkpoint, the
+-- full pass in progress) and so are the raw-line hashes, so the next run
+-- reads and maps every record; the id map, rows, failures, export
+-- position and history stay.
+function Ledger:reset_import(sync_id)
+  self.store:run(SQL.reset_import, sync_id, core.sys.now())
+  self.store:run(SQL.forget_raw_hashes, sync_id)
+end
+
 -- failures --------------------------------------------------------------------------------
 
 -- Failures are kept per sync and direction ("import": keyed by the remote
@@ -778,13 +797,116 @@ function Ledger:progress_run(run_id, c, cursor_after)
     c.deleted, skipped(c), c.conflicts or 0, cursor_after)
 end
 
+-- The run history's retention (the job's history setting): per sync at
+-- most `runs` runs and none older than `days` days, except the last run
+-- of each operation and status, which status and the metrics read.
+SQL.prune_runs = [[DELETE FROM entsync_runs WHERE sync = ?1 AND status <> 'running'
+  AND id NOT IN (SELECT max(id) FROM entsync_runs WHERE sync = ?1 GROUP BY operation, status)
+  AND (started_at < ?2 OR id <= coalesce(
+    (SELECT id FROM entsync_runs WHERE sync = ?1 ORDER BY id DESC LIMIT 1 OFFSET ?3), 0))]]
+SQL.run_sync = "SELECT sync FROM entsync_runs WHERE id = ?1"
+M.HISTORY = { days = 90, runs = 10000 }
+
+-- Totals per sync that only grow (the metrics' counters): kept in
+-- entsync_meta as "totals:<sync id>", a JSON object, so pruning the
+-- history never makes a counter go back.
+local function add_totals(self, sync_id, status, c)
+  local key = "totals:" .. tostring(sync_id)
+  local json = require "entsync.json"
+  local totals = json.try_decode(self.store:value(SQL.meta, key) or "{}")
+  if type(totals) ~= "table" then totals = {} end
+  local name = "runs_" .. tostring(status)
+  totals[name] = (totals[name] or 0) + 1
+  for _, outcome in ipairs({ "created", "updated", "unchanged", "stale", "failed", "deleted", "conflicts" }) do
+    totals[outcome] = (totals[outcome] or 0) + (c[outcome] or 0)
+  end
+  self.store:run(SQL.set_meta, key, json.encode(json.object(totals)))
+end
+
 function Ledger:finish_run(run_id, status, c, cursor_after, err)
-  self.store:run(SQL.finish_run, run_id, core.sys.now(), status, c.created, c.updated, c.unchanged,
-    c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, err)
+  local store = self.store
+  store:run("SAVEPOINT finish_run")
+  local ok, failure = pcall(function()
+    store:run(SQL.finish_run, run_id, core.sys.now(), status, c.created, c.updated, c.unchanged,
+      c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, err)
+    local sync_id = store:value(SQL.run_sync, run_id)
+    if sync_id then
+      add_totals(self, sync_id, status, c)
+      local keep = self.history or M.HISTORY
+      store:run(SQL.prune_runs, sync_id, core.sys.now() - keep.days * 86400, keep.runs)
+    end
+  end)
+  if not ok then
+    store:run("ROLLBACK TO finish_run")
+    store:run("RELEASE finish_run")
+    error(failure, 0)
+  end
+  store:run("RELEASE finish_run")
 end
 
 function Ledger:last_run(sync_id)
   return self.store:row(SQL.last_run, sync_id)
+end
+
+-- reading the record, for status, log and the metrics ----------------------------------
+
+SQL.sync_list = "SELECT id, name, created_at FROM entsync_syncs ORDER BY id"
+SQL.last_good_run = [[SELECT * FROM entsync_runs WHERE sync = ?1 AND operation = 'run' AND status = 'ok'
+  ORDER BY id DESC LIMIT 1]]
+SQL.last_managed_run = "SELECT * FROM entsync_runs WHERE sync = ?1 AND operation = 'run' ORDER BY id DESC LIMIT 1"
+SQL.running_runs = "SELECT * FROM entsync_runs WHERE sync = ?1 AND status = 'running' ORDER BY id"
+SQL.history_all = "SELECT * FROM entsync_history ORDER BY id DESC LIMIT ?1"
+SQL.history_of = "SELECT * FROM entsync_history WHERE sync = ?1 ORDER BY id DESC LIMIT ?2"
+SQL.recent_runs = [[SELECT id, operation, status, started_at, ended_at, created, updated, unchanged, failed, deleted
+  FROM entsync_runs WHERE sync = ?1 ORDER BY id DESC LIMIT ?2]]
+SQL.oldest_change = [[SELECT min(at) FROM entsync_changes
+  WHERE seq > ?1 AND entity IN (SELECT value FROM json_each(?2)) AND (origin IS NULL OR origin <> ?3)]]
+SQL.oldest_failure = "SELECT min(first_at) FROM entsync_failures WHERE sync = ?1 AND direction = ?2"
+
+-- The syncs the store knows: { { id, name, created_at } } (status works
+-- from these when the job file does not load).
+function Ledger:sync_list()
+  return self.store:rows(SQL.sync_list)
+end
+
+function Ledger:last_good_run(sync_id)
+  return self.store:row(SQL.last_good_run, sync_id)
+end
+
+-- The last managed run (`run`, the daemon), as opposed to a one-off import,
+-- refresh, retry or export.
+function Ledger:last_managed_run(sync_id)
+  return self.store:row(SQL.last_managed_run, sync_id)
+end
+
+function Ledger:running_runs(sync_id)
+  return self.store:rows(SQL.running_runs, sync_id)
+end
+
+-- Runs, newest first, of one sync (its name) or all: entsync_history rows.
+function Ledger:history(sync_name, limit)
+  if sync_name then return self.store:rows(SQL.history_of, sync_name, limit or 20) end
+  return self.store:rows(SQL.history_all, limit or 20)
+end
+
+function Ledger:recent_runs(sync_id, limit)
+  return self.store:rows(SQL.recent_runs, sync_id, limit or 30)
+end
+
+function Ledger:totals(sync_id)
+  local value = require("entsync.json").try_decode(self.store:value(SQL.meta, "totals:" .. tostring(sync_id)) or "{}")
+  return type(value) == "table" and value or {}
+end
+
+-- When the oldest change waiting for a sync's export was made (nil when
+-- the changes carry no time: only syncs whose conflict policy compares
+-- times record it).
+function Ledger:oldest_change(position, entity_ids_json, sync_id)
+  return self.store:value(SQL.oldest_change, position, entity_ids_json, sync_id)
+end
+
+function Ledger:oldest_failure(sync_id, direction)
+  return self.store:value(SQL.oldest_failure, sync_id, direction)
 end
 
 -- conflicts ------------------------------------------------------------------------------------

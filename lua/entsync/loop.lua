@@ -208,14 +208,27 @@ Task.__index = Task
 
 local task_seq = 0
 
+-- What tasks inherit: a task's context reads through to the context of
+-- the task that spawned it (see M.context).
+local root_context = {}
+
 local function spawn(s, fn, ...)
   task_seq = task_seq + 1
+  local parent = current and current.context or root_context
   local task = setmetatable({ co = coroutine.create(fn), args = table.pack(...), loop = s, waiters = {},
-    seq = task_seq, status = "ready" }, Task)
+    seq = task_seq, status = "ready", context = setmetatable({}, { __index = parent }) }, Task)
   s.tasks[task] = true
   local ready = s.ready
   ready[#ready + 1] = task
   return task
+end
+
+-- context() -> the current task's context: a table of values (such as
+-- the sync a run is for) that the tasks it spawns read as their own until
+-- they set their own. Outside any task, a context shared by all.
+function M.context()
+  if current and not current.closing then return current.context end
+  return root_context
 end
 
 -- spawn(fn, ...) -> task: fn(...) runs as a new task from the next turn.

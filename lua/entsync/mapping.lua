@@ -73,7 +73,10 @@ local function load_mapping(job, sync, value)
   local chunk, load_err = loadfile(file, "t")
   if not chunk then errors.raise("config", load_err) end
   local ok, result = pcall(chunk)
-  if not ok then errors.raise("config", tostring(result)) end
+  if not ok then
+    errors.raise("config", errors.is(result) and result.message
+      or require("entsync.job").shorten_require_error(tostring(result)))
+  end
   if type(result) ~= "table" then
     errors.config({ file = file, line = 1 }, "mapping must return a table, got %s", type(result))
   end
@@ -170,7 +173,18 @@ function M.compile(job, sync, value)
     for field in pairs(fields_spec) do names[#names + 1] = field end
     table.sort(names, function(a, b) return tostring(a) < tostring(b) end)
     for _, field in ipairs(names) do
-      fields[#fields + 1] = compile_field(job, sync, entity, field, fields_spec[field], source, entity_line)
+      if job.problems then
+        -- check: every field's error, not only the first
+        local ok, compiled_field = pcall(compile_field, job, sync, entity, field, fields_spec[field], source, entity_line)
+        if ok then
+          fields[#fields + 1] = compiled_field
+        else
+          require("entsync.job").add_problem(job, compiled_field)
+          compiled.broken = true
+        end
+      else
+        fields[#fields + 1] = compile_field(job, sync, entity, field, fields_spec[field], source, entity_line)
+      end
     end
     local columns, json_fields = {}, {}
     for i, field in ipairs(fields) do
@@ -179,6 +193,10 @@ function M.compile(job, sync, value)
       if field.type == "json" then json_fields[#json_fields + 1] = field.name end
     end
     compiled.entities[#compiled.entities + 1] = { name = entity, fields = fields, columns = columns, json_fields = json_fields }
+  end
+  if compiled.broken then
+    -- its errors are reported; the sync is passed over
+    errors.raise("config", "the mapping has errors", { reported = true })
   end
   compiled.apply = generate(compiled)
   return compiled
@@ -255,21 +273,29 @@ M.iso_from_epoch = iso_from_epoch
 
 -- Failures while mapping one field, raised as entity errors (or defer
 -- errors, for references not imported yet) naming the mapping line.
+-- The fields a log line or a failure names: the field and its mapping line.
+local function located(field, extra)
+  local out = { field = field.name, file = field.where.file, line = field.where.line }
+  for k, v in pairs(extra or {}) do out[k] = v end
+  return out
+end
+M.located = located
+
 local function callback_failed(field, result)
   local is_error = errors.is(result)
   errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
     string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
-      field.where.file, field.where.line), { waits_for = is_error and result.waits_for or nil })
+      field.where.file, field.where.line), located(field, { waits_for = is_error and result.waits_for or nil }))
 end
 
 local function value_missing(field)
   errors.raise("entity", string.format("field %s: required value missing at %s (%s:%d)", field.name,
-    field.path or "(callback)", field.where.file, field.where.line))
+    field.path or "(callback)", field.where.file, field.where.line), located(field))
 end
 
 local function wrong_type(field, value)
   errors.raise("entity", string.format("field %s: expected %s, got %s (%s:%d)", field.name, field.type,
-    describe(value), field.where.file, field.where.line))
+    describe(value), field.where.file, field.where.line), located(field))
 end
 
 local function call_import(field, value, record, ctx)

@@ -137,6 +137,10 @@ function M.run(session, sync, operation, mode, body, cursor_before)
   local op = setmetatable({ session = session, sync = sync, operation = operation, counts = new_counts(),
     cursor_before = cursor_before }, Op)
   local dry = session.dry
+  -- what the run's tasks do on its behalf (HTTP requests) counts for it
+  local context = loop.context()
+  local outer_sync = rawget(context, "sync")
+  context.sync = sync.name
   if not dry then acquire(session, sync) end
   local renewer = not dry and loop.spawn(renew, op)
   local ok, result = xpcall(function()
@@ -147,6 +151,7 @@ function M.run(session, sync, operation, mode, body, cursor_before)
     return body(op) or {}
   end, as_entsync_error)
   op.finished = true
+  context.sync = outer_sync
   if renewer then renewer:cancel() end
   if not ok then
     result = naming(sync, result)
@@ -155,7 +160,7 @@ function M.run(session, sync, operation, mode, body, cursor_before)
       pcall(book.finish_run, book, op.run_id, "error", op.counts, op.cursor_after, result.message)
     end
   else
-    result.sync, result.counts = sync.name, op.counts
+    result.sync, result.counts, result.operation = sync.name, op.counts, operation
     result.status = result.status or (op.counts.failed > 0 and "failed" or "ok")
     if op.run_id then
       local done, err = pcall(book.finish_run, book, op.run_id, result.status, op.counts, result.cursor, nil)
@@ -197,13 +202,14 @@ function M.summary(result, seconds, dry)
 end
 
 -- The summary line of an export-side run's counts.
-function M.export_summary(result, seconds)
+function M.export_summary(result, seconds, dry)
   local c = result.counts
-  local line = string.format("%s: exported %d created, %d updated, %d deleted, %d unchanged, %d failed", result.sync,
-    c.created, c.updated, c.deleted, c.unchanged, c.failed)
+  local line = string.format("%s: %s %d created, %d updated, %d deleted, %d unchanged, %d failed", result.sync,
+    dry and "would export" or "exported", c.created, c.updated, c.deleted, c.unchanged, c.failed)
   if c.conflicts > 0 then line = line .. string.format(", %d conflicts", c.conflicts) end
   if result.stopped then line = line .. " (stopped: the next run continues here)" end
   if seconds then line = line .. string.format(" in %.2fs", seconds) end
+  if dry then line = line .. " (dry run: nothing was sent or written)" end
   return line
 end
 

@@ -115,7 +115,7 @@ end
 local function export_failed(field, result)
   errors.raise(errors.is(result, "defer") and "defer" or "entity",
     string.format("field %s: export: %s (%s:%d)", field.name, errors.message(result), field.where.file,
-      field.where.line), { waits_for = errors.is(result) and result.waits_for or nil })
+      field.where.line), mapping.located(field, { waits_for = errors.is(result) and result.waits_for or nil }))
 end
 
 -- export(sync, rows, ctx) -> record, leaves: the remote record of local

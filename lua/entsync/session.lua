@@ -26,8 +26,10 @@ local function file_exists(path)
   return core.fs.exists(path) ~= false
 end
 
--- open(job, options) -> session. options: dry_run, wait (seconds for a
--- lease), progress, log(level, message), should_stop().
+-- open(job, options) -> session. options: dry_run, diff (with dry_run:
+-- each entity's field changes on stdout), wait (seconds for a lease),
+-- progress, progress_every, log_format, log(level, message, fields),
+-- should_stop(), out(line) (where --diff lines go; default stdout).
 function M.open(job, options)
   options = options or {}
   local dry = options.dry_run
@@ -49,6 +51,7 @@ function M.open(job, options)
     owner = string.format("%s:%d:%d", core.sys.hostname(), core.sys.getpid(), math.floor(core.sys.now() * 1000)),
   }, Session)
   session.ledger.read_only = dry
+  session.ledger.history = job.history
   -- a dry run writes inside one transaction it rolls back: it takes the
   -- write lock first, so a writer beside it makes it wait (the busy
   -- timeout) rather than fail on a snapshot gone stale

@@ -38,7 +38,7 @@ end
 local function guarded(handle, reader)
   local out = setmetatable({}, { __index = reader })
   for _, method in ipairs({ "next", "next_raw", "next_unknown", "decode", "checkpoint", "ready", "total",
-      "committed", "close" }) do
+      "fraction", "committed", "close" }) do
     local fn = reader[method]
     if type(fn) == "function" then
       local handler = provider.as_provider_error(handle, "reader " .. method)
@@ -83,14 +83,17 @@ local function heap_push(heap, item, limit)
   end
 end
 
--- new(run, reader, state, incremental) -> source. Three shapes: for an
+-- new(run, reader, state, incremental [, track_marks]) -> source.
+-- track_marks: keep the largest (mark, id) read though the run is not
+-- incremental (a full pass of an incremental sync moves its cursor). Three
+-- shapes: for an
 -- incremental limited run over a reader that is not ordered, the `limit`
 -- smallest records newer than the cursor (read in full first, so
 -- `truncated` tells whether records were left for later runs); for
 -- ndjson-like readers under a fingerprinted mapping, raw lines whose bytes
 -- were imported before are UNCHANGED without decoding; else the reader's
 -- records themselves.
-function M.new(run, reader, state, incremental)
+function M.new(run, reader, state, incremental, track_marks)
   local sync, settings, session = run.sync, run.sync.import, run.session
   local kind = settings.changed_kind
   local source = { truncated = false, moves_each_batch = true, ordered = reader.ordered == true }
@@ -116,7 +119,7 @@ function M.new(run, reader, state, incremental)
   -- A reader that promised changed order and breaks it is told off once,
   -- and the cursor then moves only when the run completes.
   function source.note_mark(record)
-    local mark = incremental and mark_of(sync, record)
+    local mark = (incremental or track_marks) and mark_of(sync, record)
     if mark == nil or mark == false then return end
     local id = id_of(sync, record)
     local order = max_mark == nil and 1 or cursor.compare(mark, id, max_mark, max_id, kind)

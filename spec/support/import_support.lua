@@ -132,6 +132,13 @@ end
 
 -- Contacts as { [id] = "email|name|age" } and the sorted list of remote ids
 -- in the id map.
+-- A contact whose changed mark (updated_at) is a day of January 2024.
+function M.dated(id, day, fields)
+  local record = M.contact(id, fields)
+  record.updated_at = string.format("2024-01-%02d", day)
+  return record
+end
+
 function M.contacts(dir)
   local out = {}
   for _, row in ipairs(M.query(dir, [[SELECT m.remote_id, c.email, c.name, c.age FROM contact c
