@@ -17,7 +17,18 @@ local loop = require "entsync.loop"
 
 local M = {}
 
-M.LEASE_TTL = 60
+-- The lease's life in seconds: 60, or ENTSYNC_LEASE_SECONDS (a positive
+-- number; the renewal task renews it every third of it).
+local function lease_seconds()
+  local value = os.getenv("ENTSYNC_LEASE_SECONDS")
+  if value == nil or value == "" then return 60 end
+  local n = tonumber(value)
+  if not n or n <= 0 or n ~= n or n == math.huge then
+    errors.raise("usage", string.format("ENTSYNC_LEASE_SECONDS must be a positive number of seconds, not %q", value))
+  end
+  return n
+end
+M.lease_seconds = lease_seconds
 M.OUTCOMES = { "created", "updated", "unchanged", "stale", "failed", "deleted" }
 
 local function new_counts()
@@ -40,12 +51,12 @@ M.describe_holder = describe_holder
 -- Takes the sync's lease, waiting up to session.options.wait seconds. The
 -- wait sleeps until the store changes (the holder's release is a commit)
 -- or the holder's lease would expire, never spinning.
-local function acquire(session, sync)
+local function acquire(session, sync, ttl)
   local name = "sync:" .. sync.name
   local deadline = loop.now() + (session.options.wait or 0)
   local watch
   while true do
-    local ok, info = core.lock.acquire(session.store, name, session.owner, M.LEASE_TTL)
+    local ok, info = core.lock.acquire(session.store, name, session.owner, ttl)
     if ok then
       if watch then watch:close() end
       if info then
@@ -70,17 +81,17 @@ end
 -- lease found taken by another run marks the operation lost, and its next
 -- checkpoint stops it.
 local function renew(op)
-  local session, name = op.session, "sync:" .. op.sync.name
+  local session, name, ttl = op.session, "sync:" .. op.sync.name, op.lease_ttl
   while not op.finished do
-    loop.sleep(M.LEASE_TTL / 3)
+    loop.sleep(ttl / 3)
     if op.finished then return end
-    local ok, kept = pcall(core.lock.heartbeat, session.store, name, session.owner, M.LEASE_TTL)
+    local ok, kept = pcall(core.lock.heartbeat, session.store, name, session.owner, ttl)
     if ok and not kept then
       op.lost = true
       return
     elseif not ok then
-      session.log("warn", string.format("sync \"%s\": renewing the lease failed (tried again in %ds): %s",
-        op.sync.name, M.LEASE_TTL // 3, errors.message(kept, true)))
+      session.log("warn", string.format("sync \"%s\": renewing the lease failed (tried again in %.3gs): %s",
+        op.sync.name, ttl / 3, errors.message(kept, true)))
     end
   end
 end
@@ -141,7 +152,10 @@ function M.run(session, sync, operation, mode, body, cursor_before)
   local context = loop.context()
   local outer_sync = rawget(context, "sync")
   context.sync = sync.name
-  if not dry then acquire(session, sync) end
+  if not dry then
+    op.lease_ttl = lease_seconds()
+    acquire(session, sync, op.lease_ttl)
+  end
   local renewer = not dry and loop.spawn(renew, op)
   local ok, result = xpcall(function()
     op.sync_id = book:sync_id(sync.name, dry) or -1
