@@ -52,6 +52,7 @@ M.settings = {
   version = { fields = { field = "string", header = "string" } },
   headers = { map = "string_or_number" }, secret_headers = { list = "string" },
   timeout = "number", connect_timeout = "number", attempts = "positive", concurrency = "positive",
+  max_retry_wait = "number", max_response = "positive",
   rate = { fields = { per_second = "number" } },
   verify = "boolean", cafile = "string", ordered = "boolean",
   update_method = { one_of = { "PUT", "PATCH" } }, idempotency_header = { type = "any" },
@@ -147,7 +148,8 @@ function Provider:token(force)
     scope = oauth.scope }
   local response = http.request({ method = "POST", url = url, body = http.encode_query(form),
     headers = { ["Content-Type"] = "application/x-www-form-urlencoded" }, timeout = self.config.timeout,
-    verify = self.config.verify, cafile = self.config.cafile })
+    verify = self.config.verify, cafile = self.config.cafile, max_retry_wait = self.config.max_retry_wait,
+    max_response = self.config.max_response })
   if response.status ~= 200 then
     errors.raise("http", string.format("POST %s: the token request failed with status %d", url, response.status))
   end
@@ -187,7 +189,8 @@ function Provider:req(method, url, query, body)
   local req = {
     method = method, url = url, query = q, headers = headers, json = body, timeout = config.timeout,
     connect_timeout = config.connect_timeout, attempts = config.attempts, verify = config.verify,
-    cafile = config.cafile, limits = self.limits,
+    cafile = config.cafile, limits = self.limits, max_retry_wait = config.max_retry_wait,
+    max_response = config.max_response,
   }
   if config.auth and config.auth.oauth2 then
     req.on_response = function(response, attempt)

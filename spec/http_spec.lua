@@ -490,10 +490,10 @@ describe("entsync.http", function()
       assert.matches('the body starts "{\\"data\\": [{\\"id\\": 1', message, 1, true)
     end)
 
-    it("a body over max_body fails", function()
-      local ok, err = pcall(http.get, url("/page/contacts"), { max_body = 10, attempts = 1 })
+    it("a body over max_response fails", function()
+      local ok, err = pcall(http.get, url("/page/contacts"), { max_response = 10, attempts = 1 })
       assert.is_false(ok)
-      assert.matches("over the size limit", tostring(err.message or err), 1, true)
+      assert.matches("over max_response (10 bytes)", tostring(err.message or err), 1, true)
     end)
   end)
 

@@ -198,6 +198,10 @@ static const char *configure(lua_State *L, transfer *t, int idx)
     if (cafile)
         curl_easy_setopt(e, CURLOPT_CAINFO, cafile);
     t->max_body = (size_t)opt_number(L, idx, "max_body", 256.0 * 1024 * 1024);
+    /* a declared Content-Length over the limit ends the transfer before
+     * its body; a chunked body is stopped by on_body as it streams */
+    if (t->max_body)
+        curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)t->max_body);
     size_t body_len = 0;
     lua_getfield(L, idx, "body");
     const char *body = lua_tolstring(L, -1, &body_len);
@@ -293,6 +297,28 @@ static void push_headers(lua_State *L, const buffer *b)
     }
 }
 
+/* The failures a retry cannot mend: a body over the size limit, a peer
+ * whose certificate does not verify. NULL for the others. */
+static const char *permanent_failure(const transfer *t, CURLcode result)
+{
+    if (t->response.overflow || result == CURLE_FILESIZE_EXCEEDED)
+        return "too_large";
+    switch (result) {
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_ISSUER_ERROR:
+    case CURLE_SSL_CRL_BADFILE:
+    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
+        return "tls";
+    default:
+        return NULL;
+    }
+}
+
+/* Pushes the response of an ended transfer: { id, status, time, headers,
+ * body [, error, permanent] }; permanent names a failure no retry mends
+ * ("too_large", "tls"). */
 static void push_response(lua_State *L, transfer *t, CURLcode result)
 {
     lua_createtable(L, 0, 6);
@@ -311,8 +337,14 @@ static void push_response(lua_State *L, transfer *t, CURLcode result)
     lua_pushlstring(L, t->response.data ? t->response.data : "", t->response.len);
     lua_setfield(L, -2, "body");
     if (result != CURLE_OK) {
-        lua_pushstring(L, t->response.overflow ? "response body over the size limit" : curl_easy_strerror(result));
+        const char *permanent = permanent_failure(t, result);
+        int too_large = permanent && strcmp(permanent, "too_large") == 0;
+        lua_pushstring(L, too_large ? "response body over the size limit" : curl_easy_strerror(result));
         lua_setfield(L, -2, "error");
+        if (permanent) {
+            lua_pushstring(L, permanent);
+            lua_setfield(L, -2, "permanent");
+        }
     }
 }
 

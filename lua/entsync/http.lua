@@ -11,8 +11,11 @@
 -- (a script, the REPL) a request runs a loop on demand for its length;
 -- inside loop.forbid_yield (a write transaction) it is refused. Network
 -- errors, 5xx and 408 are retried with exponential backoff and jitter; 429
--- waits for Retry-After; after the last attempt the request fails with its
--- method, URL, status and the start of the body.
+-- waits for Retry-After, up to max_retry_wait seconds (a longer one fails
+-- the request at once); after the last attempt the request fails with its
+-- method, URL, status and the start of the body. A response body over
+-- max_response bytes is stopped as it streams and, like a certificate
+-- that does not verify, fails at once: no retry would mend it.
 
 local core = require "entsync.core"
 local errors = require "entsync.errors"
@@ -56,7 +59,8 @@ local function get_client()
   return client
 end
 
-M.defaults = { timeout = 60, connect_timeout = 10, attempts = 4, backoff = 0.25, max_backoff = 30 }
+M.defaults = { timeout = 60, connect_timeout = 10, attempts = 4, backoff = 0.25, max_backoff = 30,
+  max_retry_wait = 60, max_response = 64 * 1024 * 1024 }
 
 -- counts ----------------------------------------------------------------------------
 
@@ -185,7 +189,7 @@ local function prepare(req)
   return {
     method = method, url = with_query(req.url, req.query), headers = headers, body = body,
     timeout = req.timeout or M.defaults.timeout, connect_timeout = req.connect_timeout or M.defaults.connect_timeout,
-    verify = verify, cafile = req.cafile, max_body = req.max_body,
+    verify = verify, cafile = req.cafile, max_body = req.max_response or M.defaults.max_response,
   }
 end
 
@@ -289,10 +293,26 @@ function M.retry_after(value)
 end
 
 local function retryable(response)
+  if response.permanent then return false end
   return response.error ~= nil or response.status >= 500 or response.status == 408 or response.status == 429
 end
 
-local function describe_failure(prepared, response, attempts)
+-- Why a failure is not retried, naming the setting that governs it.
+local function permanent_reason(response, req)
+  if response.permanent == "too_large" then
+    return string.format("the response is over max_response (%d bytes) and was stopped as it arrived",
+      req.max_response or M.defaults.max_response)
+  elseif response.permanent == "tls" then
+    return response.error .. " (a TLS verification failure: see the settings verify and cafile)"
+  end
+end
+
+-- reason: why the failure is not retried (permanent_reason), or nil.
+local function describe_failure(prepared, response, attempts, reason)
+  if reason then
+    return string.format("%s %s: %s, at attempt %d; not retried", prepared.method, redacted_url(prepared.url), reason,
+      attempts)
+  end
   local what
   if response.error then
     what = response.error
@@ -310,7 +330,7 @@ Future.__index = Future
 -- start(req) -> future: the request is on its way; future:wait() gives
 -- the response (after retries) or raises. req takes: method, url, query,
 -- headers, body, json, timeout, connect_timeout, verify, cafile, attempts,
--- limits, and on_response(response, attempt) -> "retry" to retry once
+-- max_retry_wait, max_response, limits, and on_response(response, attempt) -> "retry" to retry once
 -- more (used to refresh an expired token).
 function M.start(req)
   local prepared = prepare(req)
@@ -377,6 +397,14 @@ function Future:wait()
       self:send()
     elseif retryable(response) and self.attempt < attempts then
       local delay = (response.status == 429 or response.status == 503) and M.retry_after(response.headers["retry-after"])
+      local most = req.max_retry_wait or M.defaults.max_retry_wait
+      if delay and delay > most then
+        self.done = true
+        count("failures")
+        errors.raise("http", string.format("%s %s: status %d asks to retry after %.0fs (Retry-After), beyond "
+          .. "max_retry_wait (%gs): failed without waiting", prepared.method, redacted_url(prepared.url),
+          response.status, delay, most), { status = response.status, body = response.body })
+      end
       if not delay then
         local base = math.min(M.defaults.max_backoff, (req.backoff or M.defaults.backoff) * 2 ^ (self.attempt - 1))
         delay = base * (0.5 + math.random() * 0.5)
@@ -386,10 +414,10 @@ function Future:wait()
       count("retries")
       M.sleep(delay)
       self:send()
-    elseif retryable(response) then
+    elseif retryable(response) or response.permanent then
       self.done = true
       count("failures")
-      errors.raise("http", describe_failure(prepared, response, self.attempt),
+      errors.raise("http", describe_failure(prepared, response, self.attempt, permanent_reason(response, req)),
         { status = response.status, body = response.body })
     else
       self.done = true

@@ -59,6 +59,13 @@ replaces the queue), GET /_control/faults, POST /_control/revoke, GET
 /_control/log, POST /_control/reset_log, GET|POST /_control/data, GET|POST
 /_control/latency {"ms"}, GET|POST /_control/auth, POST /_control/reset,
 GET /_control/ping.
+
+A fault {"kind", "path" (prefix), "method"?, "count" (default 1), ...} is
+taken by the next matching request: latency {ms}, status {status, body,
+headers}, retry_after {seconds, date?, status}, malformed, truncate, drop,
+slow {ms, pieces}, huge {bytes, chunked?}: a 200 JSON body of that many
+bytes sent in 64 KiB pieces (the log entry's "sent" counts the body bytes
+written before the client hung up).
 """
 
 import argparse
@@ -320,7 +327,7 @@ class State:
             faults = [faults]
         if not isinstance(faults, list):
             raise HttpError(400, "faults must be a list")
-        kinds = ("latency", "status", "retry_after", "malformed", "truncate", "drop", "slow")
+        kinds = ("latency", "status", "retry_after", "malformed", "truncate", "drop", "slow", "huge")
         prepared = []
         for fault in faults:
             if not isinstance(fault, dict) or fault.get("kind") not in kinds:
@@ -453,6 +460,36 @@ class Handler(BaseHTTPRequestHandler):
         else:
             self.wfile.write(data)
 
+    def respond_huge(self, size, chunked):
+        """A 200 of size bytes of JSON ({"pad": "xxx..."}), sent in 64 KiB
+        pieces, with a Content-Length or chunked; self.sent counts the body
+        bytes written before the client hung up."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        if chunked:
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Content-Length", str(size))
+        self.end_headers()
+        data = b'{"pad": "' + b"x" * max(0, size - 11) + b'"}'
+        sent = 0
+        try:
+            for start in range(0, len(data), 65536):
+                piece = data[start:start + 65536]
+                if chunked:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
+                else:
+                    self.wfile.write(piece)
+                self.wfile.flush()
+                sent += len(piece)
+                self.sent = sent
+            if chunked:
+                self.wfile.write(b"0\r\n\r\n")
+                self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+        return 200
+
     # non-control requests ------------------------------------------------
     def serve(self, path, query):
         entry = {
@@ -464,6 +501,7 @@ class Handler(BaseHTTPRequestHandler):
             "start": time.time(),
             "end": None,
             "status": None,
+            "sent": None,
         }
         state = self.state
         fault = state.take_fault(self.command, path)
@@ -472,6 +510,7 @@ class Handler(BaseHTTPRequestHandler):
         with state.lock:
             state.log.append(entry)  # from here on only existing keys change
         status = None
+        self.sent = None
         try:
             delay = state.latency_ms
             if fault and fault["kind"] == "latency":
@@ -482,6 +521,7 @@ class Handler(BaseHTTPRequestHandler):
         finally:
             entry["status"] = status
             entry["end"] = time.time()
+            entry["sent"] = self.sent
 
     def serve_with_fault(self, path, fault):
         kind = fault and fault["kind"]
@@ -502,6 +542,8 @@ class Handler(BaseHTTPRequestHandler):
             status = int(fault.get("status", 429))
             self.respond(status, fault.get("body", {"error": "rate limited"}), {"Retry-After": value})
             return status
+        if kind == "huge":
+            return self.respond_huge(int(fault.get("bytes", 1 << 20)), bool(fault.get("chunked")))
         if kind == "malformed":
             body = fault.get("body", '{"data": [{"id": 1, "name": "trunc')
             self.respond(200, body if isinstance(body, str) else json.dumps(body)[:-1])

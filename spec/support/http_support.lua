@@ -200,7 +200,8 @@ end
 
 -- An HTTPS server on 127.0.0.1 with a fresh self-signed certificate for
 -- 127.0.0.1 (spec/support/http_tls_server.py) answering every GET with
--- body (a string, or a table sent as JSON). Returns { url, cafile, stop() }.
+-- body (a string, or a table sent as JSON). Returns { url, cafile,
+-- accepted(), stop() }.
 function M.tls_server(body)
   local dir = helpers.tmpdir()
   local cert, key, body_file, out = dir .. "/cert.pem", dir .. "/key.pem", dir .. "/body.json", dir .. "/out"
@@ -236,6 +237,12 @@ function M.tls_server(body)
     error("http_support: the TLS server did not start")
   end
   server.url = "https://127.0.0.1:" .. port
+  -- connections accepted so far (each attempt of a client is one)
+  function server.accepted()
+    local n = 0
+    for _ in (helpers.read(out) or ""):gmatch("ACCEPTED") do n = n + 1 end
+    return n
+  end
   return server
 end
 

@@ -5,7 +5,7 @@
         --body FILE.json [--parent-pid PID] [--max-seconds 120]
 
 Binds 127.0.0.1 on a free port, prints "LISTENING <port>" as its first
-stdout line, and answers every GET with the bytes of FILE.json (200,
+stdout line (then "ACCEPTED" for each connection accepted), and answers every GET with the bytes of FILE.json (200,
 application/json). Exits on SIGTERM, after --max-seconds, or once the
 --parent-pid process is gone.
 """
@@ -36,6 +36,15 @@ class Handler(BaseHTTPRequestHandler):
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+
+    def get_request(self):
+        """Accepts a connection (the TLS handshake with it); each one,
+        shaken hands or refused, is an "ACCEPTED" line on stdout, so a spec
+        counts the attempts of a client whose verification fails."""
+        try:
+            return super().get_request()
+        finally:
+            print("ACCEPTED", flush=True)
 
     def handle_error(self, request, client_address):
         pass  # failed handshakes are what the specs provoke
