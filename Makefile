@@ -37,7 +37,7 @@ HOST     = $(BIN)/entsync-run
 # missing ones and is silent when all are present.
 DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
            libsimdjson-dev g++ libreadline-dev libmicrohttpd-dev lua-busted pkg-config sqlite3 python3 curl \
-           openssl jq chromium systemd
+           openssl jq chromium systemd strace time
 
 BUSTED   = lua5.4 /usr/bin/busted
 

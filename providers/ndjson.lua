@@ -8,20 +8,24 @@ local core = require "entsync.core"
 local filesource = require "entsync.filesource"
 
 local find = string.find
+local read_line = core.fs.read_line
 local decode_object, located, strip_bom =
   filesource.decode_object, filesource.located, filesource.strip_bom
 
-local function open(f, name)
+local function open(f, name, _, max_line)
   local line_no = 0
+  local held -- the message of a line over max_line found after known ones
   local source = {}
 
   -- The next non-blank line, undecoded; blank lines carry no record
-  -- (editors and concatenation leave them).
+  -- (editors and concatenation leave them). A line over max_line is
+  -- false, message.
   function source.next_raw()
     while true do
-      local line = f:read("l")
-      if not line then return nil end
+      local line, bytes = read_line(f, max_line)
+      if line == nil then return nil end
       line_no = line_no + 1
+      if line == false then return false, filesource.too_long(source, name, line_no, bytes, max_line) end
       if line_no == 1 then line = strip_bom(line) end
       if find(line, "[^ \t\r]") then return line end
     end
@@ -32,27 +36,41 @@ local function open(f, name)
   function source.decode(line)
     local record, err = decode_object(line)
     if record then return record end
-    return false, located(name, line_no, err), line
+    return false, filesource.unfinished(source, f, located(name, line_no, err)), line
   end
 
   -- next_unknown(known, seed, max) -> line | nil, skipped: lines whose
   -- hash is in `known` are skipped in C (at most max); the first line goes
   -- through next_raw for its BOM.
+  -- A line over max_line is false, message (after the known lines
+  -- before it have been counted as skipped).
   function source.next_unknown(known, seed, max)
+    if held then
+      local message = held
+      held = nil
+      return false, 0, message
+    end
     if line_no == 0 then
-      local line = source.next_raw()
+      local line, err = source.next_raw()
+      if line == false then return false, 0, err end
       if not line then return nil, 0 end
       if known:has(core.hash.bytes(line, seed)) then return nil, 1, true end
       return line, 0
     end
-    local line, skipped, lines = core.hash.skip_known(f, known, seed, max)
+    local line, skipped, lines, bytes = core.hash.skip_known(f, known, seed, max, max_line)
     line_no = line_no + lines
+    if line == false then
+      local message = filesource.too_long(source, name, line_no, bytes, max_line)
+      if skipped == 0 then return false, 0, message end
+      held = message
+      return nil, skipped, true
+    end
     return line, skipped, line == nil and skipped >= max
   end
 
   function source.next()
-    local line = source.next_raw()
-    if not line then return nil end
+    local line, err = source.next_raw()
+    if not line then return line, err end
     return source.decode(line)
   end
 

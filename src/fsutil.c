@@ -11,6 +11,8 @@
 #include <fcntl.h>
 #include <signal.h>
 #include <lauxlib.h>
+#include <lualib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -208,6 +210,172 @@ static int fs_process_alive(lua_State *L)
     return 1;
 }
 
+static const char *type_name(mode_t mode)
+{
+    if (S_ISREG(mode))
+        return "file";
+    if (S_ISDIR(mode))
+        return "dir";
+    if (S_ISLNK(mode))
+        return "link";
+    if (S_ISFIFO(mode))
+        return "fifo";
+    if (S_ISSOCK(mode))
+        return "socket";
+    if (S_ISCHR(mode))
+        return "char device";
+    if (S_ISBLK(mode))
+        return "block device";
+    return "other";
+}
+
+/* lstat(path) -> { type, size, mtime } | nil, err. type is "file", "dir",
+ * "link" (the link itself, never its target), "fifo", "socket", "char
+ * device", "block device" or "other"; mtime in seconds since the epoch
+ * with its nanoseconds. */
+static int fs_lstat(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    struct stat st;
+    if (lstat(path, &st) != 0)
+        return push_errno(L, "cannot stat", path);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, type_name(st.st_mode));
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    lua_setfield(L, -2, "size");
+    lua_pushnumber(L, (lua_Number)st.st_mtim.tv_sec + (lua_Number)st.st_mtim.tv_nsec / 1e9);
+    lua_setfield(L, -2, "mtime");
+    return 1;
+}
+
+static int stream_close(lua_State *L)
+{
+    luaL_Stream *stream = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    int ok = fclose(stream->f) == 0;
+    return luaL_fileresult(L, ok, NULL);
+}
+
+/* open_file(path, follow) -> file (a Lua file handle, read-only) | nil,
+ * err. Only a regular file opens: a FIFO or a device is refused without
+ * blocking (O_NONBLOCK while it is looked at), and unless follow a
+ * symbolic link is refused too (O_NOFOLLOW), even one swapped in after
+ * the folder was listed. */
+static int fs_open_file(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int follow = lua_toboolean(L, 2);
+    luaL_Stream *stream = lua_newuserdatauv(L, sizeof *stream, 0);
+    stream->f = NULL;
+    stream->closef = NULL; /* not yet a file to close */
+    luaL_setmetatable(L, LUA_FILEHANDLE);
+    int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    struct stat st;
+    if (fd < 0) {
+        if (errno == ELOOP) {
+            lua_pushnil(L);
+            lua_pushfstring(L, "cannot open %s: a symbolic link (files of a drop folder are read only as "
+                               "regular files inside it)", path);
+            return 2;
+        }
+        return push_errno(L, "cannot open", path);
+    }
+    if (fstat(fd, &st) != 0)
+        goto error;
+    if (!S_ISREG(st.st_mode)) {
+        close(fd);
+        lua_pushnil(L);
+        lua_pushfstring(L, "cannot open %s: not a regular file (a %s)", path, type_name(st.st_mode));
+        return 2;
+    }
+    int flags = fcntl(fd, F_GETFL);
+    if (flags < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+        goto error;
+    stream->f = fdopen(fd, "rb");
+    if (!stream->f)
+        goto error;
+    stream->closef = stream_close;
+    return 1;
+error:;
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return push_errno(L, "cannot open", path);
+}
+
+ssize_t entsync_read_line(FILE *f, char **line, size_t *cap, size_t max, size_t *dropped)
+{
+    size_t len = 0;
+    *dropped = 0;
+    int c;
+    flockfile(f);
+    while ((c = getc_unlocked(f)) != EOF) {
+        if (len < max) {
+            if (len + 2 > *cap) {
+                size_t grown_cap = *cap ? *cap * 2 : 256;
+                while (grown_cap < len + 2)
+                    grown_cap *= 2;
+                char *grown = realloc(*line, grown_cap);
+                if (!grown) {
+                    funlockfile(f);
+                    errno = ENOMEM;
+                    return -2;
+                }
+                *line = grown;
+                *cap = grown_cap;
+            }
+            (*line)[len++] = (char)c;
+        } else {
+            (*dropped)++;
+        }
+        if (c == '\n')
+            break;
+    }
+    funlockfile(f);
+    if (len == 0 && *dropped == 0)
+        return -1;
+    if (*dropped)
+        *dropped += len;
+    else
+        (*line)[len] = '\0';
+    return (ssize_t)len;
+}
+
+/* read_line(file, max [, keep_newline]) -> line | nil at the end | false,
+ * bytes: the next line, with its "\n" only when keep_newline (as the "L"
+ * and "l" formats of file:read); a line longer than max bytes is read on
+ * to its end in bounded memory and passed over: false and its length. */
+static int fs_read_line(lua_State *L)
+{
+    luaL_Stream *stream = luaL_checkudata(L, 1, LUA_FILEHANDLE);
+    lua_Integer max = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, max > 0, 2, "max must be positive");
+    int keep_newline = lua_toboolean(L, 3);
+    if (!stream->closef || !stream->f)
+        return luaL_error(L, "read_line: the file is closed");
+    char *line = NULL;
+    size_t cap = 0, dropped = 0;
+    ssize_t len = entsync_read_line(stream->f, &line, &cap, (size_t)max, &dropped);
+    if (len == -2) {
+        free(line);
+        return luaL_error(L, "read_line: out of memory");
+    }
+    if (len == -1)
+        lua_pushnil(L);
+    else if (dropped) {
+        lua_pushboolean(L, 0);
+        lua_pushinteger(L, (lua_Integer)dropped);
+        free(line);
+        return 2;
+    } else {
+        if (!keep_newline && len > 0 && line[len - 1] == '\n')
+            len--;
+        lua_pushlstring(L, line, (size_t)len);
+    }
+    free(line);
+    return 1;
+}
+
 /* cwd() -> the current directory, to make job paths absolute. */
 static int fs_cwd(lua_State *L)
 {
@@ -232,6 +400,8 @@ void entsync_fsutil_register(lua_State *L)
         {"exists", fs_exists}, {"isdir", fs_isdir},
         {"mkdir", fs_mkdir},   {"listdir", fs_listdir},
         {"rename", fs_rename}, {"cwd", fs_cwd},
+        {"lstat", fs_lstat},   {"open_file", fs_open_file},
+        {"read_line", fs_read_line},
         {NULL, NULL},
     };
     static const luaL_Reg sys_functions[] = {

@@ -3,6 +3,8 @@
  */
 #include "hash.h"
 
+#include "fsutil.h"
+
 #include <lauxlib.h>
 #include <math.h>
 #include <stdio.h>
@@ -465,28 +467,41 @@ static int hash_integerize(lua_State *L)
     return 1;
 }
 
-/* skip_known(file, set, seed, max) -> line | nil, skipped, lines
+/* skip_known(file, set, seed, max, max_line) -> line | nil | false,
+ * skipped, lines [, bytes]
  * Reads lines from a Lua file handle; a line whose hash (FNV-1a 64 of its
  * bytes continued from seed) is in the set is a record known unchanged and
  * is skipped, at most max of them; blank lines are passed over. Returns
  * the first unknown line (nil at the end of the file or when max were
- * skipped), how many were skipped and how many lines were read. This is
- * the whole of an unchanged re-import's work per line, so it is in C. */
+ * skipped; false and its length for a line over max_line bytes, read to
+ * its end in bounded memory and passed over), how many were skipped and
+ * how many lines were read. This is the whole of an unchanged re-import's
+ * work per line, so it is in C. */
 static int hash_skip_known(lua_State *L)
 {
     luaL_Stream *stream = luaL_checkudata(L, 1, LUA_FILEHANDLE);
     entsync_hashset *set = luaL_checkudata(L, 2, HASHSET_META);
     uint64_t seed = (uint64_t)luaL_checkinteger(L, 3);
     lua_Integer max = luaL_checkinteger(L, 4);
+    lua_Integer max_line = luaL_optinteger(L, 5, LUA_MAXINTEGER);
+    luaL_argcheck(L, max_line > 0, 5, "max_line must be positive");
     if (!stream->closef || !stream->f)
         return luaL_error(L, "skip_known: the file is closed");
     char *line = NULL;
-    size_t cap = 0;
+    size_t cap = 0, dropped = 0;
     lua_Integer skipped = 0, lines = 0;
-    ssize_t len;
+    ssize_t len = 0;
     int found = 0;
-    while (skipped < max && (len = getline(&line, &cap, stream->f)) >= 0) {
+    while (skipped < max && (len = entsync_read_line(stream->f, &line, &cap, (size_t)max_line, &dropped)) >= 0) {
         lines++;
+        if (dropped) {
+            free(line);
+            lua_pushboolean(L, 0);
+            lua_pushinteger(L, skipped);
+            lua_pushinteger(L, lines);
+            lua_pushinteger(L, (lua_Integer)dropped);
+            return 4;
+        }
         if (len > 0 && line[len - 1] == '\n')
             len--;
         ssize_t i = 0;
@@ -503,6 +518,8 @@ static int hash_skip_known(lua_State *L)
         break;
     }
     free(line);
+    if (len == -2)
+        return luaL_error(L, "skip_known: out of memory");
     if (!found)
         lua_pushnil(L);
     lua_pushinteger(L, skipped);

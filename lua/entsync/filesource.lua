@@ -8,10 +8,18 @@
 --
 -- Writers should drop files under a hidden name (leading dot) and rename them
 -- when complete: hidden files are never read, so a half-written file is not
--- taken and moved away while its writer still appends to it.
+-- taken and moved away while its writer still appends to it. For writers
+-- that cannot, a drop folder takes only settled files: regular files (by
+-- lstat: no symbolic link out of the folder, no FIFO or device that would
+-- block the run) whose size and modification time have not changed for
+-- `settle` seconds; a younger one is looked at again once it is that old,
+-- and one still changing is left for the next run. A line longer than
+-- `max_line` bytes is read in bounded memory and reported as one bad
+-- record naming the file, the line and the setting.
 
 local core = require "entsync.core"
 local json = require "entsync.json"
+local loop = require "entsync.loop"
 
 local M = {}
 
@@ -69,6 +77,35 @@ function M.located(name, line, message)
   return format("%s:%d: %s", name, line, message)
 end
 
+M.SETTLE, M.MAX_LINE = 0.25, 1024 * 1024
+
+-- The bad record of a line over max_line (the source keeps its file in
+-- the drop folder: a record of it was not read).
+function M.too_long(source, name, line, bytes, max)
+  source.keep = true
+  return M.located(name, line, format("a line of %d bytes is over max_line (%d bytes): passed over; the provider's "
+    .. "setting max_line reads longer ones", bytes, max))
+end
+
+-- unfinished(source, f, message) -> message: for a bad record read last
+-- from a file that does not end in a line break (a writer may still be
+-- writing it), the file stays in the drop folder and the message says so.
+function M.unfinished(source, f, message)
+  local here = f:seek()
+  local size = here and f:seek("end")
+  if not size then return message end
+  local last = ""
+  if here == size and size > 0 then
+    f:seek("set", size - 1)
+    last = f:read(1) or ""
+  end
+  f:seek("set", here)
+  if here ~= size or last == "\n" then return message end
+  source.keep = true
+  return message .. " (the file ends without a line break: it stays in the drop folder, for its writer may not "
+    .. "have finished it)"
+end
+
 function M.strip_bom(text)
   if sub(text, 1, 3) == BOM then return sub(text, 4) end
   return text
@@ -100,22 +137,26 @@ local function new_reader(provider, files, dropdir, offset)
   return reader
 end
 
+-- A drop folder's files open only as regular files inside it (a link
+-- swapped in since the listing is refused); a named file may be a link.
 function Reader:_open(entry)
-  local f, err = io.open(entry.path, "rb")
+  local f, err = core.fs.open_file(entry.path, not self._dropdir)
   if not f then
-    return nil, format("%s: cannot open: %s", entry.name, err)
+    return nil, format("%s: %s", entry.name, err)
   end
   local p = self._provider
   return { entry = entry, file = f, count = 0,
-           source = p._open(f, entry.name, p.config) }
+           source = p._open(f, entry.name, p.config, p.max_line) }
 end
 
 function Reader:_finish(current)
   current.file:close()
   self._current = nil
   self._index = self._index + 1
-  -- A file that broke off (truncated, unbalanced) stays for its owner to fix.
-  if self._dropdir and self._provider.processed and not current.source.broken then
+  -- A file that broke off (truncated, unbalanced) or had a line passed
+  -- over stays for its owner to fix.
+  local source = current.source
+  if self._dropdir and self._provider.processed and not source.broken and not source.keep then
     self.position = self.position - current.count
     self._pending[#self._pending + 1] = current.entry
   end
@@ -196,6 +237,12 @@ function Reader:next_unknown(known, seed, max)
     current.count = current.count + skipped
     self.position = self.position + skipped
     self._last = current.source
+    if text == false then
+      -- one bad record (a line over max_line): more is its message
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return false, skipped, more
+    end
     if text then
       current.count = current.count + 1
       self.position = self.position + 1
@@ -246,6 +293,17 @@ local function free_name(dir, name)
   end
 end
 
+-- Whether a file read to its end is as it was listed: one that changed
+-- since (its writer went on writing) stays in the folder, its new records
+-- for the next run, with an info line.
+function Reader:_unchanged(entry)
+  local was, now = entry.stat, core.fs.lstat(entry.path)
+  if not was or (now and now.type == "file" and now.size == was.size and now.mtime == was.mtime) then return true end
+  self._provider:_note("info", format("%s: not moved to %s/: it changed while it was read (the next run reads it "
+    .. "again)", entry.path, self._provider.processed))
+  return false
+end
+
 -- committed(): every record returned so far is durably stored, so the files
 -- read to their end may leave the drop folder now. Returns the position, or
 -- nil, message when a move fails (the rest are retried next time).
@@ -257,8 +315,10 @@ function Reader:committed()
   if not ok then return nil, err end
   while #pending > 0 do
     local entry = pending[1]
-    ok, err = core.fs.rename(entry.path, free_name(dir, entry.name))
-    if not ok then return nil, err end
+    if self:_unchanged(entry) then
+      ok, err = core.fs.rename(entry.path, free_name(dir, entry.name))
+      if not ok then return nil, err end
+    end
     table.remove(pending, 1)
   end
   return self.position
@@ -309,16 +369,60 @@ function Provider:_wanted(name)
   return false
 end
 
+function Provider:_note(level, message)
+  if self.log then self.log(level, self.prefix .. message) end
+end
+
+-- Waits (on the loop when one runs) until the youngest of the files is
+-- `settle` seconds old, at most `settle`; then keeps those whose size and
+-- modification time did not change meanwhile: the others are still being
+-- written and are left for the next run.
+function Provider:_settled(files, young)
+  local now, wait = core.sys.now(), 0
+  for _, entry in ipairs(young) do wait = math.max(wait, entry.stat.mtime + self.settle - now) end
+  wait = math.min(wait, self.settle)
+  if wait > 0 then
+    if loop.active() then loop.sleep(wait) else core.sys.sleep(wait) end
+  end
+  local out = {}
+  for _, entry in ipairs(files) do
+    local before = entry.stat
+    local after = before.young and core.fs.lstat(entry.path)
+    if after and (after.type ~= "file" or after.size ~= before.size or after.mtime ~= before.mtime) then
+      self:_note("info", format("%s: left for the next run: it is still being written (it changed within %gs; the "
+        .. "setting settle says how long a file must rest)", entry.path, self.settle))
+    elseif before.young and not after then
+      self:_note("info", format("%s: gone while it settled", entry.path))
+    else
+      out[#out + 1] = entry
+    end
+  end
+  return out
+end
+
+-- The settled regular files of a drop folder, in name order; anything
+-- else there (a link, a FIFO, a device, a folder) is passed over.
 function Provider:_dropfiles(dir)
   local names, err = core.fs.listdir(dir)
   if not names then return nil, self.prefix .. err end
-  local files = {}
+  local files, young, now = {}, {}, core.sys.now()
   for _, name in ipairs(names) do
     local path = join(dir, name)
-    if name ~= self.processed and self:_wanted(name) and not core.fs.isdir(path) then
-      files[#files + 1] = { path = path, name = name }
+    if name ~= self.processed and self:_wanted(name) then
+      local stat = core.fs.lstat(path)
+      if stat and stat.type == "file" then
+        files[#files + 1] = { path = path, name = name, stat = stat }
+        if now - stat.mtime < self.settle then
+          stat.young = true
+          young[#young + 1] = files[#files]
+        end
+      elseif stat and stat.type ~= "dir" then
+        self:_note("warn", format("%s: passed over: not a regular file (a %s); a drop folder reads only regular "
+          .. "files inside it", path, stat.type))
+      end
     end
   end
+  if #young > 0 then files = self:_settled(files, young) end
   return files
 end
 
@@ -499,6 +603,9 @@ local function check_common(config)
       return key .. " must be a non-empty string"
     end
   end
+  if config.settle ~= nil and config.settle < 0 then
+    return "settle must be a number of seconds, 0 or more"
+  end
   if config.id ~= nil and not nonempty(config.id) then
     return "id must be a non-empty string (the field holding the remote id)"
   end
@@ -515,13 +622,15 @@ end
 --   spec.settings    optional: the schema of its own settings (entsync.provider)
 --   spec.validate    optional: config -> message | nil, for what a schema cannot say
 --   spec.raw         true when sources also offer next_raw() and decode(text)
---   spec.open        (file, name, config) -> source; source:next() gives
---                    record | nil at end | false, message; source.broken set
---                    true means it stopped early and the file must stay
+--   spec.open        (file, name, config, max_line) -> source; source:next()
+--                    gives record | nil at end | false, message;
+--                    source.broken set true means it stopped early and the
+--                    file must stay, source.keep that it read on but the
+--                    file must stay all the same (a line was passed over)
 -- The settings every file provider takes; spec.settings adds its own.
 local COMMON_SETTINGS = {
   dir = "string", path = "string", id = "string", name = "string",
-  processed = { type = "any" },
+  processed = { type = "any" }, settle = "number", max_line = "positive",
 }
 
 function M.provider(spec)
@@ -549,6 +658,9 @@ function M.provider(spec)
     if processed == nil then processed = "processed" end
     return setmetatable({
       config = config,
+      log = ctx.log,
+      settle = config.settle or M.SETTLE,
+      max_line = config.max_line or M.MAX_LINE,
       name = ctx.name or spec.kind,
       base_dir = ctx.base_dir or ".",
       id_field = config.id or "id",

@@ -758,6 +758,10 @@ function M.run(session, sync, options)
         processed = processed + taken
         meter:tick(processed)
         if not session.dry and reader.committed and (source.moves_each_batch or complete) then
+          -- files may leave the drop folder now: the commit that holds their
+          -- records must outlive a power loss first (synchronous=NORMAL
+          -- leaves it in the WAL, not yet on the disk)
+          session.store:sync()
           local moved, move_err = reader:committed()
           if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
         end

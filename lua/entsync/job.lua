@@ -553,7 +553,8 @@ local function check_providers(job)
   local contract = require "entsync.provider"
   for _, handle in ipairs(job.providers) do
     local made = attempt(job, function()
-      local ok, instance = pcall(handle.module.new, handle.config, { base_dir = job.dir, name = handle.name })
+      local ok, instance = pcall(handle.module.new, handle.config, { base_dir = job.dir, name = handle.name,
+        log = job.provider_log })
       if not ok then errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(instance)) end
       if type(instance) ~= "table" then
         errors.config(handle.where, "provider \"%s\": new must return the provider object, got %s", handle.name,
@@ -706,6 +707,10 @@ function M.load(path, options)
     history = { days = M.HISTORY.days, runs = M.HISTORY.runs },
   }
   if options.collect then job.problems, job.broken_entities = {}, {} end
+  -- providers log through the session that runs the job (job.log)
+  job.provider_log = function(level, message)
+    if job.log then job.log(level, message) end
+  end
   local env = setmetatable({
     store = guarded(job, "store", dsl_store(job)), entity = guarded(job, "entity", dsl_entity(job)),
     provider = guarded(job, "provider", dsl_provider(job)), sync = guarded(job, "sync", dsl_sync(job)),

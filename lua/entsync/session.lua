@@ -52,6 +52,8 @@ function M.open(job, options)
   }, Session)
   session.ledger.read_only = dry
   session.ledger.history = job.history
+  -- what the job's providers log goes to this session's log
+  job.log = session.log
   -- a dry run writes inside one transaction it rolls back: it takes the
   -- write lock first, so a writer beside it makes it wait (the busy
   -- timeout) rather than fail on a snapshot gone stale
@@ -392,7 +394,8 @@ end
 function Session:provider(handle)
   local instance = self.providers[handle] or handle.instance
   if not instance then
-    local ok, result = pcall(handle.module.new, handle.config, { base_dir = self.job.dir, name = handle.name })
+    local ok, result = pcall(handle.module.new, handle.config, { base_dir = self.job.dir, name = handle.name,
+      log = self.job.provider_log })
     if not ok then
       errors.config(handle.where, "provider \"%s\": %s", handle.name, errors.message(result))
     end

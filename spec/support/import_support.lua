@@ -306,8 +306,16 @@ function M.own(pid)
   return pid
 end
 
+-- A fresh temp dir that cleanup() removes.
+M.dirs = {}
+function M.newdir()
+  local d = helpers.tmpdir()
+  M.dirs[#M.dirs + 1] = d
+  return d
+end
+
 -- Kills the owned processes still running and removes the output files of
--- every child spawned so far.
+-- every child spawned so far, and the dirs of newdir().
 function M.cleanup()
   for _, pid in ipairs(M.owned) do
     if helpers.alive(pid) then helpers.kill(pid, "KILL") end
@@ -316,6 +324,8 @@ function M.cleanup()
   M.owned = {}
   for _, path in ipairs(M.spawned) do os.remove(path) end
   M.spawned = {}
+  for _, d in ipairs(M.dirs) do helpers.rmdir(d) end
+  M.dirs = {}
 end
 
 -- Waits until no process has the pid any more (not even a zombie).
