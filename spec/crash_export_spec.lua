@@ -54,11 +54,12 @@ local function write_job(dir, url, opts)
   helpers.write(dir .. "/job.lua", table.concat({
     'entity "contact" { email = "text", name = "text", age = "integer" }',
     string.format('local api = provider "crashy" { base_url = %q, page = { style = "page", size = 100 }, '
-      .. 'update_method = "PUT", attempts = 2 }', url),
+      .. 'update_method = "PUT", attempts = 2%s }', url, opts.provider and (", " .. opts.provider) or ""),
     'sync "contacts" { remote = api "api/contacts", entity = "contact",',
     '  mapping = { email = "email", name = "name", age = "age" },',
     "  import = " .. (opts.import or '{ mode = "full", changed = "updated_at" }') .. ",",
-    "  export = { on_change = true, conflict = " .. (opts.conflict or '"remote_wins"') .. " } }",
+    "  export = { on_change = true, conflict = " .. (opts.conflict or '"remote_wins"')
+      .. (opts.export and (", " .. opts.export) or "") .. " } }",
   }, "\n") .. "\n")
 end
 
@@ -175,6 +176,28 @@ describe("a kill between send and record", function()
       r = ok_run(dir)
       assert.same({}, T.writes(server.log()), r.stdout .. r.stderr)
       assert.equal(4, #server.data().contacts)
+      assert.equal(0, T.value(dir, "SELECT count(*) FROM entsync_writes"))
+    end)
+
+    it("a create (" .. case.what .. ") without an idempotency key: natural_key finds it at the remote, no "
+      .. "duplicate", function()
+      write_job(dir, server.url, { import = case.import, provider = "idempotency_header = false",
+        export = 'natural_key = "email"' })
+      ok_run(dir)
+      local before = T.value(dir, "SELECT count(*) FROM contact") or 0
+      X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'v1', 7)")
+      local id = T.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
+      crash_run(dir, "create")
+      assert.equal(4, #server.data().contacts)
+      assert.is_nil(T.header(T.requests(server.log(), { method = "POST" })[1], "Idempotency-Key"))
+      X.sql(dir, string.format("UPDATE contact SET name = 'v2' WHERE id = %d", id))
+      server.reset_log()
+      local r = ok_run(dir)
+      assert.same({}, T.requests(server.log(), { method = "POST" }), r.stdout .. r.stderr)
+      assert.equal(4, #server.data().contacts, r.stdout .. r.stderr)
+      assert.equal(before + 1, T.value(dir, "SELECT count(*) FROM contact"))
+      assert.equal(104, T.remote_of(dir, "contacts", id))
+      assert.equal("v2", X.remote(server, "contacts")[104].name, r.stdout .. r.stderr)
       assert.equal(0, T.value(dir, "SELECT count(*) FROM entsync_writes"))
     end)
 

@@ -35,6 +35,7 @@ local json = require "entsync.json"
 local loop = require "entsync.loop"
 local operation = require "entsync.operation"
 local pipeline = require "entsync.pipeline"
+local sources = require "entsync.sources"
 
 local M = {}
 
@@ -253,11 +254,18 @@ function Exporter:send(plan, options)
   local sync, book, provider = self.sync, self.book, self.provider
   local handle, local_id = sync.provider, plan.local_id
   if plan.op == "create" then
+    local earlier = book:write_of(self.sync_id, local_id)
     local key = self:transaction(function()
       return book:begin_write(self.sync_id, local_id, "create", plan.key, plan.expected)
     end)
     plan.resent = key ~= plan.key
     plan.out_ctx.idempotency_key = key
+    local found = earlier and earlier.operation == "create" and self:find_created(plan)
+    if found then
+      -- the earlier attempt's record: what changed since goes as an update
+      plan.resent = true
+      return self:created(plan, found[sync.id_field], found)
+    end
     local remote_id, answer = provider_contract.call(handle, provider, "create", self.resource, plan.body, plan.out_ctx)
     return self:created(plan, remote_id, answer)
   end
@@ -276,6 +284,54 @@ function Exporter:send(plan, options)
   if not ok then error(answer, 0) end
   self:record(local_id, plan.remote_id, plan.body, answer, plan.rows_hash, plan.in_ctx)
   return "updated"
+end
+
+-- The remote's records by their natural key's value (as text), read once
+-- per export through the provider's listing; a value two records share
+-- names neither (the match would be a guess).
+function Exporter:natural_index(field)
+  if self.by_natural_key then return self.by_natural_key end
+  local sync = self.sync
+  local reader, err = provider_contract.call(sync.provider, self.provider, "list", self.resource, { mode = "full" })
+  if not reader then
+    errors.raise("provider", string.format("sync \"%s\": looking for records created before a crash by natural_key "
+      .. "\"%s\": %s", sync.name, field, tostring(err)))
+  end
+  reader = sources.guarded(sync.provider, reader)
+  local index = {}
+  while true do
+    local record = reader:next()
+    if record == nil then break end
+    local value = record and record[field]
+    if value ~= nil and value ~= null then
+      local text = tostring(value)
+      index[text] = index[text] == nil and record or false
+    end
+  end
+  if reader.close then reader:close() end
+  self.by_natural_key = index
+  return index
+end
+
+-- find_created(plan) -> the remote record an earlier attempt of this
+-- create made, or nil. An attempt whose answer was never recorded (the
+-- process died meanwhile) may have reached the remote; without an
+-- idempotency key the remote would make it twice, so when the export
+-- declares natural_key (a field of the sent record whose value names one
+-- remote record) the remote is looked in first.
+function Exporter:find_created(plan)
+  local field = self.sync.export.natural_key
+  if not field then return nil end
+  local value = plan.body[field]
+  if value == nil or value == null then return nil end
+  local found = self:natural_index(field)[tostring(value)]
+  if found and found[self.sync.id_field] ~= nil then
+    self.session.log("info", string.format("sync \"%s\": local %s %s: the create an earlier run sent reached the "
+      .. "remote (found by natural_key %s = %s): not sent again", self.sync.name, self.sync.entities[1],
+      tostring(plan.local_id), field, tostring(value)))
+    return found
+  end
+  return nil
 end
 
 function Exporter:created(plan, remote_id, answer)

@@ -498,7 +498,8 @@ local function order_syncs(job)
   job.run_order = order
 end
 
-local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true }
+local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true,
+  natural_key = true }
 
 -- export = true | { on_change = true, deletes = "delete" | "ignore",
 --   conflict = "remote_wins" | "local_wins" | "newest" | function, batch }
@@ -510,8 +511,12 @@ local function validate_export(job, sync)
   check_options(sync, spec, export_options, "export")
   local settings = {
     on_change = spec.on_change == true, deletes = spec.deletes or "ignore", conflict = spec.conflict or "remote_wins",
-    batch = spec.batch or 500, resource = spec.resource,
+    batch = spec.batch or 500, resource = spec.resource, natural_key = spec.natural_key,
   }
+  if settings.natural_key ~= nil and (type(settings.natural_key) ~= "string" or settings.natural_key == "") then
+    sync_error(sync, "export natural_key must be the name of a field of the records sent, got %s",
+      tostring(settings.natural_key))
+  end
   if settings.deletes ~= "delete" and settings.deletes ~= "ignore" then
     sync_error(sync, "export deletes must be \"delete\" or \"ignore\", got %s", tostring(settings.deletes))
   end
