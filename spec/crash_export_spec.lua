@@ -92,6 +92,17 @@ local function audited(dir)
   return out
 end
 
+-- A first run, then a new local row whose create is killed once the
+-- remote made it; returns the rows before it and its local id.
+local function create_crashed(dir)
+  ok_run(dir)
+  local before = T.value(dir, "SELECT count(*) FROM contact") or 0
+  X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'v1', 7)")
+  local id = T.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
+  crash_run(dir, "create")
+  return before, id
+end
+
 describe("a kill between send and record", function()
   local server, dir
 
@@ -155,11 +166,7 @@ describe("a kill between send and record", function()
   }) do
     it("a create (" .. case.what .. "): the next run creates no duplicate on either side", function()
       write_job(dir, server.url, { import = case.import })
-      ok_run(dir)
-      local before = T.value(dir, "SELECT count(*) FROM contact") or 0
-      X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'v1', 7)")
-      local id = T.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
-      crash_run(dir, "create")
+      local before, id = create_crashed(dir)
       assert.equal(4, #server.data().contacts)
       local first_post = T.requests(server.log(), { method = "POST" })[1]
       server.reset_log()
@@ -183,11 +190,7 @@ describe("a kill between send and record", function()
       .. "duplicate", function()
       write_job(dir, server.url, { import = case.import, provider = "idempotency_header = false",
         export = 'natural_key = "email"' })
-      ok_run(dir)
-      local before = T.value(dir, "SELECT count(*) FROM contact") or 0
-      X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'v1', 7)")
-      local id = T.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
-      crash_run(dir, "create")
+      local before, id = create_crashed(dir)
       assert.equal(4, #server.data().contacts)
       assert.is_nil(T.header(T.requests(server.log(), { method = "POST" })[1], "Idempotency-Key"))
       X.sql(dir, string.format("UPDATE contact SET name = 'v2' WHERE id = %d", id))
@@ -203,11 +206,7 @@ describe("a kill between send and record", function()
 
     it("a create (" .. case.what .. ") then a newer local change: v2 on both sides, once", function()
       write_job(dir, server.url, { import = case.import })
-      ok_run(dir)
-      local before = T.value(dir, "SELECT count(*) FROM contact") or 0
-      X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@example.com', 'v1', 7)")
-      local id = T.value(dir, "SELECT id FROM contact WHERE email = 'new@example.com'")
-      crash_run(dir, "create")
+      local before, id = create_crashed(dir)
       audit(dir)
       X.sql(dir, string.format("UPDATE contact SET name = 'v2' WHERE id = %d", id))
       server.reset_log()
