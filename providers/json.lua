@@ -42,10 +42,11 @@ local function lines_before(text, message)
   end
 end
 
-local function open(f, name, config)
+local function open(f, name, config, max_line)
   local buf, pos, eof = "", 1, false
   local line, counted = 1, 1     -- newlines in buf before `counted` are in `line`
   local collecting, pieces, start = false, nil, 1
+  local collected, oversize = 0, false -- a record's bytes so far; past max_line
   local stack = {}               -- open brackets of the value being scanned
   local state = "start"
   local source = {}
@@ -67,7 +68,12 @@ local function open(f, name, config)
     local chunk = f:read(CHUNK)
     if not chunk then eof = true return false end
     count_to(#buf + 1)
-    if collecting then pieces[#pieces + 1] = sub(buf, start) end
+    if collecting then
+      pieces[#pieces + 1] = sub(buf, start)
+      collected = collected + #buf - start + 1
+      -- a record over max_line is scanned on to its end, not kept
+      if collected > max_line then collecting, pieces, oversize = false, nil, true end
+    end
     if pos <= #buf then pos = #buf + 1 end
     pos, buf, counted, start = pos - #buf, chunk, 1, 1
     return true
@@ -142,12 +148,14 @@ local function open(f, name, config)
 
   -- scan(collect) -> the value's text (collect) or true | nil, message; the
   -- value starts at pos (not a space) and pos ends just after it.
+  -- A collected value over max_line bytes is false (it was scanned past).
   local function scan(collect)
-    collecting, pieces, start = collect, collect and {} or nil, pos
+    collecting, pieces, start, collected, oversize = collect, collect and {} or nil, pos, 0, false
     local ok, err = scan_any()
     collecting = false
     if not ok then return nil, err end
     if not collect then return true end
+    if oversize or collected + pos - start > max_line then return false end
     pieces[#pieces + 1] = sub(buf, start, pos - 1)
     return concat(pieces)
   end
@@ -181,6 +189,7 @@ local function open(f, name, config)
         end
         local text
         text, err = scan(true)
+        if text == false then return nil, string.format("a key over max_line (%d bytes)", max_line) end
         if not text then return nil, err end
         ok, err = expect(COLON, "':'")
         if not ok then return nil, err end
@@ -216,6 +225,11 @@ local function open(f, name, config)
     count_to(pos)
     local at = line
     local text, err = scan(true)
+    if text == false then
+      source.keep = true
+      return false, located(name, at, string.format("a record over max_line (%d bytes): passed over; the provider's "
+        .. "setting max_line reads longer ones", max_line))
+    end
     if not text then return broken(err) end
     local record
     record, err = decode_object(text)

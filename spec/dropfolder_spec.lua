@@ -247,6 +247,16 @@ describe("max_line", function()
     local failure = failing_run(d, 2)
     assert.matches("@a.csv:3: a line of 5007 bytes is over max_line (1000 bytes)", failure, 1, true)
   end)
+
+  it("json: a record over max_line is one failure; the records after it arrive; the file stays", function()
+    local d = newdir()
+    job(d, "max_line = 1000", "json")
+    drop(d, "a.json", '[{"id": 1, "email": "a@x", "name": "A", "age": 1},\n{"id": 2, "email": "'
+      .. string.rep("y", 5000) .. '", "name": "B", "age": 2},\n{"id": 3, "email": "c@x", "name": "C", "age": 3}]\n')
+    local failure = failing_run(d, 2)
+    assert.matches("@a.json:2: a record over max_line (1000 bytes)", failure, 1, true)
+    assert.same({ "a.json" }, S.ls(d .. "/inbox"))
+  end)
 end)
 
 describe("csv with a quote that never closes", function()
