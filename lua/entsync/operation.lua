@@ -126,9 +126,10 @@ local function as_entsync_error(e)
 end
 
 -- An error that ends a run names its sync (the remote's and the provider's
--- own messages do not know it).
+-- own messages do not know it; a URL holding the sync's name is no naming).
 local function naming(sync, e)
-  if (e.kind == "provider" or e.kind == "http" or e.kind == "conflict") and not e.message:find(sync.name, 1, true) then
+  local named = 'sync "' .. sync.name .. '"'
+  if (e.kind == "provider" or e.kind == "http" or e.kind == "conflict") and not e.message:find(named, 1, true) then
     e.message = string.format("sync \"%s\": %s", sync.name, e.message)
   end
   return e
