@@ -39,11 +39,11 @@ local function open(f, name, _, max_line)
     return false, filesource.unfinished(source, f, located(name, line_no, err)), line
   end
 
-  -- next_unknown(known, seed, max) -> line | nil, skipped: lines whose
-  -- hash is in `known` are skipped in C (at most max); the first line goes
-  -- through next_raw for its BOM.
-  -- A line over max_line is false, message (after the known lines
-  -- before it have been counted as skipped).
+  -- next_unknown(known, seed, max) -> line | nil, skipped, more, hash:
+  -- lines whose hash is in `known` are skipped in C (at most max); hash is
+  -- the line's; the first line goes through next_raw for its BOM. A line
+  -- over max_line is false, skipped, message (after the known lines before
+  -- it have been counted as skipped).
   function source.next_unknown(known, seed, max)
     if held then
       local message = held
@@ -54,18 +54,19 @@ local function open(f, name, _, max_line)
       local line, err = source.next_raw()
       if line == false then return false, 0, err end
       if not line then return nil, 0 end
-      if known:has(core.hash.bytes(line, seed)) then return nil, 1, true end
-      return line, 0
+      local hash = core.hash.bytes(line, seed)
+      if known:has(hash) then return nil, 1, true end
+      return line, 0, false, hash
     end
-    local line, skipped, lines, bytes = core.hash.skip_known(f, known, seed, max, max_line)
+    local line, skipped, lines, hash = core.hash.skip_known(f, known, seed, max, max_line)
     line_no = line_no + lines
     if line == false then
-      local message = filesource.too_long(source, name, line_no, bytes, max_line)
+      local message = filesource.too_long(source, name, line_no, hash, max_line)
       if skipped == 0 then return false, 0, message end
       held = message
       return nil, skipped, true
     end
-    return line, skipped, line == nil and skipped >= max
+    return line, skipped, line == nil and skipped >= max, hash
   end
 
   function source.next()
