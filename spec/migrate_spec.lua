@@ -1,7 +1,7 @@
 -- A store written by the previous entsync (schema 1:
 -- spec/support/fixtures/store_v1.sql, for store_v1_job.lua and its data)
 -- loaded with the sqlite3 shell and opened by this entsync: migrated to
--- schema 2 with nothing re-imported (every hash kept), the split's link
+-- schema 4 with nothing re-imported (every hash kept), the split's link
 -- column filled, one id-map row per remote record, and the old outbox's
 -- pending changes handed to the sync that exports them. Run again, it
 -- changes nothing.
@@ -59,11 +59,11 @@ describe("a schema 1 store", function()
 
   after_each(function() helpers.rmdir(dir) end)
 
-  it("is migrated on open: schema 2, every contact and tag unchanged, the broken line still the one failure",
+  it("is migrated on open: schema 4, every contact and tag unchanged, the broken line still the one failure",
     function()
       local r = T.run(dir, { "run" })
       assert.equal(1, r.code, r.stdout .. r.stderr) -- line 21 of the contacts fails, as it did before
-      assert.equal(2, T.value(dir, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+      assert.equal(4, T.value(dir, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
       local lines = T.lines(r.stdout)
       local tags, contacts = T.counts(lines.tags.import), T.counts(lines.contacts.import)
       assert.same({ 0, 0, 10, 0 }, { tags.created, tags.updated, tags.unchanged, tags.failed }, lines.tags.import)

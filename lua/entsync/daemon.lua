@@ -18,7 +18,9 @@
 -- runs, and a second one exits 3 naming the first.
 --
 -- With --listen HOST:PORT it serves GET /metrics (entsync.metrics) and GET
--- / (entsync.web) from a task of the same loop (entsync.httpd). Under a
+-- / (entsync.web) from a task of the same loop (entsync.httpd), and the
+-- webhooks the job's syncs declare (entsync.webhook: POST <path>, each
+-- accepted event pulled by a task of its sync). Under a
 -- service manager that listens ($NOTIFY_SOCKET: systemd's Type=notify) it
 -- says READY=1 once it serves, STOPPING=1 when it stops, RELOADING=1 on
 -- SIGHUP, and pings the watchdog ($WATCHDOG_USEC) from a timer task at half
@@ -251,6 +253,7 @@ end
 -- reload).
 function Daemon:start_tasks()
   self.tasks = {}
+  self:start_webhooks()
   for name, entry in pairs(self.schedules) do
     self.tasks[#self.tasks + 1] = loop.spawn(self.scheduled, self, name, entry)
   end
@@ -296,14 +299,15 @@ end
 -- from the store when asked.
 function Daemon:serve(listen)
   local httpd = require "entsync.httpd"
-  local server = httpd.listen(listen.host, listen.port, { log = self.options.log })
+  local server = httpd.listen(listen.host, listen.port, { log = self.options.log,
+    max_body = require("entsync.webhook").max_body(self.job) })
   local daemon = self
   local function report(recent)
     return require("entsync.status").gather(daemon.job.store_file, daemon.job, { recent = recent })
   end
   server:route("GET", "/metrics", function()
     local text = require("entsync.metrics").render(report(), { http = require("entsync.http").stats(),
-      started_at = daemon.started_at, requests = server.requests })
+      started_at = daemon.started_at, requests = server.requests, webhooks = daemon:webhook_stats() })
     return 200, text, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }
   end)
   server:route("GET", "/", function()
@@ -316,8 +320,52 @@ function Daemon:serve(listen)
   self.server = server
   local host = listen.host:find(":", 1, true) and ("[" .. listen.host .. "]") or listen.host
   self.listen = string.format("%s:%d", host, server.port)
-  self:log("info", string.format("serving http://%s/ (/metrics, /, /status.json)", self.listen),
-    { event = "listening", address = self.listen })
+  local paths = {}
+  for _, name in ipairs(self.job.sync_order) do
+    local hook = self.job.syncs[name].webhook
+    if hook then paths[#paths + 1] = "POST " .. hook.path end
+  end
+  self:log("info", string.format("serving http://%s/ (/metrics, /, /status.json%s)", self.listen,
+    #paths > 0 and (", " .. table.concat(paths, ", ")) or ""), { event = "listening", address = self.listen })
+end
+
+-- The job's webhooks: a hook per sync that declares one (its counts kept
+-- across a reload), its route on the server and its pull task.
+function Daemon:start_webhooks()
+  local webhook = require "entsync.webhook"
+  local old, daemon = self.hooks or {}, self
+  self.hooks = {}
+  if self.server then self.server:unroute("webhook") end
+  for _, name in ipairs(self.job.sync_order) do
+    local sync = self.job.syncs[name]
+    if sync.webhook then
+      local hook = webhook.new(self.session, sync, { log = self.options.log, idle = self.idle,
+        exclusive = function(fn) return daemon:exclusive(name, fn) end,
+        should_stop = function() return daemon.stopping end })
+      if old[name] then hook.counts = old[name].counts end
+      self.hooks[name] = hook
+      if self.server then
+        self.server:route("POST", sync.webhook.path, function(request) return hook:receive(request) end,
+          { tag = "webhook" })
+      else
+        self:log("error", string.format("sync \"%s\" declares a webhook, but the daemon does not listen: "
+          .. "start it with --listen HOST:PORT", name), { sync = name })
+      end
+      self.tasks[#self.tasks + 1] = loop.spawn(hook.run, hook, function(result, seconds)
+        self:summary(result, require("entsync.operation").summary(result, seconds), seconds, "webhook")
+      end)
+    end
+  end
+end
+
+-- The webhooks' counts for the metrics: { sync = hook:stats() }.
+function Daemon:webhook_stats()
+  local out = {}
+  for name, hook in pairs(self.hooks or {}) do
+    local ok, stats = pcall(hook.stats, hook)
+    if ok then out[name] = stats end
+  end
+  return out
 end
 
 -- Pings the service manager's watchdog at half its period, while the
@@ -389,6 +437,14 @@ function Daemon:main()
 end
 
 function M.run(job, options)
+  if not options.listen then
+    for _, name in ipairs(job.sync_order) do
+      if job.syncs[name].webhook then
+        errors.raise("usage", string.format("%s: sync \"%s\" declares a webhook: start the daemon with --listen "
+          .. "HOST:PORT to receive it", job.display_path, name))
+      end
+    end
+  end
   return loop.run(function()
     local daemon
     local session = require("entsync.session").open(job, { wait = 0, log = options.log,
