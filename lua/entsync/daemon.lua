@@ -99,10 +99,16 @@ function Daemon:publish()
   pcall(self.session.ledger.set_meta, self.session.ledger, "daemon", state)
 end
 
--- Runs fn for sync name unless that sync is running already.
-function Daemon:exclusive(name, fn)
-  if self.busy[name] then return false end
-  self.busy[name] = true
+-- Runs fn for sync name unless that sync is running already. A webhook's
+-- pull (kind "webhook") holds a sync while events come; another task that
+-- finds it so marks the sync wanted, and the pull lets go at its next batch.
+function Daemon:exclusive(name, fn, kind)
+  if self.busy[name] then
+    if self.busy[name] == "webhook" and kind ~= "webhook" then self.wanted[name] = true end
+    return false
+  end
+  if kind ~= "webhook" then self.wanted[name] = nil end
+  self.busy[name] = kind or true
   self:publish()
   local ok, err = pcall(fn)
   self.busy[name] = nil
@@ -129,7 +135,7 @@ function Daemon:run_sync(name)
   for _, planned in ipairs(require("entsync.job").plan(job, { name })) do
     if self.stopping then return end
     local sync = job.syncs[planned]
-    local ran = self:exclusive(planned, function()
+    local function body()
       if sync.import.enabled then
         local started = core.sys.monotonic()
         local result = require("entsync.import").run(session, sync)
@@ -137,7 +143,12 @@ function Daemon:run_sync(name)
         self:summary(result, operation.summary(result, seconds), seconds, "import")
       end
       if sync.export and sync.export.on_change and not self.stopping then self:drain(sync) end
-    end)
+    end
+    local ran = self:exclusive(planned, body)
+    while not ran and self.busy[planned] == "webhook" and not self.stopping do
+      self.idle:wait() -- a webhook's pull lets go of the sync at its next batch
+      ran = self:exclusive(planned, body)
+    end
     if not ran then
       self:log("info", string.format("sync \"%s\" is running already: not started again", planned))
     end
@@ -154,7 +165,7 @@ function Daemon:scheduled(name, entry)
       self.wake:wait(wait)
     else
       entry.due = schedule.next_time(entry.parsed, now())
-      if self.busy[name] or self.starting[name] then
+      if (self.busy[name] and self.busy[name] ~= "webhook") or self.starting[name] then
         self:log("warn", string.format("sync \"%s\" is still running: this turn is skipped", name))
       else
         self:log("info", string.format("sync \"%s\" is due (%s)", name, entry.text))
@@ -209,6 +220,7 @@ function Daemon:drainer(sync)
   while not self.stopping do
     local mark = self.change_count
     local ok, work = pcall(export.has_work, self.session, sync)
+    if ok and work and self.busy[sync.name] == "webhook" then self.wanted[sync.name] = true end
     if ok and work and not self.busy[sync.name] then
       self:exclusive(sync.name, function() self:drain(sync) end)
     elseif self.change_count == mark then
@@ -273,7 +285,9 @@ end
 -- Reloads the job file once nothing runs; the old job stays when the new
 -- one fails to load.
 function Daemon:reload()
+  self.reloading = true
   while next(self.busy) or next(self.starting) do self.idle:wait() end
+  self.reloading = false
   notify(self, "RELOADING=1")
   -- the providers' code and the job's own modules are read again too
   local ok, job = require("entsync.job").reload(self.job)
@@ -340,7 +354,8 @@ function Daemon:start_webhooks()
     local sync = self.job.syncs[name]
     if sync.webhook then
       local hook = webhook.new(self.session, sync, { log = self.options.log, idle = self.idle,
-        exclusive = function(fn) return daemon:exclusive(name, fn) end,
+        exclusive = function(fn) return daemon:exclusive(name, fn, "webhook") end,
+        wanted = function() return daemon.wanted[name] or daemon.reloading end,
         should_stop = function() return daemon.stopping end })
       if old[name] then hook.counts = old[name].counts end
       self.hooks[name] = hook
@@ -462,7 +477,7 @@ function M.run(job, options)
         operation.describe_holder(info.holder)))
     end
     daemon = setmetatable({
-      job = job, session = session, options = options, started_at = now(), busy = {}, starting = {},
+      job = job, session = session, options = options, started_at = now(), busy = {}, starting = {}, wanted = {},
       schedules = plan_schedules(job), wake = loop.condition(), idle = loop.condition(),
     }, Daemon)
     daemon:publish()

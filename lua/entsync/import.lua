@@ -787,48 +787,19 @@ function M.run(session, sync, options)
   end, cursor_text(before))
 end
 
--- Fetches remote_ids[from..to] through the provider's get: { ok, record
--- [, why] } per index (pcall's results). One at a time in the run's task
--- (concurrency 1), else up to `concurrency` tasks at once, each with a
--- context of its own; the provider's own limits cap what is on the wire.
-local function fetch_range(run, remote_ids, from, to, concurrency, meter)
-  local sync, results = run.sync, {}
-  local function fetch(i, ctx)
-    local remote_id = remote_ids[i]
-    results[i] = table.pack(pcall(provider_contract.call, sync.provider, run.provider, "get", sync.resource,
-      remote_id, ctx:at(remote_id, nil, nil)))
-  end
-  if concurrency <= 1 then
-    for i = from, to do
-      fetch(i, run.ctx)
-      meter:tick(i)
-    end
-    return results
-  end
-  local next_index = from
-  local function worker()
-    local ctx = context.new(run.session, sync, "import")
-    while next_index <= to do
-      local i = next_index
-      next_index = i + 1
-      fetch(i, ctx)
-    end
-  end
-  local tasks = {}
-  for _ = 1, math.min(concurrency, to - from + 1) do tasks[#tasks + 1] = loop.spawn(worker) end
-  for _, task in ipairs(tasks) do task:wait() end
-  meter:tick(to)
-  return results
+-- The plan of a record fetched by get (ok, record: pcall's results). A
+-- record the remote does not have is gone: the deletes policy settles it;
+-- unasked, one the id map does not know either is nothing to do rather
+-- than a failure.
+function Run:plan_fetched(remote_id, ok, record, unasked)
+  if not ok then return fail_plan(ids.text(remote_id), "fetching it failed: " .. errors.message(record)) end
+  if record == nil then return self:gone(remote_id, nil, not unasked) end
+  return self:prepare(record)
 end
 
--- Imports records by remote id (import, a webhook's pull) or by local id
--- (refresh), in one run logged as that operation. options: all (refresh
--- --all), concurrency (gets at once, default 1), unasked (a remote id the
--- remote does not have and the id map does not know is nothing to do,
--- rather than a failure), checkpoint (called in the last batch's
--- transaction).
+-- Imports records by remote id (import) or by local id (refresh), in one
+-- run logged as that operation.
 local function run_single(session, sync, operation_name, remote_ids, options)
-  options = options or {}
   return operation.run(session, sync, operation_name, operation_name, function(op)
     local run = new_run(session, sync, op)
     if type(run.provider.get) ~= "function" then
@@ -838,27 +809,20 @@ local function run_single(session, sync, operation_name, remote_ids, options)
     local meter = progress.new(session.options, sync.name, function() return #remote_ids end,
       { sync = sync.name, operation = operation_name })
     for start = 1, #remote_ids, sync.import.batch do
-      local stop = math.min(#remote_ids, start + sync.import.batch - 1)
-      local fetched = fetch_range(run, remote_ids, start, stop, options.concurrency or 1, meter)
       local plans = {}
-      for i = start, stop do
-        local remote_id, ok, record = remote_ids[i], fetched[i][1], fetched[i][2]
-        if not ok then
-          plans[#plans + 1] = fail_plan(ids.text(remote_id), "fetching it failed: " .. errors.message(record))
-        elseif record == nil then
-          -- gone from the remote: the deletes policy settles it
-          plans[#plans + 1] = run:gone(remote_id, nil, not options.unasked)
-        else
-          plans[#plans + 1] = run:prepare(record)
-        end
+      for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
+        local remote_id = remote_ids[i]
+        local fetched, record = pcall(provider_contract.call, sync.provider, run.provider, "get", sync.resource,
+          remote_id, run.ctx:at(remote_id, nil, nil))
+        plans[#plans + 1] = run:plan_fetched(remote_id, fetched, record, false)
+        meter:tick(i)
       end
-      local last = stop >= #remote_ids
+      local last = start + sync.import.batch - 1 >= #remote_ids
       run:write_batch(plans, function()
-        if last and options.all and sync.mapping_fingerprint then
+        if last and options and options.all and sync.mapping_fingerprint then
           -- every entity was fetched and mapped again
           session.ledger:set_fingerprint(run.sync_id, sync.mapping_fingerprint)
         end
-        if last and options.checkpoint then options.checkpoint() end
       end)
       if not last then loop.sleep(0) end
       if not last and session.options.should_stop and session.options.should_stop() then
@@ -872,14 +836,26 @@ local function run_single(session, sync, operation_name, remote_ids, options)
   end)
 end
 
--- pull(session, sync, remote_ids, options) -> result: what a webhook
--- named, fetched (options.concurrency at once) and imported in one run of
--- operation "webhook"; options.checkpoint runs in the commit of the last
--- batch. An id the remote no longer has settles by the deletes policy, or
+-- pull(session, sync, take) -> result: one run of operation "webhook"
+-- that imports what take(op) hands over, batch by batch, until it hands
+-- over nothing. take may wait (it fetches, in the run's task and under its
+-- lease); it returns a list of { remote_id, ok, record } (get's results
+-- through pcall) and a function called in that batch's commit, or nil.
+-- A remote id the remote no longer has settles by the deletes policy, or
 -- is nothing to do when the id map does not know it.
-function M.pull(session, sync, remote_ids, options)
-  return run_single(session, sync, "webhook", remote_ids, { concurrency = options.concurrency, unasked = true,
-    checkpoint = options.checkpoint })
+function M.pull(session, sync, take)
+  return operation.run(session, sync, "webhook", "webhook", function(op)
+    local run = new_run(session, sync, op)
+    while true do
+      local fetched, checkpoint = take(op)
+      if not fetched then break end
+      local plans = {}
+      for i, f in ipairs(fetched) do plans[i] = run:plan_fetched(f.remote_id, f.ok, f.record, true) end
+      run:write_batch(plans, checkpoint)
+    end
+    if not session.dry then session.ledger:release_deferred(sync.name) end
+    return { complete = true }
+  end)
 end
 
 function M.import_one(session, sync, remote_id)

@@ -983,10 +983,13 @@ SQL.prune_events = [[DELETE FROM entsync_webhook_events WHERE sync = ?1 AND done
   AND (received_at < ?2 OR seq <= coalesce(
     (SELECT seq FROM entsync_webhook_events WHERE sync = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?3), 0))]]
 
--- receive_event(sync_id, event_id, ids_json) -> true when the event is new
--- (recorded, its pull pending), false when the sync received it before.
+-- receive_event(sync_id, event_id, ids_json) -> true and its seq when the
+-- event is new (recorded, its pull pending), false when the sync received
+-- it before.
 function Ledger:receive_event(sync_id, event_id, ids_json)
-  return self.store:run(SQL.receive_event, sync_id, event_id, ids_json, core.sys.now()) == 1
+  local changes, seq = self.store:run(SQL.receive_event, sync_id, event_id, ids_json, core.sys.now())
+  if changes == 1 then return true, seq end
+  return false
 end
 
 -- The events whose pull has not committed, oldest first: { seq, event_id,

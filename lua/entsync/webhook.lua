@@ -30,12 +30,14 @@
 -- The secret is held by the job only: no log line, page, metric or row
 -- holds it or a signature.
 
+local context = require "entsync.context"
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local ids = require "entsync.ids"
 local json = require "entsync.json"
 local loop = require "entsync.loop"
 local mapping = require "entsync.mapping"
+local provider_contract = require "entsync.provider"
 
 local M = {}
 
@@ -178,14 +180,22 @@ end
 local Hook = {}
 Hook.__index = Hook
 
--- new(session, sync, options) -> hook. options: log(level, message,
--- fields), exclusive(fn) -> false when the sync is running already (the
--- daemon's), idle (a condition notified when a run of the job ends),
--- should_stop().
+-- A queued event: its seq, its remote ids, and their gets' results.
+local function entry(seq, remote_ids)
+  return { seq = seq, ids = remote_ids, results = {}, left = #remote_ids, started = 0 }
+end
+
+-- new(session, sync, options) -> hook, its queue the events pending in
+-- the store. options: log(level, message, fields), exclusive(fn) -> false
+-- when the sync is running already (the daemon's), idle (a condition
+-- notified when a run of the job ends), wanted() (another task waits for
+-- the sync), should_stop().
 function M.new(session, sync, options)
-  return setmetatable({ session = session, sync = sync, settings = sync.webhook, options = options,
+  local hook = setmetatable({ session = session, sync = sync, settings = sync.webhook, options = options,
     wake = loop.condition(), pruned_at = 0, failures = 0,
     counts = { accepted = 0, duplicate = 0, unauthorized = 0, invalid = 0, too_large = 0 } }, Hook)
+  hook:queue_pending()
+  return hook
 end
 
 local function answer(status, text)
@@ -215,7 +225,8 @@ function Hook:receive(request)
     return 400, list .. "\n"
   end
   local book = self.session.ledger
-  if not book:receive_event(book:sync_id(sync.name), event, json.encode(list)) then
+  local new, seq = book:receive_event(book:sync_id(sync.name), event, json.encode(list))
+  if not new then
     self.counts.duplicate = self.counts.duplicate + 1
     self.options.log("debug", string.format("webhook of sync \"%s\": event %s seen before: ignored", sync.name, event),
       { event = "webhook", sync = sync.name, outcome = "duplicate", event_id = event })
@@ -224,56 +235,106 @@ function Hook:receive(request)
   self.counts.accepted = self.counts.accepted + 1
   self.options.log("debug", string.format("webhook of sync \"%s\": event %s names %d remote ids", sync.name, event,
     #list), { event = "webhook", sync = sync.name, outcome = "accepted", event_id = event })
+  self.queue[#self.queue + 1] = entry(seq, list)
   self.wake:notify_all()
   return answer(202, "accepted")
 end
 
 -- pulling -----------------------------------------------------------------------------------
+--
+-- The accepted events wait in the hook's queue (in the order received;
+-- the store holds the same as pending rows). While there are any, the
+-- hook's task holds the sync (the daemon's exclusive) in one run of
+-- operation "webhook" (import.pull): each event's gets start as soon as
+-- it is queued, `concurrency` at a time, and the events at the head whose
+-- every get has answered are written in one batch, whose commit marks them
+-- pulled. Events commit in the order received, so of two events naming
+-- one record the later fetch is written last. The run ends once the queue
+-- has been empty for IDLE seconds, after MAX_RUN seconds, when another
+-- task wants the sync (a scheduled run, an export) or the daemon stops:
+-- it starts no new gets then, and ends once those started are written.
 
--- The remote ids of events (each once, in order) and their seqs (JSON).
-local function gather(events)
-  local remote_ids, seen, seqs = {}, {}, json.array()
-  for _, event in ipairs(events) do
-    seqs[#seqs + 1] = event.seq
-    for _, id in ipairs(json.try_decode(event.ids) or {}) do
-      local key = ids.text(id)
-      if not seen[key] then
-        seen[key] = true
-        remote_ids[#remote_ids + 1] = id
-      end
+local IDLE = 0.5
+local MAX_RUN = 10
+
+-- queue_pending(): the queue is the store's pending events (at start, and
+-- after a run that failed).
+function Hook:queue_pending()
+  local book = self.session.ledger
+  self.queue, self.inflight, self.generation = {}, 0, (self.generation or 0) + 1
+  for _, row in ipairs(book:pending_events(book:sync_id(self.sync.name), -1)) do
+    self.queue[#self.queue + 1] = entry(row.seq, json.try_decode(row.ids) or {})
+  end
+end
+
+-- Starts the gets of queued events, `concurrency` in flight at most.
+function Hook:dispatch()
+  local sync, s = self.sync, self.settings
+  local provider = self.session:provider(sync.provider)
+  for _, e in ipairs(self.queue) do
+    while e.started < #e.ids do
+      if self.inflight >= s.concurrency then return end
+      e.started = e.started + 1
+      self.inflight = self.inflight + 1
+      local i, generation = e.started, self.generation
+      loop.spawn(function()
+        local remote_id = e.ids[i]
+        local ctx = context.new(self.session, sync, "import"):at(remote_id, nil, nil)
+        e.results[i] = table.pack(pcall(provider_contract.call, sync.provider, provider, "get", sync.resource,
+          remote_id, ctx))
+        e.left = e.left - 1
+        if generation == self.generation then self.inflight = self.inflight - 1 end
+        self.wake:notify_all()
+      end)
     end
   end
-  return remote_ids, json.encode(seqs)
 end
 
--- pull(events): fetches and imports what they name; their commit marks
--- them pulled. Raises when the run fails (they stay pending).
-function Hook:pull(events)
-  local session, sync = self.session, self.sync
-  local remote_ids, seqs = gather(events)
-  local book = session.ledger
-  if #remote_ids == 0 then
-    session:transaction(nil, function() book:finish_events(seqs) end)
-    return nil
+-- The events at the head whose gets have all answered (one import batch
+-- of ids at most, an event naming more taken whole), taken off the queue:
+-- their records (each remote id once, its latest fetch) and their seqs.
+function Hook:take_ready()
+  local batch, count = {}, 0
+  while self.queue[1] and self.queue[1].left == 0 and self.queue[1].started == #self.queue[1].ids do
+    local e = self.queue[1]
+    if #batch > 0 and count + #e.ids > self.sync.import.batch then break end
+    table.remove(self.queue, 1)
+    batch[#batch + 1], count = e, count + #e.ids
   end
-  local started = core.sys.monotonic()
-  local result = require("entsync.import").pull(session, sync, remote_ids, { concurrency = self.settings.concurrency,
-    checkpoint = function() book:finish_events(seqs) end })
-  return result, core.sys.monotonic() - started
+  if #batch == 0 then return nil end
+  local fetched, at, seqs = {}, {}, json.array()
+  for _, e in ipairs(batch) do
+    seqs[#seqs + 1] = e.seq
+    for i, remote_id in ipairs(e.ids) do
+      local key, r = ids.text(remote_id), e.results[i]
+      local f = { remote_id = remote_id, ok = r[1], record = r[2] }
+      if at[key] then fetched[at[key]] = f else fetched[#fetched + 1], at[key] = f, #fetched + 1 end
+    end
+  end
+  return fetched, json.encode(seqs)
 end
 
--- The events to pull next: the oldest pending, as many as hold one
--- import batch of ids (an event naming more is taken whole).
-function Hook:next_events()
-  local book = self.session.ledger
-  local rows = book:pending_events(book:sync_id(self.sync.name), self.sync.import.batch)
-  local events, count = {}, 0
-  for _, row in ipairs(rows) do
-    local n = #(json.try_decode(row.ids) or {})
-    if #events > 0 and count + n > self.sync.import.batch then break end
-    events[#events + 1], count = row, count + n
+-- take(started): import.pull's source, in the run's task: starts gets,
+-- waits for the next batch of fetched events; nil ends the run.
+function Hook:take(started)
+  local book, options = self.session.ledger, self.options
+  local quiet_since = core.sys.monotonic()
+  while true do
+    local ending = options.should_stop() or options.wanted() or core.sys.monotonic() - started > MAX_RUN
+    if not ending then self:dispatch() end
+    local fetched, seqs = self:take_ready()
+    if fetched then return fetched, function() book:finish_events(seqs) end end
+    if self.inflight > 0 then
+      self.wake:wait(1) -- a get answers, or an event comes
+      quiet_since = core.sys.monotonic()
+    elseif ending then
+      return nil -- what was started is written; the rest waits for the next run
+    else
+      local left = IDLE - (core.sys.monotonic() - quiet_since)
+      if left <= 0 then return nil end
+      self.wake:wait(left)
+    end
   end
-  return events
 end
 
 function Hook:prune()
@@ -284,30 +345,33 @@ function Hook:prune()
   book:prune_events(book:sync_id(self.sync.name), now - self.settings.keep_days * 86400, self.settings.keep_events)
 end
 
--- run(): the sync's webhook task: pulls pending events (those left by a
--- previous daemon first), sleeps until an event is accepted; after a
--- failed pull it waits (0.5 s, doubling up to 30 s) and tries again.
--- summary(result, seconds) reports each pull.
+-- run(summary): the sync's webhook task: while events are queued, pulls
+-- them in runs of the sync (summary(result, seconds) reports each); in
+-- between, sleeps until one is accepted. After a run that failed, the
+-- queue is read again from the store and the next run waits (0.5 s,
+-- doubling up to 30 s).
 function Hook:run(summary)
   local options = self.options
   while not options.should_stop() do
-    local events = self:next_events()
-    if #events == 0 then
+    if #self.queue == 0 then
       self.wake:wait(SAFETY_NET)
+    elseif options.wanted() then
+      options.idle:wait(1) -- another task takes the sync first
     else
-      local pulled, result, seconds = false, nil, nil
+      local result, started
       local ran = options.exclusive(function()
-        result, seconds = self:pull(events)
-        pulled = true
+        started = core.sys.monotonic()
+        result = require("entsync.import").pull(self.session, self.sync, function() return self:take(started) end)
       end)
       if not ran then
         options.idle:wait(1) -- the sync runs: its end lets the pull go
-      elseif pulled then
+      elseif result then
         self.failures = 0
-        if result then summary(result, seconds) end
+        summary(result, core.sys.monotonic() - started)
         pcall(self.prune, self)
       else
         self.failures = self.failures + 1
+        self:queue_pending()
         loop.sleep(math.min(MAX_BACKOFF, 0.5 * 2 ^ (self.failures - 1)))
       end
     end
