@@ -9,6 +9,7 @@
 -- by a daemon killed before its pull is pulled after the restart. The
 -- secret appears in no log line, page or byte of the store.
 
+local core = require "entsync.core"
 local D = require "daemon_support"
 local fixture = require "fixture"
 local helpers = require "helpers"
@@ -261,6 +262,45 @@ describe("webhooks", function()
       if e.method ~= "GET" then writes[#writes + 1] = e.method .. " " .. e.path end
     end
     assert.same({ "PUT /api/contacts/1" }, writes)
+  end)
+
+  it("lets an export and a scheduled run take the sync while events keep coming, and pulls them all", function()
+    local child = start('export = { on_change = true }, schedule = "every 2s",')
+    assert.is_truthy(D.wait_log(child, "contacts: 6 created", 10), D.stderr(child))
+    local sent = os.tmpname()
+    local t0 = os.time()
+    local sender = io.popen(string.format("python3 %s %s %s 40 5 1 6 %s", helpers.quote(helpers.root
+      .. "/spec/support/webhook_sender.py"), helpers.quote(base .. "/hooks/crm"), helpers.quote(SECRET),
+      helpers.quote(sent)))
+    -- a second into the stream, a local change
+    assert.is_truthy(helpers.wait_for(function() return #(helpers.read(sent) or "") > 0 end, 5))
+    core.sys.sleep(1)
+    local changed_at = os.time()
+    helpers.sqlite3(db(), "UPDATE contact SET name = 'Changed here' WHERE email = 'c1@example.com'")
+    local put = helpers.wait_for(function()
+      return H.entries(server.log(), { method = "PUT", path = "/api/contacts/1" })[1]
+    end, 10)
+    sender:close()
+    local lines = {}
+    for line in (helpers.read(sent) or ""):gmatch("[^\n]+") do lines[#lines + 1] = line end
+    os.remove(sent)
+    assert.is_truthy(put, D.stderr(child))
+    -- sent while the stream went on: the pull let go of the sync for the export
+    local last_sent = tonumber(lines[#lines]:match("([%d.]+)$"))
+    assert.is_true(put.start < last_sent, "the export waited for the stream to end")
+    assert.is_true(put.start - changed_at < 3, "the export came late")
+    for _, line in ipairs(lines) do assert.matches("^%d+ 202 ", line) end
+    assert.is_true(#lines >= 150, "the sender sent " .. #lines)
+    -- every event is pulled
+    assert.is_truthy(helpers.wait_for(function()
+      return D.peek_value(db(), "SELECT count(*) FROM entsync_webhook_events WHERE done_at IS NOT NULL") == tostring(#lines)
+    end, 10), D.stderr(child))
+    -- scheduled runs came while events flowed: none of their turns was skipped
+    local runs = tonumber(D.peek_value(db(), string.format(
+      "SELECT count(*) FROM entsync_runs WHERE operation = 'run' AND started_at > %d AND started_at < %f", t0, last_sent)))
+    assert.is_true(runs >= 2, "scheduled runs during the stream: " .. runs)
+    assert.is_nil(D.stderr(child):find("this turn is skipped", 1, true), D.stderr(child))
+    assert.equal(0, (D.stop(child)))
   end)
 
   it("pulls after a restart an event accepted by a daemon killed before its pull committed", function()
