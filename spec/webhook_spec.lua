@@ -401,3 +401,54 @@ sync "contacts" { remote = remote, entity = "contact", mapping = { email = "emai
       .. res.stderr, 1, true)
   end)
 end)
+
+describe("examples/webhooks", function()
+  it("runs as its README says: a signed POST imports the change, a replay is a duplicate, a bad one is refused",
+    function()
+    local readme = helpers.read(helpers.root .. "/examples/webhooks/README.md")
+    local block = assert(readme:match("```sh\n(.-)```"), "no sh block in examples/webhooks/README.md")
+    local top = helpers.tmpdir()
+    -- a copy of the tree's top: the example, the fixture server, bin/entsync-run (the binary under test)
+    os.execute(string.format("mkdir -p %s/bin %s/examples %s/spec && cp -R %s %s/examples/ && cp -R %s %s/spec/ "
+      .. "&& ln -s %s %s/bin/entsync-run", helpers.quote(top), helpers.quote(top), helpers.quote(top),
+      helpers.quote(helpers.root .. "/examples/webhooks"), helpers.quote(top),
+      helpers.quote(helpers.root .. "/spec/support"), helpers.quote(top), helpers.quote(helpers.bin),
+      helpers.quote(top)))
+    local pipe = io.popen("python3 -c 'import socket\nfor _ in range(2):\n s = socket.socket(); s.bind((\"127.0.0.1\", 0)); "
+      .. "print(s.getsockname()[1]); s.close()'")
+    local remote_port, listen_port = pipe:read("l"), pipe:read("l")
+    pipe:close()
+    -- as typed at a prompt, each line runs once the one before has done its work: here, the
+    -- servers are waited for, and the store is read once the pull has had a moment
+    local lines = { "pids=", "trap 'kill $pids 2>/dev/null' EXIT INT TERM",
+      "export CRM_URL=http://127.0.0.1:" .. remote_port }
+    for line in block:gsub("8765", remote_port):gsub("9464", listen_port):gmatch("[^\n]+") do
+      if line:match("^sqlite3 ") then lines[#lines + 1] = "sleep 1" end
+      if line:match("&$") then
+        -- the servers' output goes elsewhere, so this pipe ends with the script
+        lines[#lines + 1] = line:gsub("&$", ">/dev/null 2>&1 &")
+        lines[#lines + 1] = 'pids="$pids $!"'
+      else
+        lines[#lines + 1] = line
+      end
+      if line:match("fixture_server%.py") then
+        lines[#lines + 1] = "until curl -s http://127.0.0.1:" .. remote_port .. "/_control/ping >/dev/null; do sleep 0.1; done"
+      elseif line:match("daemon %-%-listen") then
+        lines[#lines + 1] = "until curl -s http://127.0.0.1:" .. listen_port .. "/metrics >/dev/null; do sleep 0.1; done"
+      end
+      if not line:match("^#") and not line:match("&$") and not line:match("^export ") and not line:match("\\$") then
+        lines[#lines + 1] = "echo"
+      end
+    end
+    helpers.write(top .. "/example.sh", "set -e\n" .. table.concat(lines, "\n") .. "\n")
+    pipe = io.popen(string.format("cd %s && timeout 60 sh example.sh 2>&1; echo \"rc=$?\"", helpers.quote(top)))
+    local out = pipe:read("a")
+    pipe:close()
+    helpers.rmdir(top)
+    assert.matches("rc=0\n$", out)
+    assert.matches('{"status":"accepted"}', out, 1, true)
+    assert.matches("\nAnn Lee\n", out)
+    assert.matches('{"status":"duplicate"}', out, 1, true)
+    assert.matches('{"status":"unauthorized"}', out, 1, true)
+  end)
+end)
