@@ -12,7 +12,10 @@
 --   400  the body is not a JSON object, or has no event id or no ids
 --   200  an event id the sync received before: acknowledged, ignored
 --   202  a new event: recorded in the store (entsync_webhook_events, in
---        its own commit) before the answer, then pulled on the loop
+--        its own commit) before the answer, then pulled on the loop. That
+--        insert is the handler's one write, made in place (a handler cannot
+--        wait): while another process holds the store's write lock the
+--        whole loop waits for it, up to the store's busy timeout (then 500)
 -- A GET of a webhook's path is 405; an unknown path 404 (entsync.httpd).
 --
 -- Accepted means stored: the pull of an event is a task of the loop (the
