@@ -3,7 +3,7 @@
 -- own tables are made and migrated by entsync.ledger (core.store.open only
 -- opens the file).
 
--- entsync's own tables and views at schema 4.
+-- entsync's own tables and views at the current schema (4).
 local TABLES = { "entsync_changes", "entsync_conflicts", "entsync_entities", "entsync_failures", "entsync_idmap",
   "entsync_locks", "entsync_meta", "entsync_runs", "entsync_state", "entsync_syncs", "entsync_webhook_events",
   "entsync_writes" }
@@ -55,7 +55,7 @@ describe("the store through the C API", function()
       assert.is_true(core.fs.exists(db) ~= false)
       assert.equal("wal", store:value("PRAGMA journal_mode"))
       assert.equal("wal", sqlite3(db, "PRAGMA journal_mode"))
-      assert.equal(4, ledger.migrate(store))
+      assert.equal(ledger.VERSION, ledger.migrate(store))
       local names = {}
       for _, row in ipairs(store:rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")) do
         names[#names + 1] = row.name
@@ -76,11 +76,11 @@ describe("the store through the C API", function()
       store:run("INSERT INTO entsync_state (sync, cursor_mark) VALUES ((SELECT id FROM entsync_syncs WHERE name = 's'), 'mark')")
       store:close()
       store = core.store.open(db)
-      assert.equal(4, ledger.migrate(store))
+      assert.equal(ledger.VERSION, ledger.migrate(store))
       assert.equal("mark", store:value([[SELECT t.cursor_mark FROM entsync_state t
         JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 's']]))
       assert.equal(1, store:value("SELECT count(*) FROM entsync_meta"))
-      assert.equal(4, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+      assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     end)
 
     it("refuses a store whose schema version is newer than it knows, with a clear message, leaving it as it was", function()
@@ -92,7 +92,7 @@ describe("the store through the C API", function()
       assert.is_false(ok)
       err = tostring(err)
       assert.matches("store " .. db:gsub("%p", "%%%0") .. " has schema version 99", err)
-      assert.matches("knows up to 4", err)
+      assert.matches("knows up to " .. ledger.VERSION, err)
       assert.matches("upgrade entsync", err)
       store:close()
       store = nil
