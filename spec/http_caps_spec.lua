@@ -13,12 +13,13 @@ local H = require "http_support"
 local BIG = 8 * 1024 * 1024
 
 -- The job: contacts through http_json (resource: api/contacts, or the
--- one given), attempts = 4, with extra provider settings.
+-- one given), attempts = 4, one request at a time (no page fetched ahead:
+-- the fault meets page 1), with extra provider settings.
 local function job(dir, url, settings, resource)
   helpers.write(dir .. "/job.lua", table.concat({
     'entity "contact" { email = "text", name = "text", age = "integer" }',
     string.format('local api = provider "http_json" { base_url = %q, page = { style = "%s", size = 100 }, '
-      .. 'update_method = "PUT", attempts = 4, %s }', url, resource and "cursor" or "page", settings or ""),
+      .. 'update_method = "PUT", attempts = 4, concurrency = 1, %s }', url, resource and "cursor" or "page", settings or ""),
     string.format('sync "contacts" { remote = api %q, entity = "contact",', resource or "api/contacts"),
     '  mapping = { email = "email", name = "name", age = "age" },',
     '  import = { mode = "full", changed = "updated_at" },',

@@ -66,7 +66,8 @@ describe("a lease shorter than a wait on the network", function()
 
   it("import: a page delayed past the lease holds it; a second run is refused; the import ends whole", function()
     X.http_job(dir, server.url, { export = "false" })
-    local r = overlap(server, dir, { kind = "latency", method = "GET", path = "/api/contacts", ms = 3500 })
+    -- pages are fetched ahead, side by side: every one of them is delayed
+    local r = overlap(server, dir, { kind = "latency", method = "GET", path = "/api/contacts", ms = 3500, count = 8 })
     assert.equal(3, X.summary(r.stdout).created, r.stdout .. r.stderr)
     assert.equal(3, T.value(dir, "SELECT count(*) FROM contact"))
     assert.equal(1, T.value(dir, "SELECT count(*) FROM entsync_history WHERE status = 'ok'"))
