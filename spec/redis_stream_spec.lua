@@ -319,3 +319,48 @@ describe("redis_stream export", function()
     assert.equals(0, pending())
   end)
 end)
+
+describe("redis_stream in the daemon", function()
+  local D = require "daemon_support"
+  after_each(function() D.cleanup() end)
+
+  -- CPU seconds (user + system) the process has used.
+  local function cpu_seconds(pid)
+    local stat = helpers.read("/proc/" .. pid .. "/stat") or ""
+    local fields = {}
+    for f in stat:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
+    return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / 100
+  end
+
+  it("consumes a stream as messages come, waiting on the socket between them, and publishes changes as they are made", function()
+    local a, b = newdir(), newdir()
+    job(a, { export = true })
+    job(b, { block = 300 })
+    assert.equals(0, run(a, "run").code)
+    prepare(b)
+    local publisher = D.daemon(a)
+    local consumer = D.daemon(b)
+    helpers.sqlite3(db(a), "INSERT INTO item (name, n) VALUES ('one', 1)")
+    assert.truthy(helpers.wait_for(function() return rows(b)["1"] end, 15), "the change never reached store B")
+    assert.same({ name = "one", n = 1 }, rows(b)["1"])
+    -- a message from elsewhere, straight into the stream
+    xadd(77, 1, { name = "direct", n = 77 })
+    assert.truthy(helpers.wait_for(function() return rows(b)["77"] end, 15))
+    helpers.sqlite3(db(a), "UPDATE item SET name = 'uno' WHERE n = 1")
+    assert.truthy(helpers.wait_for(function() return rows(b)["1"].name == "uno" end, 15))
+    helpers.sqlite3(db(a), "DELETE FROM item WHERE n = 1")
+    assert.truthy(helpers.wait_for(function() return rows(b)["1"] == nil end, 15))
+    assert.equals(0, pending())
+    -- idle, the consumer sleeps in its blocking read: little CPU over a second
+    local before = cpu_seconds(consumer.pid)
+    core.sys.sleep(1)
+    assert.is_true(cpu_seconds(consumer.pid) - before < 0.3)
+    -- SIGTERM ends it at its next checkpoint (a blocking read lasts `block`)
+    local code, seconds = D.stop(consumer, 10)
+    assert.equals(0, code, D.stderr(consumer))
+    assert.is_true(seconds < 5)
+    assert.equals(0, D.stop(publisher, 10))
+    -- each change was applied once
+    assert.same({ { 1, "one" }, { 77, "direct" }, { 1, "uno" } }, applied(b))
+  end)
+end)
