@@ -39,6 +39,45 @@ describe("entsync.redis", function()
     r:close()
   end)
 
+  it("sends a command of thousands of arguments, numbers among them", function()
+    local r = client()
+    local command = { "RPUSH", "big" }
+    for i = 1, 5000 do command[#command + 1] = i % 2 == 0 and i or ("v" .. i) end
+    assert.equals(5000, r:call(table.unpack(command)))
+    local back = r:call("LRANGE", "big", 0, -1)
+    assert.equals(5000, #back)
+    assert.equals("4", back[4])
+    assert.equals("v4999", back[4999])
+    r:close()
+  end)
+
+  -- A command's arguments stay on the C function's stack while hiredis
+  -- formats them; a coroutine's small stack must grow first (it did not:
+  -- the daemon's heap was corrupted by the XACK of a large batch).
+  it("keeps a command of thousands of arguments within the stack of a fresh coroutine", function()
+    local helpers = require "helpers"
+    local script = os.tmpname()
+    helpers.write(script, string.format([[
+local core = require "entsync.core"
+for _ = 1, 50 do
+  local conn = core.redis.connect("127.0.0.1", %d)
+  local big = { "RPUSH", "big" }
+  for i = 1, 3000 do big[#big + 1] = i end
+  coroutine.wrap(function() assert(conn:append(big)) end)()
+  conn:close()
+  collectgarbage()
+end
+print("ok")
+]], server.port))
+    local cpath = os.getenv("ENTSYNC_CPATH") or (helpers.root .. "/build/lib/?.so")
+    local pipe = io.popen(string.format("LUA_CPATH=%s lua5.4 %s 2>&1", helpers.quote(cpath), helpers.quote(script)))
+    local out = pipe:read("a")
+    local ok = pipe:close()
+    os.remove(script)
+    assert.equals("ok\n", out)
+    assert.is_true(ok)
+  end)
+
   it("pipelines commands, an error reply in its place", function()
     local r = client()
     local replies = r:pipeline({ "SET", "a", "1" }, { "INCR", "a" }, { "LPUSH", "a", "x" }, { "GET", "a" })

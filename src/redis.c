@@ -95,6 +95,8 @@ static int conn_append(lua_State *L)
         return luaL_error(L, "redis: a command needs a name");
     const char **argv = lua_newuserdatauv(L, (size_t)argc * sizeof *argv, 0);
     size_t *lens = lua_newuserdatauv(L, (size_t)argc * sizeof *lens, 0);
+    /* every argument stays on the stack (a number's text lives only there) */
+    luaL_checkstack(L, argc, "redis: too many arguments in one command");
     for (int i = 0; i < argc; i++) {
         lua_rawgeti(L, 2, i + 1);
         if (!lua_isstring(L, -1))
