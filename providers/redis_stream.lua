@@ -186,7 +186,7 @@ function Reader:push(entries, counted)
     entry.deliveries = counts[entry.id] or 1
     local id = entry.fields and entry.fields.id
     if id and newest[id] and newest[id] ~= i and version_of(entry.fields) then
-      self.taken[#self.taken + 1] = { id = entry.id, deliveries = entry.deliveries, superseded = true }
+      self.taken[#self.taken + 1] = entry -- superseded: acknowledged with the batch
     else
       self.buffer[#self.buffer + 1] = entry
     end
@@ -250,23 +250,20 @@ function Reader:next()
   self.head = self.head + 1
   self.returned = self.returned + 1
   self.last_id = entry.id
-  local p = self.provider
-  local place = string.format("%s:%s", self.stream, entry.id)
-  local record, why = record_of(entry.fields)
-  local taken = { id = entry.id, deliveries = entry.deliveries }
-  self.taken[#self.taken + 1] = taken
-  if entry.deliveries > p.max_attempts then
+  local taken = self.taken
+  taken[#taken + 1] = entry -- acknowledged (or not) once its batch commits
+  local max_attempts = self.provider.max_attempts
+  if entry.deliveries > max_attempts then
     -- its consumers died on it (or never acknowledged it): not tried again
-    taken.final = true
-    return false, string.format("%s: delivered %d times and never applied (max_attempts %d)", place,
-      entry.deliveries, p.max_attempts), payload_of(entry.fields)
+    return false, string.format("%s:%s: delivered %d times and never applied (max_attempts %d)", self.stream,
+      entry.id, entry.deliveries, max_attempts), payload_of(entry.fields)
   end
+  local record, why = record_of(entry.fields)
   if not record then
     -- it will never read better: failed at once
-    taken.final = true
-    return false, string.format("%s: %s", place, why), payload_of(entry.fields)
+    return false, string.format("%s:%s: %s", self.stream, entry.id, why), payload_of(entry.fields)
   end
-  taken.key = ids.text(provider.is_tombstone(record) and provider.tombstone_id(record) or record.id)
+  entry.key = ids.text(record.id)
   return record
 end
 
@@ -287,9 +284,9 @@ end
 function Reader:committed(failed)
   local p = self.provider
   local ack = { "XACK", self.stream, p.group }
-  for _, taken in ipairs(self.taken) do
-    local retry = taken.key and failed and failed[taken.key] and taken.deliveries < p.max_attempts
-    if not retry then ack[#ack + 1] = taken.id end
+  for _, entry in ipairs(self.taken) do
+    local retry = entry.key and failed and failed[entry.key] and entry.deliveries < p.max_attempts
+    if not retry then ack[#ack + 1] = entry.id end
   end
   self.taken = {}
   if #ack > 3 then self.client:call(table.unpack(ack)) end

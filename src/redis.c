@@ -123,15 +123,18 @@ static int conn_write(lua_State *L)
     return 1;
 }
 
-/* conn:read() -> true | nil, message: what the socket holds now goes to
- * the reply parser (nothing waiting is no error). */
+/* conn:read() -> true, got | nil, message: what the socket holds now goes
+ * to the reply parser (nothing waiting is no error); got says whether any
+ * byte came, so a caller waits on the socket only when none did. */
 static int conn_read(lua_State *L)
 {
     conn *c = check_conn(L);
+    size_t before = c->ctx->reader->len;
     if (redisBufferRead(c->ctx) != REDIS_OK)
         return push_failure(L, c->ctx);
     lua_pushboolean(L, 1);
-    return 1;
+    lua_pushboolean(L, c->ctx->reader->len != before);
+    return 2;
 }
 
 /* Pushes a reply as a Lua value (see redis.h). */

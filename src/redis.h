@@ -18,8 +18,8 @@
  *   conn:append({ arg, ... }) -> true | nil, message   one command, queued
  *   conn:write() -> true (everything queued is sent) | false (wait "w")
  *                   | nil, message
- *   conn:read() -> true | nil, message   takes what the socket holds now
- *                   ("connection closed" at its end)
+ *   conn:read() -> true, got | nil, message   takes what the socket holds
+ *                   now (got: some bytes came); "connection closed" at its end
  *   conn:reply() -> true, value | false (no whole reply yet) | nil, message
  *     A value is a Lua string (bulk and status replies), an integer, false
  *     (the nil reply), a list of values, or { error = message } (an error

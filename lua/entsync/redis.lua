@@ -106,9 +106,14 @@ function Client:exchange(commands, extra_wait, what)
     if got then
       replies[#replies + 1] = value
     else
-      self:wait("r", deadline, what)
-      local read, problem = conn:read()
-      if not read then self:fail(what, problem) end
+      -- more of a long reply is often there already: wait only when not
+      local read, came = conn:read()
+      if not read then self:fail(what, came) end
+      if not came then
+        self:wait("r", deadline, what)
+        read, came = conn:read()
+        if not read then self:fail(what, came) end
+      end
     end
   end
   return replies
