@@ -73,6 +73,9 @@ function M.new(config, ctx)
     -- the daemon consumes its syncs continuously (a reader that follows)
     follows = true,
     readers = {},
+    -- streams whose pending history of this consumer was read (once a
+    -- process: later runs leave a failed message to claim_idle)
+    history_read = {},
   }, Provider)
 end
 
@@ -145,12 +148,14 @@ function Provider:list(resource, query)
   local client = self.readers[stream] or self:client()
   self.readers[stream] = client
   self:ensure_group(client, stream)
-  return setmetatable({
+  local reader = setmetatable({
     provider = self, client = client, stream = stream, follow = query and query.follow,
     until_quiet = query and query.until_quiet,
     should_stop = query and query.should_stop, buffer = {}, head = 1, taken = {}, returned = 0,
-    own_pending = true, claim_cursor = "0-0", last_claim = -math.huge, last_id = nil,
+    own_pending = not self.history_read[stream], claim_cursor = "0-0", last_claim = -math.huge, last_id = nil,
   }, Reader)
+  self.history_read[stream] = true
+  return reader
 end
 
 -- Delivery counts of the pending entries of this consumer between two ids.
@@ -194,16 +199,21 @@ function Reader:push(entries, counted)
 end
 
 -- This consumer's own pending entries (a consumer that kept its name
--- across a restart), then those of consumers idle for claim_idle, then new
--- ones. Returns true when something came.
+-- across a restart: once a process), then those of any consumer idle for
+-- claim_idle (this one's failed messages too), then new ones. Returns true
+-- when something came.
 function Reader:fill(wait)
   local p, client, stream = self.provider, self.client, self.stream
   if self.own_pending then
     self.own_pending = false
-    local got = client:call("XREADGROUP", "GROUP", p.group, p.consumer, "COUNT", p.count, "STREAMS", stream, "0")
+    -- page by page, each after the last id of the one before (a message
+    -- that failed stays in the history: it is not read twice here)
+    local got = client:call("XREADGROUP", "GROUP", p.group, p.consumer, "COUNT", p.count, "STREAMS", stream,
+      self.history_after or "0")
     local entries = got and redis.entries(got[1][2]) or {}
     if #entries > 0 then
       self.own_pending = true -- there may be more of them
+      self.history_after = entries[#entries].id
       self:push(entries, true)
       return true
     end

@@ -208,6 +208,22 @@ describe("redis_stream import", function()
     assert.same({}, rows(d))
   end)
 
+  it("takes up its own pending messages when it keeps its consumer name, a failing one once a run", function()
+    local d = newdir()
+    job(d, { consumer = "steady", max_attempts = 5, claim_idle = 60000, count = 2 })
+    prepare(d)
+    xadd(1, 1, { name = "poison", n = 1 })
+    for i = 2, 5 do xadd(i, 1, { name = "m" .. i, n = i }) end
+    -- a run of this consumer that died before committing anything
+    server.cli("XREADGROUP", "GROUP", "g", "steady", "COUNT", 10, "STREAMS", "items", ">")
+    local r = run(d, "run", "items")
+    assert.equals(1, r.code, r.stdout .. r.stderr)
+    assert.matches("4 created, 0 updated, 0 unchanged, 0 stale, 1 failed", r.stdout)
+    local _, pills = r.stderr:gsub("poison pill", "")
+    assert.equals(1, pills)
+    assert.equals(1, pending()) -- the failed one, left for its next delivery
+  end)
+
   it("keeps an unreadable message as failed under its stream id, acknowledged", function()
     local d = newdir()
     job(d)
@@ -331,6 +347,31 @@ describe("redis_stream in the daemon", function()
     for f in stat:gsub("^.-%) ", ""):gmatch("%S+") do fields[#fields + 1] = f end
     return ((tonumber(fields[12]) or 0) + (tonumber(fields[13]) or 0)) / 100
   end
+
+  -- Each burst is a run of its own with a new reader, under the same
+  -- consumer name: a failed message must wait for claim_idle and count its
+  -- deliveries, not be read again at once from the consumer's own history.
+  it("gives up on a poison message after max_attempts deliveries across its runs", function()
+    local d = newdir()
+    job(d, { max_attempts = 3, claim_idle = 300, block = 100 })
+    prepare(d)
+    local consumer = D.daemon(d)
+    local sent = core.sys.monotonic()
+    xadd(2, 1, { name = "poison", n = 2 })
+    xadd(3, 1, { name = "fine", n = 3 })
+    assert.truthy(helpers.wait_for(function() return rows(d)["3"] end, 15))
+    assert.truthy(helpers.wait_for(function() return pending() == 0 end, 15), "the poison message is never given up")
+    -- delivered again only once claim_idle passed, twice
+    assert.is_true(core.sys.monotonic() - sent >= 0.6, "redelivered before claim_idle")
+    local failure = helpers.query(db(d), "SELECT key, payload, attempts FROM entsync_failures")
+    assert.equals("2", failure[1].key)
+    assert.equals("poison", json.decode(failure[1].payload).data.name)
+    -- three deliveries, each applied once: no more tries after the last
+    assert.equals(3, D.count_log(consumer, "poison pill"))
+    core.sys.sleep(0.8)
+    assert.equals(3, D.count_log(consumer, "poison pill"))
+    assert.equals(0, D.stop(consumer, 10))
+  end)
 
   it("consumes a stream as messages come, waiting on the socket between them, and publishes changes as they are made", function()
     local a, b = newdir(), newdir()
