@@ -13,6 +13,7 @@
 #include "notify.h"
 #include "readline.h"
 #include "redis.h"
+#include "sign.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -31,6 +32,7 @@ int luaopen_entsync_core(lua_State *L)
     entsync_loop_register(L);
     entsync_notify_register(L);
     entsync_readline_register(L);
+    entsync_sign_register(L);
     entsync_redis_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);
     lua_setfield(L, -2, "version");
