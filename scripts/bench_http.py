@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTSYNC = os.path.join(ROOT, "bin", "entsync-run")
@@ -92,6 +93,14 @@ def remote_alone(port, pages, concurrency):
     return float(m.group(1))
 
 
+def set_latency(port, ms):
+    """Sets the fixture's latency a request."""
+    req = urllib.request.Request("http://127.0.0.1:%d/_control/latency" % port, method="POST",
+                                 data=json.dumps({"ms": ms}).encode())
+    with urllib.request.urlopen(req) as r:
+        r.read()
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("BENCH_HTTP_N", "200000"))
     tmp = tempfile.mkdtemp(prefix="entsync-bench-http-")
@@ -106,7 +115,10 @@ def main():
             json.dump({"resources": {"contacts": records}}, f)
         server, port = start_fixture(tmp, data, LATENCY_MS)
         pages = (n + PAGE - 1) // PAGE
-        remote_alone(port, pages, 8)  # encodes every page once, before anything is timed
+        # every page encoded once, at no latency, before anything is timed
+        set_latency(port, 0)
+        remote_alone(port, pages, 8)
+        set_latency(port, LATENCY_MS)
         print("HTTP import: %d records, %d a page, %g ms latency per request (remote: scripts/bench_fixture.py)"
               % (n, PAGE, LATENCY_MS))
         print("%-6s %-28s %9s %11s %9s %8s %8s  %s" % ("conc", "run", "seconds", "records/s", "ideal", "/ ideal",
@@ -116,9 +128,6 @@ def main():
             ideal = concurrency * PAGE / (max(LATENCY_MS, 1) / 1000.0)
             target = RATE_TARGETS.get(concurrency, 0.8)
             alone = remote_alone(port, pages, concurrency)
-            print("%-6d %-28s %9.2f %11.0f %9.0f %8.2f %8s  %s" % (
-                concurrency, "remote alone (asyncio client)", alone, n / alone, ideal, n / alone / ideal,
-                ">= %g" % target, "not the limit" if n / alone >= target * ideal else "THE LIMIT"))
             job_dir = os.path.join(tmp, "c%d" % concurrency)
             os.makedirs(job_dir)
             with open(os.path.join(job_dir, "job.lua"), "w") as f:
@@ -129,6 +138,10 @@ def main():
                 print("bench_http: the run failed:", out, err)
                 return 1
             rate = n / float(m.group(2))
+            print("%-6d %-28s %9.2f %11.0f %9.0f %8.2f %8s  %s (%.1fx entsync's rate)" % (
+                concurrency, "remote alone (asyncio client)", alone, n / alone, ideal, n / alone / ideal,
+                ">= %g" % target, "allows the target" if n / alone >= target * ideal else "below the target",
+                n / alone / rate))
             print("%-6d %-28s %9.2f %11.0f %9.0f %8.2f %8s  %s" % (
                 concurrency, "entsync http_json import", float(m.group(2)), rate, ideal, rate / ideal,
                 ">= %g" % target, "PASS" if rate >= target * ideal else "MISS"))
