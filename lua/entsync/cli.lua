@@ -237,7 +237,7 @@ function commands.run(job, args, options)
       if options.stopped then return false end
       local started = core.sys.monotonic()
       local full = options.full and (#args == 0 or named[sync.name]) or nil
-      local ok, result = pcall(require("entsync.import").run, session, sync, { full = full })
+      local ok, result = pcall(require("entsync.import").run, session, sync, { full = full, follow = options.follow })
       if not ok then
         first_error = first_error or result
         return false

@@ -234,6 +234,38 @@ function Daemon:drainer(sync)
   end
 end
 
+-- The task of one sync that reads a queue (its provider's reader
+-- follows): consumes messages as they come, blocking on the queue's
+-- socket, one run per burst (a run ends once the queue is quiet after it
+-- took something). A run that failed (the queue unreachable) is tried
+-- again after a pause that grows to half a minute.
+function Daemon:consumer(sync)
+  local import = require "entsync.import"
+  local pause = 0
+  while not self.stopping do
+    local failed = true
+    local ran = self:exclusive(sync.name, function()
+      local started = core.sys.monotonic()
+      local result = import.run(self.session, sync, { follow = true, until_quiet = true })
+      failed = false
+      local seconds = core.sys.monotonic() - started
+      if result.counts and (result.counts.created + result.counts.updated + result.counts.deleted
+          + result.counts.failed > 0) then
+        self:summary(result, operation.summary(result, seconds), seconds, "import")
+      end
+    end)
+    pause = (failed or not ran) and math.min(30, math.max(1, pause * 2)) or 0
+    if pause > 0 and not self.stopping then self.wake:wait(pause) end
+  end
+end
+
+-- Whether a sync imports from a queue the daemon consumes continuously.
+function Daemon:follows(sync)
+  if not sync.import.enabled then return false end
+  local ok, instance = pcall(self.session.provider, self.session, sync.provider)
+  return ok and type(instance) == "table" and instance.follows == true
+end
+
 -- The task that watches the store file: counts its changes and wakes the
 -- drainers.
 function Daemon:watcher()
@@ -274,6 +306,7 @@ function Daemon:start_tasks()
     if sync.export and sync.export.on_change then
       self.tasks[#self.tasks + 1] = loop.spawn(self.drainer, self, sync)
     end
+    if self:follows(sync) then self.tasks[#self.tasks + 1] = loop.spawn(self.consumer, self, sync) end
   end
 end
 

@@ -627,6 +627,9 @@ end
 -- now, whatever the import mode: no cursor, checkpoint or limit, a new
 -- pass from the start (with deletes, as any complete pass); an
 -- incremental sync's cursor moves to the newest record read.
+-- options.follow: a reader that can wait for more (a queue's) does, until
+-- the session's should_stop says stop (options.until_quiet: or until it
+-- found nothing more after taking something).
 function M.run(session, sync, options)
   options = options or {}
   local full = options.full and true or false
@@ -660,6 +663,10 @@ function M.run(session, sync, options)
     local pass_from_start = not incremental and resume == nil
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
+    if options.follow then
+      -- a queue's reader waits for messages until the run is asked to stop
+      query.follow, query.should_stop, query.until_quiet = true, session.options.should_stop, options.until_quiet
+    end
     if resume then
       query.checkpoint, query.offset = resume.checkpoint, resume.offset
       run.positional = resume.positional or resume.offset ~= nil
@@ -698,7 +705,7 @@ function M.run(session, sync, options)
           elseif kind == sources.UNREADABLE then
             -- An input that could not be read has no id: it is kept under
             -- its place in the input ("@contacts.ndjson:7"), with its text.
-            local place, message = tostring(value):match("^([^:]+:%d+): (.*)$")
+            local place, message = tostring(value):match("^(.-:[%w%-]+): (.*)$")
             plans[#plans + 1] = fail_plan("@" .. (place or "input"), message or tostring(value), extra)
             plans[#plans].unreadable = true
             taken = taken + 1
@@ -768,7 +775,11 @@ function M.run(session, sync, options)
           -- records must outlive a power loss first (synchronous=NORMAL
           -- leaves it in the WAL, not yet on the disk)
           session.store:sync()
-          local moved, move_err = reader:committed()
+          -- the keys that failed in it: a queue leaves their messages
+          -- to be delivered again
+          local failed = {}
+          for _, plan in ipairs(plans) do if plan[1] == "fail" then failed[plan.key] = true end end
+          local moved, move_err = reader:committed(failed)
           if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
         end
         if exhausted or processed >= limit then break end
