@@ -157,7 +157,9 @@ local function with_session(job, options, fn, stoppable)
       error(session, 0)
     end
     local done, result = pcall(fn, session)
-    session:close()
+    -- the first error wins: closing after a failure must not replace it
+    local closed, err = pcall(session.close, session)
+    if done and not closed then done, result = false, err end
     drop()
     if not done then error(result, 0) end
     return result

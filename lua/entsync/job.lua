@@ -129,16 +129,50 @@ local function check_name(where, what, name)
   end
 end
 
+-- A size in bytes: a positive integer, or a string such as "64MB",
+-- "512 KiB", "2GB" (K, M, G: powers of 1024). Returns nil when it is not one.
+local SIZE_UNITS = { [""] = 1, B = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3 }
+function M.parse_size(value)
+  if math.type(value) == "integer" and value > 0 then return value end
+  if type(value) ~= "string" then return nil end
+  local n, unit = value:upper():match("^%s*(%d+%.?%d*)%s*([KMG]?)I?B?%s*$")
+  local bytes = n and tonumber(n) * SIZE_UNITS[unit]
+  return bytes and bytes >= 1 and math.floor(bytes) or nil
+end
+
+-- store "file.db", or store { "file.db", busy_timeout = seconds, max_size
+-- = bytes or "64MB" }: busy_timeout is how long a write waits for another
+-- process's write transaction (default 10 s), max_size caps the file (a
+-- write past it fails as a full disk does).
 local function dsl_store(job)
-  return function(path)
+  return function(spec)
     local where = where_called(job)
+    local settings = type(spec) == "table" and spec or { spec }
+    local path = settings[1] or settings.path
+    if type(spec) == "table" and path == nil then path = "entsync.db" end
     if type(path) ~= "string" or path == "" then
       errors.config(where, "store expects a file path, got %s", type(path))
+    end
+    local options = {}
+    for key, value in pairs(settings) do
+      if key == "busy_timeout" then
+        if type(value) ~= "number" or value <= 0 then
+          errors.config(where, "store busy_timeout must be a positive number of seconds, got %s", type(value) == "string"
+            and string.format("%q", value) or tostring(value))
+        end
+        options.busy_timeout = value
+      elseif key == "max_size" then
+        options.max_size = M.parse_size(value) or errors.config(where, "store max_size must be a size in bytes "
+          .. "(an integer, or a string such as \"64MB\"), got %s", type(value) == "string" and string.format("%q", value)
+          or tostring(value))
+      elseif key ~= 1 and key ~= "path" then
+        errors.config(where, "store: unknown setting \"%s\" (known: path, busy_timeout, max_size)", tostring(key))
+      end
     end
     if job.store_where then
       errors.config(where, "store is already declared at line %d", job.store_where.line)
     end
-    job.store_path, job.store_where = path, where
+    job.store_path, job.store_where, job.store_options = path, where, options
   end
 end
 

@@ -1,0 +1,174 @@
+-- Faults of the environment and hostile input, met by real runs of
+-- entsync-run: another process holding the store's write lock, a full
+-- store, a store it may not create; secrets in URLs and settings at every
+-- place entsync writes to; log lines that cannot be forged; values checked
+-- as they enter; job settings checked by type.
+
+local core = require "entsync.core"
+local helpers = require "helpers"
+local S = require "import_support"
+local X = require "export_support"
+
+local dir
+
+before_each(function()
+  dir = helpers.tmpdir()
+end)
+
+after_each(function()
+  helpers.rmdir(dir)
+end)
+
+local function contacts(n, first)
+  local records = {}
+  for i = first or 1, (first or 1) + n - 1 do
+    records[#records + 1] = { id = i, email = "c" .. i .. "@example.com", name = string.rep("n", 60), age = i % 90 }
+  end
+  return records
+end
+
+-- A job importing data/contacts.ndjson in batches of 100, with store settings.
+local function import_job(store, opts)
+  opts = opts or {}
+  opts.batch = opts.batch or 100
+  opts.prelude = (store and ("store " .. store .. "\n") or "") .. (opts.prelude or "")
+  return S.job(dir, opts)
+end
+
+describe("the store refused by the machine", function()
+  it("another connection holding the write lock past busy_timeout ends the run with status 6, named", function()
+    import_job('{ "entsync.db", busy_timeout = 0.3 }')
+    S.data(dir, contacts(5))
+    assert.equal(0, S.run(dir).code)
+    -- a second connection of this process holds a write transaction
+    local other = core.store.open(S.db(dir))
+    other:run("BEGIN IMMEDIATE")
+    local started = core.sys.monotonic()
+    local r = S.run(dir)
+    local waited = core.sys.monotonic() - started
+    other:run("ROLLBACK")
+    other:close()
+    assert.equal(6, r.code, r.stderr)
+    assert.matches('^entsync%-run: job%.lua: sync "contacts": store [^\n]*/entsync%.db is busy: ', r.stderr)
+    assert.matches("busy_timeout", r.stderr)
+    assert.not_matches("internal error", r.stderr)
+    assert.not_matches("%.lua:%d+:", r.stderr:gsub("^entsync%-run: job%.lua", ""))
+    assert.is_true(waited >= 0.3, tostring(waited))
+    assert.is_true(waited < 8, tostring(waited))
+    -- once it lets go, the run goes through
+    assert.equal(0, S.run(dir).code)
+  end)
+
+  it("a foreign sqlite3 process holding BEGIN IMMEDIATE makes an export end with status 6", function()
+    X.sink_job(dir, "on_change = true")
+    helpers.write(dir .. "/job.lua", 'store { "entsync.db", busy_timeout = 0.3 }\n' .. helpers.read(dir .. "/job.lua"))
+    assert.equal(0, X.run(dir).code)
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('ann@x', 'Ann', 30)")
+    local fifo = dir .. "/held"
+    os.execute("mkfifo " .. helpers.quote(fifo))
+    -- the shell says "held" once its transaction holds the lock, then
+    -- waits for its stdin to close
+    local shell = io.popen(string.format("sqlite3 -batch %s > %s", helpers.quote(X.db(dir)), helpers.quote(fifo)), "w")
+    shell:write("BEGIN IMMEDIATE;\nINSERT INTO contact (email, name, age) VALUES ('held@x', 'Held', 1);\n",
+      "SELECT 'held';\n.output /dev/null\n")
+    shell:flush()
+    local reader = assert(io.open(fifo, "r"))
+    assert.equal("held", reader:read("l"))
+    local r = X.run(dir, "export", "contacts", "--all")
+    shell:write("ROLLBACK;\n")
+    shell:close()
+    reader:close()
+    assert.equal(6, r.code, r.stderr)
+    assert.matches('sync "contacts": store [^\n]*entsync%.db is busy', r.stderr)
+    assert.same({}, X.sink_lines(dir))
+    local again = X.run(dir)
+    assert.equal(0, again.code, again.stderr)
+    assert.equal(1, #X.sink_lines(dir))
+  end)
+
+  it("a store capped by max_size ends an import with status 7; what was committed stays and is reported", function()
+    import_job('{ "entsync.db", max_size = "160KB" }')
+    S.data(dir, contacts(3000))
+    local r = S.run(dir)
+    assert.equal(7, r.code, r.stderr)
+    assert.matches('^entsync%-run: job%.lua: sync "contacts": store [^\n]*entsync%.db is full', r.stderr)
+    assert.not_matches("lock", r.stderr)
+    local committed = tonumber(r.stderr:match("this run committed: (%d+) created"))
+    assert.is_not_nil(committed, r.stderr)
+    assert.is_true(committed > 0 and committed < 3000, r.stderr)
+    assert.equal(committed, S.value(dir, "SELECT count(*) FROM contact"))
+    assert.equal(committed, S.value(dir, "SELECT count(*) FROM entsync_map"))
+    -- the run record says what happened
+    local run = S.query(dir, "SELECT status, error FROM entsync_runs ORDER BY id DESC LIMIT 1")[1]
+    assert.equal("error", run.status)
+    assert.matches("is full", run.error)
+    -- with room, the next run imports the rest and loses nothing
+    import_job('{ "entsync.db", max_size = "64MB" }')
+    r = S.run(dir)
+    assert.equal(0, r.code, r.stderr)
+    assert.equal(3000, S.value(dir, "SELECT count(*) FROM contact"))
+    assert.equal(3000, S.value(dir, "SELECT count(DISTINCT email) FROM contact"))
+  end)
+
+  it("a store capped by max_size ends an export with status 7, and the next run sends the rest", function()
+    X.sink_job(dir, "on_change = true")
+    assert.equal(0, X.run(dir).code)
+    local values = {}
+    for i = 1, 1500 do values[#values + 1] = string.format("('c%d@x', '%s', %d)", i, string.rep("n", 40), i % 90) end
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES " .. table.concat(values, ","))
+    local size = #helpers.read(X.db(dir))
+    local job = helpers.read(dir .. "/job.lua")
+    helpers.write(dir .. "/job.lua", string.format('store { "entsync.db", max_size = %d }\n', size) .. job)
+    local r = X.run(dir)
+    assert.equal(7, r.code, r.stderr)
+    assert.matches('sync "contacts": store [^\n]*entsync%.db is full', r.stderr)
+    assert.equal(1500, X.value(dir, "SELECT count(*) FROM contact"))
+    helpers.write(dir .. "/job.lua", job)
+    r = X.run(dir)
+    assert.equal(0, r.code, r.stderr)
+    assert.same({}, X.outbox(dir))
+    local sent = {}
+    for _, line in ipairs(X.sink_lines(dir)) do sent[line.record.email] = true end
+    for i = 1, 1500 do assert.is_true(sent["c" .. i .. "@x"], "c" .. i) end
+  end)
+
+  it("a store in a folder that cannot be made ends a run with status 8, named", function()
+    helpers.write(dir .. "/plain", "a file, not a folder\n")
+    import_job('"plain/entsync.db"')
+    S.data(dir, contacts(2))
+    local r = S.run(dir)
+    assert.equal(8, r.code, r.stderr)
+    assert.matches("^entsync%-run: job%.lua: store [^\n]*plain/entsync%.db cannot be opened or written", r.stderr)
+    assert.not_matches("internal error", r.stderr)
+    X.sink_job(dir, "on_change = true")
+    helpers.write(dir .. "/job.lua", 'store "plain/entsync.db"\n' .. helpers.read(dir .. "/job.lua"))
+    r = X.run(dir, "export", "contacts", "--all")
+    assert.equal(8, r.code, r.stderr)
+  end)
+
+  it("a new store and its -wal and -shm files are readable by their owner only", function()
+    import_job()
+    S.data(dir, contacts(3))
+    assert.equal(0, S.run(dir).code)
+    local other = core.store.open(S.db(dir)) -- keeps -wal and -shm in place
+    for _, suffix in ipairs({ "", "-wal", "-shm" }) do
+      local p = io.popen("stat -c %a " .. helpers.quote(S.db(dir) .. suffix))
+      assert.equal("600", p:read("l"), suffix)
+      p:close()
+    end
+    other:close()
+  end)
+
+  it("store settings are checked where they are declared", function()
+    for _, case in ipairs({
+      { '{ "entsync.db", busy_timeout = "ten" }', "store busy_timeout must be a positive number" },
+      { '{ "entsync.db", max_size = "lots" }', "store max_size must be a size in bytes" },
+      { '{ "entsync.db", busy = 1 }', 'store: unknown setting "busy"' },
+    }) do
+      import_job(case[1])
+      local r = S.run(dir)
+      assert.equal(2, r.code, r.stderr)
+      assert.matches("job%.lua:1: " .. case[2]:gsub("%p", "%%%0"), r.stderr)
+    end
+  end)
+end)
