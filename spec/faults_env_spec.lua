@@ -172,3 +172,87 @@ describe("the store refused by the machine", function()
     end
   end)
 end)
+
+describe("secrets", function()
+  local fixture = require "fixture"
+  local PASSWORD, TOKEN = "pw-URL-7c1f9a", "tok-SETTING-5e2d"
+  local server
+
+  setup(function()
+    server = fixture.start({ resources = { contacts = X.records(3) } },
+      { auth = { api_key = { header = "X-Access-Token", value = TOKEN } } })
+  end)
+  teardown(function()
+    if server then server.stop() end
+  end)
+  before_each(function()
+    server.reset()
+  end)
+
+  local function job()
+    local url = server.url:gsub("^http://", "http://ann:" .. PASSWORD .. "@")
+    helpers.write(dir .. "/job.lua", table.concat({
+      'entity "contact" { email = "text", name = "text", age = "integer" }',
+      string.format('local api = provider "http_json" { base_url = %q, page = { style = "page", size = 2 }, '
+        .. 'attempts = 2, auth = { api_key = { header = "X-Access-Token", value = %q } } }', url, TOKEN),
+      'sync "contacts" { remote = api "api/contacts", entity = "contact",',
+      '  mapping = { email = "email", name = "name", age = "age" },',
+      '  import = { mode = "full", changed = "updated_at" }, export = { on_change = true } }',
+    }, "\n") .. "\n")
+  end
+
+  local function repl(input)
+    local inp = dir .. "/repl.in"
+    helpers.write(inp, input)
+    local p = io.popen(string.format("cd %s && HOME=%s %s job.lua repl <%s 2>&1", helpers.quote(dir),
+      helpers.quote(dir), helpers.quote(helpers.bin), helpers.quote(inp)))
+    local out = p:read("a")
+    p:close()
+    return out
+  end
+
+  it("appear in no log, error, status, failure, REPL line or store row", function()
+    job()
+    local outputs = {}
+    local function keep(what, r)
+      outputs[#outputs + 1] = { what, r.stdout .. r.stderr }
+      return r
+    end
+    -- a page that fails once (a retry warning), verbose request logs
+    server.faults({ { path = "/api/contacts", kind = "status", status = 503, method = "GET", count = 1 } })
+    local r = keep("run -v", helpers.run(dir, { "job.lua", "run", "-v" }))
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("retrying", r.stderr)
+    assert.matches("%[redacted%]", r.stderr)
+    -- an export the remote refuses: a failure with its message stored
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('new@x', 'New', 40)")
+    server.faults({ { path = "/api/contacts", kind = "status", status = 422, method = "POST", count = 10 } })
+    r = keep("export failure", helpers.run(dir, { "job.lua", "run", "--log-format", "json" }))
+    assert.equal(1, r.code, r.stdout .. r.stderr)
+    assert.is_true(X.value(dir, "SELECT count(*) FROM entsync_failures") > 0)
+    -- a remote that keeps failing: the fatal error and the run record
+    server.faults({ { path = "/api/contacts", kind = "status", status = 500, method = "GET", count = 10 } })
+    r = keep("fatal", helpers.run(dir, { "job.lua", "run", "--full" }))
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("status 500", r.stderr)
+    keep("fatal json", helpers.run(dir, { "job.lua", "run", "--full", "--log-format", "json" }))
+    keep("status", helpers.run(dir, { "job.lua", "status" }))
+    keep("status --json", helpers.run(dir, { "job.lua", "status", "--json" }))
+    keep("log", helpers.run(dir, { "job.lua", "log" }))
+    keep("failures", helpers.run(dir, { "job.lua", "failures", "contacts" }))
+    keep("check", helpers.run(dir, { "job.lua", "check" }))
+    local printed = repl('provider("contacts")\njob.providers\nprint(job.providers[1].config.base_url)\n'
+      .. 'error(job.providers[1].config.auth.api_key.value)\n')
+    outputs[#outputs + 1] = { "repl", printed }
+    assert.matches("X%-Access%-Token", printed)
+    local dump = io.popen("sqlite3 " .. helpers.quote(X.db(dir)) .. " .dump")
+    outputs[#outputs + 1] = { "store", dump:read("a") }
+    dump:close()
+    assert.matches("status 422", outputs[#outputs][2])
+    for _, output in ipairs(outputs) do
+      assert.is_nil(output[2]:find(PASSWORD, 1, true), output[1] .. ":\n" .. output[2])
+      assert.is_nil(output[2]:find(TOKEN, 1, true), output[1] .. ":\n" .. output[2])
+      assert.is_nil(output[2]:find("ann:", 1, true), output[1] .. ":\n" .. output[2])
+    end
+  end)
+end)

@@ -453,6 +453,8 @@ end
 
 local function report_error(e, options)
   e = errors.wrap(e)
+  local redact = require "entsync.redact"
+  e.message, e.traceback = redact.text(e.message), redact.text(e.traceback)
   if options.log_format == "json" then
     io.stderr:write(logger.json_line(json.object({ time = logger.iso_time(), level = "fatal", kind = e.kind,
       message = e.message, traceback = options.verbose and e.traceback or nil })))

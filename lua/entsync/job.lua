@@ -261,6 +261,8 @@ local function dsl_provider(job)
       if type(config) ~= "table" then
         errors.config(where, "provider \"%s\" expects a table of settings, got %s", module_name, type(config))
       end
+      -- its secrets are known before anything can print them
+      require("entsync.redact").settings(config, module.settings)
       if module.settings then
         local valid, err = require("entsync.provider").check_settings(module.settings, config)
         if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end

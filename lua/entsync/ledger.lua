@@ -38,6 +38,7 @@
 -- entsync_history (runs by sync name).
 
 local core = require "entsync.core"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -697,7 +698,10 @@ end
 
 -- f: { key, local_id, remote_id, error, payload (text), attempts, next_at, waits_for }
 function Ledger:save_failure(sync_id, direction, f)
-  self.store:run(SQL.save_failure, sync_id, direction, f.key, f.local_id, f.remote_id, f.error, f.payload,
+  -- no secret is stored: the message is redacted, the payload (retried
+  -- as it is) loses the job's secret values only
+  self.store:run(SQL.save_failure, sync_id, direction, f.key, f.local_id, f.remote_id, redact.text(f.error),
+    redact.known(f.payload),
     f.attempts, core.sys.now(), f.next_at, f.waits_for)
 end
 
@@ -828,7 +832,7 @@ function Ledger:finish_run(run_id, status, c, cursor_after, err)
   store:run("SAVEPOINT finish_run")
   local ok, failure = pcall(function()
     store:run(SQL.finish_run, run_id, core.sys.now(), status, c.created, c.updated, c.unchanged,
-      c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, err)
+      c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, redact.text(err))
     local sync_id = store:value(SQL.run_sync, run_id)
     if sync_id then
       add_totals(self, sync_id, status, c)

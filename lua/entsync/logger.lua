@@ -12,10 +12,11 @@
 -- the fields are already said in the message. --log-format json: one JSON
 -- object a line, { time = ISO 8601 UTC with milliseconds, level, message,
 -- and the fields }, and nothing else on the stream (no progress escape
--- codes: see entsync.progress).
+-- codes: see entsync.progress). No secret is written (entsync.redact).
 
 local core = require "entsync.core"
 local json = require "entsync.json"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -68,14 +69,15 @@ function M.new(options)
   return function(level, message, fields)
     if level == "debug" and not options.verbose then return end
     progress.before_log()
+    message = redact.text(tostring(message))
     if options.log_format == "json" then
-      local entry = json.object({ time = M.iso_time(), level = level, message = tostring(message) })
+      local entry = json.object({ time = M.iso_time(), level = level, message = message })
       for k, v in pairs(fields or {}) do
-        if entry[k] == nil then entry[k] = v end
+        if entry[k] == nil then entry[k] = redact.deep(v) end
       end
       stream:write(M.json_line(entry))
     else
-      stream:write(string.format("entsync: %s: %s\n", level, tostring(message)))
+      stream:write(string.format("entsync: %s: %s\n", level, message))
     end
     stream:flush()
   end

@@ -13,6 +13,7 @@ local core = require "entsync.core"
 local errors = require "entsync.errors"
 local json = require "entsync.json"
 local ledger = require "entsync.ledger"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -431,9 +432,9 @@ function M.command(job_path, args, options)
       require("entsync.usage").did_you_mean(args[1], known)))
   end
   if options.json then
-    print(M.json(report))
+    print(redact.text(M.json(report)))
   else
-    print(M.text(report))
+    print(redact.text(M.text(report)))
   end
   if job_error then return errors.exit_codes.config end
   return report.ok and 0 or errors.exit_codes.failed
@@ -465,12 +466,12 @@ function M.history(store_file, sync_name, options)
         seconds = r.ended_at and (r.ended_at - r.started_at) or nil,
         counts = json.object({ created = r.created, updated = r.updated, unchanged = r.unchanged, stale = r.stale,
           failed = r.failed, deleted = r.deleted, skipped = r.skipped, conflicts = r.conflicts }),
-        cursor_before = r.cursor_before, cursor_after = r.cursor_after, error = r.error, pid = r.pid, host = r.host })))
+        cursor_before = r.cursor_before, cursor_after = r.cursor_after, error = redact.text(r.error), pid = r.pid, host = r.host })))
     else
       print(string.format("#%-5d %s  %-14s %-8s %-11s %-8s %8s  %s", r.id, iso(r.started_at), r.sync, r.operation,
         r.mode or "-", r.status, r.ended_at and string.format("%.2fs", r.ended_at - r.started_at) or "-",
         counts_text(r)))
-      if r.error then print("       error: " .. r.error) end
+      if r.error then print("       error: " .. redact.text(r.error)) end
     end
   end
   if #rows == 0 and not options.json then print("no runs yet") end
