@@ -256,3 +256,84 @@ describe("secrets", function()
     end
   end)
 end)
+
+describe("job settings", function()
+  -- A job with one sync; sync_extra and import_extra are Lua source put
+  -- into the sync and its import table, provider the files provider.
+  local function job(opts)
+    helpers.write(dir .. "/job.lua", table.concat({
+      'entity "contact" { email = "text", name = "text", age = "integer" }',
+      "local files = " .. (opts.provider or 'provider "ndjson" { dir = "data" }'),
+      'sync "other" { remote = files "c.ndjson", entity = "contact", mapping = { email = "email" } }',
+      'sync "contacts" { remote = files "c.ndjson", entity = "contact",',
+      '  mapping = { email = "email", name = "name", age = "age" },',
+      "  import = { mode = \"full\"" .. (opts.import and (", " .. opts.import) or "") .. " }"
+        .. (opts.sync and (", " .. opts.sync) or "") .. " }",
+    }, "\n") .. "\n")
+  end
+
+  local function refused(opts, line, message)
+    job(opts)
+    for _, command in ipairs({ "run", "check" }) do
+      local r = helpers.run(dir, { "job.lua", command })
+      assert.equal(2, r.code, command .. ": " .. r.stderr)
+      assert.matches("job%.lua:" .. line .. ": " .. message:gsub("%p", "%%%0"), r.stderr, 1)
+      assert.not_matches("internal error", r.stderr)
+    end
+  end
+
+  it("every sync option is checked by type, naming the job file and line, the sync and the setting", function()
+    for _, case in ipairs({
+      { { sync = "depends_on = 5" }, 'sync "contacts": setting depends_on must be a sync name or a list of them, got 5' },
+      { { sync = "depends_on = { 5 }" }, 'sync "contacts": setting depends_on must be a sync name or a list of them' },
+      { { sync = "id = 5" }, 'sync "contacts": setting id must be a string, got 5' },
+      { { sync = "description = {}" }, 'sync "contacts": setting description must be a string, got a table' },
+      { { sync = "on_missing = 1" }, 'sync "contacts": setting on_missing must be a string, got 1' },
+      { { sync = "entity = 5" }, 'sync "contacts": setting entity must be an entity name or a list of them, got 5' },
+      { { sync = "changed = true" }, 'sync "contacts": setting changed must be a string, got true' },
+      { { sync = 'export = { on_change = "yes" }' },
+        'sync "contacts": setting export.on_change must be true or false, got "yes"' },
+      { { sync = "export = { resource = 5 }" }, 'sync "contacts": setting export.resource must be a string, got 5' },
+      { { sync = "export = { conflict = 5 }" },
+        'sync "contacts": setting export.conflict must be a policy name or a function, got 5' },
+      { { import = 'retry = "no"' }, 'sync "contacts": setting import.retry must be true or false, got "no"' },
+      { { import = 'batch = "10"' }, 'sync "contacts": setting import.batch must be an integer, got "10"' },
+      { { import = "changed = 5" }, 'sync "contacts": setting import.changed must be a string, got 5' },
+      { { import = 'delete_guard = "half"' },
+        'sync "contacts": setting import.delete_guard must be a share between 0 and 1, or false, got "half"' },
+    }) do
+      refused(case[1], 4, case[2])
+    end
+  end)
+
+  it("every setting of the shipped providers is checked by type, nested tables included", function()
+    local http = 'provider "http_json" { base_url = "http://127.0.0.1:1", %s }'
+    for _, case in ipairs({
+      { http:format('headers = "x"'), 'provider "http_json": setting headers must be a table, got "x"' },
+      { http:format('headers = { ["X-A"] = {} }'), 'provider "http_json": setting headers.X-A must be a string or a number, got a table' },
+      { http:format('timeout = "ten"'), 'provider "http_json": setting timeout must be a number, got "ten"' },
+      { http:format('page = { size = "x" }'), 'provider "http_json": setting page.size must be a positive integer, got "x"' },
+      { http:format('rate = { per_second = "x" }'), 'provider "http_json": setting rate.per_second must be a number, got "x"' },
+      { http:format('auth = { basic = "u:p" }'), 'provider "http_json": setting auth.basic must be a list' },
+      { http:format("verify = 1"), 'provider "http_json": setting verify must be true or false, got 1' },
+      { 'provider "ndjson" { dir = 5 }', 'provider "ndjson": setting dir must be a string, got 5' },
+      { 'provider "csv" { dir = "data", delimiter = 1 }', 'provider "csv": setting delimiter must be a string, got 1' },
+      { 'provider "json" { dir = "data", records = {} }', 'provider "json": setting records must be a string, got a table' },
+    }) do
+      refused({ provider = case[1] }, 2, case[2])
+    end
+  end)
+
+  it("check reports every sync's wrong setting at once", function()
+    helpers.write(dir .. "/job.lua", table.concat({
+      'entity "contact" { email = "text" }',
+      'local files = provider "ndjson" { dir = "data" }',
+      'sync "a" { remote = files "a.ndjson", entity = "contact", mapping = { email = "email" }, id = 5 }',
+      'sync "b" { remote = files "b.ndjson", entity = "contact", mapping = { email = "email" }, import = { retry = "no" } }',
+    }, "\n") .. "\n")
+    local r = helpers.run(dir, { "job.lua", "check" })
+    assert.equal(2, r.code, r.stderr)
+    assert.matches('job%.lua:3: sync "a": setting id must be a string, got 5', r.stdout .. r.stderr)
+    assert.matches('job%.lua:4: sync "b": setting import%.retry must be true or false, got "no"', r.stdout .. r.stderr)
+  end)
+end)

@@ -22,6 +22,7 @@ local import_options = {
   mode = true, changed = true, changed_kind = true, limit = true, deletes = true, batch = true, retry = true,
   delete_guard = true,
 }
+local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true }
 M.changed_kinds = { auto = true, time = true, number = true, text = true }
 local provider_marker = {}
 
@@ -424,9 +425,41 @@ local function declare_links(job, sync)
   end
 end
 
-local function validate_sync(job, sync)
+-- The type of every sync option, import and export setting (what a type
+-- cannot say, the checks below say: a mode's name, a positive batch).
+local FUNCTION = { type = "function" }
+local sync_types = {
+  remote = "any", entity = { any_of = { "string", { list = "string" } }, describe = "an entity name or a list of them" },
+  mapping = { any_of = { "string", "table" }, describe = "a module name or a mapping table" },
+  import = { any_of = { "false", { fields = {
+    mode = "string", changed = "string", changed_kind = "string", limit = "integer", deletes = "string",
+    batch = "integer", retry = "boolean",
+    delete_guard = { any_of = { "false", "number" }, describe = "a share between 0 and 1, or false" },
+  } } }, describe = "a table or false" },
+  export = { any_of = { "boolean", { fields = {
+    on_change = "boolean", deletes = "string", batch = "integer", resource = "string", enabled = "boolean",
+    conflict = { any_of = { "string", FUNCTION }, describe = "a policy name or a function" },
+  } } }, describe = "true, false or a table" },
+  id = "string", changed = "string", description = "string",
+  depends_on = { any_of = { "string", { list = "string" } }, describe = "a sync name or a list of them" },
+  schedule = "any", on_missing = "string", filter = FUNCTION, after_map = FUNCTION,
+  conflict = { any_of = { "string", FUNCTION }, describe = "a policy name or a function" },
+  link = "any", -- checked below, with an example
+}
+
+-- Checks the type of each of the sync's settings, once the names are known.
+local function check_types(sync)
   local spec = sync.spec
   check_options(sync, spec, sync_options, "sync")
+  if type(spec.import) == "table" then check_options(sync, spec.import, import_options, "import") end
+  if type(spec.export) == "table" then check_options(sync, spec.export, export_options, "export") end
+  local ok, err = require("entsync.provider").check_settings(sync_types, spec)
+  if not ok then sync_error(sync, "%s", err) end
+end
+
+local function validate_sync(job, sync)
+  local spec = sync.spec
+  check_types(sync)
   local remote = spec.remote
   if type(remote) ~= "table" or remote.kind ~= provider_marker then
     sync_error(sync, "remote must be a provider (remote = crm \"contacts\"), got %s", type(remote))
@@ -533,8 +566,6 @@ local function order_syncs(job)
   for _, name in ipairs(job.sync_order) do visit(name, {}) end
   job.run_order = order
 end
-
-local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true }
 
 -- export = true | { on_change = true, deletes = "delete" | "ignore",
 --   conflict = "remote_wins" | "local_wins" | "newest" | function, batch }
