@@ -337,3 +337,131 @@ describe("job settings", function()
     assert.matches('job%.lua:4: sync "b": setting import%.retry must be true or false, got "no"', r.stdout .. r.stderr)
   end)
 end)
+
+describe("values as they enter", function()
+  local function failures()
+    local out = {}
+    for _, row in ipairs(S.query(dir, "SELECT key, error FROM entsync_failures ORDER BY key")) do out[row.key] = row.error end
+    return out
+  end
+
+  it("bad text, numbers that are not finite and ids that are no ids fail their record, named", function()
+    import_job()
+    helpers.write(dir .. "/data/contacts.ndjson", table.concat({
+      '{"id":1,"email":"a@x","name":"fine","age":1}',
+      '{"id":2,"email":"b@x","name":"bad\255\254utf","age":2}',
+      '{"id":1e400,"email":"c@x","name":"huge id","age":3}',
+      '{"id":4,"email":"d@x","name":"raw nul\0byte","age":4}',
+      '{"id":5,"email":"e@x","name":"escaped nul \\u0000 byte","age":5}',
+      '{"email":"f@x","name":"no id","age":6}',
+      '{"id":{"a":1},"email":"g@x","name":"table id","age":7}',
+      '{"id":8,"email":"h@x","name":"fine too","age":1e300}',
+    }, "\n") .. "\n")
+    local r = S.run(dir)
+    assert.equal(1, r.code, r.stderr)
+    local f = failures()
+    assert.matches("invalid UTF%-8", f["@contacts.ndjson:2"])
+    assert.matches("number out of range", f["@contacts.ndjson:3"])
+    assert.matches("NUL byte", f["@contacts.ndjson:4"])
+    assert.not_matches("unexpected end", f["@contacts.ndjson:4"])
+    assert.matches('^field name: a NUL byte at byte 13 of "escaped nul \\x00 byte": not text', f["5"])
+    local no_id, table_id
+    for key, message in pairs(f) do
+      if message:find("(got nothing)", 1, true) then no_id = message end
+      if message:find("(got a table)", 1, true) then table_id = message end
+    end
+    assert.equal('record has no usable id in field "id" (got nothing)', no_id)
+    assert.equal('record has no usable id in field "id" (got a table)', table_id)
+    -- age 1e300 is no integer; the only good records are stored
+    assert.matches("^field age: ", f["8"])
+    assert.same({ { id = 1, name = "fine" } }, S.query(dir, "SELECT c.id, c.name FROM contact c"))
+    assert.matches('contacts 5: field name: a NUL byte at byte 13 of "escaped nul \\x00 byte"', r.stderr, 1, true)
+  end)
+
+  it("text columns of CSV input take UTF-8 without NUL bytes, and reals are finite", function()
+    helpers.write(dir .. "/data/c.csv", "id,email,name,score\n1,a@x,ok,1.5\n2,b@x,bad\255utf,2\n3,c@x,nul\0here,3\n"
+      .. "4,d@x,inf,1e999\n")
+    helpers.write(dir .. "/job.lua", table.concat({
+      'entity "contact" { email = "text", name = "text", score = "real" }',
+      'local csv = provider "csv" { dir = "data" }',
+      'sync "contacts" { remote = csv "c.csv", entity = "contact",',
+      '  mapping = { email = "email", name = "name", score = "score" }, import = { mode = "full" } }',
+    }, "\n") .. "\n")
+    local r = S.run(dir)
+    assert.equal(1, r.code, r.stderr)
+    local f = failures()
+    assert.equal('field name: invalid UTF-8 at byte 4 of "bad\\xffutf": not text (UTF-8 without NUL bytes) '
+      .. "(job.lua:4)", f["2"])
+    assert.matches('^field name: a NUL byte at byte 4 of "nul\\x00here"', f["3"])
+    assert.equal('field score: expected real, got "1e999" (job.lua:4)', f["4"])
+    assert.same({ { id = 1, name = "ok", score = 1.5 } }, S.query(dir, "SELECT id, name, score FROM contact"))
+  end)
+
+  it("rows another program wrote with bad text or infinity fail their export, named", function()
+    X.sink_job(dir, "on_change = true")
+    assert.equal(0, X.run(dir).code)
+    X.sql(dir, "INSERT INTO contact (email, name, age) VALUES ('a@x', CAST(X'626164FF' AS TEXT), 1), "
+      .. "('b@x', 'nul' || char(0) || 'x', 2), ('c@x', 'ok', 3), ('d@x', 'x', 9e999)")
+    local r = X.run(dir)
+    assert.equal(1, r.code, r.stderr)
+    local f = X.export_failures(dir)
+    assert.matches('field name: invalid UTF%-8 at byte 4 of "bad\\xff"', f[1].error)
+    assert.matches('field name: a NUL byte at byte 4 of "nul\\x00x"', f[2].error)
+    assert.matches("field age: inf, a number that is not finite", f[4].error)
+    local lines = X.sink_lines(dir)
+    assert.equal(1, #lines)
+    assert.equal("ok", lines[1].record.name)
+  end)
+
+  it("an id read twice in a full pass warns naming both records; the later is written, run after run", function()
+    import_job()
+    S.data(dir, { S.contact(1), S.contact(5, { name = "first" }), S.contact(2), S.contact(5, { name = "second" }) })
+    for _ = 1, 3 do
+      local r = S.run(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches('sync "contacts": remote id 5 is in the input twice %(records 2 and 4 read by this run%): the '
+        .. "later one is written", r.stderr)
+      assert.equal("second", S.value(dir, "SELECT name FROM contact c JOIN entsync_map m ON m.local_id = c.id "
+        .. "WHERE m.remote_id = 5"))
+    end
+    -- once the input is fixed, nothing is said
+    S.data(dir, { S.contact(1), S.contact(2), S.contact(5, { name = "second" }) })
+    local r = S.run(dir)
+    assert.not_matches("twice", r.stderr)
+    assert.equal(3, S.value(dir, "SELECT count(*) FROM contact"))
+  end)
+end)
+
+describe("log lines", function()
+  local hostile = "x\nentsync: info: forged line\27[2J\r\194\155"
+
+  it("escape newlines and control codes in remote ids and values; JSON lines stay JSON", function()
+    import_job()
+    helpers.write(dir .. "/data/contacts.ndjson",
+      require("cjson").encode({ id = hostile, email = "a@x", name = { "not", "text" }, age = 1 }) .. "\n")
+    local r = S.run(dir)
+    assert.equal(1, r.code, r.stderr)
+    assert.matches("^entsync: error: contacts x\\nentsync: info: forged[^\n]*\n$", r.stderr)
+    assert.not_matches("[\27\r]", r.stderr)
+    assert.not_matches("\194\155", r.stderr)
+    assert.matches("x\\nentsync: info: forged line\\x1b[2J\\r\\u{9b}", r.stderr, 1, true)
+    local lines = 0
+    for _ in r.stderr:gmatch("[^\n]+") do lines = lines + 1 end
+    assert.equal(1, lines, r.stderr)
+    -- JSON logs: every line one object, the id as it was
+    r = helpers.run(dir, { "job.lua", "run", "--log-format", "json" })
+    assert.equal(1, r.code, r.stderr)
+    local cjson = require "cjson"
+    local seen = false
+    for l in r.stderr:gmatch("[^\n]+") do
+      local entry = cjson.decode(l)
+      if entry.remote_id == hostile then seen = true end
+    end
+    assert.is_true(seen, r.stderr)
+    -- the failures listing escapes it too
+    r = helpers.run(dir, { "job.lua", "failures", "contacts" })
+    assert.matches("^import x\\nentsync: info: forged[^\n]*\n", r.stdout)
+    assert.not_matches("\nentsync: info: forged", r.stdout)
+    assert.not_matches("[\27\r]", r.stdout)
+  end)
+end)

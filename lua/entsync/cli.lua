@@ -389,9 +389,9 @@ function commands.failures(job, args, options)
           local when = f.next_at <= core.sys.now() and "due now"
             or f.next_at > 1e100 and ("after " .. tostring(f.waits_for) .. " runs")
             or string.format("retried in %.0fs", f.next_at - core.sys.now())
-          print(string.format("%s %s%s: %s (attempt %d, %s)", f.direction, f.key,
-            f.local_id and string.format(" (local %d)", f.local_id) or "", f.error, f.attempts, when))
-          if f.payload then print("  payload " .. f.payload) end
+          print(string.format("%s %s%s: %s (attempt %d, %s)", f.direction, logger.printable(f.key),
+            f.local_id and string.format(" (local %d)", f.local_id) or "", logger.printable(f.error), f.attempts, when))
+          if f.payload then print("  payload " .. logger.printable(f.payload)) end
         end
       end
       if not options.json then
@@ -461,7 +461,7 @@ local function report_error(e, options)
     return errors.exit_codes[e.kind] or errors.exit_codes.internal
   end
   local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "
-  io.stderr:write(prefix, e.message, "\n")
+  io.stderr:write(prefix, logger.printable(e.message), "\n")
   if options.verbose and e.traceback then io.stderr:write(e.traceback, "\n") end
   return errors.exit_codes[e.kind] or errors.exit_codes.internal
 end

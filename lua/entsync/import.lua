@@ -238,6 +238,27 @@ function Run:count(outcome, key)
   return outcome
 end
 
+-- Notes where in a full pass's input the record of plan's remote id was
+-- read (position: the count of records read so far); an id read twice
+-- warns, naming both records: the later one is written over the earlier
+-- (records are applied in the order read). Records skipped unread as
+-- unchanged are not seen. Kept as 64-bit hashes of the ids with their
+-- positions (core.hash.set), not as the ids themselves.
+function Run:note_position(plan, position)
+  local key = plan.key
+  if not self.note_ids or key == nil or key:sub(1, 1) == "@" then return end
+  self.positions = self.positions or core.hash.set()
+  local first = self.positions:put(core.hash.bytes(key), position)
+  if first then
+    self.duplicates = true
+    self.session.log("warn", string.format("sync \"%s\": remote id %s is in the input twice (records %d and %d "
+      .. "read by this run): the later one is written", self.sync.name, key, first, position),
+      { sync = self.sync.name, remote_id = key, event = "duplicate_id", first = first, again = position })
+    return true
+  end
+  return false
+end
+
 function Run:fail(plan)
   local book, sync = self.book, self.sync
   self.counts.failed = self.counts.failed + 1
@@ -652,6 +673,9 @@ function M.run(session, sync, options)
     -- was seen whole.
     local resume = not incremental and resume_of(state.pass_resume) or nil
     local pass_from_start = not incremental and resume == nil
+    -- a full pass reads each remote record once: an id read twice is
+    -- noted (a change log read incrementally repeats ids by nature)
+    run.note_ids = not incremental
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
     if resume then
@@ -699,6 +723,12 @@ function M.run(session, sync, options)
           else
             source.note_mark(value)
             local plan = run:prepare(value, extra)
+            if run:note_position(plan, processed + taken + 1) and run.batch_keys[plan.key] then
+              -- the earlier record of this id is in the batch, not written
+              -- yet: it is written first, and this one planned over it
+              run:flush()
+              plan = run:prepare(value, extra)
+            end
             plans[#plans + 1] = plan
             if plan[1] == "write" then run.batch_keys[plan.key] = true end
             taken = taken + 1
@@ -707,6 +737,9 @@ function M.run(session, sync, options)
         run:write_batch(plans, function()
           for _, plan in ipairs(plans) do if plan.unreadable then state.pass_unreadable = 1 end end
           complete = exhausted and not source.truncated
+          if complete and not session.dry and pass_from_start then
+            book:set_input_duplicates(run.sync_id, run.duplicates)
+          end
           if incremental then
             local mark, id = source.max()
             if mark ~= nil and (source.ordered or complete or checkpointed) then

@@ -953,6 +953,19 @@ function Ledger:set_meta(key, value)
   self.store:run(SQL.set_meta, key, value)
 end
 
+-- Whether the last complete pass of a sync read a remote id twice: its
+-- next runs decode every line (skipping lines by their bytes would let the
+-- two records of an id take turns in the row).
+function Ledger:input_duplicates(sync_id)
+  return self:meta("input_duplicates:" .. sync_id) == "1"
+end
+
+function Ledger:set_input_duplicates(sync_id, seen)
+  if seen or self:input_duplicates(sync_id) then
+    self:set_meta("input_duplicates:" .. sync_id, seen and "1" or "0")
+  end
+end
+
 -- schema 1's id map, adopted -------------------------------------------------------------------
 
 SQL.v1_exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entsync_idmap_v1'"
