@@ -242,6 +242,8 @@ function M.gather(store_file, job, options)
     local ok, err = pcall(ledger.migrate, store)
     if not ok then
       store:close()
+      -- what the machine refuses keeps its kind (and exit status)
+      if errors.is(err) and errors.environment[err.kind] then error(err, 0) end
       errors.raise("config", string.format("%s: %s", store_file, errors.strip_position(errors.message(err))))
     end
     book = ledger.new(store)
