@@ -83,6 +83,8 @@ describe("daemon", function()
       D.stderr(child))
     -- tags has no schedule: it ran because contacts depends on it, first
     assert.equal(2, count(d, "SELECT count(*) FROM tag"))
+    -- the run's summary is logged just after its commit
+    helpers.wait_for(function() return D.stderr(child):find("contacts: 1 created", 1, true) end, 3)
     local err = D.stderr(child)
     local tags_at = err:find("tags: 2 created", 1, true)
     local contacts_at = err:find("contacts: 1 created", 1, true)
