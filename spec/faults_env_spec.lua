@@ -432,6 +432,23 @@ describe("values as they enter", function()
   end)
 end)
 
+describe("an id read twice in batches apart", function()
+  it("warns with the later record's place and writes it, first import or not", function()
+    import_job(nil, { batch = 2 })
+    S.data(dir, { S.contact(5, { name = "first" }), S.contact(1), S.contact(2), S.contact(3),
+      S.contact(5, { name = "second" }), S.contact(4) })
+    for run = 1, 2 do
+      local r = S.run(dir)
+      assert.equal(0, r.code, r.stderr)
+      assert.matches('remote id 5 is in the input twice %(record 5 read by this run, and an earlier one of this '
+        .. "pass%): the later one is written", r.stderr, 1)
+      assert.equal("second", S.value(dir, "SELECT name FROM contact c JOIN entsync_map m ON m.local_id = c.id "
+        .. "WHERE m.remote_id = 5"), "run " .. run)
+      assert.equal(5, S.value(dir, "SELECT count(*) FROM contact"))
+    end
+  end)
+end)
+
 describe("log lines", function()
   local hostile = "x\nentsync: info: forged line\27[2J\r\194\155"
 

@@ -324,19 +324,15 @@ static int hash_canonical(lua_State *L)
 
 struct entsync_hashset {
     uint64_t *slots; /* 0 marks an empty slot; the hash 0 is kept aside */
-    int64_t *values; /* beside slots once put() is used: the value of each hash */
     size_t count, mask;
     int has_zero;
-    int64_t zero_value;
 };
 
 static int hashset_gc(lua_State *L)
 {
     entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
     free(set->slots);
-    free(set->values);
     set->slots = NULL;
-    set->values = NULL;
     set->count = 0;
     set->mask = 0;
     return 0;
@@ -356,57 +352,16 @@ entsync_hashset *entsync_hashset_push(lua_State *L)
     return set;
 }
 
-/* Inserts hash (with value, kept when the set has values); returns the
- * slot of the hash and whether it was there already (*found). */
-static size_t hashset_insert(entsync_hashset *set, uint64_t hash, int64_t value, int *found)
+static void hashset_insert(entsync_hashset *set, uint64_t hash)
 {
     size_t i = (size_t)(hash ^ (hash >> 29)) & set->mask;
     while (set->slots[i] != 0) {
-        if (set->slots[i] == hash) {
-            *found = 1;
-            return i;
-        }
+        if (set->slots[i] == hash)
+            return;
         i = (i + 1) & set->mask;
     }
     set->slots[i] = hash;
-    if (set->values)
-        set->values[i] = value;
     set->count++;
-    *found = 0;
-    return i;
-}
-
-/* Grows the table (doubling, from 1024 slots) when one more hash would
- * fill it past three quarters; with_values keeps a value per hash from
- * now on. Returns 0 when out of memory, the set unchanged. */
-static int hashset_reserve(entsync_hashset *set, int with_values)
-{
-    int adding_values = with_values && !set->values && set->slots;
-    if (set->slots && !adding_values && 4 * (set->count + 1) <= 3 * (set->mask + 1))
-        return 1;
-    size_t size = !set->slots ? 1024 : adding_values ? set->mask + 1 : 2 * (set->mask + 1);
-    uint64_t *old = set->slots, *slots = calloc(size, sizeof *slots);
-    int64_t *old_values = set->values, *values = NULL;
-    if (with_values || old_values)
-        values = calloc(size, sizeof *values);
-    if (!slots || ((with_values || old_values) && !values)) {
-        free(slots);
-        free(values);
-        return 0;
-    }
-    size_t old_size = old ? set->mask + 1 : 0;
-    set->slots = slots;
-    set->values = values;
-    set->mask = size - 1;
-    set->count = 0;
-    for (size_t i = 0; i < old_size; i++) {
-        int found;
-        if (old[i] != 0)
-            hashset_insert(set, old[i], old_values ? old_values[i] : 0, &found);
-    }
-    free(old);
-    free(old_values);
-    return 1;
 }
 
 void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash)
@@ -415,12 +370,25 @@ void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash)
         set->has_zero = 1;
         return;
     }
-    if (!hashset_reserve(set, 0)) {
-        luaL_error(L, "hash set: out of memory");
-        return;
+    /* Kept at most three quarters full so probes stay short. */
+    if (!set->slots || 4 * (set->count + 1) > 3 * (set->mask + 1)) {
+        size_t size = set->slots ? 2 * (set->mask + 1) : 1024;
+        uint64_t *old = set->slots;
+        size_t old_size = old ? set->mask + 1 : 0;
+        set->slots = calloc(size, sizeof *set->slots);
+        if (!set->slots) {
+            set->slots = old;
+            luaL_error(L, "hash set: out of memory");
+            return;
+        }
+        set->mask = size - 1;
+        set->count = 0;
+        for (size_t i = 0; i < old_size; i++)
+            if (old[i] != 0)
+                hashset_insert(set, old[i]);
+        free(old);
     }
-    int found;
-    hashset_insert(set, hash, 0, &found);
+    hashset_insert(set, hash);
 }
 
 static int hashset_has_hash(const entsync_hashset *set, uint64_t hash)
@@ -455,32 +423,6 @@ static int hashset_has(lua_State *L)
 {
     entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
     lua_pushboolean(L, hashset_has_hash(set, (uint64_t)luaL_checkinteger(L, 2)));
-    return 1;
-}
-
-/* set:put(hash, value) -> the value put with hash before, or nil (the
- * new value is kept then; a hash put again keeps its first value). */
-static int hashset_put(lua_State *L)
-{
-    entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
-    uint64_t hash = (uint64_t)luaL_checkinteger(L, 2);
-    int64_t value = (int64_t)luaL_checkinteger(L, 3);
-    if (hash == 0) {
-        if (set->has_zero) {
-            lua_pushinteger(L, (lua_Integer)set->zero_value);
-            return 1;
-        }
-        set->has_zero = 1;
-        set->zero_value = value;
-        return 0;
-    }
-    if (!hashset_reserve(set, 1))
-        return luaL_error(L, "hash set: out of memory");
-    int found;
-    size_t slot = hashset_insert(set, hash, value, &found);
-    if (!found)
-        return 0;
-    lua_pushinteger(L, (lua_Integer)set->values[slot]);
     return 1;
 }
 
@@ -584,7 +526,6 @@ void entsync_hash_register(lua_State *L)
     static const luaL_Reg set_methods[] = {
         {"add", hashset_add},
         {"has", hashset_has},
-        {"put", hashset_put},
         {"count", hashset_count},
         {NULL, NULL},
     };

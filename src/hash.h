@@ -35,7 +35,7 @@ void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash);
 
 /* Sets the sub-table hash of the table on top of the stack: of(value) ->
  * integer, hex(value) -> string, canonical(value) -> string, bytes(text
- * [, seed]) -> integer, set() -> set (with add, has, put(hash, value) -> the earlier value and count),
+ * [, seed]) -> integer, set() -> set (with add, has and count),
  * integerize(table) and skip_known(file, set, seed, max). */
 void entsync_hash_register(lua_State *L);
 

@@ -122,6 +122,7 @@ end
 -- the record's own faults (they become a "fail" plan).
 function Run:prepare(record, raw_hash)
   local sync, book, ctx = self.sync, self.book, self.ctx
+  self.stored_pass = nil
   if provider_contract.is_tombstone(record) then return self:gone(provider_contract.tombstone_id(record), record) end
   local raw_id = type(record) == "table" and record[sync.id_field] or nil
   local remote_id, why = ids.remote(raw_id)
@@ -139,6 +140,7 @@ function Run:prepare(record, raw_hash)
   -- the batch is written again carefully, with lookups.
   local stored = nil
   if not self.fresh then stored = book:by_remote(self.sync_id, remote_id) end
+  self.stored_pass = stored and stored.seen_pass
   if changed ~= nil and stored and stored.changed ~= nil
       and cursor.compare_marks(changed, stored.changed, sync.import.changed_kind) < 0 then
     return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
@@ -238,25 +240,33 @@ function Run:count(outcome, key)
   return outcome
 end
 
--- Notes where in a full pass's input the record of plan's remote id was
--- read (position: the count of records read so far); an id read twice
--- warns, naming both records: the later one is written over the earlier
--- (records are applied in the order read). Records skipped unread as
--- unchanged are not seen. Kept as 64-bit hashes of the ids with their
--- positions (core.hash.set), not as the ids themselves.
+-- Notes that plan's remote id was read at position (the count of records
+-- read so far) of a full pass: an id read twice in one pass warns, naming
+-- both records when they are in one batch: the later one is written over
+-- the earlier (records are applied in the order read). The earlier batches
+-- of the pass are known by the id map's seen_pass, so nothing is held in
+-- memory for them; records skipped unread as unchanged are not seen.
 function Run:note_position(plan, position)
   local key = plan.key
-  if not self.note_ids or key == nil or key:sub(1, 1) == "@" then return end
-  self.positions = self.positions or core.hash.set()
-  local first = self.positions:put(core.hash.bytes(key), position)
-  if first then
-    self.duplicates = true
-    self.session.log("warn", string.format("sync \"%s\": remote id %s is in the input twice (records %d and %d "
-      .. "read by this run): the later one is written", self.sync.name, key, first, position),
-      { sync = self.sync.name, remote_id = key, event = "duplicate_id", first = first, again = position })
-    return true
-  end
-  return false
+  if not self.note_ids or key == nil or key:sub(1, 1) == "@" then return false end
+  local earlier = self.batch_ids and self.batch_ids[key]
+  if self.batch_ids then self.batch_ids[key] = position end
+  plan.position = position
+  if earlier == nil and not (self.stored_pass ~= nil and self.stored_pass == self.pass) then return false end
+  self:warn_duplicate(plan, earlier)
+  return true
+end
+
+-- Says that plan's remote id was read before in this pass (at earlier,
+-- when known), once per record.
+function Run:warn_duplicate(plan, earlier)
+  if plan.warned then return end
+  plan.warned, self.duplicates = true, true
+  local key, position = plan.key, plan.position or 0
+  self.session.log("warn", string.format("sync \"%s\": remote id %s is in the input twice (%s): the later one is "
+    .. "written", self.sync.name, key, earlier and string.format("records %d and %d read by this run", earlier, position)
+    or string.format("record %d read by this run, and an earlier one of this pass", position)),
+    { sync = self.sync.name, remote_id = key, event = "duplicate_id", first = earlier, again = position })
 end
 
 function Run:fail(plan)
@@ -329,6 +339,7 @@ function Run:write(plan)
     -- input is found now
     local stored = book:by_remote(self.sync_id, plan.remote_id)
     if stored then
+      if self.note_ids and plan.position and stored.seen_pass == self.pass then self:warn_duplicate(plan) end
       plan.stored, plan.local_id = stored, stored.local_id
       if stored.hash == plan.hash then return self:skip({ outcome = "unchanged", key = plan.key, local_id = stored.local_id }) end
     end
@@ -702,7 +713,7 @@ function M.run(session, sync, options)
     local ok, result = pcall(function()
       while true do
         local plans, taken, exhausted = {}, 0, false
-        run.batch, run.batch_keys = plans, {}
+        run.batch, run.batch_keys, run.batch_ids = plans, {}, {}
         while #plans < settings.batch and processed + taken < limit do
           -- Records in hand are written while the network works: a batch
           -- ends early when the next record would have to wait for it.
@@ -807,7 +818,7 @@ function M.run(session, sync, options)
       end
     end)
     session.importing[sync.name] = nil
-    run.batch, run.batch_keys = nil, nil
+    run.batch, run.batch_keys, run.batch_ids = nil, nil, nil
     if reader.close then pcall(reader.close, reader) end
     if not ok then error(result, 0) end
     meter:finish()
