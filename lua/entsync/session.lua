@@ -233,7 +233,9 @@ function Session:transaction(origin, fn, ...)
     return table.unpack(out, 1, out.n)
   end, ...))
   if not results[1] then
-    self:rollback()
+    -- the first error wins: a rollback that fails too (the disk) must
+    -- not hide why the transaction ended
+    pcall(self.rollback, self)
     error(results[2], 0)
   end
   store:run(self.dry and "RELEASE batch" or "COMMIT")
