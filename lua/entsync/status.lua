@@ -287,7 +287,15 @@ end
 
 function M.text(report)
   local out = {}
-  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  -- what the store quotes (remote ids, errors) is shown escaped: one line each
+  local printable = require("entsync.logger").printable
+  local function say(fmt, ...)
+    local args = table.pack(...)
+    for i = 1, args.n do
+      if type(args[i]) == "string" then args[i] = printable(args[i]) end
+    end
+    out[#out + 1] = string.format(fmt, table.unpack(args, 1, args.n))
+  end
   say("store %s%s", report.store, report.exists and "" or " (not created yet: nothing has run)")
   if not report.job.loads then
     say("job %s does not load: %s", tostring(report.job.path), tostring(report.job.error))
@@ -473,7 +481,7 @@ function M.history(store_file, sync_name, options)
       print(string.format("#%-5d %s  %-14s %-8s %-11s %-8s %8s  %s", r.id, iso(r.started_at), r.sync, r.operation,
         r.mode or "-", r.status, r.ended_at and string.format("%.2fs", r.ended_at - r.started_at) or "-",
         counts_text(r)))
-      if r.error then print("       error: " .. redact.text(r.error)) end
+      if r.error then print("       error: " .. require("entsync.logger").printable(redact.text(r.error))) end
     end
   end
   if #rows == 0 and not options.json then print("no runs yet") end
