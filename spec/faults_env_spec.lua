@@ -46,7 +46,12 @@ describe("the store refused by the machine", function()
     local started = core.sys.monotonic()
     local r = S.run(dir)
     local waited = core.sys.monotonic() - started
+    -- a JSON log's fatal line names the kind
+    local json_run = helpers.run(dir, { "job.lua", "run", "--log-format", "json" })
     other:run("ROLLBACK")
+    assert.equal(6, json_run.code, json_run.stderr)
+    local fatal = require("cjson").decode(json_run.stderr:match("[^\n]+\n?$"))
+    assert.same({ "fatal", "busy" }, { fatal.level, fatal.kind })
     other:close()
     assert.equal(6, r.code, r.stderr)
     assert.matches('^entsync%-run: job%.lua: sync "contacts": store [^\n]*/entsync%.db is busy: ', r.stderr)
