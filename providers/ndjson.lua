@@ -35,19 +35,20 @@ local function open(f, name)
     return false, located(name, line_no, err), line
   end
 
-  -- next_unknown(known, seed, max) -> line | nil, skipped: lines whose
-  -- hash is in `known` are skipped in C (at most max); the first line goes
-  -- through next_raw for its BOM.
+  -- next_unknown(known, seed, max) -> line | nil, skipped, more, hash:
+  -- lines whose hash is in `known` are skipped in C (at most max); hash is
+  -- the line's; the first line goes through next_raw for its BOM.
   function source.next_unknown(known, seed, max)
     if line_no == 0 then
       local line = source.next_raw()
       if not line then return nil, 0 end
-      if known:has(core.hash.bytes(line, seed)) then return nil, 1, true end
-      return line, 0
+      local hash = core.hash.bytes(line, seed)
+      if known:has(hash) then return nil, 1, true end
+      return line, 0, false, hash
     end
-    local line, skipped, lines = core.hash.skip_known(f, known, seed, max)
+    local line, skipped, lines, hash = core.hash.skip_known(f, known, seed, max)
     line_no = line_no + lines
-    return line, skipped, line == nil and skipped >= max
+    return line, skipped, line == nil and skipped >= max, hash
   end
 
   function source.next()

@@ -129,8 +129,8 @@ static void prepare_store(floor_db *f)
         "INSERT INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\",\"user_id\") VALUES (?1,?2,?3,?4,?5)");
     f->stmt[STMT_IDMAP] = prepare(f->db,
         "INSERT INTO entsync_idmap"
-        " (sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)"
-        " VALUES (?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)");
+        " (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)"
+        " VALUES ((?1 << 40) | ?2, ?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)");
 }
 
 int main(int argc, char **argv)
@@ -155,6 +155,7 @@ int main(int argc, char **argv)
     floor_db f = {0};
     if (sqlite3_open(argv[2], &f.db) != SQLITE_OK)
         die(f.db, "open");
+    exec(f.db, "PRAGMA page_size=16384"); /* as entsync's new stores */
     exec(f.db, "PRAGMA journal_mode=WAL");
     exec(f.db, "PRAGMA synchronous=NORMAL");
     if (store_mode) {

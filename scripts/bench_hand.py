@@ -60,6 +60,7 @@ def main():
     batch_size = int(sys.argv[3]) if len(sys.argv) > 3 else 5000
 
     db = sqlite3.connect(store, isolation_level=None)
+    db.execute("PRAGMA page_size=16384")  # as entsync's new stores
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
     db.executescript(SCHEMA)

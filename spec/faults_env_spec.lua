@@ -92,7 +92,7 @@ describe("the store refused by the machine", function()
   end)
 
   it("a store capped by max_size ends an import with status 7; what was committed stays and is reported", function()
-    import_job('{ "entsync.db", max_size = "160KB" }')
+    import_job('{ "entsync.db", max_size = "600KB" }')
     S.data(dir, contacts(3000))
     local r = S.run(dir)
     assert.equal(7, r.code, r.stderr)

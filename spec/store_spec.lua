@@ -3,7 +3,7 @@
 -- own tables are made and migrated by entsync.ledger (core.store.open only
 -- opens the file).
 
--- entsync's own tables and views at schema 2.
+-- entsync's own tables and views at the current schema (3).
 local TABLES = { "entsync_changes", "entsync_conflicts", "entsync_entities", "entsync_failures", "entsync_idmap",
   "entsync_locks", "entsync_meta", "entsync_runs", "entsync_state", "entsync_syncs", "entsync_writes" }
 local VIEWS = { "entsync_failed", "entsync_history", "entsync_map" }
@@ -54,7 +54,7 @@ describe("the store through the C API", function()
       assert.is_true(core.fs.exists(db) ~= false)
       assert.equal("wal", store:value("PRAGMA journal_mode"))
       assert.equal("wal", sqlite3(db, "PRAGMA journal_mode"))
-      assert.equal(2, ledger.migrate(store))
+      assert.equal(ledger.VERSION, ledger.migrate(store))
       local names = {}
       for _, row in ipairs(store:rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")) do
         names[#names + 1] = row.name
@@ -66,7 +66,7 @@ describe("the store through the C API", function()
       end
       assert.same(VIEWS, views)
       assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
-      assert.equal(2, ledger.VERSION)
+      assert.equal(3, ledger.VERSION)
     end)
 
     it("opens an existing store again without touching its data or version", function()
@@ -75,11 +75,11 @@ describe("the store through the C API", function()
       store:run("INSERT INTO entsync_state (sync, cursor_mark) VALUES ((SELECT id FROM entsync_syncs WHERE name = 's'), 'mark')")
       store:close()
       store = core.store.open(db)
-      assert.equal(2, ledger.migrate(store))
+      assert.equal(ledger.VERSION, ledger.migrate(store))
       assert.equal("mark", store:value([[SELECT t.cursor_mark FROM entsync_state t
         JOIN entsync_syncs s ON s.id = t.sync WHERE s.name = 's']]))
       assert.equal(1, store:value("SELECT count(*) FROM entsync_meta"))
-      assert.equal(2, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+      assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     end)
 
     it("refuses a store whose schema version is newer than it knows, with a clear message, leaving it as it was", function()
@@ -91,7 +91,7 @@ describe("the store through the C API", function()
       assert.is_false(ok)
       err = tostring(err)
       assert.matches("store " .. db:gsub("%p", "%%%0") .. " has schema version 99", err)
-      assert.matches("knows up to 2", err)
+      assert.matches("knows up to " .. ledger.VERSION, err)
       assert.matches("upgrade entsync", err)
       store:close()
       store = nil
@@ -499,7 +499,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
       sqlite3(db, "SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE 'entsync%' ORDER BY name"))
     assert.equal("contact", sqlite3(db,
       "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'entsync%'"))
-    assert.equal("2", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+    assert.equal("3", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     assert.equal("contacts|run|ok|2", sqlite3(db, "SELECT sync, operation, status, created FROM entsync_history"))
     assert.equal("2", sqlite3(db, "SELECT count(*) FROM entsync_map WHERE sync = 'contacts'"))
   end)
@@ -519,7 +519,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
         local r = run({ "job.lua", command })
         assert.are_not.equal(0, r.code)
         assert.matches("schema version 99", r.stderr)
-        assert.matches("knows up to 2", r.stderr)
+        assert.matches("knows up to 3", r.stderr)
         assert.matches("upgrade entsync", r.stderr)
         assert.matches(db, r.stderr, 1, true)
         assert.is_nil(r.stderr:find("stack traceback", 1, true))

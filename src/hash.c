@@ -465,13 +465,15 @@ static int hash_integerize(lua_State *L)
     return 1;
 }
 
-/* skip_known(file, set, seed, max) -> line | nil, skipped, lines
+/* skip_known(file, set, seed, max) -> line | nil, skipped, lines, hash
  * Reads lines from a Lua file handle; a line whose hash (FNV-1a 64 of its
  * bytes continued from seed) is in the set is a record known unchanged and
  * is skipped, at most max of them; blank lines are passed over. Returns
  * the first unknown line (nil at the end of the file or when max were
- * skipped), how many were skipped and how many lines were read. This is
- * the whole of an unchanged re-import's work per line, so it is in C. */
+ * skipped), how many were skipped, how many lines were read, and the
+ * unknown line's hash (nil with no line), so no line is hashed twice.
+ * This is the whole of an unchanged re-import's work per line, so it is
+ * in C. */
 static int hash_skip_known(lua_State *L)
 {
     luaL_Stream *stream = luaL_checkudata(L, 1, LUA_FILEHANDLE);
@@ -485,6 +487,7 @@ static int hash_skip_known(lua_State *L)
     lua_Integer skipped = 0, lines = 0;
     ssize_t len;
     int found = 0;
+    uint64_t hash = 0;
     while (skipped < max && (len = getline(&line, &cap, stream->f)) >= 0) {
         lines++;
         if (len > 0 && line[len - 1] == '\n')
@@ -494,7 +497,8 @@ static int hash_skip_known(lua_State *L)
             i++;
         if (i == len)
             continue; /* blank: no record */
-        if (hashset_has_hash(set, entsync_hash_continue(seed, line, (size_t)len))) {
+        hash = entsync_hash_continue(seed, line, (size_t)len);
+        if (hashset_has_hash(set, hash)) {
             skipped++;
             continue;
         }
@@ -507,7 +511,11 @@ static int hash_skip_known(lua_State *L)
         lua_pushnil(L);
     lua_pushinteger(L, skipped);
     lua_pushinteger(L, lines);
-    return 3;
+    if (found)
+        lua_pushinteger(L, (lua_Integer)hash);
+    else
+        lua_pushnil(L);
+    return 4;
 }
 
 /* bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued

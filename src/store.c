@@ -926,6 +926,9 @@ static int store_open(lua_State *L)
      * against a killed process, which is what resumable runs rely on. */
     if (sqlite3_busy_timeout(store->db, store->busy_ms) != SQLITE_OK)
         entsync_store_error(L, store, NULL);
+    /* A new store gets 16 KiB pages (fewer, wider B-tree levels for the
+     * id map and the entity tables); an existing file keeps its own. */
+    exec_or_raise(L, store, "PRAGMA page_size=16384");
     exec_or_raise(L, store, "PRAGMA journal_mode=WAL");
     exec_or_raise(L, store, "PRAGMA synchronous=NORMAL");
     /* Statement journals (a write that fails inside a batch) stay in

@@ -175,10 +175,11 @@ function Reader:next_raw()
   return self:_pull("next_raw")
 end
 
--- next_unknown(known, seed, max) -> text | nil, skipped: like next_raw,
--- but records whose bytes hash (from seed) into `known` are skipped by the
--- source without reaching Lua, at most max of them per call; nil with
--- skipped > 0 means "call again", nil with 0 the end of all input.
+-- next_unknown(known, seed, max) -> text | nil, skipped, err, hash: like
+-- next_raw, but records whose bytes hash (from seed) into `known` are
+-- skipped by the source without reaching Lua, at most max of them per
+-- call; nil with skipped > 0 means "call again", nil with 0 the end of all
+-- input; hash is text's (nil when the source does not give it).
 function Reader:next_unknown(known, seed, max)
   if self._closed then return nil, 0 end
   if self._skip > 0 then
@@ -186,20 +187,21 @@ function Reader:next_unknown(known, seed, max)
     local text, err = self:next_raw()
     if text == nil then return nil, 0 end
     if text == false then return false, 0, err end
-    if known:has(core.hash.bytes(text, seed)) then return nil, 1 end
-    return text, 0
+    local hash = core.hash.bytes(text, seed)
+    if known:has(hash) then return nil, 1 end
+    return text, 0, nil, hash
   end
   while true do
     local current, open_err = self:_current_file()
     if not current then return current, 0, open_err end
-    local text, skipped, more = current.source.next_unknown(known, seed, max)
+    local text, skipped, more, hash = current.source.next_unknown(known, seed, max)
     current.count = current.count + skipped
     self.position = self.position + skipped
     self._last = current.source
     if text then
       current.count = current.count + 1
       self.position = self.position + 1
-      return text, skipped
+      return text, skipped, nil, hash
     end
     if skipped > 0 then return nil, skipped end
     if not more then self:_finish(current) end

@@ -118,9 +118,10 @@ local function payload_of(record)
   return ok and text or nil
 end
 
--- prepare(record, raw_hash) -> plan. Runs the pipeline; never raises for
--- the record's own faults (they become a "fail" plan).
-function Run:prepare(record, raw_hash)
+-- prepare(record, raw_hash, text) -> plan. Runs the pipeline; never
+-- raises for the record's own faults (they become a "fail" plan). text is
+-- the raw line the record was decoded from, when the reader gives it.
+function Run:prepare(record, raw_hash, text)
   local sync, book, ctx = self.sync, self.book, self.ctx
   self.stored_pass = nil
   if provider_contract.is_tombstone(record) then return self:gone(provider_contract.tombstone_id(record), record) end
@@ -190,8 +191,13 @@ function Run:prepare(record, raw_hash)
     if not linked then return fail_plan(key, message, payload_of(record), self.link_waits) end
     local_id = linked
   end
+  -- The batch holds what its write needs: the decoded record only when a
+  -- conflict may want it (the sync exports on change), else the raw line
+  -- it came from stands for it as the payload of a write that fails.
+  local held = record
+  if text and not self.exports then held = nil end
   return { "write", key = key, remote_id = remote_id, local_id = local_id, stored = stored, mapped = mapped,
-    hash = hash, changed = changed, raw_hash = raw_hash, version = version, record = record }
+    hash = hash, changed = changed, raw_hash = raw_hash, version = version, record = held, text = held == nil and text }
 end
 
 -- The remote deleted remote_id (a tombstone in the listing, or a get that
@@ -449,7 +455,7 @@ function Run:apply(plan)
   local ok, outcome = self.session:savepoint(Run.write, self, plan)
   if ok then return outcome end
   if errors.is(outcome) and outcome.kind ~= "entity" then error(outcome, 0) end
-  local failed = fail_plan(plan.key, errors.message(outcome, true), payload_of(plan.record))
+  local failed = fail_plan(plan.key, errors.message(outcome, true), plan.text or payload_of(plan.record))
   failed.remote_id, failed.local_id = plan.remote_id, plan.local_id
   return self:fail(failed)
 end
@@ -719,7 +725,7 @@ function M.run(session, sync, options)
           -- ends early when the next record would have to wait for it.
           if #plans > 0 and reader.ready and not reader:ready() then break end
           local room = limit - processed - taken
-          local kind, value, extra = source.next(room == math.huge and 65536 or room)
+          local kind, value, extra, text = source.next(room == math.huge and 65536 or room)
           if kind == nil then exhausted = true; break end
           if kind == sources.UNCHANGED then
             plans[#plans + 1] = { "skip", outcome = "unchanged", n = value }
@@ -733,12 +739,12 @@ function M.run(session, sync, options)
             taken = taken + 1
           else
             source.note_mark(value)
-            local plan = run:prepare(value, extra)
+            local plan = run:prepare(value, extra, text)
             if run:note_position(plan, processed + taken + 1) and run.batch_keys[plan.key] then
               -- the earlier record of this id is in the batch, not written
               -- yet: it is written first, and this one planned over it
               run:flush()
-              plan = run:prepare(value, extra)
+              plan = run:prepare(value, extra, text)
             end
             plans[#plans + 1] = plan
             if plan[1] == "write" then run.batch_keys[plan.key] = true end

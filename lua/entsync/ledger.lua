@@ -6,14 +6,16 @@
 -- else. (The lease statements on entsync_locks are the lease module's,
 -- src/lock.c; the table itself is defined here.)
 --
--- The tables, schema version 2:
+-- The tables, schema version 3:
 --
 --   entsync_meta      key/value: schema version, daemon state, notes
 --   entsync_syncs     a sync's integer id, by name
 --   entsync_entities  an entity's integer id, by name (change log rows)
---   entsync_idmap     one row per remote record and sync: the local id
---                     (a split's primary entity; its other entities carry
---                     a link column holding that id), the remote id with
+--   entsync_idmap     one row per remote record and sync, a rowid table
+--                     keyed by the sync and the local id in one integer
+--                     (key_of below): the local id (a split's primary
+--                     entity; its other entities carry a link column
+--                     holding that id), the remote id (unique per sync) with
 --                     its JSON type (integer or text), the changed mark,
 --                     the mapped content hash, the raw line's hash, the
 --                     remote's version token, and pass bookkeeping
@@ -38,11 +40,12 @@
 -- entsync_history (runs by sync name).
 
 local core = require "entsync.core"
+local errors = require "entsync.errors"
 local redact = require "entsync.redact"
 
 local M = {}
 
-M.VERSION = 2
+M.VERSION = 3
 
 -- The tables of schema 1 (milestone 1), kept to build a store of that
 -- version from nothing, which then migrates forward like any other.
@@ -198,6 +201,34 @@ CREATE VIEW entsync_history AS
   FROM entsync_runs r JOIN entsync_syncs s ON s.id = r.sync;
 ]]
 
+-- Schema 3: the id map as a rowid table keyed by one integer, the sync id
+-- in the bits above 2^40 and the local id below (a local id outside
+-- 0 .. 2^40 - 1 gets a negative key of its own, kept unique per sync by a
+-- partial index), the remote id unique per sync. Two B-trees, integer
+-- keyed, where schema 2 had a WITHOUT ROWID table on (sync, local_id).
+-- Rows keep every column; the view is made again over the new table.
+local KEY_BITS = 40
+local KEY_SPAN = 1 << KEY_BITS
+local SCHEMA_3 = string.format([[
+DROP VIEW IF EXISTS entsync_map;
+CREATE TABLE entsync_idmap3 (
+  key INTEGER PRIMARY KEY, sync INTEGER NOT NULL, local_id INTEGER NOT NULL, remote_id NOT NULL, changed,
+  hash INTEGER, raw_hash INTEGER, version, synced_at REAL, seen_pass INTEGER, gone_at REAL);
+INSERT INTO entsync_idmap3 (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at,
+    seen_pass, gone_at)
+  SELECT CASE WHEN local_id >= 0 AND local_id < %d THEN (sync << %d) | local_id
+      ELSE -row_number() OVER (ORDER BY sync, local_id) END,
+    sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass, gone_at
+  FROM entsync_idmap ORDER BY sync, local_id;
+DROP TABLE entsync_idmap;
+ALTER TABLE entsync_idmap3 RENAME TO entsync_idmap;
+CREATE UNIQUE INDEX entsync_idmap_remote ON entsync_idmap (sync, remote_id);
+CREATE UNIQUE INDEX entsync_idmap_wide ON entsync_idmap (sync, local_id) WHERE key < 0;
+CREATE VIEW entsync_map AS
+  SELECT s.name AS sync, m.local_id, m.remote_id, m.changed, m.hash, m.version, m.synced_at, m.gone_at
+  FROM entsync_idmap m JOIN entsync_syncs s ON s.id = m.sync;
+]], KEY_SPAN, KEY_BITS)
+
 -- Migration i brings the schema from version i - 1 to i: SQL text, or a
 -- function of the store for what SQL alone cannot say. Never edit a
 -- released entry: add one.
@@ -213,6 +244,7 @@ local MIGRATIONS = {
     -- a store made from nothing has no id map of schema 1 to adopt
     if not store:value("SELECT 1 FROM entsync_idmap_v1 LIMIT 1") then store:exec("DROP TABLE entsync_idmap_v1") end
   end,
+  SCHEMA_3,
 }
 assert(#MIGRATIONS == M.VERSION)
 
@@ -251,6 +283,8 @@ function M.migrate(store, upto)
         if type(step) == "function" then step(store) else store:exec(step) end
       end)
       if not done then
+        -- a store the machine refuses (busy, full, not writable) says so
+        if errors.is(message) and errors.environment[message.kind] then error(message, 0) end
         error(string.format("store %s: migration to schema %d failed: %s", store:path(), v,
           tostring(message):gsub("^store [^:]+: ", "")), 0)
       end
@@ -326,30 +360,54 @@ end
 SQL.by_remote = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at
   FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2]]
 SQL.by_local = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at
-  FROM entsync_idmap WHERE sync = ?1 AND local_id = ?2]]
+  FROM entsync_idmap WHERE key = ?1]]
 SQL.local_of = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2"
-SQL.remote_of = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 AND local_id = ?2"
+SQL.remote_of = "SELECT remote_id FROM entsync_idmap WHERE key = ?1"
 SQL.any_mapped = "SELECT 1 FROM entsync_idmap WHERE sync = ?1 LIMIT 1"
 SQL.mapped_count = "SELECT count(*) FROM entsync_idmap WHERE sync = ?1"
+SQL.wide_key = "SELECT key FROM entsync_idmap WHERE sync = ?1 AND local_id = ?2 AND key < 0"
+SQL.new_wide_key = "SELECT min(0, coalesce(min(key), 0)) - 1 FROM entsync_idmap"
 SQL.insert_map = [[INSERT INTO entsync_idmap
-  (sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)
-  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)]]
+  (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)
+  VALUES (?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)]]
 SQL.save_map = [[INSERT INTO entsync_idmap
-  (sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)
-  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-  ON CONFLICT (sync, local_id) DO UPDATE SET remote_id = excluded.remote_id, changed = excluded.changed,
+  (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)
+  VALUES (?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+  ON CONFLICT (key) DO UPDATE SET remote_id = excluded.remote_id, changed = excluded.changed,
     hash = excluded.hash, raw_hash = excluded.raw_hash, version = excluded.version,
     synced_at = excluded.synced_at, seen_pass = coalesce(excluded.seen_pass, seen_pass), gone_at = NULL]]
-SQL.seen_remote = "UPDATE entsync_idmap SET hash = ?3, changed = ?4, version = coalesce(?5, version) WHERE sync = ?1 AND local_id = ?2"
-SQL.mark_seen = "UPDATE entsync_idmap SET seen_pass = ?3 WHERE sync = ?1 AND local_id = ?2"
-SQL.retype = "UPDATE entsync_idmap SET remote_id = ?3 WHERE sync = ?1 AND local_id = ?2"
-SQL.raw_hashes = "SELECT raw_hash FROM entsync_idmap WHERE sync = ?1 AND raw_hash IS NOT NULL"
-SQL.unseen = [[SELECT local_id, remote_id FROM entsync_idmap
-  WHERE sync = ?1 AND gone_at IS NULL AND (seen_pass IS NULL OR seen_pass <> ?2)]]
-SQL.forget = "DELETE FROM entsync_idmap WHERE sync = ?1 AND local_id = ?2"
-SQL.flag_gone = "UPDATE entsync_idmap SET gone_at = ?3 WHERE sync = ?1 AND local_id = ?2"
-SQL.remote_ids = "SELECT remote_id FROM entsync_idmap WHERE sync = ?1 ORDER BY local_id"
-SQL.local_ids = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 ORDER BY local_id"
+SQL.seen_remote = "UPDATE entsync_idmap SET hash = ?2, changed = ?3, version = coalesce(?4, version) WHERE key = ?1"
+SQL.mark_seen = "UPDATE entsync_idmap SET seen_pass = ?2 WHERE key = ?1"
+SQL.retype = "UPDATE entsync_idmap SET remote_id = ?2 WHERE key = ?1"
+-- A sync's rows: its range of keys (?2 .. ?3), then the negative keys of
+-- its local ids outside the range (each part a plain rowid search).
+local function in_sync(columns, where)
+  return string.format("SELECT %s FROM entsync_idmap WHERE key >= ?2 AND key < ?3%s UNION ALL "
+    .. "SELECT %s FROM entsync_idmap WHERE key < 0 AND sync = ?1%s", columns, where, columns, where)
+end
+SQL.raw_hashes = in_sync("raw_hash", " AND raw_hash IS NOT NULL")
+SQL.unseen = in_sync("local_id, remote_id", " AND gone_at IS NULL AND (seen_pass IS NULL OR seen_pass <> ?4)")
+SQL.forget = "DELETE FROM entsync_idmap WHERE key = ?1"
+SQL.flag_gone = "UPDATE entsync_idmap SET gone_at = ?2 WHERE key = ?1"
+SQL.remote_ids = in_sync("local_id, remote_id", "") .. " ORDER BY local_id"
+
+-- The id map's key of a sync's local id: the sync id above bit 40 and
+-- the local id below, or for a local id outside 0 .. 2^40 - 1 the
+-- negative key its row was given (nil when it has none; `make` gives a
+-- new one).
+function Ledger:key_of(sync_id, local_id, make)
+  local_id = math.tointeger(local_id)
+  if local_id == nil then return nil end
+  if local_id >= 0 and local_id < KEY_SPAN then return (sync_id << KEY_BITS) | local_id end
+  local key = self.store:value(SQL.wide_key, sync_id, local_id)
+  if key == nil and make then key = self.store:value(SQL.new_wide_key) end
+  return key
+end
+
+-- The keys of a sync's range.
+local function key_range(sync_id)
+  return sync_id << KEY_BITS, (sync_id + 1) << KEY_BITS
+end
 
 -- The text form of an integer id, which schema 1 stored for every id.
 local function legacy_text(remote_id)
@@ -367,7 +425,7 @@ function Ledger:by_remote(sync_id, remote_id)
   if text then
     row = self.store:row(SQL.by_remote, sync_id, text)
     if row and not self.read_only then
-      self.store:run(SQL.retype, sync_id, row.local_id, remote_id)
+      self.store:run(SQL.retype, self:key_of(sync_id, row.local_id), remote_id)
       row.remote_id = remote_id
     end
   elseif type(remote_id) == "string" and remote_id:match("^%-?[1-9]%d*$") and #remote_id < 19 then
@@ -378,7 +436,8 @@ function Ledger:by_remote(sync_id, remote_id)
 end
 
 function Ledger:by_local(sync_id, local_id)
-  return self.store:row(SQL.by_local, sync_id, local_id)
+  local key = self:key_of(sync_id, local_id)
+  return key and self.store:row(SQL.by_local, key)
 end
 
 function Ledger:local_of(sync_id, remote_id)
@@ -391,7 +450,8 @@ function Ledger:local_of(sync_id, remote_id)
 end
 
 function Ledger:remote_of(sync_id, local_id)
-  return self.store:value(SQL.remote_of, sync_id, local_id)
+  local key = self:key_of(sync_id, local_id)
+  return key and self.store:value(SQL.remote_of, key)
 end
 
 function Ledger:has_mapped(sync_id)
@@ -405,42 +465,51 @@ end
 -- insert: a record new to the id map (the first import's path: the key
 -- fails on a remote id met twice). save: insert or update.
 function Ledger:insert_map(sync_id, local_id, remote_id, changed, hash, raw_hash, version, pass)
-  self.store:run(SQL.insert_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass)
+  self.store:run(SQL.insert_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass,
+    self:key_of(sync_id, local_id, true))
 end
 
 function Ledger:save_map(sync_id, local_id, remote_id, changed, hash, raw_hash, version, pass)
-  self.store:run(SQL.save_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass)
+  self.store:run(SQL.save_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass,
+    self:key_of(sync_id, local_id, true))
 end
 
 -- The remote version was seen (and lost a conflict, or was our own write):
 -- the entry takes its hash and mark, so it is not met as a change again.
 function Ledger:seen_remote(sync_id, local_id, hash, changed, version)
-  self.store:run(SQL.seen_remote, sync_id, local_id, hash, changed, version)
+  local key = self:key_of(sync_id, local_id)
+  if key then self.store:run(SQL.seen_remote, key, hash, changed, version) end
 end
 
 function Ledger:mark_seen(sync_id, local_id, pass)
-  self.store:run(SQL.mark_seen, sync_id, local_id, pass)
+  local key = self:key_of(sync_id, local_id)
+  if key then self.store:run(SQL.mark_seen, key, pass) end
 end
 
 function Ledger:raw_hashes(sync_id)
-  return self.store:hash_set(SQL.raw_hashes, sync_id)
+  local from, to = key_range(sync_id)
+  return self.store:hash_set(SQL.raw_hashes, sync_id, from, to)
 end
 
 function Ledger:unseen(sync_id, pass)
-  return self.store:rows(SQL.unseen, sync_id, pass)
+  local from, to = key_range(sync_id)
+  return self.store:rows(SQL.unseen, sync_id, from, to, pass)
 end
 
 function Ledger:forget(sync_id, local_id)
-  self.store:run(SQL.forget, sync_id, local_id)
+  local key = self:key_of(sync_id, local_id)
+  if key then self.store:run(SQL.forget, key) end
 end
 
 function Ledger:flag_gone(sync_id, local_id)
-  self.store:run(SQL.flag_gone, sync_id, local_id, core.sys.now())
+  local key = self:key_of(sync_id, local_id)
+  if key then self.store:run(SQL.flag_gone, key, core.sys.now()) end
 end
 
 function Ledger:remote_ids(sync_id)
   local out = {}
-  for i, row in ipairs(self.store:rows(SQL.remote_ids, sync_id)) do out[i] = row.remote_id end
+  local from, to = key_range(sync_id)
+  for i, row in ipairs(self.store:rows(SQL.remote_ids, sync_id, from, to)) do out[i] = row.remote_id end
   return out
 end
 
@@ -970,10 +1039,12 @@ end
 
 SQL.v1_exists = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'entsync_idmap_v1'"
 SQL.v1_rows = "SELECT 1 FROM entsync_idmap_v1 WHERE sync = ?1 LIMIT 1"
-SQL.v1_primary = [[INSERT OR IGNORE INTO entsync_idmap
-    (sync, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)
-  SELECT ?1, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at
-  FROM entsync_idmap_v1 WHERE sync = ?2 AND entity = ?3]]
+SQL.v1_primary = string.format([[INSERT OR IGNORE INTO entsync_idmap
+    (key, sync, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at)
+  SELECT CASE WHEN local_id >= 0 AND local_id < %d THEN (?1 << %d) | local_id
+      ELSE (SELECT min(0, coalesce(min(key), 0)) FROM entsync_idmap) - row_number() OVER (ORDER BY local_id) END,
+    ?1, local_id, remote_id, changed, hash, raw_hash, synced_at, seen_pass, gone_at
+  FROM entsync_idmap_v1 WHERE sync = ?2 AND entity = ?3]], KEY_SPAN, KEY_BITS)
 SQL.v1_forget = "DELETE FROM entsync_idmap_v1 WHERE sync = ?1"
 SQL.v1_left = "SELECT 1 FROM entsync_idmap_v1 LIMIT 1"
 

@@ -224,12 +224,26 @@ end
 
 -- storing ------------------------------------------------------------------------------------
 
+-- The json fields of an entity's declared fields ({ field = type }), a
+-- list made once per declaration.
+local json_fields_of = setmetatable({}, { __mode = "k" })
+local function json_fields(declared)
+  local names = json_fields_of[declared]
+  if not names then
+    names = {}
+    for name, kind in pairs(declared) do if kind == "json" then names[#names + 1] = name end end
+    json_fields_of[declared] = names
+  end
+  return names
+end
+
 -- The row to store for one entity's mapped values: the values of its json
 -- fields (declared: { field = type }) encoded, in place (the values were
 -- hashed already and are not used again).
 function M.storable(values, declared)
-  for name, value in pairs(values) do
-    if declared[name] == "json" then values[name] = json.encode(value) end
+  for _, name in ipairs(json_fields(declared)) do
+    local value = values[name]
+    if value ~= nil then values[name] = json.encode(value) end
   end
   return values
 end

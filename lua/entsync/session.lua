@@ -301,9 +301,11 @@ function Session:writers(sync)
 end
 
 -- The writer for one entity's values: its own, or, when an after_map hook
--- set other declared fields, one that writes those too.
-local function writer_for(self, writers, entity, values)
+-- set other declared fields, one that writes those too (with no hook the
+-- mapping sets only its own columns).
+local function writer_for(self, writers, entity, values, hooked)
   local own = writers[entity]
+  if not hooked then return own.writer end
   local extra
   for field in pairs(values) do
     if not own.owned[field] then
@@ -335,7 +337,7 @@ function Session:write_rows(sync, writers, local_id, mapped)
     local name = entity.name
     local values = pipeline.storable(mapped[name] or {}, self.job.entities[name].fields)
     if i == 1 then
-      local writer = writer_for(self, writers, name, values)
+      local writer = writer_for(self, writers, name, values, sync.after_map)
       if local_id then
         if writer:update(local_id, values) == 0 then writer:insert(values, local_id) end
       else
@@ -344,7 +346,7 @@ function Session:write_rows(sync, writers, local_id, mapped)
     else
       local link = links[name][primary]
       values[link] = local_id
-      local writer = writer_for(self, writers, name, values)
+      local writer = writer_for(self, writers, name, values, sync.after_map)
       local id = existed and store:value(string.format('SELECT id FROM "%s" WHERE "%s" = ?1', name, link), local_id)
       if id then writer:update(id, values) else writer:insert(values) end
     end

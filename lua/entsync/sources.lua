@@ -1,8 +1,8 @@
 -- entsync.sources: where an import run's records come from.
 --
 -- A source wraps a provider's reader for one run: next(room) -> kind,
--- value, extra | nil, where kind is RECORD (a decoded record; extra its
--- raw line's hash when known), UNCHANGED (value lines known unchanged by
+-- value, extra, text | nil, where kind is RECORD (a decoded record; extra
+-- its raw line's hash and text its raw line, when known), UNCHANGED (value lines known unchanged by
 -- their bytes, skipped without decoding) or UNREADABLE (value the message,
 -- extra the text). It also keeps the largest (changed mark, id) of the
 -- records the run processed, for the incremental cursor.
@@ -35,6 +35,11 @@ end
 -- The reader's methods, each raising a "provider" error (naming the
 -- provider, the method and the message's file:line) for what the
 -- provider's code raises, instead of an internal error.
+local function passed(ok, ...)
+  if ok then return ... end
+  error((...), 0)
+end
+
 local function guarded(handle, reader)
   local out = setmetatable({}, { __index = reader })
   for _, method in ipairs({ "next", "next_raw", "next_unknown", "decode", "checkpoint", "ready", "total",
@@ -43,9 +48,7 @@ local function guarded(handle, reader)
     if type(fn) == "function" then
       local handler = provider.as_provider_error(handle, "reader " .. method)
       out[method] = function(_, ...)
-        local results = table.pack(xpcall(fn, handler, reader, ...))
-        if results[1] then return table.unpack(results, 2, results.n) end
-        error(results[2], 0)
+        return passed(xpcall(fn, handler, reader, ...))
       end
     end
   end
@@ -176,30 +179,32 @@ function M.new(run, reader, state, incremental, track_marks)
     local fingerprint = sync.fingerprint
     -- Runs of known lines are skipped by the reader in C: UNCHANGED then
     -- carries how many. A line found after such a run waits in `pending`.
-    local pending
+    local pending, pending_hash
     function source.next(room)
       while true do
-        local text, skipped, err = pending, 0, nil
-        pending = nil
+        local text, skipped, err, raw_hash = pending, 0, nil, pending_hash
+        pending, pending_hash = nil, nil
         if not text then
           if reader.next_unknown then
-            text, skipped, err = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
+            text, skipped, err, raw_hash = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
           else
             text, err = reader:next_raw()
-            if text and known:has(core.hash.bytes(text, fingerprint)) then text, skipped = nil, 1 end
+            raw_hash = text and core.hash.bytes(text, fingerprint)
+            if raw_hash and known:has(raw_hash) then text, skipped = nil, 1 end
           end
           if skipped > 0 then
-            pending = text
+            pending, pending_hash = text, raw_hash
             return UNCHANGED, skipped
           end
         end
         if text == nil then return nil end
         if text == false then return UNREADABLE, err end
-        local raw_hash = core.hash.bytes(text, fingerprint)
+        -- each line is hashed once: by the reader, or here
+        raw_hash = raw_hash or core.hash.bytes(text, fingerprint)
         local record
         record, err = reader:decode(text)
         if record == false then return UNREADABLE, err, text end
-        if newer_than_cursor(record) then return RECORD, record, raw_hash end
+        if newer_than_cursor(record) then return RECORD, record, raw_hash, text end
         skip()
       end
     end
