@@ -246,29 +246,30 @@ function Run:count(outcome, key)
   return outcome
 end
 
+local byte, AT = string.byte, string.byte("@")
+
 -- Notes that plan's remote id was read at position (the count of records
 -- read so far) of a full pass: an id read twice in one pass warns, naming
--- both records when they are in one batch: the later one is written over
--- the earlier (records are applied in the order read). The earlier batches
--- of the pass are known by the id map's seen_pass, so nothing is held in
--- memory for them; records skipped unread as unchanged are not seen.
+-- both records when both are writes of one batch (batch_keys): the later
+-- one is written over the earlier (records are applied in the order read).
+-- The earlier batches of the pass are known by the id map's seen_pass, so
+-- nothing is held in memory for them; records skipped unread as unchanged
+-- are not seen.
 function Run:note_position(plan, position)
   local key = plan.key
-  if not self.note_ids or key == nil or key:sub(1, 1) == "@" then return false end
-  local earlier = self.batch_ids and self.batch_ids[key]
-  if self.batch_ids then self.batch_ids[key] = position end
-  plan.position = position
-  if earlier == nil and not (self.stored_pass ~= nil and self.stored_pass == self.pass) then return false end
-  self:warn_duplicate(plan, earlier)
+  if not self.note_ids or key == nil or byte(key) == AT then return false end
+  local earlier = self.batch_keys[key]
+  if earlier == nil and (self.stored_pass == nil or self.stored_pass ~= self.pass) then return false end
+  self:warn_duplicate(plan, position, earlier)
   return true
 end
 
--- Says that plan's remote id was read before in this pass (at earlier,
--- when known), once per record.
-function Run:warn_duplicate(plan, earlier)
+-- Says that plan's remote id, read at position, was read before in this
+-- pass (at earlier, when known), once per record.
+function Run:warn_duplicate(plan, position, earlier)
   if plan.warned then return end
   plan.warned, self.duplicates = true, true
-  local key, position = plan.key, plan.position or 0
+  local key = plan.key
   self.session.log("warn", string.format("sync \"%s\": remote id %s is in the input twice (%s): the later one is "
     .. "written", self.sync.name, key, earlier and string.format("records %d and %d read by this run", earlier, position)
     or string.format("record %d read by this run, and an earlier one of this pass", position)),
@@ -345,7 +346,8 @@ function Run:write(plan)
     -- input is found now
     local stored = book:by_remote(self.sync_id, plan.remote_id)
     if stored then
-      if self.note_ids and plan.position and stored.seen_pass == self.pass then self:warn_duplicate(plan) end
+      local position = self.note_ids and self.batch_keys and self.batch_keys[plan.key]
+      if position and stored.seen_pass == self.pass then self:warn_duplicate(plan, position) end
       plan.stored, plan.local_id = stored, stored.local_id
       if stored.hash == plan.hash then return self:skip({ outcome = "unchanged", key = plan.key, local_id = stored.local_id }) end
     end
@@ -508,7 +510,7 @@ end
 -- Whether the batch being read holds a record of remote_id not written
 -- yet: a record that refers to one before it in the same batch.
 function Run:holds(remote_id)
-  return self.batch_keys ~= nil and self.batch_keys[ids.text(remote_id)] == true
+  return self.batch_keys ~= nil and self.batch_keys[ids.text(remote_id)] ~= nil
 end
 
 -- Writes what the batch being read holds so far (without a checkpoint:
@@ -719,7 +721,7 @@ function M.run(session, sync, options)
     local ok, result = pcall(function()
       while true do
         local plans, taken, exhausted = {}, 0, false
-        run.batch, run.batch_keys, run.batch_ids = plans, {}, {}
+        run.batch, run.batch_keys = plans, {}
         while #plans < settings.batch and processed + taken < limit do
           -- Records in hand are written while the network works: a batch
           -- ends early when the next record would have to wait for it.
@@ -747,7 +749,8 @@ function M.run(session, sync, options)
               plan = run:prepare(value, extra, text)
             end
             plans[#plans + 1] = plan
-            if plan[1] == "write" then run.batch_keys[plan.key] = true end
+            -- the batch's writes by remote id, with where each was read
+            if plan[1] == "write" then run.batch_keys[plan.key] = processed + taken + 1 end
             taken = taken + 1
           end
         end
@@ -824,7 +827,7 @@ function M.run(session, sync, options)
       end
     end)
     session.importing[sync.name] = nil
-    run.batch, run.batch_keys, run.batch_ids = nil, nil, nil
+    run.batch, run.batch_keys = nil, nil
     if reader.close then pcall(reader.close, reader) end
     if not ok then error(result, 0) end
     meter:finish()

@@ -221,21 +221,18 @@ end
 
 -- Text a column may hold: valid UTF-8 without NUL bytes (which other
 -- programs reading the store would cut the text at).
-local utf8_len, find = utf8.len, string.find
-local function valid_text(value)
-  return utf8_len(value) ~= nil and not find(value, "\0", 1, true)
-end
+local valid_text = require("entsync.core").json.text_ok
 M.valid_text = valid_text
 
 -- Why value cannot be stored in a column of field_type when the reason is
 -- in the value itself (bad bytes, a number that is not finite), or nil.
 local function unstorable(value)
   if type(value) == "string" then
-    local _, bad = utf8_len(value)
-    local shown = require("entsync.logger").printable(value:sub(1, 60))
-    if bad then return string.format("invalid UTF-8 at byte %d of \"%s\"", bad, shown) end
-    local nul = find(value, "\0", 1, true)
-    if nul then return string.format("a NUL byte at byte %d of \"%s\"", nul, shown) end
+    local ok, at, what = valid_text(value)
+    if not ok then
+      return string.format("%s at byte %d of \"%s\"", what == "nul" and "a NUL byte" or "invalid UTF-8", at,
+        require("entsync.logger").printable(value:sub(1, 60)))
+    end
   elseif type(value) == "number" and value - value ~= 0 then
     return string.format("%s, a number that is not finite", tostring(value))
   end
