@@ -55,13 +55,13 @@ local function dump(dir)
   return table.concat(lines, "\n")
 end
 
--- Runs the job over the old store: migrated to schema 3, every tag and
+-- Runs the job over the old store: migrated to schema 4, every tag and
 -- contact found unchanged, line 21 of the contacts failing as it did
 -- before. Returns the run and its summary lines.
 local function run_migrated(dir)
   local r = T.run(dir, { "run" })
   assert.equal(1, r.code, r.stdout .. r.stderr)
-  assert.equal(3, T.value(dir, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+  assert.equal(4, T.value(dir, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
   local lines = T.lines(r.stdout)
   local tags, contacts = T.counts(lines.tags.import), T.counts(lines.contacts.import)
   assert.same({ 0, 0, 10, 0 }, { tags.created, tags.updated, tags.unchanged, tags.failed }, lines.tags.import)
@@ -81,7 +81,7 @@ describe("a schema 1 store", function()
 
   after_each(function() helpers.rmdir(dir) end)
 
-  it("is migrated on open: schema 3 through 2, every contact and tag unchanged, the broken line still the one failure",
+  it("is migrated on open: schema 4 through 2 and 3, every contact and tag unchanged, the broken line still the one failure",
     function()
       run_migrated(dir)
       local failed = T.query(dir, "SELECT sync, direction, key FROM entsync_failed")

@@ -3,9 +3,10 @@
 -- own tables are made and migrated by entsync.ledger (core.store.open only
 -- opens the file).
 
--- entsync's own tables and views at the current schema (3).
+-- entsync's own tables and views at the current schema (4).
 local TABLES = { "entsync_changes", "entsync_conflicts", "entsync_entities", "entsync_failures", "entsync_idmap",
-  "entsync_locks", "entsync_meta", "entsync_runs", "entsync_state", "entsync_syncs", "entsync_writes" }
+  "entsync_locks", "entsync_meta", "entsync_runs", "entsync_state", "entsync_syncs", "entsync_webhook_events",
+  "entsync_writes" }
 local VIEWS = { "entsync_failed", "entsync_history", "entsync_map" }
 
 local core = require "entsync.core"
@@ -66,7 +67,7 @@ describe("the store through the C API", function()
       end
       assert.same(VIEWS, views)
       assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
-      assert.equal(3, ledger.VERSION)
+      assert.equal(4, ledger.VERSION)
     end)
 
     it("opens an existing store again without touching its data or version", function()
@@ -499,7 +500,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
       sqlite3(db, "SELECT name FROM sqlite_master WHERE type = 'view' AND name LIKE 'entsync%' ORDER BY name"))
     assert.equal("contact", sqlite3(db,
       "SELECT group_concat(name) FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'entsync%'"))
-    assert.equal("3", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+    assert.equal("4", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     assert.equal("contacts|run|ok|2", sqlite3(db, "SELECT sync, operation, status, created FROM entsync_history"))
     assert.equal("2", sqlite3(db, "SELECT count(*) FROM entsync_map WHERE sync = 'contacts'"))
   end)
@@ -519,7 +520,7 @@ sync "contacts" { remote = src, entity = "contact", mapping = { name = "name", m
         local r = run({ "job.lua", command })
         assert.are_not.equal(0, r.code)
         assert.matches("schema version 99", r.stderr)
-        assert.matches("knows up to 3", r.stderr)
+        assert.matches("knows up to 4", r.stderr)
         assert.matches("upgrade entsync", r.stderr)
         assert.matches(db, r.stderr, 1, true)
         assert.is_nil(r.stderr:find("stack traceback", 1, true))

@@ -12,6 +12,8 @@
 #include "loop.h"
 #include "notify.h"
 #include "readline.h"
+#include "redis.h"
+#include "sign.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -65,6 +67,8 @@ int luaopen_entsync_core(lua_State *L)
     entsync_loop_register(L);
     entsync_notify_register(L);
     entsync_readline_register(L);
+    entsync_sign_register(L);
+    entsync_redis_register(L);
     lua_pushliteral(L, ENTSYNC_VERSION);
     lua_setfield(L, -2, "version");
     lua_pushstring(L, sqlite3_libversion());

@@ -112,6 +112,10 @@ function commands.check(job, _, options)
         sync.export.deletes, conflict)
     end
     local schedule = sync.schedule and ("; schedule " .. sync.schedule.text) or ""
+    if sync.webhook then
+      schedule = schedule .. string.format("; webhook POST %s (ids at %s)", sync.webhook.path,
+        sync.webhook.ids or sync.webhook.id)
+    end
     if not import.enabled then mode = "no import" end
     say("  %-16s %s -> %s; %s%s%s%s%s", name, describe_remote(sync), table.concat(sync.entities, ", "),
       mode, import.enabled and (", deletes " .. import.deletes) or "", depends, export, schedule)
@@ -235,7 +239,7 @@ function commands.run(job, args, options)
       if options.stopped then return false end
       local started = core.sys.monotonic()
       local full = options.full and (#args == 0 or named[sync.name]) or nil
-      local ok, result = pcall(require("entsync.import").run, session, sync, { full = full })
+      local ok, result = pcall(require("entsync.import").run, session, sync, { full = full, follow = options.follow })
       if not ok then
         first_error = first_error or result
         return false

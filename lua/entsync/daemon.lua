@@ -18,7 +18,9 @@
 -- runs, and a second one exits 3 naming the first.
 --
 -- With --listen HOST:PORT it serves GET /metrics (entsync.metrics) and GET
--- / (entsync.web) from a task of the same loop (entsync.httpd). Under a
+-- / (entsync.web) from a task of the same loop (entsync.httpd), and the
+-- webhooks the job's syncs declare (entsync.webhook: POST <path>, each
+-- accepted event pulled by a task of its sync). Under a
 -- service manager that listens ($NOTIFY_SOCKET: systemd's Type=notify) it
 -- says READY=1 once it serves, STOPPING=1 when it stops, RELOADING=1 on
 -- SIGHUP, and pings the watchdog ($WATCHDOG_USEC) from a timer task at half
@@ -97,10 +99,16 @@ function Daemon:publish()
   pcall(self.session.ledger.set_meta, self.session.ledger, "daemon", state)
 end
 
--- Runs fn for sync name unless that sync is running already.
-function Daemon:exclusive(name, fn)
-  if self.busy[name] then return false end
-  self.busy[name] = true
+-- Runs fn for sync name unless that sync is running already. A webhook's
+-- pull (kind "webhook") holds a sync while events come; another task that
+-- finds it so marks the sync wanted, and the pull lets go at its next batch.
+function Daemon:exclusive(name, fn, kind)
+  if self.busy[name] then
+    if self.busy[name] == "webhook" and kind ~= "webhook" then self.wanted[name] = true end
+    return false
+  end
+  if kind ~= "webhook" then self.wanted[name] = nil end
+  self.busy[name] = kind or true
   self:publish()
   local ok, err = pcall(fn)
   self.busy[name] = nil
@@ -127,7 +135,7 @@ function Daemon:run_sync(name)
   for _, planned in ipairs(require("entsync.job").plan(job, { name })) do
     if self.stopping then return end
     local sync = job.syncs[planned]
-    local ran = self:exclusive(planned, function()
+    local function body()
       if sync.import.enabled then
         local started = core.sys.monotonic()
         local result = require("entsync.import").run(session, sync)
@@ -135,7 +143,12 @@ function Daemon:run_sync(name)
         self:summary(result, operation.summary(result, seconds), seconds, "import")
       end
       if sync.export and sync.export.on_change and not self.stopping then self:drain(sync) end
-    end)
+    end
+    local ran = self:exclusive(planned, body)
+    while not ran and self.busy[planned] == "webhook" and not self.stopping do
+      self.idle:wait() -- a webhook's pull lets go of the sync at its next batch
+      ran = self:exclusive(planned, body)
+    end
     if not ran then
       self:log("info", string.format("sync \"%s\" is running already: not started again", planned))
     end
@@ -152,7 +165,7 @@ function Daemon:scheduled(name, entry)
       self.wake:wait(wait)
     else
       entry.due = schedule.next_time(entry.parsed, now())
-      if self.busy[name] or self.starting[name] then
+      if (self.busy[name] and self.busy[name] ~= "webhook") or self.starting[name] then
         self:log("warn", string.format("sync \"%s\" is still running: this turn is skipped", name))
       else
         self:log("info", string.format("sync \"%s\" is due (%s)", name, entry.text))
@@ -207,6 +220,7 @@ function Daemon:drainer(sync)
   while not self.stopping do
     local mark = self.change_count
     local ok, work = pcall(export.has_work, self.session, sync)
+    if ok and work and self.busy[sync.name] == "webhook" then self.wanted[sync.name] = true end
     if ok and work and not self.busy[sync.name] then
       self:exclusive(sync.name, function() self:drain(sync) end)
     elseif self.change_count == mark then
@@ -218,6 +232,38 @@ function Daemon:drainer(sync)
     soon = false
     if self.change_count ~= mark then soon = not self:settle() end
   end
+end
+
+-- The task of one sync that reads a queue (its provider's reader
+-- follows): consumes messages as they come, blocking on the queue's
+-- socket, one run per burst (a run ends once the queue is quiet after it
+-- took something). A run that failed (the queue unreachable) is tried
+-- again after a pause that grows to half a minute.
+function Daemon:consumer(sync)
+  local import = require "entsync.import"
+  local pause = 0
+  while not self.stopping do
+    local failed = true
+    local ran = self:exclusive(sync.name, function()
+      local started = core.sys.monotonic()
+      local result = import.run(self.session, sync, { follow = true, until_quiet = true })
+      failed = false
+      local seconds = core.sys.monotonic() - started
+      if result.counts and (result.counts.created + result.counts.updated + result.counts.deleted
+          + result.counts.failed > 0) then
+        self:summary(result, operation.summary(result, seconds), seconds, "import")
+      end
+    end)
+    pause = (failed or not ran) and math.min(30, math.max(1, pause * 2)) or 0
+    if pause > 0 and not self.stopping then self.wake:wait(pause) end
+  end
+end
+
+-- Whether a sync imports from a queue the daemon consumes continuously.
+function Daemon:follows(sync)
+  if not sync.import.enabled then return false end
+  local ok, instance = pcall(self.session.provider, self.session, sync.provider)
+  return ok and type(instance) == "table" and instance.follows == true
 end
 
 -- The task that watches the store file: counts its changes and wakes the
@@ -251,6 +297,7 @@ end
 -- reload).
 function Daemon:start_tasks()
   self.tasks = {}
+  self:start_webhooks()
   for name, entry in pairs(self.schedules) do
     self.tasks[#self.tasks + 1] = loop.spawn(self.scheduled, self, name, entry)
   end
@@ -259,6 +306,7 @@ function Daemon:start_tasks()
     if sync.export and sync.export.on_change then
       self.tasks[#self.tasks + 1] = loop.spawn(self.drainer, self, sync)
     end
+    if self:follows(sync) then self.tasks[#self.tasks + 1] = loop.spawn(self.consumer, self, sync) end
   end
 end
 
@@ -270,7 +318,9 @@ end
 -- Reloads the job file once nothing runs; the old job stays when the new
 -- one fails to load.
 function Daemon:reload()
+  self.reloading = true
   while next(self.busy) or next(self.starting) do self.idle:wait() end
+  self.reloading = false
   notify(self, "RELOADING=1")
   -- the providers' code and the job's own modules are read again too
   local ok, job = require("entsync.job").reload(self.job)
@@ -296,14 +346,15 @@ end
 -- from the store when asked.
 function Daemon:serve(listen)
   local httpd = require "entsync.httpd"
-  local server = httpd.listen(listen.host, listen.port, { log = self.options.log })
+  local server = httpd.listen(listen.host, listen.port, { log = self.options.log,
+    max_body = require("entsync.webhook").max_body(self.job) })
   local daemon = self
   local function report(recent)
     return require("entsync.status").gather(daemon.job.store_file, daemon.job, { recent = recent })
   end
   server:route("GET", "/metrics", function()
     local text = require("entsync.metrics").render(report(), { http = require("entsync.http").stats(),
-      started_at = daemon.started_at, requests = server.requests })
+      started_at = daemon.started_at, requests = server.requests, webhooks = daemon:webhook_stats() })
     return 200, text, { ["Content-Type"] = "text/plain; version=0.0.4; charset=utf-8" }
   end)
   server:route("GET", "/", function()
@@ -316,8 +367,53 @@ function Daemon:serve(listen)
   self.server = server
   local host = listen.host:find(":", 1, true) and ("[" .. listen.host .. "]") or listen.host
   self.listen = string.format("%s:%d", host, server.port)
-  self:log("info", string.format("serving http://%s/ (/metrics, /, /status.json)", self.listen),
-    { event = "listening", address = self.listen })
+  local paths = {}
+  for _, name in ipairs(self.job.sync_order) do
+    local hook = self.job.syncs[name].webhook
+    if hook then paths[#paths + 1] = "POST " .. hook.path end
+  end
+  self:log("info", string.format("serving http://%s/ (/metrics, /, /status.json%s)", self.listen,
+    #paths > 0 and (", " .. table.concat(paths, ", ")) or ""), { event = "listening", address = self.listen })
+end
+
+-- The job's webhooks: a hook per sync that declares one (its counts kept
+-- across a reload), its route on the server and its pull task.
+function Daemon:start_webhooks()
+  local webhook = require "entsync.webhook"
+  local old, daemon = self.hooks or {}, self
+  self.hooks = {}
+  if self.server then self.server:unroute("webhook") end
+  for _, name in ipairs(self.job.sync_order) do
+    local sync = self.job.syncs[name]
+    if sync.webhook then
+      local hook = webhook.new(self.session, sync, { log = self.options.log, idle = self.idle,
+        exclusive = function(fn) return daemon:exclusive(name, fn, "webhook") end,
+        wanted = function() return daemon.wanted[name] or daemon.reloading end,
+        should_stop = function() return daemon.stopping end })
+      if old[name] then hook.counts = old[name].counts end
+      self.hooks[name] = hook
+      if self.server then
+        self.server:route("POST", sync.webhook.path, function(request) return hook:receive(request) end,
+          { tag = "webhook" })
+      else
+        self:log("error", string.format("sync \"%s\" declares a webhook, but the daemon does not listen: "
+          .. "start it with --listen HOST:PORT", name), { sync = name })
+      end
+      self.tasks[#self.tasks + 1] = loop.spawn(hook.run, hook, function(result, seconds)
+        self:summary(result, require("entsync.operation").summary(result, seconds), seconds, "webhook")
+      end)
+    end
+  end
+end
+
+-- The webhooks' counts for the metrics: { sync = hook:stats() }.
+function Daemon:webhook_stats()
+  local out = {}
+  for name, hook in pairs(self.hooks or {}) do
+    local ok, stats = pcall(hook.stats, hook)
+    if ok then out[name] = stats end
+  end
+  return out
 end
 
 -- Pings the service manager's watchdog at half its period, while the
@@ -389,6 +485,14 @@ function Daemon:main()
 end
 
 function M.run(job, options)
+  if not options.listen then
+    for _, name in ipairs(job.sync_order) do
+      if job.syncs[name].webhook then
+        errors.raise("usage", string.format("%s: sync \"%s\" declares a webhook: start the daemon with --listen "
+          .. "HOST:PORT to receive it", job.display_path, name))
+      end
+    end
+  end
   return loop.run(function()
     local daemon
     local session = require("entsync.session").open(job, { wait = 0, log = options.log,
@@ -406,7 +510,7 @@ function M.run(job, options)
         operation.describe_holder(info.holder)))
     end
     daemon = setmetatable({
-      job = job, session = session, options = options, started_at = now(), busy = {}, starting = {},
+      job = job, session = session, options = options, started_at = now(), busy = {}, starting = {}, wanted = {},
       schedules = plan_schedules(job), wake = loop.condition(), idle = loop.condition(),
     }, Daemon)
     daemon:publish()

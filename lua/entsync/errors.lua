@@ -20,7 +20,7 @@ Error.__tostring = function(e) return e.message end
 
 -- A remote that keeps failing stops a run with status 1: entities were
 -- not imported, and nothing is wrong with the job or with entsync.
-M.exit_codes = { ok = 0, failed = 1, http = 1, provider = 1, conflict = 1, usage = 2, config = 2, lock = 3,
+M.exit_codes = { ok = 0, failed = 1, http = 1, provider = 1, queue = 1, conflict = 1, usage = 2, config = 2, lock = 3,
   internal = 4, busy = 6, disk_full = 7, permissions = 8, io = 9 }
 
 -- The kinds of what the machine refuses (the store's file, the disk):

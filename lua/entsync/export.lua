@@ -320,7 +320,7 @@ function Exporter:send_batch(plans, on_done)
   end)
   for i, plan in ipairs(plans) do
     items[i] = { op = plan.op, id = plan.remote_id, record = plan.body, patch = plan.patch, version = plan.version,
-      key = plan.key, current = plan.current }
+      key = plan.key, current = plan.current, local_id = plan.local_id }
   end
   local ok, results = pcall(provider_contract.call, sync.provider, provider, "write_batch", self.resource, items,
     context.new(self.session, sync, "export"))

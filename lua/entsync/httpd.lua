@@ -46,14 +46,23 @@ function M.listen(host, port, options)
   return server
 end
 
--- route(method, path, handler [, { prefix = true }]): handler for method
--- ("GET", "POST", ... or "*") on path; with prefix, on every path that
--- starts with it (the handler gets the rest as its second argument). The
--- longest matching route wins.
+-- route(method, path, handler [, { prefix = true, tag = name }]): handler
+-- for method ("GET", "POST", ... or "*") on path; with prefix, on every
+-- path that starts with it (the handler gets the rest as its second
+-- argument). The longest matching route wins. A tag names a group of
+-- routes that unroute(tag) takes away (the webhooks of a job reloaded).
 function Server:route(method, path, handler, options)
   self.routes[#self.routes + 1] = { method = method:upper(), path = path, handler = handler,
-    prefix = options and options.prefix or false }
+    prefix = options and options.prefix or false, tag = options and options.tag }
   table.sort(self.routes, function(a, b) return #a.path > #b.path end)
+end
+
+function Server:unroute(tag)
+  local kept = {}
+  for _, route in ipairs(self.routes) do
+    if route.tag ~= tag then kept[#kept + 1] = route end
+  end
+  self.routes = kept
 end
 
 local function normalize(status, body, headers)

@@ -661,6 +661,9 @@ end
 -- now, whatever the import mode: no cursor, checkpoint or limit, a new
 -- pass from the start (with deletes, as any complete pass); an
 -- incremental sync's cursor moves to the newest record read.
+-- options.follow: a reader that can wait for more (a queue's) does, until
+-- the session's should_stop says stop (options.until_quiet: or until it
+-- found nothing more after taking something).
 function M.run(session, sync, options)
   options = options or {}
   local full = options.full and true or false
@@ -697,6 +700,10 @@ function M.run(session, sync, options)
     run.note_ids = not incremental
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
+    if options.follow then
+      -- a queue's reader waits for messages until the run is asked to stop
+      query.follow, query.should_stop, query.until_quiet = true, session.options.should_stop, options.until_quiet
+    end
     if resume then
       query.checkpoint, query.offset = resume.checkpoint, resume.offset
       run.positional = resume.positional or resume.offset ~= nil
@@ -735,7 +742,7 @@ function M.run(session, sync, options)
           elseif kind == sources.UNREADABLE then
             -- An input that could not be read has no id: it is kept under
             -- its place in the input ("@contacts.ndjson:7"), with its text.
-            local place, message = tostring(value):match("^([^:]+:%d+): (.*)$")
+            local place, message = tostring(value):match("^(.-:[%w%-]+): (.*)$")
             plans[#plans + 1] = fail_plan("@" .. (place or "input"), message or tostring(value), extra)
             plans[#plans].unreadable = true
             taken = taken + 1
@@ -811,7 +818,11 @@ function M.run(session, sync, options)
         processed = processed + taken
         meter:tick(processed)
         if not session.dry and reader.committed and (source.moves_each_batch or complete) then
-          local moved, move_err = reader:committed()
+          -- the keys that failed in it: a queue leaves their messages
+          -- to be delivered again
+          local failed = {}
+          for _, plan in ipairs(plans) do if plan[1] == "fail" then failed[plan.key] = true end end
+          local moved, move_err = reader:committed(failed)
           if moved == nil and move_err then session.log("warn", string.format("sync \"%s\": %s", sync.name, move_err)) end
         end
         if exhausted or processed >= limit then break end
@@ -840,6 +851,16 @@ function M.run(session, sync, options)
   end, cursor_text(before))
 end
 
+-- The plan of a record fetched by get (ok, record: pcall's results). A
+-- record the remote does not have is gone: the deletes policy settles it;
+-- unasked, one the id map does not know either is nothing to do rather
+-- than a failure.
+function Run:plan_fetched(remote_id, ok, record, unasked)
+  if not ok then return fail_plan(ids.text(remote_id), "fetching it failed: " .. errors.message(record)) end
+  if record == nil then return self:gone(remote_id, nil, not unasked) end
+  return self:prepare(record)
+end
+
 -- Imports records by remote id (import) or by local id (refresh), in one
 -- run logged as that operation.
 local function run_single(session, sync, operation_name, remote_ids, options)
@@ -855,17 +876,9 @@ local function run_single(session, sync, operation_name, remote_ids, options)
       local plans = {}
       for i = start, math.min(#remote_ids, start + sync.import.batch - 1) do
         local remote_id = remote_ids[i]
-        local key = ids.text(remote_id)
         local fetched, record = pcall(provider_contract.call, sync.provider, run.provider, "get", sync.resource,
           remote_id, run.ctx:at(remote_id, nil, nil))
-        if not fetched then
-          plans[#plans + 1] = fail_plan(key, "fetching it failed: " .. errors.message(record))
-        elseif record == nil then
-          -- gone from the remote: the deletes policy settles it
-          plans[#plans + 1] = run:gone(remote_id, nil, true)
-        else
-          plans[#plans + 1] = run:prepare(record)
-        end
+        plans[#plans + 1] = run:plan_fetched(remote_id, fetched, record, false)
         meter:tick(i)
       end
       local last = start + sync.import.batch - 1 >= #remote_ids
@@ -882,6 +895,28 @@ local function run_single(session, sync, operation_name, remote_ids, options)
       end
     end
     meter:finish()
+    if not session.dry then session.ledger:release_deferred(sync.name) end
+    return { complete = true }
+  end)
+end
+
+-- pull(session, sync, take) -> result: one run of operation "webhook"
+-- that imports what take(op) hands over, batch by batch, until it hands
+-- over nothing. take may wait (it fetches, in the run's task and under its
+-- lease); it returns a list of { remote_id, ok, record } (get's results
+-- through pcall) and a function called in that batch's commit, or nil.
+-- A remote id the remote no longer has settles by the deletes policy, or
+-- is nothing to do when the id map does not know it.
+function M.pull(session, sync, take)
+  return operation.run(session, sync, "webhook", "webhook", function(op)
+    local run = new_run(session, sync, op)
+    while true do
+      local fetched, checkpoint = take(op)
+      if not fetched then break end
+      local plans = {}
+      for i, f in ipairs(fetched) do plans[i] = run:plan_fetched(f.remote_id, f.ok, f.record, true) end
+      run:write_batch(plans, checkpoint)
+    end
     if not session.dry then session.ledger:release_deferred(sync.name) end
     return { complete = true }
   end)

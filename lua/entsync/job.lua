@@ -16,7 +16,7 @@ M.field_types = { text = true, integer = true, real = true, boolean = true, json
 local sync_options = {
   remote = true, entity = true, mapping = true, import = true, export = true, id = true,
   changed = true, depends_on = true, schedule = true, on_missing = true, filter = true,
-  after_map = true, conflict = true, description = true, link = true,
+  after_map = true, conflict = true, description = true, link = true, webhook = true,
 }
 local import_options = {
   mode = true, changed = true, changed_kind = true, limit = true, deletes = true, batch = true, retry = true,
@@ -445,11 +445,14 @@ local sync_types = {
   schedule = "any", on_missing = "string", filter = FUNCTION, after_map = FUNCTION,
   conflict = { any_of = { "string", FUNCTION }, describe = "a policy name or a function" },
   link = "any", -- checked below, with an example
+  webhook = "any", -- entsync.webhook checks its settings
 }
 
 -- Checks the type of each of the sync's settings, once the names are known.
 local function check_types(sync)
   local spec = sync.spec
+  -- a webhook's secret is a secret like a provider's
+  if type(spec.webhook) == "table" then require("entsync.redact").settings(spec.webhook) end
   check_options(sync, spec, sync_options, "sync")
   if type(spec.import) == "table" then check_options(sync, spec.import, import_options, "import") end
   if type(spec.export) == "table" then check_options(sync, spec.export, export_options, "export") end
@@ -480,6 +483,12 @@ local function validate_sync(job, sync)
   end
   sync.entities = entities
   sync.import = validate_import(sync)
+  if spec.webhook ~= nil then
+    if not sync.import.enabled then
+      sync_error(sync, "a webhook imports what it names, but the sync does not import (import = false)")
+    end
+    sync.webhook = require("entsync.webhook").settings(spec.webhook, function(fmt, ...) sync_error(sync, fmt, ...) end)
+  end
   sync.id_field = spec.id or sync.provider.config.id or "id"
   sync.changed_field = sync.import.changed
   declare_links(job, sync)
@@ -686,6 +695,7 @@ function M.validate(job)
     end
   end
   for _, name in ipairs(job.sync_order) do attempt(job, validate_export, job, job.syncs[name]) end
+  attempt(job, require("entsync.webhook").check_paths, job)
   attempt(job, check_providers, job)
   if not attempt(job, order_syncs, job) then job.run_order = job.sync_order end
   -- the files and folders are the environment's, looked at once the job

@@ -6,7 +6,7 @@
 -- else. (The lease statements on entsync_locks are the lease module's,
 -- src/lock.c; the table itself is defined here.)
 --
--- The tables, schema version 3:
+-- The tables, schema version 4:
 --
 --   entsync_meta      key/value: schema version, daemon state, notes
 --   entsync_syncs     a sync's integer id, by name
@@ -34,6 +34,13 @@
 --                     payload and retry schedule
 --   entsync_conflicts conflicts and how they were settled
 --   entsync_locks     leases (src/lock.c)
+--   entsync_webhook_events  each webhook event a sync received (schema 4):
+--                     its event id (what a sender's redelivery repeats),
+--                     the remote ids it named, when it came and when the
+--                     pull of those ids committed; pending ones (no done_at)
+--                     are pulled again after a restart, done ones are kept
+--                     a while so a replay is known (webhook keep_days,
+--                     keep_events). No secret and no signature is stored.
 --
 -- and three views for people reading the store with sqlite3: entsync_map
 -- (the id map by sync name), entsync_failed (failures by sync name) and
@@ -45,7 +52,7 @@ local redact = require "entsync.redact"
 
 local M = {}
 
-M.VERSION = 3
+M.VERSION = 4
 
 -- The tables of schema 1 (milestone 1), kept to build a store of that
 -- version from nothing, which then migrates forward like any other.
@@ -229,6 +236,17 @@ CREATE VIEW entsync_map AS
   FROM entsync_idmap m JOIN entsync_syncs s ON s.id = m.sync;
 ]], KEY_SPAN, KEY_BITS)
 
+-- Schema 4: the webhook events each sync received, for their pull and
+-- to know a replay (entsync.webhook).
+local SCHEMA_4 = [[
+CREATE TABLE IF NOT EXISTS entsync_webhook_events (
+  seq INTEGER PRIMARY KEY, sync INTEGER NOT NULL, event_id TEXT NOT NULL, ids TEXT NOT NULL,
+  received_at REAL NOT NULL, done_at REAL,
+  UNIQUE (sync, event_id));
+CREATE INDEX IF NOT EXISTS entsync_webhook_events_pending ON entsync_webhook_events (sync, seq)
+  WHERE done_at IS NULL;
+]]
+
 -- Migration i brings the schema from version i - 1 to i: SQL text, or a
 -- function of the store for what SQL alone cannot say. Never edit a
 -- released entry: add one.
@@ -245,6 +263,7 @@ local MIGRATIONS = {
     if not store:value("SELECT 1 FROM entsync_idmap_v1 LIMIT 1") then store:exec("DROP TABLE entsync_idmap_v1") end
   end,
   SCHEMA_3,
+  SCHEMA_4,
 }
 assert(#MIGRATIONS == M.VERSION)
 
@@ -1033,6 +1052,49 @@ function Ledger:set_input_duplicates(sync_id, seen)
   if seen or self:input_duplicates(sync_id) then
     self:set_meta("input_duplicates:" .. sync_id, seen and "1" or "0")
   end
+end
+
+-- webhook events ---------------------------------------------------------------------------------
+
+SQL.receive_event = [[INSERT INTO entsync_webhook_events (sync, event_id, ids, received_at) VALUES (?1, ?2, ?3, ?4)
+  ON CONFLICT (sync, event_id) DO NOTHING]]
+SQL.pending_events = [[SELECT seq, event_id, ids, received_at FROM entsync_webhook_events
+  WHERE sync = ?1 AND done_at IS NULL ORDER BY seq LIMIT ?2]]
+SQL.finish_events = "UPDATE entsync_webhook_events SET done_at = ?2 WHERE seq IN (SELECT value FROM json_each(?1))"
+SQL.pending_event_count = "SELECT count(*) FROM entsync_webhook_events WHERE sync = ?1 AND done_at IS NULL"
+SQL.prune_events = [[DELETE FROM entsync_webhook_events WHERE sync = ?1 AND done_at IS NOT NULL
+  AND (received_at < ?2 OR seq <= coalesce(
+    (SELECT seq FROM entsync_webhook_events WHERE sync = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?3), 0))]]
+
+-- receive_event(sync_id, event_id, ids_json) -> true and its seq when the
+-- event is new (recorded, its pull pending), false when the sync received
+-- it before.
+function Ledger:receive_event(sync_id, event_id, ids_json)
+  local changes, seq = self.store:run(SQL.receive_event, sync_id, event_id, ids_json, core.sys.now())
+  if changes == 1 then return true, seq end
+  return false
+end
+
+-- The events whose pull has not committed, oldest first: { seq, event_id,
+-- ids (JSON text), received_at }.
+function Ledger:pending_events(sync_id, limit)
+  return self.store:rows(SQL.pending_events, sync_id, limit)
+end
+
+-- Marks events (a JSON array of their seq) pulled, inside the pull's
+-- transaction.
+function Ledger:finish_events(seqs_json)
+  self.store:run(SQL.finish_events, seqs_json, core.sys.now())
+end
+
+function Ledger:pending_event_count(sync_id)
+  return self.store:value(SQL.pending_event_count, sync_id) or 0
+end
+
+-- Forgets pulled events received before `before` (epoch seconds), and all
+-- but the newest `keep` events; pending ones stay.
+function Ledger:prune_events(sync_id, before, keep)
+  self.store:run(SQL.prune_events, sync_id, before, keep)
 end
 
 -- schema 1's id map, adopted -------------------------------------------------------------------

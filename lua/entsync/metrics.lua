@@ -17,6 +17,10 @@
 --   entsync_http_requests_total{sync}          HTTP requests sent          counter
 --   entsync_http_retries_total{sync}           of which retries            counter
 --   entsync_http_failures_total{sync}          requests failed for good    counter
+--   entsync_webhook_requests_total{sync,outcome} webhook POSTs by answer:    counter
+--       accepted (202), duplicate (200), unauthorized (401), invalid (400),
+--       too_large (413)
+--   entsync_webhook_pending{sync}              events accepted, not pulled gauge
 --   entsync_daemon_start_time_seconds, entsync_daemon_http_requests_total
 -- The counters that come from the store are totals kept beside the run
 -- history (entsync_meta), so pruning old runs never makes one go back.
@@ -34,8 +38,16 @@ local function number(value)
   return string.format("%.17g", value)
 end
 
+local function sorted_keys(t)
+  local keys = {}
+  for key in pairs(t) do keys[#keys + 1] = key end
+  table.sort(keys)
+  return keys
+end
+
 -- render(report, extra) -> text. report: entsync.status.gather's;
--- extra: { http = entsync.http.stats(), started_at, requests }.
+-- extra: { http = entsync.http.stats(), started_at, requests, webhooks =
+-- { sync = { accepted, duplicate, ..., pending } } }.
 function M.render(report, extra)
   extra = extra or {}
   local out = {}
@@ -100,10 +112,7 @@ function M.render(report, extra)
       s.stale and 1 or 0)
   end
   local http = extra.http or {}
-  local labels = {}
-  for label in pairs(http) do labels[#labels + 1] = label end
-  table.sort(labels)
-  for _, label in ipairs(labels) do
+  for _, label in ipairs(sorted_keys(http)) do
     local c = http[label]
     local sync = { "sync", label }
     sample("entsync_http_requests_total", "counter", "HTTP requests sent (each attempt), by the sync they were for.",
@@ -111,6 +120,16 @@ function M.render(report, extra)
     sample("entsync_http_retries_total", "counter", "HTTP requests that were retries.", { sync }, c.retries)
     sample("entsync_http_failures_total", "counter", "HTTP requests that failed after their last attempt.", { sync },
       c.failures)
+  end
+  local hooks = extra.webhooks or {}
+  for _, name in ipairs(sorted_keys(hooks)) do
+    local h = hooks[name]
+    for _, outcome in ipairs({ "accepted", "duplicate", "unauthorized", "invalid", "too_large" }) do
+      sample("entsync_webhook_requests_total", "counter", "Webhook POSTs received, by sync and answer.",
+        { { "sync", name }, { "outcome", outcome } }, h[outcome] or 0)
+    end
+    sample("entsync_webhook_pending", "gauge", "Webhook events accepted whose pull has not committed.",
+      { { "sync", name } }, h.pending)
   end
   if extra.started_at then
     sample("entsync_daemon_start_time_seconds", "gauge", "When the daemon started.", {}, extra.started_at)

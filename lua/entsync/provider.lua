@@ -228,6 +228,7 @@ end
 function M.needs(sync)
   local needs = {}
   if sync.import.enabled then needs[#needs + 1] = { "list", "its import reads the remote's records" } end
+  if sync.webhook then needs[#needs + 1] = { "get", "its webhook fetches each remote id a notification names" } end
   if sync.export then
     needs[#needs + 1] = { "create", "its export creates the remote of a new local entity" }
     needs[#needs + 1] = { "update", "its export updates the remote of a changed local entity" }

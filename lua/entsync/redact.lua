@@ -28,7 +28,7 @@ local secret_headers = { authorization = true, ["proxy-authorization"] = true, c
 local secret_params = { api_key = true, apikey = true, access_token = true, token = true, client_secret = true,
   password = true, secret = true, key = true, auth = true, signature = true, sig = true }
 local secret_words = { "pass", "secret", "token", "bearer", "authorization", "cookie", "credential", "api_?key",
-  "private_?key", "access_?key", "signature" }
+  "private_?key", "access_?key" }
 local values = {} -- secret text -> true
 local ordered     -- the values, longest first (a secret may hold another)
 

@@ -14,6 +14,7 @@ M.options = {
   ["--dry-run"] = { key = "dry_run", help = "report what would be created, updated and deleted; the store file is left untouched" },
   ["--diff"] = { key = "diff", help = "with --dry-run: each entity's field changes, old -> new, for imports and for the queued exports" },
   ["--full"] = { key = "full", help = "a full pass now, whatever the sync's import mode: every record is read and mapped again (a resync after a mapping change)" },
+  ["--follow"] = { key = "follow", help = "a sync that reads a queue keeps consuming until SIGINT or SIGTERM, instead of stopping once nothing is pending" },
   ["--wait"] = { key = "wait", value = "SECONDS", help = "wait up to SECONDS for a sync locked by another run (default 0: exit 3 at once)" },
   ["--allow-deletes"] = { key = "allow_deletes", help = "let a full pass delete more than its delete guard allows (import delete_guard, default half)" },
   ["--all"] = { key = "all", help = "every entity (refresh, export) or every failure (failures dismiss)" },
@@ -55,7 +56,7 @@ M.order = { "run", "import", "refresh", "retry", "reset", "failures", "export", 
 
 M.commands = {
   run = {
-    synopsis = "run [SYNC...]", options = list("--dry-run", "--diff", "--full", "--wait", "--allow-deletes", progress),
+    synopsis = "run [SYNC...]", options = list("--dry-run", "--diff", "--full", "--follow", "--wait", "--allow-deletes", progress),
     summary = "import every sync (or the named ones and what they depend on), then drain the outboxes of syncs that export on change; the default",
     help = [[
 Imports every sync of the job (or the named ones, and what they depend on
@@ -67,6 +68,9 @@ that exports on change. Each prints one summary line.
                 again (the resync after a mapping change); the limit is not
                 applied; an incremental sync's cursor moves to the newest
                 record read; deletes apply as for any complete full pass
+  --follow      a sync that reads a queue (redis_stream) keeps consuming as
+                messages come, until SIGINT or SIGTERM; without it the run
+                takes what is pending and stops
   --dry-run     nothing is written: counts of what would be created, updated
                 and deleted, and of the queued exports that would be sent
   --diff        with --dry-run, every entity that would change, field by
