@@ -24,6 +24,7 @@ M.settings = {
   page_size = "positive",      -- changes per page (default 100)
   type = "string",             -- only documents whose "type" is this
   token = "string",            -- a bearer token, when the store wants one
+  concurrency = "positive",    -- reads and single writes in flight on export (default 4)
 }
 
 local Docs = {}
