@@ -83,7 +83,7 @@ ASAN_FLAGS = -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-
 asan: deps
 	$(MAKE) BUILD=build/asan BIN=build/asan/bin OPT="-O1 -g" SANITIZE="$(ASAN_FLAGS)" \
 	  build/asan/bin/entsync-run build/asan/lib/entsync/core.so
-	@ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	@ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
 	  ENTSYNC_BIN=$(CURDIR)/build/asan/bin/entsync-run \
 	  ENTSYNC_CPATH=$(CURDIR)/build/asan/lib/?.so \
 	  scripts/run-specs $(CURDIR)/build/asan/bin/entsync-run --script /usr/bin/busted

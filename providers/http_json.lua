@@ -35,11 +35,13 @@ M.settings = {
   base_url = { type = "string", required = true },
   name = "string",
   auth = { fields = {
-    bearer = "string_or_number",
-    basic = { list = "string_or_number" },
-    api_key = { fields = { header = "string", query = "string", value = { type = "string_or_number", required = true } } },
+    bearer = { type = "string_or_number", secret = true },
+    basic = { list = "string_or_number", secret = true },
+    api_key = { fields = { header = "string", query = "string",
+      value = { type = "string_or_number", required = true, secret = true } } },
     oauth2 = { fields = { client_id = { type = "string_or_number", required = true },
-      client_secret = { type = "string_or_number", required = true }, token_url = "string", scope = "string" } },
+      client_secret = { type = "string_or_number", required = true, secret = true }, token_url = "string",
+      scope = "string" } },
   } },
   page = { fields = {
     style = { one_of = styles }, size = "positive", first = "integer", total = "string",

@@ -69,8 +69,9 @@ for _ = 1, 50 do
 end
 print("ok")
 ]], server.port))
-    local cpath = os.getenv("ENTSYNC_CPATH") or (helpers.root .. "/build/lib/?.so")
-    local pipe = io.popen(string.format("LUA_CPATH=%s lua5.4 %s 2>&1", helpers.quote(cpath), helpers.quote(script)))
+    -- the child is entsync-run itself, so under make asan it is the
+    -- sanitized one (a stock lua5.4 cannot load a sanitized entsync.core)
+    local pipe = io.popen(string.format("%s --script %s 2>&1", helpers.quote(helpers.bin), helpers.quote(script)))
     local out = pipe:read("a")
     local ok = pipe:close()
     os.remove(script)

@@ -102,7 +102,9 @@ describe("the store through the C API", function()
     it("raises a clear error for a path it cannot open", function()
       local ok, err = pcall(core.store.open, dir .. "/no/such/dir/x.db")
       assert.is_false(ok)
-      assert.matches("cannot open store", tostring(err))
+      assert.equal("permissions", err.kind)
+      assert.matches("x%.db cannot be opened or written %(unable to open database file: No such file or directory%)",
+        tostring(err))
     end)
   end)
 

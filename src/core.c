@@ -19,9 +19,44 @@
 #include <lauxlib.h>
 #include <sqlite3.h>
 
+#define ERROR_META "entsync.error"
+
+/* __tostring of an entsync error: its message. */
+static int error_tostring(lua_State *L)
+{
+    lua_getfield(L, 1, "message");
+    if (!lua_isstring(L, -1))
+        lua_pushliteral(L, "entsync error");
+    return 1;
+}
+
+/* Pushes the error metatable, made on first use. */
+static void push_error_meta(lua_State *L)
+{
+    if (luaL_newmetatable(L, ERROR_META)) {
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, error_tostring);
+        lua_setfield(L, -2, "__tostring");
+    }
+}
+
+void entsync_error_push(lua_State *L, const char *kind, const char *message)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, kind);
+    lua_setfield(L, -2, "kind");
+    lua_pushstring(L, message);
+    lua_setfield(L, -2, "message");
+    push_error_meta(L);
+    lua_setmetatable(L, -2);
+}
+
 int luaopen_entsync_core(lua_State *L)
 {
     lua_newtable(L);
+    push_error_meta(L);
+    lua_setfield(L, -2, "error_meta");
     entsync_store_register(L);
     entsync_hash_register(L);
     entsync_lock_register(L);

@@ -16,4 +16,10 @@
 
 int luaopen_entsync_core(lua_State *L);
 
+/* Pushes a new entsync error, a table { kind = kind, message = message }
+ * with the metatable "entsync.error" that lua/entsync/errors.lua gives its
+ * errors, so errors raised from C carry a kind (and an exit status) of
+ * their own. The caller may add fields, then raises it with lua_error. */
+void entsync_error_push(lua_State *L, const char *kind, const char *message);
+
 #endif

@@ -1197,6 +1197,31 @@ static void set_functions(lua_State *L, const luaL_Reg *list)
     }
 }
 
+/* text_ok(s) -> true, or false, the 1-based offset of the first byte that
+ * is not valid UTF-8 or is a NUL, and "utf8" or "nul": what a text column
+ * takes (JSON strings, SQLite text read by other programs). */
+static int json_text_ok(lua_State *L)
+{
+    size_t len;
+    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    for (size_t i = 0; i < len;) {
+        if (s[i] >= 0x01 && s[i] < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n = s[i] == 0 ? 0 : utf8_sequence(s + i, len - i);
+        if (n == 0) {
+            lua_pushboolean(L, 0);
+            lua_pushinteger(L, (lua_Integer)i + 1);
+            lua_pushstring(L, s[i] == 0 ? "nul" : "utf8");
+            return 3;
+        }
+        i += n;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 void entsync_json_register(lua_State *L)
 {
     static const luaL_Reg decoding[] = {
@@ -1217,12 +1242,14 @@ void entsync_json_register(lua_State *L)
     };
     push_mark(L, OBJECT_MT);
     push_mark(L, ARRAY_MT);
-    lua_createtable(L, 0, 12);
+    lua_createtable(L, 0, 13);
     lua_rotate(L, -3, 1); /* json, object_mt, array_mt */
     lua_setfield(L, -3, "array_mt");
     lua_setfield(L, -2, "object_mt");
     lua_pushlightuserdata(L, NULL);
     lua_setfield(L, -2, "null");
+    lua_pushcfunction(L, json_text_ok);
+    lua_setfield(L, -2, "text_ok");
     push_parser_box(L);
     set_functions(L, decoding);
     lua_pop(L, 1);

@@ -12,7 +12,9 @@
  *
  * Functions: decode(text) -> value (raises the message), try_decode(text)
  * -> value | nil, message, encode(value [, { pretty = true }]) -> text,
- * array([t]) and object([t]) -> t marked, is_array(v), is_object(v); the
+ * array([t]) and object([t]) -> t marked, is_array(v), is_object(v),
+ * text_ok(s) -> true | false, offset, "utf8"|"nul" (valid UTF-8 without
+ * NUL bytes: what a text column takes); the
  * fields null, object_mt and array_mt. The two metatables also live in
  * the registry under "entsync.json.object" and "entsync.json.array".
  */

@@ -9,12 +9,16 @@
  */
 #include "store.h"
 
+#include "core.h"
 #include "hash.h"
 
+#include <errno.h>
+#include <fcntl.h>
 #include <lauxlib.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <unistd.h>
 
 #define STORE_META "entsync.store"
 #define WRITER_META "entsync.writer"
@@ -25,6 +29,7 @@ struct entsync_store {
     char *path;
     sqlite3_stmt **stmts;
     int count, cap;
+    int busy_ms; /* how long a writer waits for another's write lock */
 };
 
 /* --- errors and identifiers ------------------------------------------- */
@@ -37,14 +42,98 @@ static const char *sql_snippet(char *out, size_t size, const char *sql)
     return out;
 }
 
-int entsync_store_error(lua_State *L, entsync_store *store, const char *sql)
+/* The kind of an environment failure of SQLite's last call on db: "busy"
+ * (another connection holds the lock), "disk_full", "permissions" (the file
+ * or its folder cannot be opened or written) or "io"; NULL for any other
+ * failure (a constraint, a syntax error: entsync's or the job's to name). */
+static const char *failure_kind(sqlite3 *db)
+{
+    int code = sqlite3_extended_errcode(db), sys = sqlite3_system_errno(db);
+    switch (code & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        return "busy";
+    case SQLITE_FULL:
+        return "disk_full";
+    case SQLITE_PERM:
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_AUTH:
+        return "permissions";
+    case SQLITE_IOERR:
+        if (sys == ENOSPC || sys == EDQUOT)
+            return "disk_full";
+        if (sys == EACCES || sys == EPERM || sys == EROFS)
+            return "permissions";
+        return "io";
+    default:
+        return NULL;
+    }
+}
+
+/* Pushes the message of an environment failure of kind: what happened to
+ * which file, and what to do about it. */
+static void push_failure_message(lua_State *L, entsync_store *store, const char *kind, const char *reason)
+{
+    int sys = store->db ? sqlite3_system_errno(store->db) : 0;
+    const char *why = sys ? strerror(sys) : reason;
+    if (strcmp(kind, "busy") == 0)
+        lua_pushfstring(L, "store %s is busy: another process held its write lock longer than the busy timeout "
+                        "(%f s: %s); let it finish, or give the job a longer store { busy_timeout = seconds }, "
+                        "and run again", store->path, store->busy_ms / 1000.0, reason);
+    else if (strcmp(kind, "disk_full") == 0)
+        lua_pushfstring(L, "store %s is full (%s): free disk space, or raise the job's store { max_size = ... }, "
+                        "and run again; what was committed before is kept", store->path, why);
+    else if (strcmp(kind, "permissions") == 0)
+        lua_pushfstring(L, "store %s cannot be opened or written (%s: %s): entsync must read and write the file "
+                        "and create %s-wal and %s-shm in its folder", store->path, reason, why, store->path,
+                        store->path);
+    else
+        lua_pushfstring(L, "store %s: the disk failed (%s: %s); check the disk and the file system, then run "
+                        "again", store->path, reason, why);
+}
+
+/* Pushes the error of SQLite's last failure on the store: an entsync
+ * error of its kind (with fields store, code and sql) for an environment
+ * failure, else the text "store PATH: reason (in: sql)". */
+static void push_store_error(lua_State *L, entsync_store *store, const char *sql, const char *reason)
 {
     char snippet[96];
-    const char *message = store->db ? sqlite3_errmsg(store->db) : "store is closed";
-    if (sql)
-        return luaL_error(L, "store %s: %s (in: %s)", store->path, message,
-                          sql_snippet(snippet, sizeof snippet, sql));
-    return luaL_error(L, "store %s: %s", store->path, message);
+    const char *kind = store->db ? failure_kind(store->db) : NULL;
+    if (!reason)
+        reason = store->db ? sqlite3_errmsg(store->db) : "store is closed";
+    if (kind) {
+        push_failure_message(L, store, kind, reason);
+        entsync_error_push(L, kind, lua_tostring(L, -1));
+        lua_remove(L, -2);
+        lua_pushstring(L, store->path);
+        lua_setfield(L, -2, "store");
+        lua_pushinteger(L, sqlite3_extended_errcode(store->db));
+        lua_setfield(L, -2, "code");
+        if (sql) {
+            lua_pushstring(L, sql_snippet(snippet, sizeof snippet, sql));
+            lua_setfield(L, -2, "sql");
+        }
+    } else if (sql) {
+        lua_pushfstring(L, "store %s: %s (in: %s)", store->path, reason, sql_snippet(snippet, sizeof snippet, sql));
+    } else {
+        lua_pushfstring(L, "store %s: %s", store->path, reason);
+    }
+}
+
+int entsync_store_error(lua_State *L, entsync_store *store, const char *sql)
+{
+    push_store_error(L, store, sql, NULL);
+    return lua_error(L);
+}
+
+/* Raises the failure of a sqlite3_exec whose message (SQLite's, freed
+ * here) may say more than sqlite3_errmsg. */
+static int exec_error(lua_State *L, entsync_store *store, const char *sql, char *message)
+{
+    push_store_error(L, store, sql, message);
+    sqlite3_free(message);
+    return lua_error(L);
 }
 
 static int is_identifier(const char *name, size_t len)
@@ -395,13 +484,8 @@ static int store_exec(lua_State *L)
     entsync_store *store = entsync_store_check(L, 1);
     const char *sql = luaL_checkstring(L, 2);
     char *message = NULL;
-    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
-        char snippet[96];
-        lua_pushfstring(L, "store %s: %s (in: %s)", store->path,
-                        message ? message : sqlite3_errmsg(store->db), sql_snippet(snippet, sizeof snippet, sql));
-        sqlite3_free(message);
-        return lua_error(L);
-    }
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK)
+        return exec_error(L, store, sql, message);
     return 0;
 }
 
@@ -495,13 +579,8 @@ static int store_columns(lua_State *L)
 static void exec_or_raise(lua_State *L, entsync_store *store, const char *sql)
 {
     char *message = NULL;
-    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK) {
-        char snippet[96];
-        lua_pushfstring(L, "store %s: %s (in: %s)", store->path,
-                        message ? message : sqlite3_errmsg(store->db), sql_snippet(snippet, sizeof snippet, sql));
-        sqlite3_free(message);
-        lua_error(L);
-    }
+    if (sqlite3_exec(store->db, sql, NULL, NULL, &message) != SQLITE_OK)
+        exec_error(L, store, sql, message);
 }
 
 /* Pushes name in ASCII lower case: SQLite compares identifiers so. */
@@ -776,13 +855,70 @@ static int writer_update(lua_State *L)
 
 /* --- opening ------------------------------------------------------------ */
 
-/* store.open(path) -> store. Opens (creating) the file with the settings
- * every connection of entsync's uses; entsync's own tables are brought to
- * their schema by lua/entsync/ledger.lua. */
+/* Creates the store file readable and writable by its owner only when it
+ * does not exist yet: SQLite gives its -wal and -shm files the database
+ * file's mode, so what the store holds stays the owner's. A path that
+ * cannot be created is left to sqlite3_open_v2 to report. */
+static void create_private(const char *path)
+{
+    if (strcmp(path, ":memory:") == 0 || strncmp(path, "file:", 5) == 0 || path[0] == '\0')
+        return;
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* Reads the optional number options[key] (options: a stack index, 0 for
+ * none); raises when it is not a positive number. Returns fallback when
+ * the key is absent. */
+static double positive_option(lua_State *L, int options, const char *key, double fallback)
+{
+    if (options == 0)
+        return fallback;
+    lua_getfield(L, options, key);
+    double value = fallback;
+    if (!lua_isnil(L, -1)) {
+        if (!lua_isnumber(L, -1) || lua_tonumber(L, -1) <= 0)
+            luaL_error(L, "store option %s must be a positive number", key);
+        value = lua_tonumber(L, -1);
+    }
+    lua_pop(L, 1);
+    return value;
+}
+
+/* Caps the store at max_size bytes (PRAGMA max_page_count, a setting of
+ * this connection): a write that would grow it further fails as a full
+ * disk would. */
+static void cap_size(lua_State *L, int store_idx, entsync_store *store, double max_size)
+{
+    sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, "PRAGMA page_size");
+    if (sqlite3_step(stmt) != SQLITE_ROW) {
+        sqlite3_reset(stmt);
+        entsync_store_error(L, store, "PRAGMA page_size");
+    }
+    double page = (double)sqlite3_column_int64(stmt, 0);
+    sqlite3_reset(stmt);
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA max_page_count=%lld", (long long)(max_size / (page > 0 ? page : 4096)) + 1);
+    exec_or_raise(L, store, sql);
+}
+
+/* store.open(path [, options]) -> store. Opens (creating, mode 0600) the
+ * file with the settings every connection of entsync's uses; entsync's own
+ * tables are brought to their schema by lua/entsync/ledger.lua. options:
+ * busy_timeout (seconds a writer waits for another's write lock, default
+ * 10), max_size (bytes the file may grow to). A failure to open raises an
+ * entsync error of kind permissions, io, busy or disk_full. */
 static int store_open(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
+    int options = lua_istable(L, 2) ? 2 : 0;
+    if (!options && !lua_isnoneornil(L, 2))
+        luaL_argerror(L, 2, "a table of options expected");
+    double busy = positive_option(L, options, "busy_timeout", 10);
+    double max_size = positive_option(L, options, "max_size", 0);
     entsync_store *store = lua_newuserdatauv(L, sizeof *store, 1);
+    int store_idx = lua_gettop(L);
     memset(store, 0, sizeof *store);
     luaL_setmetatable(L, STORE_META);
     lua_newtable(L);
@@ -790,10 +926,14 @@ static int store_open(lua_State *L)
     store->path = strdup(path);
     if (!store->path)
         return luaL_error(L, "out of memory");
+    store->busy_ms = busy * 1000 > 2e9 ? 2000000000 : (int)(busy * 1000);
+    create_private(path);
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     if (sqlite3_open_v2(path, &store->db, flags, NULL) != SQLITE_OK) {
-        lua_pushfstring(L, "cannot open store %s: %s", path,
-                        store->db ? sqlite3_errmsg(store->db) : "out of memory");
+        if (!store->db)
+            return luaL_error(L, "cannot open store %s: out of memory", path);
+        sqlite3_extended_result_codes(store->db, 1);
+        push_store_error(L, store, NULL, NULL);
         store_release(store);
         return lua_error(L);
     }
@@ -802,7 +942,7 @@ static int store_open(lua_State *L)
      * WAL lets them read during an import, the busy timeout lets writers
      * queue instead of failing, and NORMAL sync is durable in WAL mode
      * against a killed process, which is what resumable runs rely on. */
-    if (sqlite3_busy_timeout(store->db, 10000) != SQLITE_OK)
+    if (sqlite3_busy_timeout(store->db, store->busy_ms) != SQLITE_OK)
         entsync_store_error(L, store, NULL);
     /* A new store gets 16 KiB pages (fewer, wider B-tree levels for the
      * id map and the entity tables); an existing file keeps its own. */
@@ -814,6 +954,9 @@ static int store_open(lua_State *L)
      * through a large import. */
     exec_or_raise(L, store, "PRAGMA temp_store=MEMORY");
     exec_or_raise(L, store, "PRAGMA cache_size=-16384");
+    if (max_size > 0)
+        cap_size(L, store_idx, store, max_size);
+    lua_settop(L, store_idx);
     return 1;
 }
 

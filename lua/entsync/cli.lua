@@ -161,7 +161,9 @@ local function with_session(job, options, fn, stoppable)
       error(session, 0)
     end
     local done, result = pcall(fn, session)
-    session:close()
+    -- the first error wins: closing after a failure must not replace it
+    local closed, err = pcall(session.close, session)
+    if done and not closed then done, result = false, err end
     drop()
     if not done then error(result, 0) end
     return result
@@ -391,9 +393,9 @@ function commands.failures(job, args, options)
           local when = f.next_at <= core.sys.now() and "due now"
             or f.next_at > 1e100 and ("after " .. tostring(f.waits_for) .. " runs")
             or string.format("retried in %.0fs", f.next_at - core.sys.now())
-          print(string.format("%s %s%s: %s (attempt %d, %s)", f.direction, f.key,
-            f.local_id and string.format(" (local %d)", f.local_id) or "", f.error, f.attempts, when))
-          if f.payload then print("  payload " .. f.payload) end
+          print(string.format("%s %s%s: %s (attempt %d, %s)", f.direction, logger.printable(f.key),
+            f.local_id and string.format(" (local %d)", f.local_id) or "", logger.printable(f.error), f.attempts, when))
+          if f.payload then print("  payload " .. logger.printable(f.payload)) end
         end
       end
       if not options.json then
@@ -455,13 +457,15 @@ end
 
 local function report_error(e, options)
   e = errors.wrap(e)
+  local redact = require "entsync.redact"
+  e.message, e.traceback = redact.text(e.message), redact.text(e.traceback)
   if options.log_format == "json" then
     io.stderr:write(logger.json_line(json.object({ time = logger.iso_time(), level = "fatal", kind = e.kind,
       message = e.message, traceback = options.verbose and e.traceback or nil })))
     return errors.exit_codes[e.kind] or errors.exit_codes.internal
   end
   local prefix = e.kind == "internal" and "entsync-run: internal error: " or "entsync-run: "
-  io.stderr:write(prefix, e.message, "\n")
+  io.stderr:write(prefix, logger.printable(e.message), "\n")
   if options.verbose and e.traceback then io.stderr:write(e.traceback, "\n") end
   return errors.exit_codes[e.kind] or errors.exit_codes.internal
 end

@@ -4,18 +4,29 @@
 -- error(e, 0) so no position is prepended twice: the message already names
 -- the job file and line, the sync and the entity where they are known.
 -- Kinds map to exit statuses: config and usage 2, lock 3, internal 4;
--- entity failures are stored, never raised out of a run.
+-- what the machine refuses has a kind and a status of its own: busy 6
+-- (another process holds the store's write lock), disk_full 7, permissions
+-- 8, io 9; entity failures are stored, never raised out of a run. (5 is a
+-- run stopped by SIGINT or SIGTERM, cli.lua's.)
+--
+-- The store (src/store.c) raises its environment failures with the same
+-- metatable (entsync.core's error_meta), so they are entsync errors too.
 
 local M = {}
 
-local Error = {}
+local Error = require("entsync.core").error_meta
 Error.__index = Error
 Error.__tostring = function(e) return e.message end
 
 -- A remote that keeps failing stops a run with status 1: entities were
 -- not imported, and nothing is wrong with the job or with entsync.
 M.exit_codes = { ok = 0, failed = 1, http = 1, provider = 1, queue = 1, conflict = 1, usage = 2, config = 2, lock = 3,
-  internal = 4 }
+  internal = 4, busy = 6, disk_full = 7, permissions = 8, io = 9 }
+
+-- The kinds of what the machine refuses (the store's file, the disk):
+-- nothing is wrong with the job or with entsync, and a record is not to
+-- blame either, so they end the run rather than fail an entity.
+M.environment = { busy = true, disk_full = true, permissions = true, io = true }
 
 function M.new(kind, message, fields)
   local e = setmetatable({ kind = kind, message = message }, Error)

@@ -91,7 +91,7 @@ end
 
 local log = function() end
 local verbose = false
-local secret_headers = { authorization = true, ["proxy-authorization"] = true, cookie = true, ["x-api-key"] = true }
+local redact = require "entsync.redact"
 
 -- set_logger(fn(level, message), verbose): requests are logged at "debug"
 -- under verbose, with secret headers redacted.
@@ -100,32 +100,24 @@ function M.set_logger(fn, is_verbose)
 end
 
 -- A header name whose value never reaches a log (besides Authorization,
--- Cookie and X-Api-Key).
-function M.secret_header(name)
-  secret_headers[name:lower()] = true
-end
+-- Cookie and X-Api-Key): entsync.redact keeps the list.
+M.secret_header = redact.secret_header
 
 local function redacted_headers(lines)
   local shown = {}
   for i, line in ipairs(lines) do
     local name = line:match("^([^:]+):")
-    shown[i] = (name and secret_headers[name:lower()]) and (name .. ": [redacted]") or line
+    shown[i] = (name and redact.secret_name(name)) and (name .. ": " .. redact.MARK) or redact.text(line)
   end
   return table.concat(shown, "; ")
 end
 
--- Secret query parameters (api keys) are redacted from logged URLs.
-local secret_params = { api_key = true, apikey = true, access_token = true, token = true, client_secret = true }
-
-function M.secret_param(name)
-  secret_params[name:lower()] = true
-end
+-- Secret query parameters (api keys) and a URL's user information are
+-- redacted from logged URLs.
+M.secret_param = redact.secret_param
 
 local function redacted_url(url)
-  return (url:gsub("([?&])([^=&]+)=([^&]*)", function(sep, key, value)
-    if secret_params[key:lower()] then return sep .. key .. "=[redacted]" end
-    return sep .. key .. "=" .. value
-  end))
+  return redact.text(url)
 end
 M.redacted_url = redacted_url
 

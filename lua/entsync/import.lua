@@ -123,6 +123,7 @@ end
 -- the raw line the record was decoded from, when the reader gives it.
 function Run:prepare(record, raw_hash, text)
   local sync, book, ctx = self.sync, self.book, self.ctx
+  self.stored_pass = nil
   if provider_contract.is_tombstone(record) then return self:gone(provider_contract.tombstone_id(record), record) end
   local raw_id = type(record) == "table" and record[sync.id_field] or nil
   local remote_id, why = ids.remote(raw_id)
@@ -140,6 +141,7 @@ function Run:prepare(record, raw_hash, text)
   -- the batch is written again carefully, with lookups.
   local stored = nil
   if not self.fresh then stored = book:by_remote(self.sync_id, remote_id) end
+  self.stored_pass = stored and stored.seen_pass
   if changed ~= nil and stored and stored.changed ~= nil
       and cursor.compare_marks(changed, stored.changed, sync.import.changed_kind) < 0 then
     return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
@@ -244,6 +246,36 @@ function Run:count(outcome, key)
   return outcome
 end
 
+local byte, AT = string.byte, string.byte("@")
+
+-- Notes that plan's remote id was read at position (the count of records
+-- read so far) of a full pass: an id read twice in one pass warns, naming
+-- both records when both are writes of one batch (batch_keys): the later
+-- one is written over the earlier (records are applied in the order read).
+-- The earlier batches of the pass are known by the id map's seen_pass, so
+-- nothing is held in memory for them; records skipped unread as unchanged
+-- are not seen.
+function Run:note_position(plan, position)
+  local key = plan.key
+  if not self.note_ids or key == nil or byte(key) == AT then return false end
+  local earlier = self.batch_keys[key]
+  if earlier == nil and (self.stored_pass == nil or self.stored_pass ~= self.pass) then return false end
+  self:warn_duplicate(plan, position, earlier)
+  return true
+end
+
+-- Says that plan's remote id, read at position, was read before in this
+-- pass (at earlier, when known), once per record.
+function Run:warn_duplicate(plan, position, earlier)
+  if plan.warned then return end
+  plan.warned, self.duplicates = true, true
+  local key = plan.key
+  self.session.log("warn", string.format("sync \"%s\": remote id %s is in the input twice (%s): the later one is "
+    .. "written", self.sync.name, key, earlier and string.format("records %d and %d read by this run", earlier, position)
+    or string.format("record %d read by this run, and an earlier one of this pass", position)),
+    { sync = self.sync.name, remote_id = key, event = "duplicate_id", first = earlier, again = position })
+end
+
 function Run:fail(plan)
   local book, sync = self.book, self.sync
   self.counts.failed = self.counts.failed + 1
@@ -314,6 +346,8 @@ function Run:write(plan)
     -- input is found now
     local stored = book:by_remote(self.sync_id, plan.remote_id)
     if stored then
+      local position = self.note_ids and self.batch_keys and self.batch_keys[plan.key]
+      if position and stored.seen_pass == self.pass then self:warn_duplicate(plan, position) end
       plan.stored, plan.local_id = stored, stored.local_id
       if stored.hash == plan.hash then return self:skip({ outcome = "unchanged", key = plan.key, local_id = stored.local_id }) end
     end
@@ -476,7 +510,7 @@ end
 -- Whether the batch being read holds a record of remote_id not written
 -- yet: a record that refers to one before it in the same batch.
 function Run:holds(remote_id)
-  return self.batch_keys ~= nil and self.batch_keys[ids.text(remote_id)] == true
+  return self.batch_keys ~= nil and self.batch_keys[ids.text(remote_id)] ~= nil
 end
 
 -- Writes what the batch being read holds so far (without a checkpoint:
@@ -661,6 +695,9 @@ function M.run(session, sync, options)
     -- was seen whole.
     local resume = not incremental and resume_of(state.pass_resume) or nil
     local pass_from_start = not incremental and resume == nil
+    -- a full pass reads each remote record once: an id read twice is
+    -- noted (a change log read incrementally repeats ids by nature)
+    run.note_ids = not incremental
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
     if options.follow then
@@ -712,14 +749,24 @@ function M.run(session, sync, options)
           else
             source.note_mark(value)
             local plan = run:prepare(value, extra, text)
+            if run:note_position(plan, processed + taken + 1) and run.batch_keys[plan.key] then
+              -- the earlier record of this id is in the batch, not written
+              -- yet: it is written first, and this one planned over it
+              run:flush()
+              plan = run:prepare(value, extra, text)
+            end
             plans[#plans + 1] = plan
-            if plan[1] == "write" then run.batch_keys[plan.key] = true end
+            -- the batch's writes by remote id, with where each was read
+            if plan[1] == "write" then run.batch_keys[plan.key] = processed + taken + 1 end
             taken = taken + 1
           end
         end
         run:write_batch(plans, function()
           for _, plan in ipairs(plans) do if plan.unreadable then state.pass_unreadable = 1 end end
           complete = exhausted and not source.truncated
+          if complete and not session.dry and pass_from_start then
+            book:set_input_duplicates(run.sync_id, run.duplicates)
+          end
           if incremental then
             local mark, id = source.max()
             if mark ~= nil and (source.ordered or complete or checkpointed) then

@@ -22,6 +22,8 @@ local import_options = {
   mode = true, changed = true, changed_kind = true, limit = true, deletes = true, batch = true, retry = true,
   delete_guard = true,
 }
+local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true,
+  natural_key = true }
 M.changed_kinds = { auto = true, time = true, number = true, text = true }
 local provider_marker = {}
 
@@ -129,16 +131,50 @@ local function check_name(where, what, name)
   end
 end
 
+-- A size in bytes: a positive integer, or a string such as "64MB",
+-- "512 KiB", "2GB" (K, M, G: powers of 1024). Returns nil when it is not one.
+local SIZE_UNITS = { [""] = 1, B = 1, K = 1024, M = 1024 ^ 2, G = 1024 ^ 3 }
+function M.parse_size(value)
+  if math.type(value) == "integer" and value > 0 then return value end
+  if type(value) ~= "string" then return nil end
+  local n, unit = value:upper():match("^%s*(%d+%.?%d*)%s*([KMG]?)I?B?%s*$")
+  local bytes = n and tonumber(n) * SIZE_UNITS[unit]
+  return bytes and bytes >= 1 and math.floor(bytes) or nil
+end
+
+-- store "file.db", or store { "file.db", busy_timeout = seconds, max_size
+-- = bytes or "64MB" }: busy_timeout is how long a write waits for another
+-- process's write transaction (default 10 s), max_size caps the file (a
+-- write past it fails as a full disk does).
 local function dsl_store(job)
-  return function(path)
+  return function(spec)
     local where = where_called(job)
+    local settings = type(spec) == "table" and spec or { spec }
+    local path = settings[1] or settings.path
+    if type(spec) == "table" and path == nil then path = "entsync.db" end
     if type(path) ~= "string" or path == "" then
       errors.config(where, "store expects a file path, got %s", type(path))
+    end
+    local options = {}
+    for key, value in pairs(settings) do
+      if key == "busy_timeout" then
+        if type(value) ~= "number" or value <= 0 then
+          errors.config(where, "store busy_timeout must be a positive number of seconds, got %s", type(value) == "string"
+            and string.format("%q", value) or tostring(value))
+        end
+        options.busy_timeout = value
+      elseif key == "max_size" then
+        options.max_size = M.parse_size(value) or errors.config(where, "store max_size must be a size in bytes "
+          .. "(an integer, or a string such as \"64MB\"), got %s", type(value) == "string" and string.format("%q", value)
+          or tostring(value))
+      elseif key ~= 1 and key ~= "path" then
+        errors.config(where, "store: unknown setting \"%s\" (known: path, busy_timeout, max_size)", tostring(key))
+      end
     end
     if job.store_where then
       errors.config(where, "store is already declared at line %d", job.store_where.line)
     end
-    job.store_path, job.store_where = path, where
+    job.store_path, job.store_where, job.store_options = path, where, options
   end
 end
 
@@ -227,6 +263,8 @@ local function dsl_provider(job)
       if type(config) ~= "table" then
         errors.config(where, "provider \"%s\" expects a table of settings, got %s", module_name, type(config))
       end
+      -- its secrets are known before anything can print them
+      require("entsync.redact").settings(config, module.settings)
       if module.settings then
         local valid, err = require("entsync.provider").check_settings(module.settings, config)
         if not valid then errors.config(where, "provider \"%s\": %s", module_name, err) end
@@ -388,9 +426,45 @@ local function declare_links(job, sync)
   end
 end
 
+-- The type of every sync option, import and export setting (what a type
+-- cannot say, the checks below say: a mode's name, a positive batch).
+local FUNCTION = { type = "function" }
+local sync_types = {
+  remote = "any", entity = { any_of = { "string", { list = "string" } }, describe = "an entity name or a list of them" },
+  mapping = { any_of = { "string", "table" }, describe = "a module name or a mapping table" },
+  import = { any_of = { "false", { fields = {
+    mode = "string", changed = "string", changed_kind = "string", limit = "integer", deletes = "string",
+    batch = "integer", retry = "boolean",
+    delete_guard = { any_of = { "false", "number" }, describe = "a share between 0 and 1, or false" },
+  } } }, describe = "a table or false" },
+  export = { any_of = { "boolean", { fields = {
+    on_change = "boolean", deletes = "string", batch = "integer", resource = "string", enabled = "boolean",
+    natural_key = "string",
+    conflict = { any_of = { "string", FUNCTION }, describe = "a policy name or a function" },
+  } } }, describe = "true, false or a table" },
+  id = "string", changed = "string", description = "string",
+  depends_on = { any_of = { "string", { list = "string" } }, describe = "a sync name or a list of them" },
+  schedule = "any", on_missing = "string", filter = FUNCTION, after_map = FUNCTION,
+  conflict = { any_of = { "string", FUNCTION }, describe = "a policy name or a function" },
+  link = "any", -- checked below, with an example
+  webhook = "any", -- entsync.webhook checks its settings
+}
+
+-- Checks the type of each of the sync's settings, once the names are known.
+local function check_types(sync)
+  local spec = sync.spec
+  -- a webhook's secret is a secret like a provider's
+  if type(spec.webhook) == "table" then require("entsync.redact").settings(spec.webhook) end
+  check_options(sync, spec, sync_options, "sync")
+  if type(spec.import) == "table" then check_options(sync, spec.import, import_options, "import") end
+  if type(spec.export) == "table" then check_options(sync, spec.export, export_options, "export") end
+  local ok, err = require("entsync.provider").check_settings(sync_types, spec)
+  if not ok then sync_error(sync, "%s", err) end
+end
+
 local function validate_sync(job, sync)
   local spec = sync.spec
-  check_options(sync, spec, sync_options, "sync")
+  check_types(sync)
   local remote = spec.remote
   if type(remote) ~= "table" or remote.kind ~= provider_marker then
     sync_error(sync, "remote must be a provider (remote = crm \"contacts\"), got %s", type(remote))
@@ -503,9 +577,6 @@ local function order_syncs(job)
   for _, name in ipairs(job.sync_order) do visit(name, {}) end
   job.run_order = order
 end
-
-local export_options = { on_change = true, deletes = true, conflict = true, batch = true, resource = true, enabled = true,
-  natural_key = true }
 
 -- export = true | { on_change = true, deletes = "delete" | "ignore",
 --   conflict = "remote_wins" | "local_wins" | "newest" | function, batch }

@@ -47,6 +47,8 @@
 -- entsync_history (runs by sync name).
 
 local core = require "entsync.core"
+local errors = require "entsync.errors"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -300,6 +302,8 @@ function M.migrate(store, upto)
         if type(step) == "function" then step(store) else store:exec(step) end
       end)
       if not done then
+        -- a store the machine refuses (busy, full, not writable) says so
+        if errors.is(message) and errors.environment[message.kind] then error(message, 0) end
         error(string.format("store %s: migration to schema %d failed: %s", store:path(), v,
           tostring(message):gsub("^store [^:]+: ", "")), 0)
       end
@@ -782,7 +786,10 @@ end
 
 -- f: { key, local_id, remote_id, error, payload (text), attempts, next_at, waits_for }
 function Ledger:save_failure(sync_id, direction, f)
-  self.store:run(SQL.save_failure, sync_id, direction, f.key, f.local_id, f.remote_id, f.error, f.payload,
+  -- no secret is stored: the message is redacted, the payload (retried
+  -- as it is) loses the job's secret values only
+  self.store:run(SQL.save_failure, sync_id, direction, f.key, f.local_id, f.remote_id, redact.text(f.error),
+    redact.known(f.payload),
     f.attempts, core.sys.now(), f.next_at, f.waits_for)
 end
 
@@ -913,7 +920,7 @@ function Ledger:finish_run(run_id, status, c, cursor_after, err)
   store:run("SAVEPOINT finish_run")
   local ok, failure = pcall(function()
     store:run(SQL.finish_run, run_id, core.sys.now(), status, c.created, c.updated, c.unchanged,
-      c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, err)
+      c.stale or 0, c.failed, c.deleted, skipped(c), c.conflicts or 0, cursor_after, redact.text(err))
     local sync_id = store:value(SQL.run_sync, run_id)
     if sync_id then
       add_totals(self, sync_id, status, c)
@@ -1032,6 +1039,19 @@ end
 
 function Ledger:set_meta(key, value)
   self.store:run(SQL.set_meta, key, value)
+end
+
+-- Whether the last complete pass of a sync read a remote id twice: its
+-- next runs decode every line (skipping lines by their bytes would let the
+-- two records of an id take turns in the row).
+function Ledger:input_duplicates(sync_id)
+  return self:meta("input_duplicates:" .. sync_id) == "1"
+end
+
+function Ledger:set_input_duplicates(sync_id, seen)
+  if seen or self:input_duplicates(sync_id) then
+    self:set_meta("input_duplicates:" .. sync_id, seen and "1" or "0")
+  end
 end
 
 -- webhook events ---------------------------------------------------------------------------------

@@ -8,14 +8,16 @@
 -- line: "summary", "progress", ...) and any others. Callers that pass only
 -- a level and a message are as welcome.
 --
--- --log-format text (the default): "entsync: LEVEL: MESSAGE", one line;
+-- --log-format text (the default): "entsync: LEVEL: MESSAGE", one line
+-- (whatever the message quotes: see printable);
 -- the fields are already said in the message. --log-format json: one JSON
 -- object a line, { time = ISO 8601 UTC with milliseconds, level, message,
 -- and the fields }, and nothing else on the stream (no progress escape
--- codes: see entsync.progress).
+-- codes: see entsync.progress). No secret is written (entsync.redact).
 
 local core = require "entsync.core"
 local json = require "entsync.json"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -24,6 +26,31 @@ function M.iso_time(t)
   t = t or core.sys.now()
   local millis = math.floor(t * 1000 + 0.5)
   return os.date("!%Y-%m-%dT%H:%M:%S", millis // 1000) .. string.format(".%03dZ", millis % 1000)
+end
+
+-- printable(text) -> text that cannot forge or garble a log line: control
+-- characters as escapes (\n, \r, \t, \x1b, ...), C1 controls as \u{9b},
+-- bytes that are not UTF-8 as \xff. A remote id or value quoted in a
+-- message is whatever the remote sent.
+local ESCAPES = { ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+local function escape_control(c)
+  return ESCAPES[c] or string.format("\\x%02x", c:byte())
+end
+function M.printable(text)
+  text = tostring(text)
+  if not text:find("[%c\128-\255]") then return text end
+  local parts, i = {}, 1
+  while true do
+    local _, bad = utf8.len(text, i)
+    local segment = text:sub(i, bad and bad - 1 or #text)
+    segment = segment:gsub("%c", escape_control):gsub("\194([\128-\159])", function(c)
+      return string.format("\\u{%x}", c:byte())
+    end)
+    parts[#parts + 1] = segment
+    if not bad then return table.concat(parts) end
+    parts[#parts + 1] = string.format("\\x%02x", text:byte(bad))
+    i = bad + 1
+  end
 end
 
 -- Invalid UTF-8 (a message may quote a bad record's bytes) as U+FFFD, so
@@ -68,14 +95,15 @@ function M.new(options)
   return function(level, message, fields)
     if level == "debug" and not options.verbose then return end
     progress.before_log()
+    message = redact.text(tostring(message))
     if options.log_format == "json" then
-      local entry = json.object({ time = M.iso_time(), level = level, message = tostring(message) })
+      local entry = json.object({ time = M.iso_time(), level = level, message = message })
       for k, v in pairs(fields or {}) do
-        if entry[k] == nil then entry[k] = v end
+        if entry[k] == nil then entry[k] = redact.deep(v) end
       end
       stream:write(M.json_line(entry))
     else
-      stream:write(string.format("entsync: %s: %s\n", level, tostring(message)))
+      stream:write(string.format("entsync: %s: %s\n", level, M.printable(message)))
     end
     stream:flush()
   end

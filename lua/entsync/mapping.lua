@@ -219,11 +219,34 @@ local function iso_from_epoch(seconds)
   return text .. "Z"
 end
 
+-- Text a column may hold: valid UTF-8 without NUL bytes (which other
+-- programs reading the store would cut the text at).
+local valid_text = require("entsync.core").json.text_ok
+M.valid_text = valid_text
+
+-- Why value cannot be stored in a column of field_type when the reason is
+-- in the value itself (bad bytes, a number that is not finite), or nil.
+local function unstorable(value)
+  if type(value) == "string" then
+    local ok, at, what = valid_text(value)
+    if not ok then
+      return string.format("%s at byte %d of \"%s\"", what == "nul" and "a NUL byte" or "invalid UTF-8", at,
+        require("entsync.logger").printable(value:sub(1, 60)))
+    end
+  elseif type(value) == "number" and value - value ~= 0 then
+    return string.format("%s, a number that is not finite", tostring(value))
+  end
+  return nil
+end
+
+M.type_names = { text = "text (UTF-8 without NUL bytes)", integer = "an integer", real = "a real number",
+  boolean = "a boolean", json = "JSON", timestamp = "a timestamp" }
+
 local coerce = {}
 
 function coerce.text(value)
   local t = type(value)
-  if t == "string" then return value end
+  if t == "string" then return valid_text(value) and value or nil end
   if t == "number" then
     return math.type(value) == "float" and value == math.floor(value) and math.abs(value) < 2^53
       and string.format("%d", value) or tostring(value)
@@ -241,12 +264,10 @@ function coerce.integer(value)
 end
 
 function coerce.real(value)
-  if type(value) == "number" then return value + 0.0 end
-  if type(value) == "string" then
-    local n = tonumber(value)
-    return n and n + 0.0
-  end
-  return nil
+  local n = type(value) == "number" and value or type(value) == "string" and tonumber(value) or nil
+  -- infinity and NaN have no place in SQLite's REAL nor in JSON
+  if n == nil or n - n ~= 0 then return nil end
+  return n + 0.0
 end
 
 local truthy = { ["true"] = true, ["1"] = true, yes = true, on = true, ["false"] = false, ["0"] = false, no = false, off = false }
@@ -263,8 +284,8 @@ function coerce.json(value)
 end
 
 function coerce.timestamp(value)
-  if type(value) == "number" then return iso_from_epoch(value) end
-  if type(value) == "string" and value:match("^%d%d%d%d%-%d%d%-%d%d") then return value end
+  if type(value) == "number" then return value - value == 0 and iso_from_epoch(value) or nil end
+  if type(value) == "string" and value:match("^%d%d%d%d%-%d%d%-%d%d") and valid_text(value) then return value end
   return nil
 end
 
@@ -294,6 +315,11 @@ local function value_missing(field)
 end
 
 local function wrong_type(field, value)
+  local why = unstorable(value)
+  if why then
+    errors.raise("entity", string.format("field %s: %s: not %s (%s:%d)", field.name, why, M.type_names[field.type],
+      field.where.file, field.where.line), located(field))
+  end
   errors.raise("entity", string.format("field %s: expected %s, got %s (%s:%d)", field.name, field.type,
     describe(value), field.where.file, field.where.line), located(field))
 end
@@ -307,9 +333,9 @@ end
 -- The check that keeps a value already of its column's type as it is, so
 -- coercion runs only for values that need it.
 local native_check = {
-  text = 'type(value) == "string"',
+  text = 'type(value) == "string" and valid_text(value)',
   integer = 'math_type(value) == "integer"',
-  real = 'math_type(value) == "float"',
+  real = 'math_type(value) == "float" and value - value == 0',
   boolean = 'type(value) == "boolean"',
   json = "true",
   timestamp = "false",
@@ -364,7 +390,7 @@ generate = function(compiled)
   for _, entity in ipairs(compiled.entities) do total = total + #entity.fields end
   if total > MAX_GENERATED_FIELDS then return interpret(compiled) end
   local out = {
-    "local fields, coerce, null, call_import, value_missing, wrong_type = ...",
+    "local fields, coerce, null, call_import, value_missing, wrong_type, valid_text = ...",
     "local type, math_type = type, math.type",
     "return function(record, ctx)",
     "  local value, typed",
@@ -401,7 +427,7 @@ generate = function(compiled)
   local fields = {}
   for e, entity in ipairs(compiled.entities) do fields[e] = entity.fields end
   local chunk = assert(load(table.concat(out, "\n"), "=(mapping " .. tostring(compiled.source) .. ")", "t"))
-  return chunk(fields, coerce, null, call_import, value_missing, wrong_type)
+  return chunk(fields, coerce, null, call_import, value_missing, wrong_type, valid_text)
 end
 
 -- Applies a compiled mapping to a record. Returns { entity = values } or
@@ -431,7 +457,9 @@ function M.coerce_entities(job, sync, mapped)
       else
         local typed = coerce[field_type](value)
         if typed == nil then
-          errors.raise("entity", string.format("field %s (set by after_map): expected %s, got %s", field, field_type,
+          local why = unstorable(value)
+          errors.raise("entity", why and string.format("field %s (set by after_map): %s: not %s", field, why,
+            M.type_names[field_type]) or string.format("field %s (set by after_map): expected %s, got %s", field, field_type,
             describe(value)))
         end
         values[field] = typed

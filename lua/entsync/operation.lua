@@ -109,11 +109,23 @@ end
 -- counts are saved in it too, so they always match what was committed.
 function Op:transaction(fn, ...)
   self:check()
-  return self.session:transaction(self.sync_id, function(...)
+  local results = table.pack(self.session:transaction(self.sync_id, function(...)
     local results = table.pack(fn(...))
     if self.run_id then self.session.ledger:progress_run(self.run_id, self.counts, self.cursor_after) end
     return table.unpack(results, 1, results.n)
-  end, ...)
+  end, ...))
+  -- what a run that ends in a refusal of the machine reports as done
+  for k, v in pairs(self.counts) do self.committed[k] = v end
+  return table.unpack(results, 1, results.n)
+end
+
+-- "800 created, 0 updated, ..." of the counts committed so far.
+local function committed_counts(op)
+  local parts = {}
+  for _, outcome in ipairs(M.OUTCOMES) do
+    parts[#parts + 1] = string.format("%d %s", op.committed[outcome], outcome)
+  end
+  return table.concat(parts, ", ")
 end
 
 function Op:count(outcome, n)
@@ -127,10 +139,15 @@ end
 
 -- An error that ends a run names its sync (the remote's and the provider's
 -- own messages do not know it; a URL holding the sync's name is no naming).
-local function naming(sync, e)
+-- What the machine refused (the store's file, the disk) names the job
+-- file as well: the message names the store, not whose it is.
+local function naming(sync, e, session)
   local named = 'sync "' .. sync.name .. '"'
   if (e.kind == "provider" or e.kind == "http" or e.kind == "conflict") and not e.message:find(named, 1, true) then
     e.message = string.format("sync \"%s\": %s", sync.name, e.message)
+  elseif errors.environment[e.kind] and not e.named then
+    e.named = true
+    e.message = string.format("%s: sync \"%s\": %s", session and session.job.display_path or "?", sync.name, e.message)
   end
   return e
 end
@@ -147,7 +164,7 @@ function M.run(session, sync, operation, mode, body, cursor_before)
   if not loop.running() then return loop.run(M.run, session, sync, operation, mode, body, cursor_before) end
   local book = session.ledger
   local op = setmetatable({ session = session, sync = sync, operation = operation, counts = new_counts(),
-    cursor_before = cursor_before }, Op)
+    committed = new_counts(), cursor_before = cursor_before }, Op)
   local dry = session.dry
   -- what the run's tasks do on its behalf (HTTP requests) counts for it
   local context = loop.context()
@@ -155,7 +172,11 @@ function M.run(session, sync, operation, mode, body, cursor_before)
   context.sync = sync.name
   if not dry then
     op.lease_ttl = lease_seconds()
-    acquire(session, sync, op.lease_ttl)
+    local taken, err = pcall(acquire, session, sync, op.lease_ttl)
+    if not taken then
+      context.sync = outer_sync
+      error(naming(sync, as_entsync_error(err), session), 0)
+    end
   end
   local renewer = not dry and loop.spawn(renew, op)
   local ok, result = xpcall(function()
@@ -169,8 +190,13 @@ function M.run(session, sync, operation, mode, body, cursor_before)
   context.sync = outer_sync
   if renewer then renewer:cancel() end
   if not ok then
-    result = naming(sync, result)
-    session:rollback()
+    result = naming(sync, result, session)
+    if errors.environment[result.kind] then
+      result.message = string.format("%s (this run committed: %s)", result.message, committed_counts(op))
+      result.counts = op.committed
+    end
+    -- the first error wins: a rollback that fails too must not hide it
+    pcall(session.rollback, session)
     if op.run_id and session.store:is_open() then
       pcall(book.finish_run, book, op.run_id, "error", op.counts, op.cursor_after, result.message)
     end

@@ -89,6 +89,11 @@ end
 --   { fields = { ... } }            a nested table with its own schema
 --   { list = spec }                 a list whose items match spec
 --   { map = spec }                  a table of string keys to spec
+--   { any_of = { spec, ... }, describe = "what it is" }  the first that fits
+--   "false"                         the value false (as in import = false)
+-- A spec table may say secret = true: its value (all of it) is kept out of
+-- every log, error and store row (entsync.redact), as are settings named
+-- like secrets (password, token, api_key, ...) whatever their schema.
 -- Unknown settings are errors, naming the closest known one. Returns true,
 -- or nil and a message naming the setting's full path.
 local function describe(value)
@@ -106,11 +111,12 @@ local checks = {
   table = function(v) return type(v) == "table" end,
   any = function() return true end,
   string_or_number = function(v) return type(v) == "string" or type(v) == "number" end,
+  ["false"] = function(v) return v == false end,
 }
 local names = {
   string = "a string", number = "a number", integer = "an integer", positive = "a positive integer",
   boolean = "true or false", ["function"] = "a function", table = "a table", any = "a value",
-  string_or_number = "a string or a number",
+  string_or_number = "a string or a number", ["false"] = "false",
 }
 
 local function closest(name, known)
@@ -137,6 +143,16 @@ local function check_value(spec, value, path)
       return nil, string.format("setting %s must be %s, got %s", path, names[spec], describe(value))
     end
     return true
+  end
+  if spec.any_of then
+    local first_err
+    for _, option in ipairs(spec.any_of) do
+      local ok, err = check_value(option, value, path)
+      if ok then return true end
+      -- a table of the right shape with a wrong setting inside says which
+      if type(value) == "table" and type(option) == "table" and option.fields then first_err = err end
+    end
+    return nil, first_err or string.format("setting %s must be %s, got %s", path, spec.describe, describe(value))
   end
   if spec.fields then
     if type(value) ~= "table" then

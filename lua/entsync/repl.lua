@@ -15,6 +15,7 @@
 local core = require "entsync.core"
 local errors = require "entsync.errors"
 local json = require "entsync.json"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -128,6 +129,13 @@ local function new_env(ctx)
   end
 
   function env.help() print(HELP) end
+
+  -- what a line prints holds no secret either
+  function env.print(...)
+    local parts = table.pack(...)
+    for i = 1, parts.n do parts[i] = redact.text(tostring(parts[i])) end
+    print(table.concat(parts, "\t", 1, parts.n))
+  end
 
   function env.fetch(name, remote_id)
     local sync = sync_of(name)
@@ -284,7 +292,7 @@ local function evaluate(chunk, out, options, state)
     if results[2].traceback then out(results[2].traceback) end
     return false
   end
-  for i = 2, results.n do out(pretty(results[i])) end
+  for i = 2, results.n do out(pretty(redact.deep(results[i]))) end
   return true
 end
 
@@ -386,7 +394,7 @@ function M.run(job, args, options)
     local ctx = { job = job, session = session, options = options }
     local env = new_env(ctx)
     local state = {}
-    local function out(text) io.stdout:write(text, "\n") io.stdout:flush() end
+    local function out(text) io.stdout:write(redact.text(text), "\n") io.stdout:flush() end
     if options.eval or args[1] then
       local source = options.eval or table.concat(args, " ")
       local chunk, _, err = compile(source, env)

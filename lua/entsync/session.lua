@@ -35,14 +35,19 @@ function M.open(job, options)
   local dry = options.dry_run
   local path = job.store_file
   if dry and not file_exists(path) then path = ":memory:" end
-  local ok, store = pcall(core.store.open, path)
+  local ok, store = pcall(core.store.open, path, job.store_options)
   if ok then ok, store = pcall(function()
     ledger.migrate(store)
     return store
   end) end
   if not ok then
-    -- A store that cannot be opened or was written by a newer entsync is
-    -- a problem of the job's setup, not of entsync.
+    -- A store the machine refuses (its folder, the disk, another writer)
+    -- keeps its kind; one that was written by a newer entsync is a
+    -- problem of the job's setup, not of entsync.
+    if errors.is(store) and errors.environment[store.kind] then
+      store.message = string.format("%s: %s", job.display_path, store.message)
+      error(store, 0)
+    end
     errors.raise("config", string.format("%s: %s", job.display_path, errors.strip_position(errors.message(store))))
   end
   local session = setmetatable({
@@ -230,7 +235,9 @@ function Session:transaction(origin, fn, ...)
     return table.unpack(out, 1, out.n)
   end, ...))
   if not results[1] then
-    self:rollback()
+    -- the first error wins: a rollback that fails too (the disk) must
+    -- not hide why the transaction ended
+    pcall(self.rollback, self)
     error(results[2], 0)
   end
   store:run(self.dry and "RELEASE batch" or "COMMIT")

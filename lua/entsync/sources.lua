@@ -173,7 +173,8 @@ function M.new(run, reader, state, incremental, track_marks)
     return source
   end
 
-  if reader.next_raw and sync.fingerprint and not run.track_seen and not session:uses_refs(sync.name) then
+  if reader.next_raw and sync.fingerprint and not run.track_seen and not session:uses_refs(sync.name)
+      and not (run.sync_id and run.book:input_duplicates(run.sync_id)) then
     local known = run.book:raw_hashes(run.sync_id)
     local fingerprint = sync.fingerprint
     -- Runs of known lines are skipped by the reader in C: UNCHANGED then

@@ -13,6 +13,7 @@ local core = require "entsync.core"
 local errors = require "entsync.errors"
 local json = require "entsync.json"
 local ledger = require "entsync.ledger"
+local redact = require "entsync.redact"
 
 local M = {}
 
@@ -241,6 +242,8 @@ function M.gather(store_file, job, options)
     local ok, err = pcall(ledger.migrate, store)
     if not ok then
       store:close()
+      -- what the machine refuses keeps its kind (and exit status)
+      if errors.is(err) and errors.environment[err.kind] then error(err, 0) end
       errors.raise("config", string.format("%s: %s", store_file, errors.strip_position(errors.message(err))))
     end
     book = ledger.new(store)
@@ -284,7 +287,15 @@ end
 
 function M.text(report)
   local out = {}
-  local function say(fmt, ...) out[#out + 1] = string.format(fmt, ...) end
+  -- what the store quotes (remote ids, errors) is shown escaped: one line each
+  local printable = require("entsync.logger").printable
+  local function say(fmt, ...)
+    local args = table.pack(...)
+    for i = 1, args.n do
+      if type(args[i]) == "string" then args[i] = printable(args[i]) end
+    end
+    out[#out + 1] = string.format(fmt, table.unpack(args, 1, args.n))
+  end
   say("store %s%s", report.store, report.exists and "" or " (not created yet: nothing has run)")
   if not report.job.loads then
     say("job %s does not load: %s", tostring(report.job.path), tostring(report.job.error))
@@ -431,9 +442,9 @@ function M.command(job_path, args, options)
       require("entsync.usage").did_you_mean(args[1], known)))
   end
   if options.json then
-    print(M.json(report))
+    print(redact.text(M.json(report)))
   else
-    print(M.text(report))
+    print(redact.text(M.text(report)))
   end
   if job_error then return errors.exit_codes.config end
   return report.ok and 0 or errors.exit_codes.failed
@@ -465,12 +476,12 @@ function M.history(store_file, sync_name, options)
         seconds = r.ended_at and (r.ended_at - r.started_at) or nil,
         counts = json.object({ created = r.created, updated = r.updated, unchanged = r.unchanged, stale = r.stale,
           failed = r.failed, deleted = r.deleted, skipped = r.skipped, conflicts = r.conflicts }),
-        cursor_before = r.cursor_before, cursor_after = r.cursor_after, error = r.error, pid = r.pid, host = r.host })))
+        cursor_before = r.cursor_before, cursor_after = r.cursor_after, error = redact.text(r.error), pid = r.pid, host = r.host })))
     else
       print(string.format("#%-5d %s  %-14s %-8s %-11s %-8s %8s  %s", r.id, iso(r.started_at), r.sync, r.operation,
         r.mode or "-", r.status, r.ended_at and string.format("%.2fs", r.ended_at - r.started_at) or "-",
         counts_text(r)))
-      if r.error then print("       error: " .. r.error) end
+      if r.error then print("       error: " .. require("entsync.logger").printable(redact.text(r.error))) end
     end
   end
   if #rows == 0 and not options.json then print("no runs yet") end

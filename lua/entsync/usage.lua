@@ -262,8 +262,10 @@ end
 M.EXIT_STATUSES = [[
 exit status: 0 success, 1 the run finished but some entities failed,
 2 usage or configuration error, 3 a lock is held by another run,
-4 an internal error, 5 stopped by SIGINT or SIGTERM at a checkpoint.
-A remote that keeps failing stops a run with 1.]]
+4 an internal error, 5 stopped by SIGINT or SIGTERM at a checkpoint,
+6 the store is busy (another process holds its write lock), 7 the disk
+or the store's max_size is full, 8 the store cannot be opened or
+written, 9 an I/O error. A remote that keeps failing stops a run with 1.]]
 
 function M.text()
   local out = { "usage: entsync-run JOB.lua [COMMAND] [ARGS] [OPTIONS]", "", "commands:" }

@@ -9,6 +9,7 @@
 -- while runs fail), each run a dot coloured by its status. The page
 -- refreshes itself every 10 seconds.
 
+local redact = require "entsync.redact"
 local status = require "entsync.status"
 
 local M = {}
@@ -114,8 +115,8 @@ function M.page(report, extra)
     add('<tr class="sync" data-sync="%s"><td>%s</td><td>%s</td><td>%s</td>', esc(s.name), esc(s.name), esc(s.mode or "-"),
       esc(s.schedule or "-"))
     if last then
-      add('<td class="%s" title="%s">%s %s, %s: %s</td>', esc(last.status), esc(last.error or ""), esc(last.operation),
-        esc(status.ago(last.started_at)), esc(last.status), esc(status.counts_text(last.counts)))
+      add('<td class="%s" title="%s">%s %s, %s: %s</td>', esc(last.status), esc(redact.text(last.error or "")),
+        esc(last.operation), esc(status.ago(last.started_at)), esc(last.status), esc(status.counts_text(last.counts)))
     else
       add("<td>never</td>")
     end
@@ -134,7 +135,7 @@ function M.page(report, extra)
         .. "</tr></thead><tbody>")
       for _, f in ipairs(s.failures.recent) do
         add('<tr class="failure"><td><code>%s</code></td><td>%s</td><td>%d</td><td>%s</td></tr>', esc(f.key),
-          esc(f.direction), f.attempts, esc(f.error))
+          esc(f.direction), f.attempts, esc(redact.text(f.error)))
       end
       add("</tbody></table>")
       if s.failures.count > #s.failures.recent then
