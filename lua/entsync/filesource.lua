@@ -552,9 +552,13 @@ function Provider:_append(resource, line)
   if core.fs.isdir(target) then return nil, self.prefix .. target .. " is a folder; writes go to a file" end
   local file, open_err = io.open(target, "ab")
   if not file then return nil, self.prefix .. tostring(open_err) end
+  -- A full disk may only show at flush or close: each result is checked, or
+  -- a lost line would be reported as sent.
   local ok, write_err = file:write(self._encode(line), "\n")
-  file:close()
-  if not ok then return nil, self.prefix .. tostring(write_err) end
+  if ok then ok, write_err = file:flush() end
+  local closed, close_err = file:close()
+  if not ok then return nil, self.prefix .. target .. ": " .. tostring(write_err) end
+  if not closed then return nil, self.prefix .. target .. ": " .. tostring(close_err) end
   return true
 end
 
