@@ -303,42 +303,112 @@ error:;
     return push_errno(L, "cannot open", path);
 }
 
+/* Makes room for len + more + 1 bytes in *line. Returns 0, or -1 out of
+ * memory (errno ENOMEM). */
+static int line_reserve(char **line, size_t *cap, size_t len, size_t more)
+{
+    if (len + more + 1 <= *cap)
+        return 0;
+    size_t grown_cap = *cap ? *cap : 256;
+    while (grown_cap < len + more + 1)
+        grown_cap *= 2;
+    char *grown = realloc(*line, grown_cap);
+    if (!grown) {
+        errno = ENOMEM;
+        return -1;
+    }
+    *line = grown;
+    *cap = grown_cap;
+    return 0;
+}
+
+/* The bytes f has read ahead and not yet handed out, at *bytes: their
+ * count, 0 when its buffer is empty. The line reader scans them with
+ * memchr and takes them at once, as getline does inside glibc, instead of
+ * a getc per byte (ten times the instructions on an unchanged re-import,
+ * where reading lines is most of the work). Elsewhere than glibc nothing
+ * is read ahead here and each byte comes through getc. */
+static size_t read_ahead(FILE *f, const char **bytes)
+{
+#ifdef __GLIBC__
+    *bytes = f->_IO_read_ptr;
+    return f->_IO_read_ptr < f->_IO_read_end ? (size_t)(f->_IO_read_end - f->_IO_read_ptr) : 0;
+#else
+    (void)f;
+    *bytes = NULL;
+    return 0;
+#endif
+}
+
+/* Hands out the first n bytes that read_ahead showed. */
+static void consume_ahead(FILE *f, size_t n)
+{
+#ifdef __GLIBC__
+    f->_IO_read_ptr += n;
+#else
+    (void)f;
+    (void)n;
+#endif
+}
+
+/* Keeps the first bytes of span that fit under max, counts the rest as
+ * dropped. Returns 0, or -1 out of memory. */
+static int line_keep(char **line, size_t *cap, size_t *len, size_t max, size_t *dropped, const char *span, size_t n)
+{
+    size_t keep = *len < max ? max - *len : 0;
+    if (keep > n)
+        keep = n;
+    if (keep) {
+        if (line_reserve(line, cap, *len, keep) != 0)
+            return -1;
+        memcpy(*line + *len, span, keep);
+        *len += keep;
+    }
+    *dropped += n - keep;
+    return 0;
+}
+
 ssize_t entsync_read_line(FILE *f, char **line, size_t *cap, size_t max, size_t *dropped)
 {
     size_t len = 0;
+    int done = 0;
     *dropped = 0;
-    int c;
     flockfile(f);
-    while ((c = getc_unlocked(f)) != EOF) {
-        if (len < max) {
-            if (len + 2 > *cap) {
-                size_t grown_cap = *cap ? *cap * 2 : 256;
-                while (grown_cap < len + 2)
-                    grown_cap *= 2;
-                char *grown = realloc(*line, grown_cap);
-                if (!grown) {
-                    funlockfile(f);
-                    errno = ENOMEM;
-                    return -2;
-                }
-                *line = grown;
-                *cap = grown_cap;
+    while (!done) {
+        const char *bytes;
+        size_t n = read_ahead(f, &bytes);
+        if (n) {
+            const char *nl = memchr(bytes, '\n', n);
+            if (nl) {
+                n = (size_t)(nl - bytes) + 1;
+                done = 1;
             }
-            (*line)[len++] = (char)c;
-        } else {
-            (*dropped)++;
+            if (line_keep(line, cap, &len, max, dropped, bytes, n) != 0)
+                goto error;
+            consume_ahead(f, n);
+            continue;
         }
-        if (c == '\n')
+        int c = getc_unlocked(f); /* refills the buffer, or the end */
+        if (c == EOF)
             break;
+        char byte = (char)c;
+        done = c == '\n';
+        if (line_keep(line, cap, &len, max, dropped, &byte, 1) != 0)
+            goto error;
     }
     funlockfile(f);
     if (len == 0 && *dropped == 0)
         return -1;
     if (*dropped)
         *dropped += len;
-    else
+    else if (line_reserve(line, cap, len, 0) == 0)
         (*line)[len] = '\0';
+    else
+        return -2;
     return (ssize_t)len;
+error:
+    funlockfile(f);
+    return -2;
 }
 
 /* read_line(file, max [, keep_newline]) -> line | nil at the end | false,
