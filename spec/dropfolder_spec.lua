@@ -296,7 +296,8 @@ describe("the move to processed/ and the commit it follows", function()
     run_ok(d) -- the store exists: its WAL is open from the start
     drop(d, "b.ndjson", lines(4, 6))
     local trace = os.tmpname()
-    local ok = os.execute(string.format("cd %s && strace -f -qq -y -e trace=fsync,fdatasync,rename,renameat,renameat2,"
+    -- LeakSanitizer (make asan) cannot run under a tracer: leaks are checked by every other spec
+    local ok = os.execute(string.format("cd %s && ASAN_OPTIONS=${ASAN_OPTIONS:+$ASAN_OPTIONS:}detect_leaks=0 strace -f -qq -y -e trace=fsync,fdatasync,rename,renameat,renameat2,"
       .. "pwrite64 -o %s %s job.lua run --no-progress >/dev/null 2>&1", helpers.quote(d), trace,
       helpers.quote(helpers.bin)))
     assert.is_true(ok)
