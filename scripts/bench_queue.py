@@ -20,7 +20,7 @@ stream "events" through a consumer group into a store (one row a message).
    is messages per wall-clock second of that process, start-up included; target >= 20,000.
 
 Each phase checks that the store holds one row a message and that nothing is left pending.
-Environment: ENTSYNC_BENCH_QUEUE_RATE, ENTSYNC_BENCH_QUEUE_SECONDS, ENTSYNC_BENCH_QUEUE_BACKLOG
+Environment: BENCH_QUEUE_RATE, BENCH_QUEUE_SECONDS, BENCH_QUEUE_BACKLOG
 shrink it for a quick run. Exits 1 when something failed to run or a check failed.
 """
 
@@ -36,9 +36,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTSYNC = os.path.join(ROOT, "bin", "entsync-run")
-RATE = int(os.environ.get("ENTSYNC_BENCH_QUEUE_RATE", "1000"))
-SECONDS = float(os.environ.get("ENTSYNC_BENCH_QUEUE_SECONDS", "30"))
-BACKLOG = int(os.environ.get("ENTSYNC_BENCH_QUEUE_BACKLOG", "200000"))
+RATE = int(os.environ.get("BENCH_QUEUE_RATE", "1000"))
+SECONDS = float(os.environ.get("BENCH_QUEUE_SECONDS", "30"))
+BACKLOG = int(os.environ.get("BENCH_QUEUE_BACKLOG", "200000"))
 TARGET_P99_MS = 50.0
 TARGET_DRAIN = 20000.0
 
