@@ -95,14 +95,14 @@ local function typed_id(text)
   return text
 end
 
--- record_of(fields) -> record | nil, why
-local function record_of(fields)
+-- record_of(fields, version) -> record | nil, why; version: the one
+-- push() read from the fields already (nil to read it here)
+local function record_of(fields, version)
   if not fields then return nil, "the message was deleted from the stream while pending" end
   local op = fields.op or "upsert"
   if op ~= "upsert" and op ~= "delete" then return nil, string.format("op must be upsert or delete, got %q", op) end
   if fields.id == nil or fields.id == "" then return nil, "the message has no id field" end
-  local version = nil
-  if fields.version ~= nil then
+  if version == nil and fields.version ~= nil then
     version = math.tointeger(tonumber(fields.version))
     if version == nil then return nil, string.format("version must be an integer, got %q", fields.version) end
   end
@@ -176,24 +176,38 @@ end
 -- Of the messages read together, one superseded by a newer version of the
 -- same id later in the same read is not applied (the batch is written in
 -- order: it would win): it is acknowledged with the batch.
+-- Each entry's version is read here once (entry.version) and reused by next().
 function Reader:push(entries, counted)
-  local counts = {}
-  if counted and #entries > 0 then counts = self:deliveries(entries[1].id, entries[#entries].id, #entries) end
-  local newest = {}
-  for i, entry in ipairs(entries) do
-    local version, id = version_of(entry.fields), entry.fields and entry.fields.id
+  local n = #entries
+  local counts = nil
+  if counted and n > 0 then counts = self:deliveries(entries[1].id, entries[n].id, n) end
+  local newest, superseded = {}, false
+  for i = 1, n do
+    local entry = entries[i]
+    local fields = entry.fields
+    local version = version_of(fields)
+    entry.version = version
+    local id = fields and fields.id
     if version and id then
       local best = newest[id]
-      if not best or version >= version_of(entries[best].fields) then newest[id] = i end
+      if not best then
+        newest[id] = i
+      elseif version >= entries[best].version then
+        newest[id], superseded = i, true
+      else
+        superseded = true
+      end
     end
   end
-  for i, entry in ipairs(entries) do
-    entry.deliveries = counts[entry.id] or 1
-    local id = entry.fields and entry.fields.id
-    if id and newest[id] and newest[id] ~= i and version_of(entry.fields) then
-      self.taken[#self.taken + 1] = entry -- superseded: acknowledged with the batch
+  local buffer, taken = self.buffer, self.taken
+  for i = 1, n do
+    local entry = entries[i]
+    entry.deliveries = counts and counts[entry.id] or 1
+    local id = superseded and entry.version and entry.fields.id
+    if id and newest[id] ~= i then
+      taken[#taken + 1] = entry -- superseded: acknowledged with the batch
     else
-      self.buffer[#self.buffer + 1] = entry
+      buffer[#buffer + 1] = entry
     end
   end
 end
@@ -268,7 +282,7 @@ function Reader:next()
     return false, string.format("%s:%s: delivered %d times and never applied (max_attempts %d)", self.stream,
       entry.id, entry.deliveries, max_attempts), payload_of(entry.fields)
   end
-  local record, why = record_of(entry.fields)
+  local record, why = record_of(entry.fields, entry.version)
   if not record then
     -- it will never read better: failed at once
     return false, string.format("%s:%s: %s", self.stream, entry.id, why), payload_of(entry.fields)

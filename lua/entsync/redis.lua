@@ -172,9 +172,16 @@ end
 -- entries(reply) -> { { id, fields }, ... } of an XRANGE-shaped list;
 -- an entry deleted from the stream while pending has false fields.
 function M.entries(list)
+  if type(list) ~= "table" then return {} end
   local out = {}
-  for _, entry in ipairs(type(list) == "table" and list or {}) do
-    out[#out + 1] = { id = entry[1], fields = entry[2] and M.fields(entry[2]) or false }
+  for i = 1, #list do
+    local entry = list[i]
+    local flat, fields = entry[2], false
+    if type(flat) == "table" then
+      fields = {}
+      for j = 1, #flat - 1, 2 do fields[flat[j]] = flat[j + 1] end
+    end
+    out[i] = { id = entry[1], fields = fields }
   end
   return out
 end
