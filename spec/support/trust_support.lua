@@ -6,6 +6,7 @@
 
 local core = require "entsync.core"
 local helpers = require "helpers"
+local S = require "import_support"
 
 local M = {}
 
@@ -132,21 +133,8 @@ function M.fresh_remote_for_each_test(resources, prepare, opts)
   end)
 end
 
--- The job's store file.
-function M.db(dir)
-  return dir .. "/entsync.db"
-end
-
-function M.query(dir, sql, ...)
-  return helpers.query(M.db(dir), sql, ...)
-end
-
-function M.value(dir, sql, ...)
-  local row = M.query(dir, sql, ...)[1]
-  if not row then return nil end
-  local _, v = next(row)
-  return v
-end
+-- The job's store file and its readers, import_support's.
+M.db, M.query, M.value = S.db, S.query, S.value
 
 -- The local id of a remote id in a sync's id map (ids compared as text).
 function M.local_of(dir, sync, remote_id)
