@@ -363,7 +363,7 @@ local function validate_import(sync)
   end
   local import = sync.spec.import or {}
   if type(import) ~= "table" then sync_error(sync, "import must be a table, got %s", type(import)) end
-  check_options(sync, import, import_options, "import")
+  -- its option names and types were checked by check_types
   local settings = {
     enabled = true,
     mode = import.mode or "full",
@@ -585,7 +585,8 @@ local function validate_export(job, sync)
   if spec == nil or spec == false then return end
   if spec == true then spec = {} end
   if type(spec) ~= "table" then sync_error(sync, "export must be true or a table, got %s", type(spec)) end
-  check_options(sync, spec, export_options, "export")
+  -- its option names and types were checked by check_types, and a sync
+  -- that failed there is not validated further
   local settings = {
     on_change = spec.on_change == true, deletes = spec.deletes or "ignore", conflict = spec.conflict or "remote_wins",
     batch = spec.batch or 500, resource = spec.resource, natural_key = spec.natural_key,
