@@ -382,6 +382,26 @@ static int view_pairs(lua_State *L)
 
 enum { TAKEN, OLDER, BAIL };
 
+/* The decimal digits of n between an optional tag and end character (0:
+ * none), written to the end of text[32]; returns where they start. */
+static const char *tagged(char text[32], char tag, long long n, char end, size_t *len)
+{
+    char *q = text + 32;
+    unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
+    if (end)
+        *--q = end;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (n < 0)
+        *--q = '-';
+    if (tag)
+        *--q = tag;
+    *len = (size_t)(text + 32 - q);
+    return q;
+}
+
 static int text_cell(program *p, cell *c, const char *s, size_t len)
 {
     c->type = CELL_TEXT;
@@ -392,8 +412,9 @@ static int text_cell(program *p, cell *c, const char *s, size_t len)
 static int integer_text_cell(program *p, cell *c, long long n)
 {
     char text[32];
-    int len = snprintf(text, sizeof text, "%lld", n);
-    return text_cell(p, c, text, (size_t)len);
+    size_t len;
+    const char *digits = tagged(text, 0, n, 0, &len);
+    return text_cell(p, c, digits, len);
 }
 
 /* math.tointeger of a float: 1 with *out set when it has an exact integer. */
@@ -508,7 +529,8 @@ static int json_cell(lua_State *L, program *p, int uv, int idx, cell *c)
 static int canon_node_bytes(program *p, const entsync_json_node *n)
 {
     char text[48];
-    size_t off;
+    const char *t;
+    size_t off, tlen;
     long long i;
     int len;
     switch (n->type) {
@@ -519,18 +541,21 @@ static int canon_node_bytes(program *p, const entsync_json_node *n)
     case ENTSYNC_JSON_TRUE:
         return arena_add(p, "t", 1, &off);
     case ENTSYNC_JSON_INTEGER:
-        len = snprintf(text, sizeof text, "i%lld;", (long long)n->as.integer);
-        return arena_add(p, text, (size_t)len, &off);
+        t = tagged(text, 'i', n->as.integer, ';', &tlen);
+        return arena_add(p, t, tlen, &off);
     case ENTSYNC_JSON_FLOAT:
-        len = float_integer(n->as.number, &i) ? snprintf(text, sizeof text, "i%lld;", i)
-                                               : snprintf(text, sizeof text, "d%.17g;", n->as.number);
+        if (float_integer(n->as.number, &i)) {
+            t = tagged(text, 'i', i, ';', &tlen);
+            return arena_add(p, t, tlen, &off);
+        }
+        len = snprintf(text, sizeof text, "d%.17g;", n->as.number);
         return arena_add(p, text, (size_t)len, &off);
     case ENTSYNC_JSON_STRING:
-        len = snprintf(text, sizeof text, "s%zu:", n->len);
-        return arena_add(p, text, (size_t)len, &off) && arena_add(p, n->as.string, n->len, &off);
+        t = tagged(text, 's', (long long)n->len, ':', &tlen);
+        return arena_add(p, t, tlen, &off) && arena_add(p, n->as.string, n->len, &off);
     case ENTSYNC_JSON_ARRAY: {
-        len = snprintf(text, sizeof text, "a%zu:", n->len);
-        if (!arena_add(p, text, (size_t)len, &off))
+        t = tagged(text, 'a', (long long)n->len, ':', &tlen);
+        if (!arena_add(p, t, tlen, &off))
             return 0;
         const entsync_json_node *item = n + 1;
         for (size_t k = 0; k < n->len; k++, item = entsync_json_node_after(item))
@@ -543,12 +568,11 @@ static int canon_node_bytes(program *p, const entsync_json_node *n)
         long count = entsync_json_sorted_members(n, &members);
         if (count < 0)
             return 0;
-        int ok = 1;
-        len = count ? snprintf(text, sizeof text, "o%ld:", count) : snprintf(text, sizeof text, "a0:");
-        ok = arena_add(p, text, (size_t)len, &off);
+        t = tagged(text, count ? 'o' : 'a', count, ':', &tlen);
+        int ok = arena_add(p, t, tlen, &off);
         for (long k = 0; ok && k < count; k++) {
-            len = snprintf(text, sizeof text, "s%zu:", members[k].len);
-            ok = arena_add(p, text, (size_t)len, &off) && arena_add(p, members[k].key, members[k].len, &off) &&
+            t = tagged(text, 's', (long long)members[k].len, ':', &tlen);
+            ok = arena_add(p, t, tlen, &off) && arena_add(p, members[k].key, members[k].len, &off) &&
                  canon_node_bytes(p, members[k].value);
         }
         free(members);
@@ -662,17 +686,9 @@ static void canon_add(canon *k, const void *s, size_t n)
 static void canon_tagged(canon *k, char tag, long long n, char end)
 {
     char text[32];
-    char *q = text + sizeof text;
-    unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
-    *--q = end;
-    do {
-        *--q = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (n < 0)
-        *--q = '-';
-    *--q = tag;
-    canon_add(k, q, (size_t)(text + sizeof text - q));
+    size_t len;
+    const char *t = tagged(text, tag, n, end, &len);
+    canon_add(k, t, len);
 }
 
 static void canon_string(canon *k, const char *s, size_t len)
@@ -787,9 +803,8 @@ static void scalar_text(lua_State *L, const scalar *v, const char **s, size_t *l
     if (v->type == LUA_TSTRING) {
         *s = v->s;
         *len = v->len;
-    } else if (v->integer) {
-        *len = (size_t)snprintf(text, size, "%lld", v->i);
-        *s = text;
+    } else if (v->integer && size >= 32) {
+        *s = tagged(text, 0, v->i, 0, len);
     } else {
         lua_pushnumber(L, v->d);
         const char *t = lua_tolstring(L, -1, len);
@@ -914,10 +929,8 @@ static int lua_scalar(lua_State *L, int idx, scalar *v)
 /* The text of an id cell (ids.text). */
 static const char *id_text(const program *p, const cell *c, char *text, size_t size, size_t *len)
 {
-    if (c->type == CELL_INT) {
-        *len = (size_t)snprintf(text, size, "%lld", c->i);
-        return text;
-    }
+    if (c->type == CELL_INT && size >= 32)
+        return tagged(text, 0, c->i, 0, len);
     *len = c->len;
     return p->buf + c->off;
 }
