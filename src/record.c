@@ -764,6 +764,15 @@ static uint64_t record_hash(const program *p, const cell *cells)
 /* tonumber of a string: 1 with *out set when Lua reads it as a number. */
 static int string_number(lua_State *L, const char *s, size_t len, scalar *out)
 {
+    /* only these bytes make up a Lua numeral (decimal or hex, with its
+     * exponent and the spaces around it): a timestamp's 'T' or ':' is
+     * none, and most marks are told apart here */
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == 'x' || c == 'X' ||
+              c == 'p' || c == 'P' || c == '.' || c == '+' || c == '-' || c == ' ' || (c >= '\t' && c <= '\r')))
+            return 0;
+    }
     char small[64];
     char *text = len < sizeof small ? small : malloc(len + 1);
     if (!text)
@@ -1246,6 +1255,30 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
     return held;
 }
 
+/* Makes (mark, id) the largest pair noted, copying their texts; 0 when
+ * out of memory. */
+static int set_max(program *p, scalar mark, const char *id, size_t idlen)
+{
+    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
+    if (need > p->max_cap) {
+        char *grown = realloc(p->max_text, need);
+        if (!grown)
+            return 0;
+        p->max_text = grown;
+        p->max_cap = need;
+    }
+    memcpy(p->max_text, id, idlen);
+    p->max_id = p->max_text;
+    p->max_id_len = idlen;
+    p->max_mark = mark;
+    if (mark.type == LUA_TSTRING) {
+        memcpy(p->max_text + idlen, mark.s, mark.len);
+        p->max_mark.s = p->max_text + idlen;
+    }
+    p->has_max = 1;
+    return 1;
+}
+
 /* The largest (mark, id) noted since max(), kept apart from the entries
  * (an unchanged record moves the cursor too). */
 static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
@@ -1256,25 +1289,8 @@ static void note_max(lua_State *L, program *p, const cell *changed, const cell *
     scalar mark = cell_scalar(p, changed);
     if (p->has_max && compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
         return;
-    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0);
-    if (need > p->max_cap) {
-        char *grown = realloc(p->max_text, need);
-        if (!grown) {
-            p->failed = 1;
-            return;
-        }
-        p->max_text = grown;
-        p->max_cap = need;
-    }
-    memcpy(p->max_text, idtext, idlen);
-    p->max_id = p->max_text;
-    p->max_id_len = idlen;
-    p->max_mark = mark;
-    if (mark.type == LUA_TSTRING) {
-        memcpy(p->max_text + idlen, mark.s, mark.len);
-        p->max_mark.s = p->max_text + idlen;
-    }
-    p->has_max = 1;
+    if (!set_max(p, mark, idtext, idlen))
+        p->failed = 1;
 }
 
 /* Grows the cells for one more record; 0 when out of memory. */
@@ -1602,23 +1618,8 @@ static void seed_max(lua_State *L, program *p, int idx)
         return;
     size_t idlen;
     const char *id = lua_tolstring(L, idx + 1, &idlen);
-    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
-    if (need > p->max_cap) {
-        char *grown = realloc(p->max_text, need);
-        if (!grown)
-            luaL_error(L, "record: out of memory");
-        p->max_text = grown;
-        p->max_cap = need;
-    }
-    memcpy(p->max_text, id, idlen);
-    p->max_id = p->max_text;
-    p->max_id_len = idlen;
-    p->max_mark = mark;
-    if (mark.type == LUA_TSTRING) {
-        memcpy(p->max_text + idlen, mark.s, mark.len);
-        p->max_mark.s = p->max_text + idlen;
-    }
-    p->has_max = 1;
+    if (!set_max(p, mark, id, idlen))
+        luaL_error(L, "record: out of memory");
 }
 
 /* program:take_records(list, from, to, cursor_mark, cursor_id, failing,
