@@ -13,6 +13,7 @@
 #include "hash.h"
 #include "json.h"
 #include "json_simd.h"
+#include "marks.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -91,15 +92,6 @@ typedef struct member {
     const entsync_json_node *value;
 } member;
 
-/* A changed mark or id, as cursor.lua compares them. */
-typedef struct scalar {
-    int type; /* LUA_TNIL, LUA_TNUMBER or LUA_TSTRING */
-    int integer;
-    long long i;
-    double d;
-    const char *s;
-    size_t len;
-} scalar;
 
 typedef struct program {
     entity *entities;
@@ -123,7 +115,7 @@ typedef struct program {
     cell *cells;
     size_t ncells_used, cells_cap;
     int has_max; /* the largest (mark, id) noted since max() */
-    scalar max_mark;
+    entsync_mark max_mark;
     const char *max_id;
     size_t max_id_len, max_cap;
     char *max_text; /* the texts of both */
@@ -442,7 +434,7 @@ static int looks_dated(const char *s, size_t len)
     return 1;
 }
 
-/* A JSON scalar node as its column takes it (mapping.lua's coerce for the
+/* A JSON entsync_mark node as its column takes it (mapping.lua's coerce for the
  * cases done here); BAIL for the rest. Containers are not scalars. */
 static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
 {
@@ -759,149 +751,10 @@ static uint64_t record_hash(const program *p, const cell *cells)
     return k.h;
 }
 
-/* --- marks and ids, as lua/entsync/cursor.lua compares them ------------------ */
-
-/* tonumber of a string: 1 with *out set when Lua reads it as a number. */
-static int string_number(lua_State *L, const char *s, size_t len, scalar *out)
+/* A cell (an id or a mark read here) as a mark. */
+static entsync_mark cell_mark(const program *p, const cell *c)
 {
-    /* only these bytes make up a Lua numeral (decimal or hex, with its
-     * exponent and the spaces around it): a timestamp's 'T' or ':' is
-     * none, and most marks are told apart here */
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == 'x' || c == 'X' ||
-              c == 'p' || c == 'P' || c == '.' || c == '+' || c == '-' || c == ' ' || (c >= '\t' && c <= '\r')))
-            return 0;
-    }
-    char small[64];
-    char *text = len < sizeof small ? small : malloc(len + 1);
-    if (!text)
-        return 0;
-    memcpy(text, s, len);
-    text[len] = '\0';
-    int ok = strlen(text) == len && lua_stringtonumber(L, text) != 0;
-    if (text != small)
-        free(text);
-    if (!ok)
-        return 0;
-    out->type = LUA_TNUMBER;
-    out->integer = lua_isinteger(L, -1);
-    out->i = (long long)lua_tointeger(L, -1);
-    out->d = (double)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return 1;
-}
-
-static int compare_numbers(const scalar *a, const scalar *b)
-{
-    if (a->integer && b->integer)
-        return (a->i > b->i) - (a->i < b->i);
-    double x = a->integer ? (double)a->i : a->d, y = b->integer ? (double)b->i : b->d;
-    return (x > y) - (x < y);
-}
-
-static int compare_bytes(const char *a, size_t alen, const char *b, size_t blen)
-{
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c)
-        return c < 0 ? -1 : 1;
-    return (alen > blen) - (alen < blen);
-}
-
-/* tostring of a scalar, into text (a string's own bytes otherwise). */
-static void scalar_text(lua_State *L, const scalar *v, const char **s, size_t *len, char *text, size_t size)
-{
-    if (v->type == LUA_TSTRING) {
-        *s = v->s;
-        *len = v->len;
-    } else if (v->integer && size >= 32) {
-        *s = tagged(text, 0, v->i, 0, len);
-    } else {
-        lua_pushnumber(L, v->d);
-        const char *t = lua_tolstring(L, -1, len);
-        snprintf(text, size, "%s", t);
-        lua_pop(L, 1);
-        *s = text;
-    }
-}
-
-/* compare_scalar: equal values 0; two numbers, or two strings Lua reads as
- * numbers, by value; anything else by text. */
-static int compare_scalar(lua_State *L, const scalar *a, const scalar *b)
-{
-    if (a->type == LUA_TNUMBER && b->type == LUA_TNUMBER)
-        return compare_numbers(a, b);
-    if (a->type == LUA_TSTRING && b->type == LUA_TSTRING) {
-        if (a->len == b->len && memcmp(a->s, b->s, a->len) == 0)
-            return 0;
-        scalar na, nb;
-        if (string_number(L, a->s, a->len, &na) && string_number(L, b->s, b->len, &nb))
-            return compare_numbers(&na, &nb);
-    }
-    char ta[64], tb[64];
-    const char *sa, *sb;
-    size_t la, lb;
-    scalar_text(L, a, &sa, &la, ta, sizeof ta);
-    scalar_text(L, b, &sb, &lb, tb, sizeof tb);
-    return compare_bytes(sa, la, sb, lb);
-}
-
-/* A mark as the sync's changed_kind compares it ("text": its text). */
-static scalar mark_as_kind(lua_State *L, const program *p, scalar v, char *text, size_t size)
-{
-    if (p->kind_text && v.type == LUA_TNUMBER) {
-        scalar t = {LUA_TSTRING, 0, 0, 0, NULL, 0};
-        scalar_text(L, &v, &t.s, &t.len, text, size);
-        return t;
-    }
-    return v;
-}
-
-static int integer_id(const char *s, size_t len)
-{
-    if (len == 0 || len >= 19)
-        return 0;
-    size_t i = s[0] == '-';
-    if (i == len)
-        return 0;
-    for (; i < len; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
-static int compare_ids(const char *a, size_t alen, const char *b, size_t blen)
-{
-    if (integer_id(a, alen) && integer_id(b, blen)) {
-        long long x = strtoll(a, NULL, 10), y = strtoll(b, NULL, 10);
-        return (x > y) - (x < y);
-    }
-    return compare_bytes(a, alen, b, blen);
-}
-
-/* cursor.compare(mark_a, id_a, mark_b, id_b, kind); a nil mark first. */
-static int compare_pairs(lua_State *L, const program *p, const scalar *ma, const char *ia, size_t ialen,
-                         const scalar *mb, const char *ib, size_t iblen)
-{
-    if (ma->type == LUA_TNIL || mb->type == LUA_TNIL) {
-        if (ma->type != LUA_TNIL)
-            return 1;
-        if (mb->type != LUA_TNIL)
-            return -1;
-    } else {
-        char ta[40], tb[40];
-        scalar ka = mark_as_kind(L, p, *ma, ta, sizeof ta), kb = mark_as_kind(L, p, *mb, tb, sizeof tb);
-        int c = compare_scalar(L, &ka, &kb);
-        if (c)
-            return c;
-    }
-    return compare_ids(ia, ialen, ib, iblen);
-}
-
-/* A cell (an id or a mark read here) as a scalar. */
-static scalar cell_scalar(const program *p, const cell *c)
-{
-    scalar v = {LUA_TNIL, 0, 0, 0, NULL, 0};
+    entsync_mark v = {LUA_TNIL, 0, 0, 0, NULL, 0};
     if (c->type == CELL_INT) {
         v.type = LUA_TNUMBER;
         v.integer = 1;
@@ -912,29 +765,6 @@ static scalar cell_scalar(const program *p, const cell *c)
         v.len = c->len;
     }
     return v;
-}
-
-/* A Lua value at idx as a scalar mark; 0 for a value no mark here is. */
-static int lua_scalar(lua_State *L, int idx, scalar *v)
-{
-    memset(v, 0, sizeof *v);
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        v->type = LUA_TNIL;
-        return 1;
-    case LUA_TNUMBER:
-        v->type = LUA_TNUMBER;
-        v->integer = lua_isinteger(L, idx);
-        v->i = (long long)lua_tointeger(L, idx);
-        v->d = (double)lua_tonumber(L, idx);
-        return 1;
-    case LUA_TSTRING:
-        v->type = LUA_TSTRING;
-        v->s = lua_tolstring(L, idx, &v->len);
-        return 1;
-    default:
-        return 0;
-    }
 }
 
 /* The text of an id cell (ids.text). */
@@ -1147,7 +977,7 @@ static int read_keys(program *p, cell *id, cell *changed)
  * and the statements that look remote ids up. */
 typedef struct take_args {
     int has_cursor;
-    scalar cursor_mark;
+    entsync_mark cursor_mark;
     const char *cursor_id;
     size_t cursor_id_len;
     int failing;          /* stack index of run.failing, or 0 when it is empty */
@@ -1162,7 +992,7 @@ typedef struct stored {
     long long local_id;
     uint64_t hash;
     int has_hash, gone;
-    scalar changed;
+    entsync_mark changed;
     char changed_text[64];
 } stored;
 
@@ -1244,7 +1074,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
             return 1;
     } else {
         const char *s = p->buf + id->off;
-        if (!integer_id(s, id->len) || s[s[0] == '-'] == '0')
+        if (!entsync_id_is_integer(s, id->len) || s[s[0] == '-'] == '0')
             return 0;
         other.type = CELL_INT;
         other.i = strtoll(s, NULL, 10);
@@ -1257,7 +1087,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
 
 /* Makes (mark, id) the largest pair noted, copying their texts; 0 when
  * out of memory. */
-static int set_max(program *p, scalar mark, const char *id, size_t idlen)
+static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
 {
     size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
     if (need > p->max_cap) {
@@ -1286,8 +1116,8 @@ static void note_max(lua_State *L, program *p, const cell *changed, const cell *
     char idbuf[32];
     size_t idlen;
     const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
-    scalar mark = cell_scalar(p, changed);
-    if (p->has_max && compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
+    entsync_mark mark = cell_mark(p, changed);
+    if (p->has_max && entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
         return;
     if (!set_max(p, mark, idtext, idlen))
         p->failed = 1;
@@ -1324,8 +1154,8 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     const char *idtext = id_text(p, &e->id, idbuf, sizeof idbuf, &idlen);
     int result = TAKEN;
     if (a->has_cursor && e->changed.type != CELL_NIL) {
-        scalar mark = cell_scalar(p, &e->changed);
-        if (compare_pairs(L, p, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
             result = OLDER;
     }
     if (result == TAKEN && a->failing) {
@@ -1339,8 +1169,8 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     if (result == TAKEN && a->ordered && e->changed.type != CELL_NIL && p->has_max) {
         /* a reader that promised changed order and breaks it: the Lua
          * pipeline says so */
-        scalar mark = cell_scalar(p, &e->changed);
-        if (compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
             result = BAIL;
     }
     stored st;
@@ -1352,9 +1182,9 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
         if (found > 0 && result == TAKEN && e->changed.type != CELL_NIL && st.changed.type != LUA_TNIL) {
             /* stale: older than what is stored (the Lua pipeline counts it) */
             char ta[40], tb[40];
-            scalar mark = cell_scalar(p, &e->changed);
-            scalar ka = mark_as_kind(L, p, mark, ta, sizeof ta), kb = mark_as_kind(L, p, st.changed, tb, sizeof tb);
-            if (compare_scalar(L, &ka, &kb) < 0)
+            entsync_mark mark = cell_mark(p, &e->changed);
+            entsync_mark ka = entsync_mark_as_kind(L, p->kind_text, mark, ta, sizeof ta), kb = entsync_mark_as_kind(L, p->kind_text, st.changed, tb, sizeof tb);
+            if (entsync_mark_compare(L, &ka, &kb) < 0)
                 result = BAIL;
         }
     }
@@ -1523,7 +1353,7 @@ static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int f
 {
     memset(a, 0, sizeof *a);
     if (!lua_isnil(L, first)) {
-        a->has_cursor = lua_scalar(L, first, &a->cursor_mark);
+        a->has_cursor = entsync_mark_from_lua(L, first, &a->cursor_mark);
         luaL_argcheck(L, a->has_cursor, first, "a cursor mark is a number or a string");
         a->cursor_id = luaL_optlstring(L, first + 1, "", &a->cursor_id_len);
     }
@@ -1613,8 +1443,8 @@ static int program_take(lua_State *L)
  * so a reader's promised order is checked against the whole run. */
 static void seed_max(lua_State *L, program *p, int idx)
 {
-    scalar mark;
-    if (p->has_max || lua_isnil(L, idx) || !lua_scalar(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
+    entsync_mark mark;
+    if (p->has_max || lua_isnil(L, idx) || !entsync_mark_from_lua(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
         return;
     size_t idlen;
     const char *id = lua_tolstring(L, idx + 1, &idlen);
@@ -2018,7 +1848,7 @@ static const size_t *sort_lens;
 static int compare_named(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
-    return compare_bytes(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
+    return entsync_bytes_compare(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
 }
 
 static int *name_order(lua_State *L, const char **names, const size_t *lens, int n)
