@@ -125,6 +125,35 @@ describe("coercion to the declared local type", function()
     assert.is_nil(coerce.timestamp("yesterday"))
     assert.is_nil(coerce.timestamp(true))
   end)
+
+  it("timestamp: an epoch outside the years 0001 to 9999 (which ISO 8601's four digits write) is no timestamp", function()
+    assert.equal("0001-01-01T00:00:00Z", coerce.timestamp(-62135596800))
+    assert.equal("9999-12-31T23:59:59.999Z", coerce.timestamp(253402300799.999))
+    -- beyond them: an integer whose milliseconds overflow (2^63 - 1 was
+    -- written as 1969-12-31T23:59:59Z), a float os.date refuses (1e300
+    -- raised its error, naming neither the field nor the mapping), a
+    -- year of nine digits (1e16)
+    for _, epoch in ipairs({ -62135596801, 253402300800, math.maxinteger, math.mininteger, 1e300, -1e300, 2^63, 1e16 }) do
+      assert.is_nil(coerce.timestamp(epoch), tostring(epoch))
+    end
+  end)
+
+  it("timestamp: entsync-run fails an entity whose epoch is out of range, naming the field and the mapping line", function()
+    local dir = T.dir()
+    T.job(dir, [[
+entity "event" { at = "timestamp" }
+local files = provider "ndjson" { dir = "data" }
+sync "events" { remote = files "events.ndjson", entity = "event",
+  mapping = { at = "at" } }
+]])
+    T.data(dir, "events", { '{"id":1,"at":1700000000}', '{"id":2,"at":1e300}', '{"id":3,"at":9223372036854775807}' })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    assert.same({ 1, 2 }, { T.summary(r.stdout, "events").created, T.summary(r.stdout, "events").failed })
+    assert.matches("events 2: field at: expected timestamp, got 1e%+300 %(job%.lua:4%)", r.stderr)
+    assert.matches("events 3: field at: expected timestamp, got 9223372036854775807 %(job%.lua:4%)", r.stderr)
+    assert.same({ { at = "2023-11-14T22:13:20Z" } }, T.query(dir, "SELECT at FROM event"))
+  end)
 end)
 
 describe("compiled mappings (Lua API)", function()

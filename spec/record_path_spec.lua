@@ -263,7 +263,7 @@ CASES[#CASES + 1] = {
       "real: 36 created, 0 updated, 0 unchanged, 0 stale, 20 failed, 0 deleted",
       "boolean: 15 created, 0 updated, 0 unchanged, 0 stale, 41 failed, 0 deleted",
       "json: 56 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
-      "timestamp: 24 created, 0 updated, 0 unchanged, 0 stale, 32 failed, 0 deleted",
+      "timestamp: 20 created, 0 updated, 0 unchanged, 0 stale, 36 failed, 0 deleted",
     },
     again = {
       "text: 3 created, 10 updated, 32 unchanged, 0 stale, 6 failed, 0 deleted",
@@ -271,7 +271,7 @@ CASES[#CASES + 1] = {
       "real: 1 created, 7 updated, 23 unchanged, 0 stale, 20 failed, 0 deleted",
       "boolean: 4 created, 2 updated, 11 unchanged, 0 stale, 34 failed, 0 deleted",
       "json: 3 created, 11 updated, 37 unchanged, 0 stale, 0 failed, 0 deleted",
-      "timestamp: 2 created, 5 updated, 13 unchanged, 0 stale, 31 failed, 0 deleted",
+      "timestamp: 2 created, 4 updated, 11 unchanged, 0 stale, 34 failed, 0 deleted",
     },
   },
   job = TYPES_JOB,

@@ -210,11 +210,21 @@ local function describe(value)
   return tostring(value)
 end
 
+-- The epochs ISO 8601's four-digit years write, in milliseconds:
+-- 0001-01-01T00:00:00Z up to, not including, 10000-01-01T00:00:00Z.
+local EPOCH_MILLIS_MIN, EPOCH_MILLIS_END = -62135596800000, 253402300800000
+
+-- An epoch in seconds as ISO 8601 UTC text, to the millisecond; nil for
+-- one outside the years 0001 to 9999 (or not finite).
 local function iso_from_epoch(seconds)
+  if not (seconds >= EPOCH_MILLIS_MIN / 1000 and seconds < EPOCH_MILLIS_END / 1000) then return nil end
   -- rounded to milliseconds first, so .9996 carries into the next second
   local millis = math.floor(seconds * 1000 + 0.5)
+  if millis >= EPOCH_MILLIS_END then return nil end
   local whole, fraction = millis // 1000, millis % 1000
-  local text = os.date("!%Y-%m-%dT%H:%M:%S", whole)
+  -- the year by hand: os.date's %Y writes year 1 as "1"
+  local t = os.date("!*t", whole)
+  local text = string.format("%04d-%02d-%02dT%02d:%02d:%02d", t.year, t.month, t.day, t.hour, t.min, t.sec)
   if fraction > 0 then text = text .. string.format(".%03d", fraction) end
   return text .. "Z"
 end
