@@ -345,6 +345,31 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact",
     assert.matches("^field n: job%.lua:6: unlucky number", T.failures(dir, "contacts")["2"].error)
   end)
 
+  it("a callback that raises a value other than text is named by that value, never by its address", function()
+    T.job(dir, [[
+entity "contact" { n = "integer" }
+local files = provider "ndjson" { dir = "data" }
+sync "contacts" { remote = files "contacts.ndjson", entity = "contact",
+  mapping = {
+    n = { "n", import = function(v)
+      if v == 1 then error({ code = 7, why = "over quota" }) end
+      if v == 2 then error(setmetatable({}, { __tostring = function() return "a quota error" end })) end
+      if v == 3 then error(print) end
+      error(42)
+    end },
+  } }
+]])
+    T.data(dir, "contacts", { { id = 1, n = 1 }, { id = 2, n = 2 }, { id = 3, n = 3 }, { id = 4, n = 4 } })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    assert.is_nil(r.stderr:find("0x", 1, true), r.stderr)
+    local failures = T.failures(dir, "contacts")
+    assert.equal('field n: raised {"code":7,"why":"over quota"} (job.lua:5)', failures["1"].error)
+    assert.equal("field n: a quota error (job.lua:5)", failures["2"].error)
+    assert.equal("field n: raised a function (job.lua:5)", failures["3"].error)
+    assert.equal("field n: 42 (job.lua:5)", failures["4"].error)
+  end)
+
   it("coerce values to each declared type and store them as SQLite types", function()
     T.job(dir, [[
 entity "thing" { t = "text", i = "integer", r = "real", b = "boolean", j = "json", ts = "timestamp",

@@ -315,7 +315,7 @@ M.located = located
 local function callback_failed(field, result)
   local is_error = errors.is(result)
   errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
-    string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
+    string.format("field %s: %s (%s:%d)", field.name, errors.message(result),
       field.where.file, field.where.line), located(field, { waits_for = is_error and result.waits_for or nil }))
 end
 
