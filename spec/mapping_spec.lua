@@ -901,6 +901,28 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping 
     assert.same({ { vip = 1, t = "integer" } }, T.query(dir, "SELECT vip, typeof(vip) AS t FROM contact"))
   end)
 
+  it("what after_map sets that cannot be stored fails the record, naming the field and after_map's line", function()
+    T.job(dir, [[
+entity "contact" { email = "text", tags = "text" }
+local files = provider "ndjson" { dir = "data" }
+sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping = { email = "email" },
+  after_map = function(e, record)
+    if record.id == 3 then return { nope = {} } end
+    if record.id == 4 then e.contact.zzz = 1 end
+    e.contact.tags = record.tags
+  end }
+]])
+    T.data(dir, "contacts", { { id = 1, email = "a@x", tags = "one" }, { id = 2, email = "b@x", tags = { "x" } },
+      { id = 3 }, { id = 4 } })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    local failures = T.failures(dir, "contacts")
+    assert.equal("field tags (set by after_map, job.lua:4): expected text, got a table", failures["2"].error)
+    assert.equal('entity "nope" (returned by after_map, job.lua:4): the sync does not write it', failures["3"].error)
+    assert.equal("field zzz (set by after_map, job.lua:4): entity contact does not declare it", failures["4"].error)
+    assert.equal(1, T.count(dir, "contact"))
+  end)
+
   it("an after_map that raises fails that record; the run goes on", function()
     T.job(dir, [[
 entity "contact" { email = "text" }

@@ -451,15 +451,19 @@ end
 -- Coerces, in place, the values an after_map hook left: every field must
 -- be declared in its entity and take its declared type.
 function M.coerce_entities(job, sync, mapped)
+  -- the hook's own file and line, for every message below
+  local info = debug.getinfo(sync.after_map, "S")
+  local hook = string.format("after_map, %s:%d", info.short_src, info.linedefined)
   for entity_name, values in pairs(mapped) do
     local declared = job.entities[entity_name]
     if not declared then
-      errors.raise("entity", string.format("after_map returned entity %q, which the sync does not write", tostring(entity_name)))
+      errors.raise("entity", string.format("entity %q (returned by %s): the sync does not write it", tostring(entity_name),
+        hook))
     end
     for field, value in pairs(values) do
       local field_type = declared.fields[field]
       if not field_type then
-        errors.raise("entity", string.format("after_map set field %s, which entity %s does not declare", tostring(field),
+        errors.raise("entity", string.format("field %s (set by %s): entity %s does not declare it", tostring(field), hook,
           entity_name))
       end
       if value == null then
@@ -468,8 +472,8 @@ function M.coerce_entities(job, sync, mapped)
         local typed = coerce[field_type](value)
         if typed == nil then
           local why = unstorable(value)
-          errors.raise("entity", why and string.format("field %s (set by after_map): %s: not %s", field, why,
-            M.type_names[field_type]) or string.format("field %s (set by after_map): expected %s, got %s", field, field_type,
+          errors.raise("entity", why and string.format("field %s (set by %s): %s: not %s", field, hook, why,
+            M.type_names[field_type]) or string.format("field %s (set by %s): expected %s, got %s", field, hook, field_type,
             describe(value)))
         end
         values[field] = typed
