@@ -767,6 +767,158 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
   } },
 }
 
+CASES[#CASES + 1] = {
+  name = "an id field of another name, a field typed apart from its column, filter and after_map",
+  expect = {
+    first = {
+      "recs: 3 created, 0 updated, 0 unchanged, 0 stale, 4 failed, 0 deleted, 2 filtered out",
+    },
+    again = {
+      "recs: 3 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 1 filtered out",
+    },
+  },
+  job = [[
+entity "rec" { v = "text", n = "text", both = "text", domain = "text" }
+sync "recs" { remote = files "recs.ndjson", entity = "rec", id = "uid", import = { batch = 3 },
+  filter = function(record, ctx)
+    if record.skip == json.null then error("skip is null") end
+    if record.skip then return false end
+    return type(record.meta) ~= "table" or record.meta.keep ~= false
+  end,
+  after_map = function(entities, record, ctx)
+    entities.rec.both = tostring(entities.rec.v) .. "+" .. tostring(record.n)
+    if type(record.email) == "string" then entities.rec.domain = record.email:match("@(.*)$") end
+    if record.bad_after then entities.rec.n = { "not", "text" } end
+  end,
+  mapping = { v = "v", n = { "n", type = "integer" } } }
+]],
+  entities = { "rec" },
+  first = { recs = {
+    '{"uid":"a","v":"one","n":"12","email":"a@x.org"}',
+    '{"uid":"b","v":"two","n":2.0,"skip":true}',
+    '{"uid":"c","v":"three","n":"x"}',
+    '{"uid":"d","v":"four","meta":{"keep":false}}',
+    '{"uid":"e","v":"five","skip":null}',
+    '{"uid":7,"v":"seven","n":true,"meta":{"keep":true}}',
+    '{"id":8,"v":"no uid"}',
+    '{"uid":"9","v":"nine","bad_after":1}',
+    '{"uid":"f","v":"six","n":-0,"skip":false}',
+  } },
+  again = { recs = {
+    '{"uid":"a","v":"one","n":"12","email":"a@x.org"}',
+    '{"uid":"b","v":"two","n":2.0}',
+    '{"uid":"c","v":"three","n":"3"}',
+    '{"uid":"d","v":"four","meta":{"keep":false}}',
+    '{"uid":7,"v":"seven changed","n":false}',
+    '{"uid":"g","v":"new","email":"g@y.net"}',
+  } },
+}
+
+CASES[#CASES + 1] = {
+  name = "references through another sync (map.refs)",
+  expect = {
+    first = {
+      "teams: 3 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
+      "members: 3 created, 0 updated, 0 unchanged, 0 stale, 2 failed, 0 deleted",
+    },
+    again = {
+      "teams: 1 created, 0 updated, 3 unchanged, 0 stale, 0 failed, 0 deleted",
+      "members: 2 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted",
+    },
+  },
+  job = [[
+local map = require "entsync.map"
+entity "team" { name = "text" }
+entity "member" { name = "text", team = "integer", teams = "json" }
+sync "teams" { remote = files "teams.ndjson", entity = "team", import = { batch = 3 }, mapping = { name = "name" } }
+sync "members" { remote = files "members.ndjson", entity = "member", depends_on = { "teams" }, import = { batch = 3 },
+  mapping = { name = "name", team = { "team", import = map.refs "teams" },
+    teams = { "teams", import = map.refs "teams" } } }
+]],
+  entities = { "team", "member" },
+  first = {
+    teams = { '{"id":"t1","name":"Red"}', '{"id":"t2","name":"Blue"}', '{"id":3,"name":"Green"}' },
+    members = {
+      '{"id":1,"name":"Ann","team":"t1","teams":["t1","t2"]}',
+      '{"id":2,"name":"Bob","team":"t9","teams":[]}',
+      '{"id":3,"name":"Cy","team":3,"teams":[3,"t1"]}',
+      '{"id":4,"name":"Dee","team":null}',
+      '{"id":5,"name":"Eve","teams":["t2","t8"]}',
+    },
+  },
+  again = {
+    teams = { '{"id":"t1","name":"Red"}', '{"id":"t2","name":"Blue"}', '{"id":3,"name":"Green"}',
+      '{"id":"t9","name":"Late"}' },
+    members = {
+      '{"id":1,"name":"Ann","team":"t2","teams":["t1","t2"]}',
+      '{"id":2,"name":"Bob","team":"t9","teams":[]}',
+      '{"id":3,"name":"Cy","team":3,"teams":[3,"t1"]}',
+      '{"id":6,"name":"Fay","team":"t1"}',
+    },
+  },
+}
+
+CASES[#CASES + 1] = {
+  name = "incremental import with time marks (ISO text and epochs, changed_kind = time)",
+  expect = {
+    first = {
+      "recs: 5 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
+    },
+    again = {
+      "recs: 1 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 1 before the cursor",
+    },
+  },
+  cursor = { first = "1704067260 '2'", again = "'2024-01-01T00:02:00Z' '2'" },
+  job = [[
+entity "rec" { v = "text" }
+sync "recs" { remote = files "recs.ndjson", entity = "rec",
+  import = { mode = "incremental", changed = "at", changed_kind = "time", batch = 3 }, mapping = { v = "v" } }
+]],
+  entities = { "rec" },
+  first = { recs = {
+    '{"id":1,"v":"a","at":"2024-01-01T00:00:00Z"}',
+    '{"id":2,"v":"b","at":1704067260}',
+    '{"id":3,"v":"c","at":"2024-01-01T02:00:00+02:00"}',
+    '{"id":4,"v":"d","at":1704067230.5}',
+    '{"id":5,"v":"e","at":"2024-01-01T00:00:30.250Z"}',
+  } },
+  again = { recs = {
+    '{"id":1,"v":"a","at":"2024-01-01T00:00:00Z"}',
+    '{"id":2,"v":"b changed","at":"2024-01-01T00:02:00Z"}',
+    '{"id":4,"v":"d changed","at":1704067200}',
+    '{"id":6,"v":"new","at":1704067300}',
+  } },
+}
+
+CASES[#CASES + 1] = {
+  name = "a full pass in parts (import limit), resumed from its checkpoint",
+  expect = {
+    first = {
+      "recs: 2 created, 0 updated, 0 unchanged, 0 stale, 2 failed, 0 deleted (limit reached: the next run continues here)",
+    },
+    again = {
+      "recs: 3 created, 1 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted (limit reached: the next run continues here)",
+    },
+  },
+  job = [[
+entity "rec" { v = "text", n = "integer" }
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3, limit = 4 },
+  mapping = { v = "v", n = "n" } }
+]],
+  entities = { "rec" },
+  first = { recs = {
+    '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
+    '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
+    '{"id":7,"v":"g","n":7}',
+  } },
+  -- the same file: the pass goes on where the first run stopped
+  again = { recs = {
+    '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
+    '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
+    '{"id":7,"v":"g","n":7}',
+  } },
+}
+
 describe("the ndjson record path", function()
   after_each(S.cleanup)
 
