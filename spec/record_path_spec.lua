@@ -890,6 +890,12 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
   } },
 }
 
+local PARTS = {
+  '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
+  '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
+  '{"id":7,"v":"g","n":7}',
+}
+
 CASES[#CASES + 1] = {
   name = "a full pass in parts (import limit), resumed from its checkpoint",
   expect = {
@@ -906,17 +912,9 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3
   mapping = { v = "v", n = "n" } }
 ]],
   entities = { "rec" },
-  first = { recs = {
-    '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
-    '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
-    '{"id":7,"v":"g","n":7}',
-  } },
+  first = { recs = PARTS },
   -- the same file: the pass goes on where the first run stopped
-  again = { recs = {
-    '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
-    '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
-    '{"id":7,"v":"g","n":7}',
-  } },
+  again = { recs = PARTS },
 }
 
 describe("the ndjson record path", function()
