@@ -841,6 +841,15 @@ static int writer_insert(lua_State *L)
     return 1;
 }
 
+sqlite3_stmt *entsync_store_writer_insert(lua_State *L, int idx, int *columns)
+{
+    entsync_writer *writer = luaL_checkudata(L, idx, WRITER_META);
+    lua_getiuservalue(L, idx, 1);
+    entsync_store_check(L, -1);
+    *columns = writer->columns;
+    return writer->insert;
+}
+
 /* writer:update(id, values) -> rows changed (0: the row is gone) */
 static int writer_update(lua_State *L)
 {

@@ -133,7 +133,7 @@ local function new_reader(provider, files, dropdir, offset)
     _dropdir = dropdir,        -- nil for a single named file: never moved
     _pending = {},             -- finished files waiting for committed()
   }, Reader)
-  if not provider._raw then reader.next_raw, reader.next_unknown = false, false end
+  if not provider._raw then reader.next_raw, reader.next_unknown, reader.next_bulk = false, false, false end
   return reader
 end
 
@@ -251,6 +251,43 @@ function Reader:next_unknown(known, seed, max)
       return text, skipped, nil, hash
     end
     if skipped > 0 then return nil, skipped end
+    if not more then self:_finish(current) end
+  end
+end
+
+-- next_bulk(program, known, max, cursor_mark, cursor_id, failing) -> text
+-- | nil, skipped, err, hash, taken, older: next_unknown for sources that
+-- also give lines to the C record path (entsync.record_path): taken lines
+-- were mapped into the program's batch, older ones were older than the
+-- cursor. Sources without it are read through next_unknown.
+function Reader:next_bulk(program, known, max, cursor_mark, cursor_id, failing)
+  if self._closed then return nil, 0, nil, nil, 0, 0 end
+  while true do
+    local current, open_err = self:_current_file()
+    if not current then return current, 0, open_err, nil, 0, 0 end
+    local text, skipped, more, hash, taken, older
+    if current.source.next_bulk and self._skip == 0 then
+      text, skipped, more, hash, taken, older = current.source.next_bulk(program, known, max, cursor_mark, cursor_id,
+        failing)
+    else
+      text, skipped, more, hash = self:next_unknown(known, program.seed, max)
+      return text, skipped, more, hash, 0, 0
+    end
+    local read = skipped + taken + older
+    current.count = current.count + read
+    self.position = self.position + read
+    self._last = current.source
+    if text == false then
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return false, skipped, more, nil, taken, older
+    end
+    if text then
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return text, skipped, nil, hash, taken, older
+    end
+    if read > 0 then return nil, skipped, nil, nil, taken, older end
     if not more then self:_finish(current) end
   end
 end

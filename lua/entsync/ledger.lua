@@ -488,6 +488,12 @@ function Ledger:insert_map(sync_id, local_id, remote_id, changed, hash, raw_hash
     self:key_of(sync_id, local_id, true))
 end
 
+-- The SQL insert_map runs, for the C record path, which binds it as
+-- insert_map does (core.record's write).
+function Ledger:insert_map_sql()
+  return SQL.insert_map
+end
+
 function Ledger:save_map(sync_id, local_id, remote_id, changed, hash, raw_hash, version, pass)
   self.store:run(SQL.save_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass,
     self:key_of(sync_id, local_id, true))

@@ -1,0 +1,1774 @@
+/*
+ * record: the C record path of imports (see record.h for the contract).
+ *
+ * The rule everything here follows: a line is taken only when the result
+ * is exactly the Lua pipeline's (lua/entsync/import.lua Run:prepare and
+ * lua/entsync/mapping.lua's generated apply), and any doubt hands the line
+ * back (BAIL) before anything of it is kept. So the program implements the
+ * common cases of each coercion and leaves the rest to Lua.
+ */
+#include "record.h"
+
+#include "fsutil.h"
+#include "hash.h"
+#include "json.h"
+#include "json_simd.h"
+#include "store.h"
+
+#include <lauxlib.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define PROGRAM_META "entsync.record.program"
+#define OBJECT_MT "entsync.json.object"
+#define ARRAY_MT "entsync.json.array"
+
+/* The key under which a view keeps its state: the program whose current
+ * record it is, or, once that record is done, the line's text. A light
+ * userdata key: no JSON record has one. */
+static const char VIEW_KEY = 0;
+
+/* Bit width of the local id in the id map's key (lua/entsync/ledger.lua). */
+#define KEY_BITS 40
+
+enum field_type { F_TEXT, F_INTEGER, F_REAL, F_BOOLEAN, F_JSON, F_TIMESTAMP };
+enum cell_type { CELL_NIL, CELL_INT, CELL_REAL, CELL_TEXT, CELL_BOOL, CELL_JSON };
+
+/* One mapped value, typed as its column takes it. Text lives in the
+ * arena (off, len); a json value also keeps its canonical encoding there
+ * (coff, clen). */
+typedef struct cell {
+    int type;
+    long long i;
+    double d;
+    size_t off, len, coff, clen;
+} cell;
+
+typedef struct path_key {
+    char *name; /* NULL for an array index */
+    size_t len;
+    long long index;
+} path_key;
+
+typedef struct field {
+    char *name;
+    size_t name_len;
+    path_key *keys;
+    int nkeys;
+    int type;
+    int required;
+    int callback; /* its import function's slot in the callbacks table, or 0 */
+    int has_default;
+} field;
+
+typedef struct entity {
+    char *name;
+    size_t name_len;
+    field *fields;
+    int nfields;
+    int *order; /* the fields by name, bytewise: the canonical encoding's order */
+    int first;  /* the index of its first cell in a record's cells */
+} entity;
+
+/* A record taken, waiting for the write phase. */
+typedef struct entry {
+    size_t line_off, line_len;
+    uint64_t raw_hash, hash;
+    cell id, changed;
+    size_t cells;
+} entry;
+
+/* One member of the record being mapped: its key and its value's nodes. */
+typedef struct member {
+    const char *key;
+    size_t len;
+    const entsync_json_node *value;
+} member;
+
+/* A changed mark or id, as cursor.lua compares them. */
+typedef struct scalar {
+    int type; /* LUA_TNIL, LUA_TNUMBER or LUA_TSTRING */
+    int integer;
+    long long i;
+    double d;
+    const char *s;
+    size_t len;
+} scalar;
+
+typedef struct program {
+    entity *entities;
+    int nentities, ncells;
+    int *entity_order;
+    char *id_field, *changed_field;
+    size_t id_len, changed_len;
+    int kind_text; /* changed_kind "text": marks compare as their text */
+    uint64_t seed;
+    long long sync_id;
+    entsync_json_parser *parser;
+    entsync_json_encoder *encoder;
+    member *members;
+    size_t nmembers, members_cap;
+    char *line;
+    size_t line_cap;
+    char *buf; /* the arena: texts of the batch's entries */
+    size_t len, cap;
+    entry *entries;
+    size_t n, entries_cap;
+    cell *cells;
+    size_t ncells_used, cells_cap;
+    long long max; /* the entry holding the largest (mark, id) since max(), or -1 */
+    int failed;     /* out of memory in the arena: raised once back in Lua */
+} program;
+
+/* Slots of the program's uservalue table. */
+enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
+       SLOT_STORE, SLOT_IDMAP_SQL, SLOT_VIEW, SLOT_OBJECT_MT, SLOT_COUNT = SLOT_OBJECT_MT };
+
+static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
+
+/* --- the arena ------------------------------------------------------------ */
+
+/* Room for n more bytes; 0 when out of memory (the line is handed back). */
+static int arena_room(program *p, size_t n)
+{
+    if (n <= p->cap - p->len)
+        return 1;
+    size_t cap = p->cap ? p->cap : 1 << 16;
+    while (cap - p->len < n)
+        cap *= 2;
+    char *grown = realloc(p->buf, cap);
+    if (!grown) {
+        p->failed = 1;
+        return 0;
+    }
+    p->buf = grown;
+    p->cap = cap;
+    return 1;
+}
+
+static int arena_add(program *p, const void *s, size_t n, size_t *off)
+{
+    if (!arena_room(p, n))
+        return 0;
+    *off = p->len;
+    if (n)
+        memcpy(p->buf + p->len, s, n);
+    p->len += n;
+    return 1;
+}
+
+static cell *cells_of(program *p, size_t first)
+{
+    return p->cells + first;
+}
+
+/* --- the record's members and paths ------------------------------------- */
+
+/* Lists the members of the object at obj; 0 when out of memory. */
+static int index_members(program *p, const entsync_json_node *obj)
+{
+    size_t count = obj->len;
+    if (count > p->members_cap) {
+        member *grown = realloc(p->members, count * sizeof *grown);
+        if (!grown)
+            return 0;
+        p->members = grown;
+        p->members_cap = count;
+    }
+    const entsync_json_node *n = obj + 1;
+    for (size_t i = 0; i < count; i++) {
+        p->members[i].key = n->as.string;
+        p->members[i].len = n->len;
+        p->members[i].value = n + 1;
+        n = entsync_json_node_after(n + 1);
+    }
+    p->nmembers = count;
+    return 1;
+}
+
+/* The value of key in the record's members (the last one of a repeated
+ * key, as decoding keeps), or NULL. */
+static const member *find_member(const program *p, const char *key, size_t len)
+{
+    for (size_t i = p->nmembers; i-- > 0;) {
+        const member *m = &p->members[i];
+        if (m->len == len && memcmp(m->key, key, len) == 0)
+            return m;
+    }
+    return NULL;
+}
+
+/* The value at key in the object at obj (the last of a repeated key). */
+static const entsync_json_node *object_get(const entsync_json_node *obj, const char *key, size_t len)
+{
+    const entsync_json_node *n = obj + 1, *found = NULL;
+    for (size_t i = 0; i < obj->len; i++) {
+        if (n->len == len && memcmp(n->as.string, key, len) == 0)
+            found = n + 1;
+        n = entsync_json_node_after(n + 1);
+    }
+    return found;
+}
+
+/* The value at a field's path, as mapping.get_path reads a decoded record:
+ * a name reads an object, an index an array, anything else is nothing. */
+static const entsync_json_node *path_value(const program *p, const field *f)
+{
+    const path_key *k = &f->keys[0];
+    if (!k->name)
+        return NULL;
+    const member *m = find_member(p, k->name, k->len);
+    const entsync_json_node *n = m ? m->value : NULL;
+    for (int i = 1; n && i < f->nkeys; i++) {
+        k = &f->keys[i];
+        if (k->name) {
+            n = n->type == ENTSYNC_JSON_OBJECT ? object_get(n, k->name, k->len) : NULL;
+        } else if (n->type == ENTSYNC_JSON_ARRAY && k->index >= 1 && (size_t)k->index <= n->len) {
+            const entsync_json_node *item = n + 1;
+            for (long long j = 1; j < k->index; j++)
+                item = entsync_json_node_after(item);
+            n = item;
+        } else {
+            n = NULL;
+        }
+    }
+    return n;
+}
+
+/* --- views ------------------------------------------------------------------ */
+
+static void push_marks(lua_State *L)
+{
+    lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
+    lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT);
+}
+
+/* Decodes into the view at idx every member of the current record it
+ * does not hold yet (a field the callback set is left as it set it). */
+static void settle_current(lua_State *L, program *p, int idx)
+{
+    luaL_checkstack(L, 6, "record: too deep");
+    push_marks(L);
+    int marks = lua_gettop(L) - 1;
+    for (size_t i = 0; i < p->nmembers; i++) {
+        const member *m = &p->members[i];
+        if (find_member(p, m->key, m->len) != m)
+            continue; /* a repeated key: its last value is the record's */
+        lua_pushlstring(L, m->key, m->len);
+        if (lua_rawget(L, idx) != LUA_TNIL) {
+            lua_pop(L, 1);
+            continue;
+        }
+        lua_pop(L, 1);
+        lua_pushlstring(L, m->key, m->len);
+        entsync_json_push_node(L, m->value, marks, marks + 1);
+        lua_rawset(L, idx);
+    }
+    lua_pop(L, 2);
+}
+
+/* Decodes into the view at idx the line its record was read from. */
+static void settle_line(lua_State *L, int idx, int line)
+{
+    luaL_checkstack(L, 6, "record: too deep");
+    lua_getfield(L, LUA_REGISTRYINDEX, "entsync.record.decode");
+    lua_pushvalue(L, line);
+    lua_call(L, 1, 1);
+    int decoded = lua_gettop(L);
+    if (lua_type(L, decoded) == LUA_TTABLE) {
+        lua_pushnil(L);
+        while (lua_next(L, decoded) != 0) {
+            lua_pushvalue(L, -2);
+            if (lua_rawget(L, idx) == LUA_TNIL) {
+                lua_pop(L, 1);
+                lua_pushvalue(L, -2);
+                lua_insert(L, -2);
+                lua_rawset(L, idx);
+            } else {
+                lua_pop(L, 2);
+            }
+        }
+    }
+    lua_pop(L, 1);
+}
+
+void entsync_record_settle(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    int state = lua_rawgetp(L, idx, &VIEW_KEY);
+    if (state == LUA_TNIL) {
+        lua_pop(L, 1);
+        return;
+    }
+    /* the state leaves first: settling reads fields, which must not
+     * come back here */
+    lua_pushnil(L);
+    lua_rawsetp(L, idx, &VIEW_KEY);
+    int at = lua_gettop(L);
+    if (state == LUA_TSTRING) {
+        settle_line(L, idx, at);
+    } else {
+        program *p = luaL_testudata(L, at, PROGRAM_META);
+        if (p) {
+            lua_getiuservalue(L, at, 1);
+            lua_rawgeti(L, -1, SLOT_VIEW);
+            int current = lua_rawequal(L, -1, idx);
+            lua_pop(L, 2);
+            if (current)
+                settle_current(L, p, idx);
+        }
+    }
+    lua_settop(L, at - 1);
+}
+
+/* __index of json.object_mt: nothing for a decoded object; for a view, the
+ * field decoded (and kept) at its first read. */
+static int view_index(lua_State *L)
+{
+    if (lua_rawgetp(L, 1, &VIEW_KEY) == LUA_TNIL || lua_type(L, 2) != LUA_TSTRING)
+        return 0;
+    program *p = luaL_testudata(L, -1, PROGRAM_META);
+    if (p) {
+        lua_getiuservalue(L, -1, 1);
+        lua_rawgeti(L, -1, SLOT_VIEW);
+        if (lua_rawequal(L, -1, 1)) {
+            size_t len;
+            const char *key = lua_tolstring(L, 2, &len);
+            const member *m = find_member(p, key, len);
+            if (!m)
+                return 0;
+            push_marks(L);
+            int marks = lua_gettop(L) - 1;
+            lua_pushvalue(L, 2);
+            entsync_json_push_node(L, m->value, marks, marks + 1);
+            lua_pushvalue(L, -1);
+            lua_insert(L, -3);
+            lua_rawset(L, 1);
+            return 1;
+        }
+        lua_settop(L, 2);
+    }
+    entsync_record_settle(L, 1);
+    lua_settop(L, 2);
+    lua_rawget(L, 1);
+    return 1;
+}
+
+static int view_next(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 2);
+    if (lua_next(L, 1))
+        return 2;
+    lua_pushnil(L);
+    return 1;
+}
+
+/* __pairs of json.object_mt: a view is decoded whole first. */
+static int view_pairs(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    entsync_record_settle(L, 1);
+    lua_pushcfunction(L, view_next);
+    lua_pushvalue(L, 1);
+    lua_pushnil(L);
+    return 3;
+}
+
+/* --- values into cells -------------------------------------------------------- */
+
+enum { TAKEN, OLDER, BAIL };
+
+/* The decimal digits of n between an optional tag and end character (0:
+ * none), written to the end of text[32]; returns where they start. */
+static const char *tagged(char text[32], char tag, long long n, char end, size_t *len)
+{
+    char *q = text + 32;
+    unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
+    if (end)
+        *--q = end;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (n < 0)
+        *--q = '-';
+    if (tag)
+        *--q = tag;
+    *len = (size_t)(text + 32 - q);
+    return q;
+}
+
+static int text_cell(program *p, cell *c, const char *s, size_t len)
+{
+    c->type = CELL_TEXT;
+    return arena_add(p, s, len, &c->off) ? (c->len = len, 1) : 0;
+}
+
+/* "%d" of an integer, as string.format gives it. */
+static int integer_text_cell(program *p, cell *c, long long n)
+{
+    char text[32];
+    size_t len;
+    const char *digits = tagged(text, 0, n, 0, &len);
+    return text_cell(p, c, digits, len);
+}
+
+/* math.tointeger of a float: 1 with *out set when it has an exact integer. */
+static int float_integer(double d, long long *out)
+{
+    if (d != floor(d) || !(d >= -9223372036854775808.0 && d < 9223372036854775808.0))
+        return 0;
+    *out = (long long)d;
+    return 1;
+}
+
+/* Whether s starts as the timestamps coerce.timestamp keeps: YYYY-MM-DD. */
+static int looks_dated(const char *s, size_t len)
+{
+    static const char shape[] = "dddd-dd-dd";
+    if (len < 10)
+        return 0;
+    for (int i = 0; i < 10; i++) {
+        int digit = s[i] >= '0' && s[i] <= '9';
+        if (shape[i] == 'd' ? !digit : s[i] != '-')
+            return 0;
+    }
+    return 1;
+}
+
+/* A JSON scalar node as its column takes it (mapping.lua's coerce for the
+ * cases done here); BAIL for the rest. Containers are not scalars. */
+static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
+{
+    long long i;
+    switch (f->type) {
+    case F_TEXT:
+        if (n->type == ENTSYNC_JSON_STRING)
+            return memchr(n->as.string, 0, n->len) ? BAIL : text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
+        if (n->type == ENTSYNC_JSON_INTEGER)
+            return integer_text_cell(p, c, n->as.integer) ? TAKEN : BAIL;
+        if (n->type == ENTSYNC_JSON_FLOAT && fabs(n->as.number) < 9007199254740992.0 && float_integer(n->as.number, &i))
+            return integer_text_cell(p, c, i) ? TAKEN : BAIL;
+        if (n->type == ENTSYNC_JSON_TRUE || n->type == ENTSYNC_JSON_FALSE)
+            return text_cell(p, c, n->type == ENTSYNC_JSON_TRUE ? "true" : "false",
+                             n->type == ENTSYNC_JSON_TRUE ? 4 : 5) ? TAKEN : BAIL;
+        return BAIL;
+    case F_INTEGER:
+        c->type = CELL_INT;
+        if (n->type == ENTSYNC_JSON_INTEGER)
+            return c->i = n->as.integer, TAKEN;
+        if (n->type == ENTSYNC_JSON_FLOAT && float_integer(n->as.number, &c->i))
+            return TAKEN;
+        if (n->type == ENTSYNC_JSON_TRUE || n->type == ENTSYNC_JSON_FALSE)
+            return c->i = n->type == ENTSYNC_JSON_TRUE, TAKEN;
+        return BAIL;
+    case F_REAL:
+        c->type = CELL_REAL;
+        if (n->type == ENTSYNC_JSON_INTEGER)
+            return c->d = (double)n->as.integer, TAKEN;
+        if (n->type == ENTSYNC_JSON_FLOAT)
+            return c->d = n->as.number, TAKEN;
+        return BAIL;
+    case F_BOOLEAN:
+        c->type = CELL_BOOL;
+        if (n->type == ENTSYNC_JSON_TRUE || n->type == ENTSYNC_JSON_FALSE)
+            return c->i = n->type == ENTSYNC_JSON_TRUE, TAKEN;
+        if (n->type == ENTSYNC_JSON_INTEGER && (n->as.integer == 0 || n->as.integer == 1))
+            return c->i = n->as.integer, TAKEN;
+        if (n->type == ENTSYNC_JSON_FLOAT && (n->as.number == 0 || n->as.number == 1))
+            return c->i = n->as.number == 1, TAKEN;
+        return BAIL;
+    case F_TIMESTAMP:
+        if (n->type == ENTSYNC_JSON_STRING && looks_dated(n->as.string, n->len) &&
+            !entsync_json_text_bad(n->as.string, n->len))
+            return text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
+        return BAIL;
+    default:
+        return BAIL;
+    }
+}
+
+/* A json field's value (at idx): the text the column stores and its
+ * canonical encoding, both through entsync's own encoders. */
+static int json_cell(lua_State *L, program *p, int uv, int idx, cell *c)
+{
+    idx = lua_absindex(L, idx);
+    c->type = CELL_JSON;
+    lua_rawgeti(L, uv, SLOT_ENCODE);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return BAIL;
+    }
+    size_t len;
+    const char *s = lua_tolstring(L, -1, &len);
+    int ok = arena_add(p, s, len, &c->off);
+    c->len = len;
+    lua_pop(L, 1);
+    if (!ok)
+        return BAIL;
+    lua_rawgeti(L, uv, SLOT_CANONICAL);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+        lua_pop(L, 1);
+        return BAIL;
+    }
+    s = lua_tolstring(L, -1, &len);
+    ok = arena_add(p, s, len, &c->coff);
+    c->clen = len;
+    lua_pop(L, 1);
+    return ok ? TAKEN : BAIL;
+}
+
+/* Appends to the arena the canonical encoding (hash.c's) of the value
+ * the nodes at n decode to; 0 when out of memory. */
+static int canon_node_bytes(program *p, const entsync_json_node *n)
+{
+    char text[48];
+    const char *t;
+    size_t off, tlen;
+    long long i;
+    int len;
+    switch (n->type) {
+    case ENTSYNC_JSON_NULL:
+        return arena_add(p, "n", 1, &off);
+    case ENTSYNC_JSON_FALSE:
+        return arena_add(p, "f", 1, &off);
+    case ENTSYNC_JSON_TRUE:
+        return arena_add(p, "t", 1, &off);
+    case ENTSYNC_JSON_INTEGER:
+        t = tagged(text, 'i', n->as.integer, ';', &tlen);
+        return arena_add(p, t, tlen, &off);
+    case ENTSYNC_JSON_FLOAT:
+        if (float_integer(n->as.number, &i)) {
+            t = tagged(text, 'i', i, ';', &tlen);
+            return arena_add(p, t, tlen, &off);
+        }
+        len = snprintf(text, sizeof text, "d%.17g;", n->as.number);
+        return arena_add(p, text, (size_t)len, &off);
+    case ENTSYNC_JSON_STRING:
+        t = tagged(text, 's', (long long)n->len, ':', &tlen);
+        return arena_add(p, t, tlen, &off) && arena_add(p, n->as.string, n->len, &off);
+    case ENTSYNC_JSON_ARRAY: {
+        t = tagged(text, 'a', (long long)n->len, ':', &tlen);
+        if (!arena_add(p, t, tlen, &off))
+            return 0;
+        const entsync_json_node *item = n + 1;
+        for (size_t k = 0; k < n->len; k++, item = entsync_json_node_after(item))
+            if (!canon_node_bytes(p, item))
+                return 0;
+        return 1;
+    }
+    default: {
+        entsync_json_member *members;
+        long count = entsync_json_sorted_members(n, &members);
+        if (count < 0)
+            return 0;
+        t = tagged(text, count ? 'o' : 'a', count, ':', &tlen);
+        int ok = arena_add(p, t, tlen, &off);
+        for (long k = 0; ok && k < count; k++) {
+            t = tagged(text, 's', (long long)members[k].len, ':', &tlen);
+            ok = arena_add(p, t, tlen, &off) && arena_add(p, members[k].key, members[k].len, &off) &&
+                 canon_node_bytes(p, members[k].value);
+        }
+        free(members);
+        return ok;
+    }
+    }
+}
+
+/* A json field's value read from the record (nodes at n), encoded and
+ * canonically encoded in C as encode and core.hash would do its decoded
+ * value. */
+static int json_node_cell(lua_State *L, program *p, const entsync_json_node *n, cell *c)
+{
+    size_t len;
+    const char *text = entsync_json_encode_node(L, p->encoder, n, &len);
+    c->type = CELL_JSON;
+    if (!arena_add(p, text, len, &c->off))
+        return BAIL;
+    c->len = len;
+    c->coff = p->len;
+    if (!canon_node_bytes(p, n))
+        return BAIL;
+    c->clen = p->len - c->coff;
+    return TAKEN;
+}
+
+/* A Lua value at idx already of its column's type (the generated apply's
+ * native check), into c; 0 when it is not. */
+static int native_cell(program *p, const field *f, lua_State *L, int idx, cell *c, int *result)
+{
+    int t = lua_type(L, idx);
+    size_t len;
+    const char *s;
+    switch (f->type) {
+    case F_TEXT:
+        if (t != LUA_TSTRING)
+            return 0;
+        s = lua_tolstring(L, idx, &len);
+        if (entsync_json_text_bad(s, len))
+            return 0;
+        *result = text_cell(p, c, s, len) ? TAKEN : BAIL;
+        return 1;
+    case F_INTEGER:
+        if (!lua_isinteger(L, idx))
+            return 0;
+        c->type = CELL_INT;
+        c->i = (long long)lua_tointeger(L, idx);
+        *result = TAKEN;
+        return 1;
+    case F_REAL:
+        if (t != LUA_TNUMBER || lua_isinteger(L, idx) || !isfinite(lua_tonumber(L, idx)))
+            return 0;
+        c->type = CELL_REAL;
+        c->d = (double)lua_tonumber(L, idx);
+        *result = TAKEN;
+        return 1;
+    case F_BOOLEAN:
+        if (t != LUA_TBOOLEAN)
+            return 0;
+        c->type = CELL_BOOL;
+        c->i = lua_toboolean(L, idx);
+        *result = TAKEN;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* A Lua value at idx (a callback's result, a default) as its column takes
+ * it: kept when native, else through mapping.coerce[type], whose nil is
+ * the Lua pipeline's failure (BAIL: Lua reports it). */
+static int lua_cell(lua_State *L, program *p, int uv, const field *f, int idx, cell *c)
+{
+    idx = lua_absindex(L, idx);
+    if (f->type == F_JSON)
+        return json_cell(L, p, uv, idx, c);
+    int result;
+    if (native_cell(p, f, L, idx, c, &result))
+        return result;
+    lua_rawgeti(L, uv, SLOT_COERCE);
+    lua_getfield(L, -1, type_names[f->type]);
+    lua_remove(L, -2);
+    lua_pushvalue(L, idx);
+    if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_isnil(L, -1)) {
+        lua_pop(L, 1);
+        return BAIL;
+    }
+    if (f->type == F_TIMESTAMP) {
+        size_t len;
+        const char *s = lua_tolstring(L, -1, &len);
+        result = lua_type(L, -1) == LUA_TSTRING && text_cell(p, c, s, len) ? TAKEN : BAIL;
+    } else if (!native_cell(p, f, L, -1, c, &result)) {
+        result = BAIL;
+    }
+    lua_pop(L, 1);
+    return result;
+}
+
+/* --- the canonical hash -------------------------------------------------------- */
+
+typedef struct canon {
+    uint64_t h;
+} canon;
+
+static void canon_add(canon *k, const void *s, size_t n)
+{
+    k->h = entsync_hash_continue(k->h, s, n);
+}
+
+/* tag, n's digits, end: hash.c's buf_add_tagged. */
+static void canon_tagged(canon *k, char tag, long long n, char end)
+{
+    char text[32];
+    size_t len;
+    const char *t = tagged(text, tag, n, end, &len);
+    canon_add(k, t, len);
+}
+
+static void canon_string(canon *k, const char *s, size_t len)
+{
+    canon_tagged(k, 's', (long long)len, ':');
+    canon_add(k, s, len);
+}
+
+static void canon_cell(canon *k, const program *p, const cell *c)
+{
+    long long i;
+    char text[40];
+    switch (c->type) {
+    case CELL_INT:
+        canon_tagged(k, 'i', c->i, ';');
+        break;
+    case CELL_REAL:
+        if (float_integer(c->d, &i)) {
+            canon_tagged(k, 'i', i, ';');
+        } else {
+            int n = snprintf(text, sizeof text, "d%.17g;", c->d);
+            canon_add(k, text, (size_t)n);
+        }
+        break;
+    case CELL_TEXT:
+        canon_string(k, p->buf + c->off, c->len);
+        break;
+    case CELL_BOOL:
+        canon_add(k, c->i ? "t" : "f", 1);
+        break;
+    case CELL_JSON:
+        canon_add(k, p->buf + c->coff, c->clen);
+        break;
+    default:
+        canon_add(k, "n", 1);
+    }
+}
+
+/* core.hash.of the mapped entities { entity = { field = value } }: the
+ * entities and their fields in bytewise order of their names, an entity
+ * with no value an empty sequence. */
+static uint64_t record_hash(const program *p, const cell *cells)
+{
+    canon k = {entsync_hash_bytes("", 0)};
+    canon_tagged(&k, 'o', p->nentities, ':');
+    for (int e = 0; e < p->nentities; e++) {
+        const entity *en = &p->entities[p->entity_order[e]];
+        canon_string(&k, en->name, en->name_len);
+        int present = 0;
+        for (int i = 0; i < en->nfields; i++)
+            present += cells[en->first + i].type != CELL_NIL;
+        if (!present) {
+            canon_add(&k, "a0:", 3);
+            continue;
+        }
+        canon_tagged(&k, 'o', present, ':');
+        for (int i = 0; i < en->nfields; i++) {
+            const field *f = &en->fields[en->order[i]];
+            const cell *c = &cells[en->first + en->order[i]];
+            if (c->type == CELL_NIL)
+                continue;
+            canon_string(&k, f->name, f->name_len);
+            canon_cell(&k, p, c);
+        }
+    }
+    return k.h;
+}
+
+/* --- marks and ids, as lua/entsync/cursor.lua compares them ------------------ */
+
+/* tonumber of a string: 1 with *out set when Lua reads it as a number. */
+static int string_number(lua_State *L, const char *s, size_t len, scalar *out)
+{
+    char small[64];
+    char *text = len < sizeof small ? small : malloc(len + 1);
+    if (!text)
+        return 0;
+    memcpy(text, s, len);
+    text[len] = '\0';
+    int ok = strlen(text) == len && lua_stringtonumber(L, text) != 0;
+    if (text != small)
+        free(text);
+    if (!ok)
+        return 0;
+    out->type = LUA_TNUMBER;
+    out->integer = lua_isinteger(L, -1);
+    out->i = (long long)lua_tointeger(L, -1);
+    out->d = (double)lua_tonumber(L, -1);
+    lua_pop(L, 1);
+    return 1;
+}
+
+static int compare_numbers(const scalar *a, const scalar *b)
+{
+    if (a->integer && b->integer)
+        return (a->i > b->i) - (a->i < b->i);
+    double x = a->integer ? (double)a->i : a->d, y = b->integer ? (double)b->i : b->d;
+    return (x > y) - (x < y);
+}
+
+static int compare_bytes(const char *a, size_t alen, const char *b, size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    if (c)
+        return c < 0 ? -1 : 1;
+    return (alen > blen) - (alen < blen);
+}
+
+/* tostring of a scalar, into text (a string's own bytes otherwise). */
+static void scalar_text(lua_State *L, const scalar *v, const char **s, size_t *len, char *text, size_t size)
+{
+    if (v->type == LUA_TSTRING) {
+        *s = v->s;
+        *len = v->len;
+    } else if (v->integer && size >= 32) {
+        *s = tagged(text, 0, v->i, 0, len);
+    } else {
+        lua_pushnumber(L, v->d);
+        const char *t = lua_tolstring(L, -1, len);
+        snprintf(text, size, "%s", t);
+        lua_pop(L, 1);
+        *s = text;
+    }
+}
+
+/* compare_scalar: equal values 0; two numbers, or two strings Lua reads as
+ * numbers, by value; anything else by text. */
+static int compare_scalar(lua_State *L, const scalar *a, const scalar *b)
+{
+    if (a->type == LUA_TNUMBER && b->type == LUA_TNUMBER)
+        return compare_numbers(a, b);
+    if (a->type == LUA_TSTRING && b->type == LUA_TSTRING) {
+        if (a->len == b->len && memcmp(a->s, b->s, a->len) == 0)
+            return 0;
+        scalar na, nb;
+        if (string_number(L, a->s, a->len, &na) && string_number(L, b->s, b->len, &nb))
+            return compare_numbers(&na, &nb);
+    }
+    char ta[64], tb[64];
+    const char *sa, *sb;
+    size_t la, lb;
+    scalar_text(L, a, &sa, &la, ta, sizeof ta);
+    scalar_text(L, b, &sb, &lb, tb, sizeof tb);
+    return compare_bytes(sa, la, sb, lb);
+}
+
+/* A mark as the sync's changed_kind compares it ("text": its text). */
+static scalar mark_as_kind(lua_State *L, const program *p, scalar v, char *text, size_t size)
+{
+    if (p->kind_text && v.type == LUA_TNUMBER) {
+        scalar t = {LUA_TSTRING, 0, 0, 0, NULL, 0};
+        scalar_text(L, &v, &t.s, &t.len, text, size);
+        return t;
+    }
+    return v;
+}
+
+static int integer_id(const char *s, size_t len)
+{
+    if (len == 0 || len >= 19)
+        return 0;
+    size_t i = s[0] == '-';
+    if (i == len)
+        return 0;
+    for (; i < len; i++)
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    return 1;
+}
+
+static int compare_ids(const char *a, size_t alen, const char *b, size_t blen)
+{
+    if (integer_id(a, alen) && integer_id(b, blen)) {
+        long long x = strtoll(a, NULL, 10), y = strtoll(b, NULL, 10);
+        return (x > y) - (x < y);
+    }
+    return compare_bytes(a, alen, b, blen);
+}
+
+/* cursor.compare(mark_a, id_a, mark_b, id_b, kind); a nil mark first. */
+static int compare_pairs(lua_State *L, const program *p, const scalar *ma, const char *ia, size_t ialen,
+                         const scalar *mb, const char *ib, size_t iblen)
+{
+    if (ma->type == LUA_TNIL || mb->type == LUA_TNIL) {
+        if (ma->type != LUA_TNIL)
+            return 1;
+        if (mb->type != LUA_TNIL)
+            return -1;
+    } else {
+        char ta[40], tb[40];
+        scalar ka = mark_as_kind(L, p, *ma, ta, sizeof ta), kb = mark_as_kind(L, p, *mb, tb, sizeof tb);
+        int c = compare_scalar(L, &ka, &kb);
+        if (c)
+            return c;
+    }
+    return compare_ids(ia, ialen, ib, iblen);
+}
+
+/* A cell (an id or a mark read here) as a scalar. */
+static scalar cell_scalar(const program *p, const cell *c)
+{
+    scalar v = {LUA_TNIL, 0, 0, 0, NULL, 0};
+    if (c->type == CELL_INT) {
+        v.type = LUA_TNUMBER;
+        v.integer = 1;
+        v.i = c->i;
+    } else if (c->type == CELL_TEXT) {
+        v.type = LUA_TSTRING;
+        v.s = p->buf + c->off;
+        v.len = c->len;
+    }
+    return v;
+}
+
+/* A Lua value at idx as a scalar mark; 0 for a value no mark here is. */
+static int lua_scalar(lua_State *L, int idx, scalar *v)
+{
+    memset(v, 0, sizeof *v);
+    switch (lua_type(L, idx)) {
+    case LUA_TNIL:
+        v->type = LUA_TNIL;
+        return 1;
+    case LUA_TNUMBER:
+        v->type = LUA_TNUMBER;
+        v->integer = lua_isinteger(L, idx);
+        v->i = (long long)lua_tointeger(L, idx);
+        v->d = (double)lua_tonumber(L, idx);
+        return 1;
+    case LUA_TSTRING:
+        v->type = LUA_TSTRING;
+        v->s = lua_tolstring(L, idx, &v->len);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The text of an id cell (ids.text). */
+static const char *id_text(const program *p, const cell *c, char *text, size_t size, size_t *len)
+{
+    if (c->type == CELL_INT && size >= 32)
+        return tagged(text, 0, c->i, 0, len);
+    *len = c->len;
+    return p->buf + c->off;
+}
+
+/* --- mapping one record ----------------------------------------------------------- */
+
+/* What mapping one record needs on the Lua side: the program's uservalue
+ * table and, once a callback runs, the view of the record. */
+typedef struct mapping_run {
+    int uv;   /* the uservalue table's stack index */
+    int view; /* the view's stack index, or 0 before the first callback */
+    int prog; /* the program's stack index */
+    const cell *id;
+} mapping_run;
+
+/* Pushes an id cell as the Lua value ids.remote gives. */
+static void push_id(lua_State *L, const program *p, const cell *c)
+{
+    if (c->type == CELL_INT)
+        lua_pushinteger(L, (lua_Integer)c->i);
+    else
+        lua_pushlstring(L, p->buf + c->off, c->len);
+}
+
+/* The view of the record being mapped, made at its first callback; ctx is
+ * pointed at it as ctx:at(remote_id, nil, record) would. */
+static int ensure_view(lua_State *L, program *p, mapping_run *r)
+{
+    if (r->view)
+        return r->view;
+    lua_createtable(L, 0, 4);
+    lua_rawgeti(L, r->uv, SLOT_OBJECT_MT);
+    lua_setmetatable(L, -2);
+    lua_pushvalue(L, r->prog);
+    lua_rawsetp(L, -2, &VIEW_KEY);
+    r->view = lua_gettop(L);
+    lua_pushvalue(L, r->view);
+    lua_rawseti(L, r->uv, SLOT_VIEW);
+    lua_rawgeti(L, r->uv, SLOT_CTX);
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        push_id(L, p, r->id);
+        lua_setfield(L, -2, "remote_id");
+        lua_pushnil(L);
+        lua_setfield(L, -2, "local_id");
+        lua_pushvalue(L, r->view);
+        lua_setfield(L, -2, "record");
+    }
+    lua_pop(L, 1);
+    return r->view;
+}
+
+/* The record is done: a view still referenced keeps the line it came from,
+ * to be decoded whole at its next use. */
+static void seal_view(lua_State *L, const program *p, mapping_run *r, const char *line, size_t len)
+{
+    if (!r->view)
+        return;
+    if (lua_rawgetp(L, r->view, &VIEW_KEY) == LUA_TUSERDATA && (void *)lua_touserdata(L, -1) == (void *)p) {
+        lua_pushlstring(L, line, len);
+        lua_rawsetp(L, r->view, &VIEW_KEY);
+    }
+    lua_pop(L, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, r->uv, SLOT_VIEW);
+}
+
+/* Pushes the value at a field's path read through the view, as the
+ * generated apply reads a decoded record: a table step by step. */
+static void push_view_path(lua_State *L, const field *f, int view)
+{
+    lua_pushvalue(L, view);
+    for (int i = 0; i < f->nkeys; i++) {
+        if (lua_type(L, -1) != LUA_TTABLE) {
+            lua_pop(L, 1);
+            lua_pushnil(L);
+            return;
+        }
+        if (f->keys[i].name)
+            lua_pushlstring(L, f->keys[i].name, f->keys[i].len);
+        else
+            lua_pushinteger(L, (lua_Integer)f->keys[i].index);
+        lua_gettable(L, -2); /* a view's __index decodes the field */
+        lua_remove(L, -2);
+    }
+}
+
+/* Maps field f into c: path, callback, null, default, required, coercion. */
+static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, int slot, cell *c)
+{
+    c->type = CELL_NIL;
+    int view = f->callback ? ensure_view(L, p, r) : 0; /* below top: it outlives the field */
+    int top = lua_gettop(L), result = TAKEN;
+    if (f->callback) {
+        lua_rawgeti(L, r->uv, SLOT_CALLBACKS);
+        lua_rawgeti(L, -1, f->callback);
+        lua_remove(L, -2);
+        if (f->nkeys)
+            push_view_path(L, f, view);
+        else
+            lua_pushvalue(L, view);
+        lua_pushvalue(L, view);
+        lua_rawgeti(L, r->uv, SLOT_CTX);
+        if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
+            result = BAIL; /* Lua maps it again, and reports the error */
+            goto done;
+        }
+        if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
+            lua_pushnil(L);
+        if (!lua_isnil(L, -1)) {
+            result = lua_cell(L, p, r->uv, f, -1, c);
+            goto done;
+        }
+    } else if (f->nkeys) {
+        /* after a callback, a field it set in the record is what the
+         * Lua pipeline would read */
+        int through_view = 0;
+        if (r->view && f->keys[0].name) {
+            lua_pushlstring(L, f->keys[0].name, f->keys[0].len);
+            through_view = lua_rawget(L, r->view) != LUA_TNIL;
+            lua_pop(L, 1);
+        }
+        if (through_view) {
+            push_view_path(L, f, r->view);
+            if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
+                lua_pushnil(L);
+            if (!lua_isnil(L, -1)) {
+                result = lua_cell(L, p, r->uv, f, -1, c);
+                goto done;
+            }
+        } else {
+            const entsync_json_node *n = path_value(p, f);
+            if (n && n->type != ENTSYNC_JSON_NULL) {
+                if (f->type == F_JSON)
+                    result = json_node_cell(L, p, n, c);
+                else if (n->type == ENTSYNC_JSON_ARRAY || n->type == ENTSYNC_JSON_OBJECT)
+                    result = BAIL;
+                else {
+                    result = node_cell(p, f, n, c);
+                }
+                goto done;
+            }
+        }
+    }
+    /* nothing: the default, or nothing (a missing required value fails) */
+    if (f->has_default) {
+        lua_rawgeti(L, r->uv, SLOT_DEFAULTS);
+        lua_rawgeti(L, -1, slot);
+        result = lua_cell(L, p, r->uv, f, -1, c);
+    } else if (f->required) {
+        result = BAIL;
+    }
+done:
+    lua_settop(L, top);
+    return result;
+}
+
+/* Reads the id and changed mark of the record; BAIL when either is not one
+ * the program takes. */
+static int read_keys(program *p, cell *id, cell *changed)
+{
+    const member *m = find_member(p, p->id_field, p->id_len);
+    const entsync_json_node *n = m ? m->value : NULL;
+    if (n && n->type == ENTSYNC_JSON_STRING && n->len > 0) {
+        if (!text_cell(p, id, n->as.string, n->len))
+            return BAIL;
+    } else if (n && n->type == ENTSYNC_JSON_INTEGER) {
+        id->type = CELL_INT;
+        id->i = n->as.integer;
+    } else {
+        return BAIL; /* no usable id, or a float one: Lua's to judge */
+    }
+    changed->type = CELL_NIL;
+    if (!p->changed_field)
+        return TAKEN;
+    m = find_member(p, p->changed_field, p->changed_len);
+    n = m ? m->value : NULL;
+    if (!n || n->type == ENTSYNC_JSON_NULL)
+        return TAKEN;
+    if (n->type == ENTSYNC_JSON_STRING)
+        return text_cell(p, changed, n->as.string, n->len) ? TAKEN : BAIL;
+    if (n->type == ENTSYNC_JSON_INTEGER) {
+        changed->type = CELL_INT;
+        changed->i = n->as.integer;
+        return TAKEN;
+    }
+    return BAIL;
+}
+
+/* What take needs to know beyond the line: the cursor, the failing keys. */
+typedef struct take_args {
+    int has_cursor;
+    scalar cursor_mark;
+    const char *cursor_id;
+    size_t cursor_id_len;
+    int failing; /* stack index of run.failing, or 0 when it is empty */
+} take_args;
+
+/* Maps one line. TAKEN: it is the batch's next entry; OLDER: it is not
+ * newer than the cursor (skipped); BAIL: the Lua pipeline takes it. */
+static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
+                    uint64_t raw_hash)
+{
+    size_t arena_len = p->len, cells_used = p->ncells_used;
+    const entsync_json_node *nodes;
+    const char *detail;
+    char *input = entsync_json_buffer(p->parser, len);
+    if (!input)
+        return BAIL;
+    memcpy(input, line, len);
+    if (entsync_json_parse(p->parser, len, &nodes, &detail) != ENTSYNC_JSON_OK ||
+        nodes->type != ENTSYNC_JSON_OBJECT || !index_members(p, nodes))
+        return BAIL;
+    if (p->ncells_used + (size_t)p->ncells > p->cells_cap) {
+        size_t cap = p->cells_cap ? 2 * p->cells_cap : 4096;
+        while (cap < p->ncells_used + (size_t)p->ncells)
+            cap *= 2;
+        cell *grown = realloc(p->cells, cap * sizeof *grown);
+        if (!grown)
+            return BAIL;
+        p->cells = grown;
+        p->cells_cap = cap;
+    }
+    entry e;
+    memset(&e, 0, sizeof e);
+    int result = read_keys(p, &e.id, &e.changed);
+    char idbuf[32];
+    size_t idlen;
+    const char *idtext = NULL;
+    if (result == TAKEN)
+        idtext = id_text(p, &e.id, idbuf, sizeof idbuf, &idlen);
+    if (result == TAKEN && a->has_cursor && e.changed.type != CELL_NIL) {
+        scalar mark = cell_scalar(p, &e.changed);
+        if (compare_pairs(L, p, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
+            result = OLDER;
+    }
+    if (result == TAKEN && a->failing) {
+        /* a key that failed before is the Lua pipeline's: its success
+         * clears the failure */
+        lua_pushlstring(L, idtext, idlen);
+        if (lua_rawget(L, a->failing) != LUA_TNIL)
+            result = BAIL;
+        lua_pop(L, 1);
+    }
+    r->id = &e.id;
+    r->view = 0;
+    e.cells = p->ncells_used;
+    for (int en = 0; result == TAKEN && en < p->nentities; en++) {
+        const entity *ent = &p->entities[en];
+        for (int i = 0; result == TAKEN && i < ent->nfields; i++)
+            result = map_field(L, p, r, &ent->fields[i], ent->first + i + 1,
+                               cells_of(p, e.cells + (size_t)ent->first + (size_t)i));
+    }
+    seal_view(L, p, r, line, len);
+    if (r->view)
+        lua_settop(L, r->view - 1);
+    if (result == TAKEN && p->entries_cap == p->n) {
+        size_t cap = p->entries_cap ? 2 * p->entries_cap : 1024;
+        entry *grown = realloc(p->entries, cap * sizeof *grown);
+        if (grown) {
+            p->entries = grown;
+            p->entries_cap = cap;
+        } else {
+            result = BAIL;
+        }
+    }
+    if (result == TAKEN && !arena_add(p, line, len, &e.line_off))
+        result = BAIL;
+    if (result != TAKEN) {
+        p->len = arena_len;
+        p->ncells_used = cells_used;
+        return result;
+    }
+    e.line_len = len;
+    e.raw_hash = raw_hash;
+    e.hash = record_hash(p, cells_of(p, e.cells));
+    p->ncells_used += (size_t)p->ncells;
+    p->entries[p->n] = e;
+    if (e.changed.type != CELL_NIL) {
+        int newer = p->max < 0;
+        if (!newer) {
+            const entry *m = &p->entries[p->max];
+            scalar mark = cell_scalar(p, &e.changed), top = cell_scalar(p, &m->changed);
+            char mbuf[32];
+            size_t mlen;
+            const char *mtext = id_text(p, &m->id, mbuf, sizeof mbuf, &mlen);
+            idtext = id_text(p, &e.id, idbuf, sizeof idbuf, &idlen); /* the arena may have moved */
+            newer = compare_pairs(L, p, &mark, idtext, idlen, &top, mtext, mlen) > 0;
+        }
+        if (newer)
+            p->max = (long long)p->n;
+    }
+    p->n++;
+    return TAKEN;
+}
+
+/* --- the program's methods --------------------------------------------------------- */
+
+static program *check_program(lua_State *L)
+{
+    return luaL_checkudata(L, 1, PROGRAM_META);
+}
+
+/* program:take(file, known, max, max_line, cursor_mark, cursor_id, failing)
+ *   -> line | nil | false, skipped, lines, hash | bytes, taken, older
+ * Reads lines as core.hash.skip_known does (a line whose hash is in known
+ * is skipped unread; blank lines are passed over; a line over max_line is
+ * false, with its length), and takes each other line into the batch when
+ * it can: taken counts those, older those not newer than the cursor
+ * (cursor_mark nil: no cursor). At most max lines are skipped, taken or
+ * older in one call. The first line it cannot take is returned with its
+ * hash, for the Lua pipeline. */
+static int program_take(lua_State *L)
+{
+    program *p = check_program(L);
+    luaL_Stream *stream = luaL_checkudata(L, 2, LUA_FILEHANDLE);
+    entsync_hashset *known = entsync_hashset_check(L, 3);
+    lua_Integer max = luaL_checkinteger(L, 4);
+    lua_Integer max_line = luaL_optinteger(L, 5, LUA_MAXINTEGER);
+    luaL_argcheck(L, max_line > 0, 5, "max_line must be positive");
+    if (!stream->closef || !stream->f)
+        return luaL_error(L, "take: the file is closed");
+    take_args a;
+    memset(&a, 0, sizeof a);
+    if (!lua_isnil(L, 6)) {
+        a.has_cursor = lua_scalar(L, 6, &a.cursor_mark);
+        luaL_argcheck(L, a.has_cursor, 6, "a cursor mark is a number or a string");
+        a.cursor_id = luaL_optlstring(L, 7, "", &a.cursor_id_len);
+    }
+    if (lua_type(L, 8) == LUA_TTABLE) {
+        lua_pushnil(L);
+        if (lua_next(L, 8)) {
+            lua_pop(L, 2);
+            a.failing = 8;
+        }
+    }
+    lua_settop(L, 8);
+    mapping_run r = {0, 0, 1, NULL};
+    lua_getiuservalue(L, 1, 1);
+    r.uv = lua_gettop(L);
+    lua_Integer skipped = 0, lines = 0, taken = 0, older = 0;
+    size_t dropped = 0;
+    ssize_t len = 0;
+    while (skipped + taken + older < max &&
+           (len = entsync_read_line(stream->f, &p->line, &p->line_cap, (size_t)max_line, &dropped)) >= 0) {
+        lines++;
+        if (dropped) {
+            lua_pushboolean(L, 0);
+            lua_pushinteger(L, skipped);
+            lua_pushinteger(L, lines);
+            lua_pushinteger(L, (lua_Integer)dropped);
+            lua_pushinteger(L, taken);
+            lua_pushinteger(L, older);
+            return 6;
+        }
+        if (len > 0 && p->line[len - 1] == '\n')
+            len--;
+        ssize_t i = 0;
+        while (i < len && (p->line[i] == ' ' || p->line[i] == '\t' || p->line[i] == '\r'))
+            i++;
+        if (i == len)
+            continue; /* blank: no record */
+        uint64_t hash = entsync_hash_continue(p->seed, p->line, (size_t)len);
+        if (entsync_hashset_has(known, hash)) {
+            skipped++;
+            continue;
+        }
+        int result = map_line(L, p, &r, &a, p->line, (size_t)len, hash);
+        if (result == TAKEN) {
+            taken++;
+        } else if (result == OLDER) {
+            older++;
+        } else {
+            lua_pushlstring(L, p->line, (size_t)len);
+            lua_pushinteger(L, skipped);
+            lua_pushinteger(L, lines);
+            lua_pushinteger(L, (lua_Integer)hash);
+            lua_pushinteger(L, taken);
+            lua_pushinteger(L, older);
+            return 6;
+        }
+    }
+    if (len == -2)
+        return luaL_error(L, "take: out of memory");
+    lua_pushnil(L);
+    lua_pushinteger(L, skipped);
+    lua_pushinteger(L, lines);
+    lua_pushnil(L);
+    lua_pushinteger(L, taken);
+    lua_pushinteger(L, older);
+    return 6;
+}
+
+/* program:max() -> mark, id: the largest (changed mark, id text) of the
+ * entries taken since the last call (nothing when none had a mark). */
+static int program_max(lua_State *L)
+{
+    program *p = check_program(L);
+    if (p->max < 0)
+        return 0;
+    const entry *e = &p->entries[p->max];
+    if (e->changed.type == CELL_INT)
+        lua_pushinteger(L, (lua_Integer)e->changed.i);
+    else
+        lua_pushlstring(L, p->buf + e->changed.off, e->changed.len);
+    char text[32];
+    size_t len;
+    const char *id = id_text(p, &e->id, text, sizeof text, &len);
+    lua_pushlstring(L, id, len);
+    p->max = -1;
+    return 2;
+}
+
+/* program:count() -> entries in the batch */
+static int program_count(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)check_program(L)->n);
+    return 1;
+}
+
+/* program:entry(i) -> line, raw_hash: entry i (1-based) as it was read,
+ * for the Lua pipeline to take it again. */
+static int program_entry(lua_State *L)
+{
+    program *p = check_program(L);
+    lua_Integer i = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, i >= 1 && (size_t)i <= p->n, 2, "no such entry");
+    const entry *e = &p->entries[i - 1];
+    lua_pushlstring(L, p->buf + e->line_off, e->line_len);
+    lua_pushinteger(L, (lua_Integer)e->raw_hash);
+    return 2;
+}
+
+/* program:reset(): a new batch; the entries are dropped. */
+static int program_reset(lua_State *L)
+{
+    program *p = check_program(L);
+    p->n = 0;
+    p->len = 0;
+    p->ncells_used = 0;
+    p->max = -1;
+    if (p->failed) {
+        p->failed = 0;
+        return luaL_error(L, "record: out of memory");
+    }
+    return 0;
+}
+
+static int bind_cell(sqlite3_stmt *stmt, int n, const program *p, const cell *c)
+{
+    switch (c->type) {
+    case CELL_INT:
+    case CELL_BOOL:
+        return sqlite3_bind_int64(stmt, n, (sqlite3_int64)c->i);
+    case CELL_REAL:
+        return sqlite3_bind_double(stmt, n, c->d);
+    case CELL_TEXT:
+    case CELL_JSON:
+        return sqlite3_bind_text64(stmt, n, p->buf + c->off, c->len, SQLITE_STATIC, SQLITE_UTF8);
+    default:
+        return sqlite3_bind_null(stmt, n);
+    }
+}
+
+/* Runs stmt once; raises the store's error (a typed one for the
+ * environment, else the SQLite message, which Lua turns into writing the
+ * batch again record by record). */
+static void step_once(lua_State *L, entsync_store *store, sqlite3_stmt *stmt)
+{
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE) {
+        sqlite3_reset(stmt);
+        entsync_store_error(L, store, sqlite3_sql(stmt));
+    }
+    sqlite3_reset(stmt);
+}
+
+/* program:write(from, to, pass, now) -> count
+ * Writes entries from..to (1-based): each entity's row through its
+ * writer's insert (a split's other entities linked to the first's new id),
+ * then the id-map row, as Run:write and Ledger:insert_map would. Runs
+ * inside the caller's transaction; raises on the first failure. */
+static int program_write(lua_State *L)
+{
+    program *p = check_program(L);
+    lua_Integer from = luaL_checkinteger(L, 2), to = luaL_checkinteger(L, 3);
+    int has_pass = !lua_isnoneornil(L, 4);
+    lua_Integer pass = has_pass ? luaL_checkinteger(L, 4) : 0;
+    double now = (double)luaL_checknumber(L, 5);
+    luaL_argcheck(L, from >= 1 && to <= (lua_Integer)p->n, 2, "no such entries");
+    lua_settop(L, 5);
+    lua_getiuservalue(L, 1, 1);
+    int uv = lua_gettop(L);
+    sqlite3_stmt *inserts[16];
+    int columns[16];
+    luaL_argcheck(L, p->nentities <= 16, 1, "too many entities");
+    lua_rawgeti(L, uv, SLOT_WRITERS);
+    for (int e = 0; e < p->nentities; e++) {
+        lua_rawgeti(L, -1, e + 1);
+        inserts[e] = entsync_store_writer_insert(L, lua_gettop(L), &columns[e]);
+        lua_pop(L, 2); /* the writer and its store */
+        if (columns[e] != p->entities[e].nfields + (e > 0))
+            return luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, columns[e]);
+    }
+    lua_rawgeti(L, uv, SLOT_STORE);
+    int store_idx = lua_gettop(L);
+    entsync_store *store = entsync_store_check(L, store_idx);
+    lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
+    sqlite3_stmt *idmap = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    sqlite3 *db = entsync_store_db(store);
+    lua_Integer count = 0;
+    for (lua_Integer i = from; i <= to; i++) {
+        const entry *en = &p->entries[i - 1];
+        const cell *cells = cells_of(p, en->cells);
+        sqlite3_int64 local_id = 0;
+        for (int e = 0; e < p->nentities; e++) {
+            const entity *ent = &p->entities[e];
+            sqlite3_stmt *stmt = inserts[e];
+            sqlite3_reset(stmt);
+            sqlite3_clear_bindings(stmt);
+            int rc = SQLITE_OK;
+            for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
+                rc = bind_cell(stmt, f + 1, p, &cells[ent->first + f]);
+            if (rc == SQLITE_OK && e > 0)
+                rc = sqlite3_bind_int64(stmt, ent->nfields + 1, local_id);
+            if (rc != SQLITE_OK)
+                entsync_store_error(L, store, sqlite3_sql(stmt));
+            step_once(L, store, stmt);
+            if (e == 0)
+                local_id = sqlite3_last_insert_rowid(db);
+        }
+        if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
+            return luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
+        sqlite3_reset(idmap);
+        sqlite3_clear_bindings(idmap);
+        int rc = sqlite3_bind_int64(idmap, 1, p->sync_id);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(idmap, 2, local_id);
+        if (rc == SQLITE_OK)
+            rc = bind_cell(idmap, 3, p, &en->id);
+        if (rc == SQLITE_OK)
+            rc = bind_cell(idmap, 4, p, &en->changed);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(idmap, 5, (sqlite3_int64)en->hash);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(idmap, 6, (sqlite3_int64)en->raw_hash);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_null(idmap, 7);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_double(idmap, 8, now);
+        if (rc == SQLITE_OK)
+            rc = has_pass ? sqlite3_bind_int64(idmap, 9, pass) : sqlite3_bind_null(idmap, 9);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(idmap, 10, (p->sync_id << KEY_BITS) | local_id);
+        if (rc != SQLITE_OK)
+            entsync_store_error(L, store, sqlite3_sql(idmap));
+        step_once(L, store, idmap);
+        count++;
+    }
+    lua_pushinteger(L, count);
+    return 1;
+}
+
+/* --- making a program ----------------------------------------------------------------- */
+
+static void free_program(program *p)
+{
+    for (int e = 0; p->entities && e < p->nentities; e++) {
+        entity *ent = &p->entities[e];
+        for (int i = 0; ent->fields && i < ent->nfields; i++) {
+            for (int k = 0; ent->fields[i].keys && k < ent->fields[i].nkeys; k++)
+                free(ent->fields[i].keys[k].name);
+            free(ent->fields[i].keys);
+            free(ent->fields[i].name);
+        }
+        free(ent->fields);
+        free(ent->order);
+        free(ent->name);
+    }
+    free(p->entities);
+    free(p->entity_order);
+    free(p->id_field);
+    free(p->changed_field);
+    free(p->members);
+    free(p->line);
+    free(p->buf);
+    free(p->entries);
+    free(p->cells);
+    if (p->parser)
+        entsync_json_parser_free(p->parser);
+    entsync_json_encoder_free(p->encoder);
+    memset(p, 0, sizeof *p);
+}
+
+static int program_gc(lua_State *L)
+{
+    free_program(luaL_checkudata(L, 1, PROGRAM_META));
+    return 0;
+}
+
+/* A copy of the string field key of the table at idx (NULL when absent). */
+static char *copy_field(lua_State *L, int idx, const char *key, size_t *len, int required)
+{
+    lua_getfield(L, idx, key);
+    char *out = NULL;
+    if (lua_type(L, -1) == LUA_TSTRING) {
+        size_t n;
+        const char *s = lua_tolstring(L, -1, &n);
+        out = malloc(n + 1);
+        if (!out)
+            luaL_error(L, "record: out of memory");
+        memcpy(out, s, n + 1);
+        if (len)
+            *len = n;
+    } else if (required) {
+        luaL_error(L, "record: the program's %s must be a string", key);
+    }
+    lua_pop(L, 1);
+    return out;
+}
+
+static void *zalloc(lua_State *L, size_t n, size_t size)
+{
+    void *p = calloc(n ? n : 1, size);
+    if (!p)
+        luaL_error(L, "record: out of memory");
+    return p;
+}
+
+/* Sorts indices by the names they point at, bytewise. */
+static const char *const *sort_names;
+static const size_t *sort_lens;
+static int compare_named(const void *a, const void *b)
+{
+    int x = *(const int *)a, y = *(const int *)b;
+    return compare_bytes(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
+}
+
+static int *name_order(lua_State *L, const char **names, const size_t *lens, int n)
+{
+    int *order = zalloc(L, (size_t)n, sizeof *order);
+    for (int i = 0; i < n; i++)
+        order[i] = i;
+    sort_names = names;
+    sort_lens = lens;
+    qsort(order, (size_t)n, sizeof *order, compare_named);
+    return order;
+}
+
+/* Reads field i (the table on top) of entity ent; slot is its 1-based
+ * place among all the program's fields (its default's and callback's). */
+static void read_field(lua_State *L, int uv, field *f, int slot)
+{
+    int idx = lua_gettop(L);
+    f->name = copy_field(L, idx, "name", &f->name_len, 1);
+    lua_getfield(L, idx, "type");
+    const char *type = luaL_checkstring(L, -1);
+    f->type = -1;
+    for (int t = 0; type_names[t]; t++)
+        if (strcmp(type, type_names[t]) == 0)
+            f->type = t;
+    if (f->type < 0)
+        luaL_error(L, "record: field %s has an unknown type %s", f->name, type);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "required");
+    f->required = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "keys");
+    if (lua_type(L, -1) == LUA_TTABLE) {
+        f->nkeys = (int)lua_rawlen(L, -1);
+        f->keys = zalloc(L, (size_t)f->nkeys, sizeof *f->keys);
+        for (int k = 0; k < f->nkeys; k++) {
+            lua_rawgeti(L, -1, k + 1);
+            if (lua_type(L, -1) == LUA_TSTRING) {
+                size_t n;
+                const char *s = lua_tolstring(L, -1, &n);
+                f->keys[k].name = malloc(n + 1);
+                if (!f->keys[k].name)
+                    luaL_error(L, "record: out of memory");
+                memcpy(f->keys[k].name, s, n + 1);
+                f->keys[k].len = n;
+            } else {
+                f->keys[k].index = (long long)luaL_checkinteger(L, -1);
+            }
+            lua_pop(L, 1);
+        }
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "import");
+    if (!lua_isnil(L, -1)) {
+        lua_rawgeti(L, uv, SLOT_CALLBACKS);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, slot);
+        lua_pop(L, 1);
+        f->callback = slot;
+    }
+    lua_pop(L, 1);
+    lua_getfield(L, idx, "default");
+    if (!lua_isnil(L, -1)) {
+        lua_rawgeti(L, uv, SLOT_DEFAULTS);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, slot);
+        lua_pop(L, 1);
+        f->has_default = 1;
+    }
+    lua_pop(L, 1);
+}
+
+static void read_entities(lua_State *L, program *p, int spec, int uv)
+{
+    lua_getfield(L, spec, "entities");
+    luaL_checktype(L, -1, LUA_TTABLE);
+    p->nentities = (int)lua_rawlen(L, -1);
+    if (p->nentities < 1 || p->nentities > 16)
+        luaL_error(L, "record: a program maps 1 to 16 entities");
+    p->entities = zalloc(L, (size_t)p->nentities, sizeof *p->entities);
+    const char *names[16];
+    size_t lens[16];
+    int slot = 0;
+    for (int e = 0; e < p->nentities; e++) {
+        entity *ent = &p->entities[e];
+        lua_rawgeti(L, -1, e + 1);
+        int eidx = lua_gettop(L);
+        ent->name = copy_field(L, eidx, "name", &ent->name_len, 1);
+        names[e] = ent->name;
+        lens[e] = ent->name_len;
+        lua_getfield(L, eidx, "fields");
+        luaL_checktype(L, -1, LUA_TTABLE);
+        ent->nfields = (int)lua_rawlen(L, -1);
+        ent->fields = zalloc(L, (size_t)ent->nfields, sizeof *ent->fields);
+        ent->first = p->ncells;
+        const char **fnames = zalloc(L, (size_t)ent->nfields, sizeof *fnames);
+        size_t *flens = zalloc(L, (size_t)ent->nfields, sizeof *flens);
+        for (int i = 0; i < ent->nfields; i++) {
+            lua_rawgeti(L, -1, i + 1);
+            read_field(L, uv, &ent->fields[i], ++slot);
+            lua_pop(L, 1);
+            fnames[i] = ent->fields[i].name;
+            flens[i] = ent->fields[i].name_len;
+        }
+        ent->order = name_order(L, fnames, flens, ent->nfields);
+        free(fnames);
+        free(flens);
+        p->ncells += ent->nfields;
+        lua_pop(L, 2);
+    }
+    p->entity_order = name_order(L, names, lens, p->nentities);
+    lua_pop(L, 1);
+}
+
+/* Copies spec[key] into the uservalue slot. */
+static void keep(lua_State *L, int spec, int uv, const char *key, int slot, int type)
+{
+    lua_getfield(L, spec, key);
+    if (type != LUA_TNONE && lua_type(L, -1) != type)
+        luaL_error(L, "record: the program's %s must be a %s", key, lua_typename(L, type));
+    lua_rawseti(L, uv, slot);
+}
+
+/* program(spec) -> program; spec as lua/entsync/record_path.lua builds it:
+ * store, writers (one per entity, in order), idmap_sql, sync_id, seed,
+ * id_field, changed_field, kind, ctx, coerce, encode, canonical, and
+ * entities { { name, fields { { name, keys, type, required, import,
+ * default } } } } in the compiled mapping's order. */
+static int program_new(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    program *p = lua_newuserdatauv(L, sizeof *p, 1);
+    memset(p, 0, sizeof *p);
+    p->max = -1;
+    luaL_setmetatable(L, PROGRAM_META);
+    lua_createtable(L, SLOT_COUNT, 0);
+    int uv = lua_gettop(L);
+    lua_pushvalue(L, uv);
+    lua_setiuservalue(L, 2, 1);
+    lua_newtable(L);
+    lua_rawseti(L, uv, SLOT_CALLBACKS);
+    lua_newtable(L);
+    lua_rawseti(L, uv, SLOT_DEFAULTS);
+    keep(L, 1, uv, "writers", SLOT_WRITERS, LUA_TTABLE);
+    keep(L, 1, uv, "coerce", SLOT_COERCE, LUA_TTABLE);
+    keep(L, 1, uv, "ctx", SLOT_CTX, LUA_TNONE);
+    keep(L, 1, uv, "encode", SLOT_ENCODE, LUA_TFUNCTION);
+    keep(L, 1, uv, "canonical", SLOT_CANONICAL, LUA_TFUNCTION);
+    keep(L, 1, uv, "store", SLOT_STORE, LUA_TUSERDATA);
+    keep(L, 1, uv, "idmap_sql", SLOT_IDMAP_SQL, LUA_TSTRING);
+    lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        return luaL_error(L, "record: entsync.json is not loaded");
+    lua_rawseti(L, uv, SLOT_OBJECT_MT);
+    p->id_field = copy_field(L, 1, "id_field", &p->id_len, 1);
+    p->changed_field = copy_field(L, 1, "changed_field", &p->changed_len, 0);
+    lua_getfield(L, 1, "kind");
+    p->kind_text = lua_type(L, -1) == LUA_TSTRING && strcmp(lua_tostring(L, -1), "text") == 0;
+    lua_pop(L, 1);
+    lua_getfield(L, 1, "seed");
+    p->seed = (uint64_t)luaL_checkinteger(L, -1);
+    lua_getfield(L, 1, "sync_id");
+    p->sync_id = (long long)luaL_checkinteger(L, -1);
+    lua_pop(L, 2);
+    read_entities(L, p, 1, uv);
+    p->parser = entsync_json_parser_new();
+    p->encoder = entsync_json_encoder_new();
+    if (!p->parser || !p->encoder)
+        return luaL_error(L, "record: out of memory");
+    lua_settop(L, 2);
+    return 1;
+}
+
+void entsync_record_register(lua_State *L)
+{
+    static const luaL_Reg methods[] = {
+        {"take", program_take}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
+        {"reset", program_reset}, {"write", program_write}, {NULL, NULL},
+    };
+    if (luaL_newmetatable(L, PROGRAM_META)) {
+        lua_newtable(L);
+        luaL_setfuncs(L, methods, 0);
+        lua_setfield(L, -2, "__index");
+        lua_pushcfunction(L, program_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
+    /* views: the mark of decoded objects reads a view's fields */
+    lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
+    if (lua_type(L, -1) != LUA_TTABLE)
+        luaL_error(L, "record: entsync.json must be registered first");
+    lua_pushcfunction(L, view_index);
+    lua_setfield(L, -2, "__index");
+    lua_pushcfunction(L, view_pairs);
+    lua_setfield(L, -2, "__pairs");
+    lua_pop(L, 1);
+    lua_getfield(L, -1, "json");
+    lua_getfield(L, -1, "decode");
+    lua_setfield(L, LUA_REGISTRYINDEX, "entsync.record.decode");
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushcfunction(L, program_new);
+    lua_setfield(L, -2, "program");
+    lua_setfield(L, -2, "record");
+}
