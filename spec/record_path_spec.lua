@@ -12,8 +12,11 @@
 -- lines, without their timings), stderr and the exit status. A second run
 -- over changed input (lines changed, unchanged, gone and new) is compared
 -- the same way. Batches are 3 records, so batch boundaries fall inside
--- every case. Until the C path exists both runs take the Lua pipeline and
--- these compare equal.
+-- every case. Most cases import incrementally on a mark the spec adds to
+-- each line, so their first run is a first import of an incremental sync,
+-- the run the C path takes (lua/entsync/record_path.lua says when); their
+-- second run goes through the Lua pipeline in both stores and reads what
+-- the first left (hashes, raw hashes, failures).
 --
 -- "[C path] maps a plain mapping in C" checks that the C path is taken at
 -- all (the --verbose line `sync "NAME": N of M records mapped in C`, and
@@ -101,15 +104,27 @@ local function observe(dir, result, entities)
   return seen, order
 end
 
--- The start of every case's job: the ndjson provider over data/.
+-- The start of every case's job: the ndjson provider over data/, and
+-- marked(), the import settings of most cases: incremental on the field
+-- "mark", which write_input puts in every object line, so a first run is
+-- one the C path takes (a first import of an incremental sync).
 local JOB_HEAD = 'local json = require "entsync.json"\n'
   .. 'local files = provider "ndjson" { dir = "data", max_line = 400 }\n'
+  .. 'local function marked() return { mode = "incremental", changed = "mark", batch = 3 } end\n'
 
--- Writes the input files, { name = lines } as data/<name>.ndjson, each
--- line as it is.
-local function write_input(dir, files)
-  for name, lines in pairs(files) do
-    helpers.write(dir .. "/data/" .. name .. ".ndjson", table.concat(lines, "\n") .. "\n")
+-- Writes the input files, { name = lines } as data/<name>.ndjson. Unless
+-- the case has marks of its own (own_marks), each line that opens an
+-- object gets the field "mark" first: from + its line number.
+local function write_input(dir, case, pass, from)
+  for name, lines in pairs(case[pass]) do
+    local out = {}
+    for i, line in ipairs(lines) do
+      if not case.own_marks and line:sub(1, 1) == "{" then
+        line = string.format('{"mark":%d%s%s', from + i, line:match("^{%s*}") and "" or ",", line:sub(2))
+      end
+      out[i] = line
+    end
+    helpers.write(dir .. "/data/" .. name .. ".ndjson", table.concat(out, "\n") .. "\n")
   end
 end
 
@@ -129,8 +144,10 @@ local function differ(case)
   local lua_dir, default_dir = S.newdir(), S.newdir()
   for _, dir in ipairs({ lua_dir, default_dir }) do helpers.write(dir .. "/job.lua", JOB_HEAD .. case.job) end
   for _, pass in ipairs({ "first", "again" }) do
-    write_input(lua_dir, case[pass])
-    write_input(default_dir, case[pass])
+    -- the second pass's marks are all after the first's
+    local from = pass == "first" and 0 or 1000
+    write_input(lua_dir, case, pass, from)
+    write_input(default_dir, case, pass, from)
     local lua_seen, order = observe(lua_dir, helpers.run(lua_dir, { "job.lua", "run", "--no-progress" }, LUA),
       case.entities)
     local default_seen = observe(default_dir,
@@ -246,7 +263,7 @@ entity "t_timestamp" { v = "timestamp" }
 -- lines would interleave as they happen to)
 local before
 for _, kind in ipairs({ "text", "integer", "real", "boolean", "json", "timestamp" }) do
-  sync(kind) { remote = files "values.ndjson", entity = "t_" .. kind, mapping = { v = "v" }, import = { batch = 3 },
+  sync(kind) { remote = files "values.ndjson", entity = "t_" .. kind, mapping = { v = "v" }, import = marked(),
     depends_on = { before } }
   before = kind
 end
@@ -274,6 +291,7 @@ CASES[#CASES + 1] = {
       "timestamp: 2 created, 4 updated, 11 unchanged, 0 stale, 34 failed, 0 deleted",
     },
   },
+
   job = TYPES_JOB,
   entities = { "t_text", "t_integer", "t_real", "t_boolean", "t_json", "t_timestamp" },
   first = { values = values_lines(VALUES, 1) },
@@ -290,10 +308,11 @@ CASES[#CASES + 1] = {
       "recs: 1 created, 2 updated, 4 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
   job = [[
 entity "rec" { ab = "text", item = "text", deep = "integer", through_string = "text", missing = "text",
   whole = "json", cell = "json", dotted = "text" }
-sync "recs" { remote = files "paths.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "paths.ndjson", entity = "rec", import = marked(),
   mapping = { ab = "a.b", item = "items[2].name", deep = "a.c.d", through_string = "s.x", missing = "nope.x",
     whole = "a", cell = "m[2][1]", dotted = "x.y" } }
 ]],
@@ -330,9 +349,10 @@ CASES[#CASES + 1] = {
       "docs: 1 created, 2 updated, 5 unchanged, 0 stale, 0 failed, 0 deleted",
     },
   },
+
   job = [[
 entity "doc" { body = "json", inner = "json" }
-sync "docs" { remote = files "docs.ndjson", entity = "doc", import = { batch = 3 },
+sync "docs" { remote = files "docs.ndjson", entity = "doc", import = marked(),
   mapping = { body = "body", inner = "wrap.inner" } }
 ]],
   entities = { "doc" },
@@ -370,10 +390,11 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 2 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
   job = [[
 entity "rec" { plain = "text", dflt = "text", count = "integer", coerced = "integer", flag = "boolean", need = "text",
   need_n = "integer" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = {
     plain = "plain",
     dflt = { "dflt", default = "fallback" },
@@ -415,17 +436,18 @@ CASES[#CASES + 1] = {
     },
     again = {
       "people: 2 created, 2 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted",
-      "phones: 2 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted",
+      "phones: 2 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 1 retried",
     },
   },
+
   job = [[
 entity "person" { name = "text", email = "text", phone = "text" }
 entity "profile" { company = "text", city = "text", size = "integer" }
-sync "people" { remote = files "people.ndjson", entity = { "person", "profile" }, import = { batch = 3 },
+sync "people" { remote = files "people.ndjson", entity = { "person", "profile" }, import = marked(),
   mapping = { person = { name = "name", email = "email" },
     profile = { company = "company.name", city = "addr[1].city", size = "company.size" } } }
 sync "phones" { remote = files "phones.ndjson", entity = "person", depends_on = { "people" },
-  link = { sync = "people", key = "person_id" }, import = { batch = 3 }, mapping = { phone = "phone" } }
+  link = { sync = "people", key = "person_id" }, import = marked(), mapping = { phone = "phone" } }
 ]],
   entities = { "person", "profile" },
   first = {
@@ -477,7 +499,7 @@ end
 entity "rec" { x = "text", ab = "text", tag1 = "text", ntags = "integer", keys = "text", a_keys = "text",
   encoded = "text", kinds = "text", listed = "text", tags_json = "text", a_value = "text", is_null = "text",
   previous = "text", made = "json", a_write = "text", read_back = "text", about = "text", tricks = "text" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = {
     x = { import = function(_, r) return r.x end },
     ab = { import = function(_, r) return type(r.a) == "table" and r.a.b or nil end },
@@ -548,9 +570,10 @@ CASES[#CASES + 1] = {
       "recs: 5 created, 0 updated, 0 unchanged, 0 stale, 2 failed, 0 deleted",
     },
     again = {
-      "recs: 2 created, 1 updated, 3 unchanged, 0 stale, 1 failed, 0 deleted",
+      "recs: 2 created, 4 updated, 0 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
   job = VIEW_JOB,
   entities = { "rec" },
   first = { recs = VIEW_RECORDS },
@@ -575,9 +598,10 @@ CASES[#CASES + 1] = {
       "recs: 2 created, 0 updated, 1 unchanged, 0 stale, 2 failed, 0 deleted",
     },
   },
+
   job = [[
 entity "rec" { checked = "text", upper = "text", total = "integer", when = "timestamp", doc = "json" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = {
     checked = { "x", import = function(v)
       if v == "bad" then error("x must not be bad") end
@@ -621,10 +645,11 @@ CASES[#CASES + 1] = {
       "recs: 2 created, 0 updated, 1 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
   job = [[
 local calls = 0
 entity "rec" { a_count = "integer", b_check = "text", c_count = "integer" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = {
     a_count = { import = function() calls = calls + 1; return calls end },
     b_check = { "x", import = function(v) if v == "bad" then error("bad x") end return v end },
@@ -645,15 +670,16 @@ CASES[#CASES + 1] = {
   name = "lines the record path cannot take: bad JSON, no usable id, duplicates, NUL, blank and long lines",
   expect = {
     first = {
-      "recs: 11 created, 3 updated, 0 unchanged, 0 stale, 16 failed, 0 deleted",
+      "recs: 10 created, 4 updated, 0 unchanged, 0 stale, 16 failed, 0 deleted",
     },
     again = {
       "recs: 3 created, 3 updated, 2 unchanged, 0 stale, 2 failed, 0 deleted",
     },
   },
+
   job = [[
 entity "rec" { v = "text", doc = "json" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = { v = "v", doc = "doc" } }
 ]],
   entities = { "rec" },
@@ -707,6 +733,7 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3
 
 CASES[#CASES + 1] = {
   name = "incremental import with text marks",
+  own_marks = true,
   cursor = { first = "'2024-01-01T00:00:05Z' '4'", again = "'2024-01-01T00:00:07Z' '7'" },
   expect = {
     first = {
@@ -716,6 +743,7 @@ CASES[#CASES + 1] = {
       "recs: 2 created, 2 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 1 before the cursor",
     },
   },
+
   job = [[
 entity "rec" { v = "text", at = "timestamp" }
 sync "recs" { remote = files "recs.ndjson", entity = "rec",
@@ -744,6 +772,7 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
 
 CASES[#CASES + 1] = {
   name = "incremental import with integer marks",
+  own_marks = true,
   cursor = { first = "10 '5'", again = "12 '7'" },
   expect = {
     first = {
@@ -753,6 +782,7 @@ CASES[#CASES + 1] = {
       "recs: 1 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 3 before the cursor",
     },
   },
+
   job = [[
 entity "rec" { v = "text", rev = "integer" }
 sync "recs" { remote = files "recs.ndjson", entity = "rec",
@@ -788,9 +818,10 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 1 filtered out",
     },
   },
+
   job = [[
 entity "rec" { v = "text", n = "text", both = "text", domain = "text" }
-sync "recs" { remote = files "recs.ndjson", entity = "rec", id = "uid", import = { batch = 3 },
+sync "recs" { remote = files "recs.ndjson", entity = "rec", id = "uid", import = marked(),
   filter = function(record, ctx)
     if record.skip == json.null then error("skip is null") end
     if record.skip then return false end
@@ -834,15 +865,16 @@ CASES[#CASES + 1] = {
     },
     again = {
       "teams: 1 created, 0 updated, 3 unchanged, 0 stale, 0 failed, 0 deleted",
-      "members: 2 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted",
+      "members: 2 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 1 retried",
     },
   },
+
   job = [[
 local map = require "entsync.map"
 entity "team" { name = "text" }
 entity "member" { name = "text", team = "integer", teams = "json" }
-sync "teams" { remote = files "teams.ndjson", entity = "team", import = { batch = 3 }, mapping = { name = "name" } }
-sync "members" { remote = files "members.ndjson", entity = "member", depends_on = { "teams" }, import = { batch = 3 },
+sync "teams" { remote = files "teams.ndjson", entity = "team", import = marked(), mapping = { name = "name" } }
+sync "members" { remote = files "members.ndjson", entity = "member", depends_on = { "teams" }, import = marked(),
   mapping = { name = "name", team = { "team", import = map.refs "teams" },
     teams = { "teams", import = map.refs "teams" } } }
 ]],
@@ -871,6 +903,7 @@ sync "members" { remote = files "members.ndjson", entity = "member", depends_on 
 
 CASES[#CASES + 1] = {
   name = "incremental import with time marks (ISO text and epochs, changed_kind = time)",
+  own_marks = true,
   expect = {
     first = {
       "recs: 5 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
@@ -879,6 +912,7 @@ CASES[#CASES + 1] = {
       "recs: 1 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 1 before the cursor",
     },
   },
+
   cursor = { first = "1704067260 '2'", again = "'2024-01-01T00:02:00Z' '2'" },
   job = [[
 entity "rec" { v = "text" }
@@ -909,6 +943,7 @@ local PARTS = {
 
 CASES[#CASES + 1] = {
   name = "a full pass in parts (import limit), resumed from its checkpoint",
+  own_marks = true,
   expect = {
     first = {
       "recs: 2 created, 0 updated, 0 unchanged, 0 stale, 2 failed, 0 deleted (limit reached: the next run continues here)",
@@ -917,6 +952,7 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted (limit reached: the next run continues here)",
     },
   },
+
   job = [[
 entity "rec" { v = "text", n = "integer" }
 sync "recs" { remote = files "recs.ndjson", entity = "rec", import = { batch = 3, limit = 4 },
@@ -938,16 +974,17 @@ describe("the ndjson record path", function()
   end
 end)
 
--- The C path in use. The test below fails until the C record path is
--- built: on a plain mapping (paths, no callbacks) it must take records.
+-- The C path in use: on a plain mapping (paths, no callbacks) it must
+-- take records.
 describe("the ndjson record path in use", function()
   after_each(S.cleanup)
 
+  -- a first import of an incremental sync: what the C path takes
   local function plain_job()
     local dir = S.newdir()
-    S.job(dir, { mode = "full", batch = 3 })
+    S.job(dir, { mode = "incremental", changed = "updated_at", batch = 3 })
     local records = {}
-    for id = 1, 10 do records[id] = S.contact(id) end
+    for id = 1, 10 do records[id] = S.dated(id, id) end
     S.data(dir, records)
     return dir
   end
