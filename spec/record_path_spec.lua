@@ -109,18 +109,20 @@ end
 -- "mark", which write_input puts in every object line, so a first run is
 -- one the C path takes (a first import of an incremental sync).
 local JOB_HEAD = 'local json = require "entsync.json"\n'
-  .. 'local files = provider "ndjson" { dir = "data", max_line = 400 }\n'
+  .. 'local files = provider "ndjson" { dir = "data", max_line = 1000 }\n'
   .. 'local function marked() return { mode = "incremental", changed = "mark", batch = 3 } end\n'
 
 -- Writes the input files, { name = lines } as data/<name>.ndjson. Unless
 -- the case has marks of its own (own_marks), each line that opens an
--- object gets the field "mark" first: from + its line number.
+-- object (after any white space) gets the field "mark" first: from + its
+-- line number.
 local function write_input(dir, case, pass, from)
   for name, lines in pairs(case[pass]) do
     local out = {}
     for i, line in ipairs(lines) do
-      if not case.own_marks and line:sub(1, 1) == "{" then
-        line = string.format('{"mark":%d%s%s', from + i, line:match("^{%s*}") and "" or ",", line:sub(2))
+      local lead, rest = line:match("^(%s*){(.*)$")
+      if not case.own_marks and lead then
+        line = string.format('%s{"mark":%d%s%s', lead, from + i, rest:match("^%s*}") and "" or ",", rest)
       end
       out[i] = line
     end
@@ -292,6 +294,7 @@ CASES[#CASES + 1] = {
     },
   },
 
+
   job = TYPES_JOB,
   entities = { "t_text", "t_integer", "t_real", "t_boolean", "t_json", "t_timestamp" },
   first = { values = values_lines(VALUES, 1) },
@@ -302,12 +305,13 @@ CASES[#CASES + 1] = {
   name = "nested paths",
   expect = {
     first = {
-      "recs: 7 created, 0 updated, 0 unchanged, 0 stale, 1 failed, 0 deleted",
+      "recs: 8 created, 0 updated, 0 unchanged, 0 stale, 1 failed, 0 deleted",
     },
     again = {
       "recs: 1 created, 2 updated, 4 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
 
   job = [[
 entity "rec" { ab = "text", item = "text", deep = "integer", through_string = "text", missing = "text",
@@ -326,6 +330,7 @@ sync "recs" { remote = files "paths.ndjson", entity = "rec", import = marked(),
     '{"id":6,"a":{"c":{"d":1.5}}}',
     '{"id":7}',
     '{"id":8,"a":{"b":"ab8","c":[1,2]},"items":[1,{"name":true}],"m":{"2":[9]}}',
+    '{"id":10,"a":{"b":"first a"},"a":{"c":{"d":5}},"items":[{"name":"x"},{"name":"y"},{"name":"z"}]}',
   } },
   again = { paths = {
     '{"id":1,"a":{"b":"ab1","c":{"d":4}},"items":[{"name":"i1"},{"name":"i2"}],"s":"str","m":[[1],[2,3]],"x":{"y":"xy"}}',
@@ -349,6 +354,7 @@ CASES[#CASES + 1] = {
       "docs: 1 created, 2 updated, 5 unchanged, 0 stale, 0 failed, 0 deleted",
     },
   },
+
 
   job = [[
 entity "doc" { body = "json", inner = "json" }
@@ -390,6 +396,7 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 2 unchanged, 0 stale, 1 failed, 0 deleted",
     },
   },
+
 
   job = [[
 entity "rec" { plain = "text", dflt = "text", count = "integer", coerced = "integer", flag = "boolean", need = "text",
@@ -439,6 +446,7 @@ CASES[#CASES + 1] = {
       "phones: 2 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 1 retried",
     },
   },
+
 
   job = [[
 entity "person" { name = "text", email = "text", phone = "text" }
@@ -574,6 +582,7 @@ CASES[#CASES + 1] = {
     },
   },
 
+
   job = VIEW_JOB,
   entities = { "rec" },
   first = { recs = VIEW_RECORDS },
@@ -598,6 +607,7 @@ CASES[#CASES + 1] = {
       "recs: 2 created, 0 updated, 1 unchanged, 0 stale, 2 failed, 0 deleted",
     },
   },
+
 
   job = [[
 entity "rec" { checked = "text", upper = "text", total = "integer", when = "timestamp", doc = "json" }
@@ -646,6 +656,7 @@ CASES[#CASES + 1] = {
     },
   },
 
+
   job = [[
 local calls = 0
 entity "rec" { a_count = "integer", b_check = "text", c_count = "integer" }
@@ -664,18 +675,21 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   again = { recs = { '{"id":1,"x":"a"}', '{"id":2,"x":"fixed"}', '{"id":6,"x":"bad"}', '{"id":8,"x":"e"}' } },
 }
 
-local LONG = string.format('{"id":20,"v":"%s"}', string.rep("y", 420))
+local LONG = string.format('{"id":20,"v":"%s"}', string.rep("y", 1020))
+-- JSON nested deeper than entsync's decoder takes (256 levels)
+local TOO_DEEP = '{"id":15,"doc":' .. string.rep("[", 257) .. string.rep("]", 257) .. "}"
 
 CASES[#CASES + 1] = {
   name = "lines the record path cannot take: bad JSON, no usable id, duplicates, NUL, blank and long lines",
   expect = {
     first = {
-      "recs: 10 created, 4 updated, 0 unchanged, 0 stale, 16 failed, 0 deleted",
+      "recs: 15 created, 4 updated, 0 unchanged, 0 stale, 19 failed, 0 deleted",
     },
     again = {
       "recs: 3 created, 3 updated, 2 unchanged, 0 stale, 2 failed, 0 deleted",
     },
   },
+
 
   job = [[
 entity "rec" { v = "text", doc = "json" }
@@ -715,6 +729,14 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
     '{"id":12,"v":"x","v":"duplicate key"}',
     '{"id":-3,"v":"negative id"}',
     '{"id":9223372036854775807,"v":"largest id"}',
+    '{"id":9223372036854775808,"v":"beyond int64"}',
+    '{"id":-0,"v":"minus zero id"}',
+    '{"id":30,"v":"id key twice","id":31}',
+    '  {"id":32,"v":"white space around"}  ',
+    '\t{"id":33,"v":"a tab before"}',
+    '{"id":34,"v":"bad key \255","\255":1}',
+    '{"id":35,"v":"esc \\/ \\" \\\\ \\b\\f\\r \\u00e9"}',
+    TOO_DEEP,
     '{"id":1,"v":"one again, a later batch"}',
   } },
   again = { recs = {
@@ -743,6 +765,7 @@ CASES[#CASES + 1] = {
       "recs: 2 created, 2 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 1 before the cursor",
     },
   },
+
 
   job = [[
 entity "rec" { v = "text", at = "timestamp" }
@@ -773,15 +796,16 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
 CASES[#CASES + 1] = {
   name = "incremental import with integer marks",
   own_marks = true,
-  cursor = { first = "10 '5'", again = "12 '7'" },
+  cursor = { first = "10.5 '9'", again = "12 '7'" },
   expect = {
     first = {
-      "recs: 6 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
+      "recs: 8 created, 0 updated, 0 unchanged, 0 stale, 1 failed, 0 deleted",
     },
     again = {
       "recs: 1 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted, 3 before the cursor",
     },
   },
+
 
   job = [[
 entity "rec" { v = "text", rev = "integer" }
@@ -796,6 +820,9 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
     '{"id":4,"v":"d","rev":2}',
     '{"id":5,"v":"e","rev":10}',
     '{"id":6,"v":"f","rev":3.0}',
+    '{"id":9,"v":"float rev","rev":10.5}',
+    '{"id":11,"v":"null rev","rev":null}',
+    '{"id":12,"v":"rev twice","rev":1,"rev":9}',
   } },
   again = { recs = {
     '{"id":1,"v":"a","rev":1}',
@@ -818,6 +845,7 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 1 filtered out",
     },
   },
+
 
   job = [[
 entity "rec" { v = "text", n = "text", both = "text", domain = "text" }
@@ -869,6 +897,7 @@ CASES[#CASES + 1] = {
     },
   },
 
+
   job = [[
 local map = require "entsync.map"
 entity "team" { name = "text" }
@@ -913,6 +942,7 @@ CASES[#CASES + 1] = {
     },
   },
 
+
   cursor = { first = "1704067260 '2'", again = "'2024-01-01T00:02:00Z' '2'" },
   job = [[
 entity "rec" { v = "text" }
@@ -935,6 +965,59 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec",
   } },
 }
 
+CASES[#CASES + 1] = {
+  name = "numbers and text as the marks of one input (changed_kind auto)",
+  own_marks = true,
+  expect = {
+    first = {
+      "recs: 6 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
+    },
+    again = {
+      "recs: 1 created, 1 updated, 1 unchanged, 0 stale, 0 failed, 0 deleted, 2 before the cursor",
+    },
+  },
+
+  job = [[
+entity "rec" { v = "text" }
+sync "recs" { remote = files "recs.ndjson", entity = "rec",
+  import = { mode = "incremental", changed = "rev", batch = 3 }, mapping = { v = "v" } }
+]],
+  entities = { "rec" },
+  first = { recs = {
+    '{"id":1,"v":"a","rev":1}', '{"id":2,"v":"b","rev":10}', '{"id":3,"v":"c","rev":"11"}',
+    '{"id":4,"v":"d","rev":9}', '{"id":5,"v":"e","rev":"2024-01-01"}', '{"id":6,"v":"f","rev":2}',
+  } },
+  again = { recs = {
+    '{"id":1,"v":"a","rev":1}', '{"id":3,"v":"c changed","rev":"12"}', '{"id":4,"v":"d changed","rev":10}',
+    '{"id":7,"v":"g","rev":12}', '{"id":8,"v":"h","rev":"2025-01-01"}',
+  } },
+}
+
+-- A json value nested 100 deep: JSON the decoder takes (up to 256
+-- levels), and so a value a json field holds.
+local function nested(id, depth)
+  return string.format('{"id":%d,"doc":%s"deep"%s}', id, string.rep("[", depth), string.rep("]", depth))
+end
+
+CASES[#CASES + 1] = {
+  name = "a json field holding a value nested 100 levels deep",
+  expect = {
+    first = {
+      "recs: 5 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted",
+    },
+    again = {
+      "recs: 1 created, 1 updated, 2 unchanged, 0 stale, 0 failed, 0 deleted",
+    },
+  },
+  job = [[
+entity "rec" { doc = "json" }
+sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(), mapping = { doc = "doc" } }
+]],
+  entities = { "rec" },
+  first = { recs = { '{"id":1,"doc":[1]}', '{"id":2,"doc":{"a":[2]}}', nested(3, 100), '{"id":4,"doc":4}', nested(5, 60) } },
+  again = { recs = { '{"id":1,"doc":[1]}', nested(3, 100), nested(6, 100), nested(5, 61) } },
+}
+
 local PARTS = {
   '{"id":1,"v":"a","n":1}', "not json", '{"id":2,"v":"b","n":"2"}', '{"id":3,"v":"c","n":"x"}', "",
   '{"id":4,"v":"d","n":4}', '{"id":5,"v":"e","n":5.0}', '{"id":6,"v":"f"}', '{"id":2,"v":"b again"}',
@@ -952,6 +1035,7 @@ CASES[#CASES + 1] = {
       "recs: 3 created, 1 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted (limit reached: the next run continues here)",
     },
   },
+
 
   job = [[
 entity "rec" { v = "text", n = "integer" }
