@@ -79,6 +79,8 @@ typedef struct entry {
     uint64_t raw_hash, hash;
     cell id, changed;
     size_t cells;
+    int update;         /* an update of local_id, else a create */
+    long long local_id;
 } entry;
 
 /* One member of the record being mapped: its key and its value's nodes. */
@@ -119,13 +121,19 @@ typedef struct program {
     size_t n, entries_cap;
     cell *cells;
     size_t ncells_used, cells_cap;
-    long long max; /* the entry holding the largest (mark, id) since max(), or -1 */
+    int has_max; /* the largest (mark, id) noted since max() */
+    scalar max_mark;
+    const char *max_id;
+    size_t max_id_len, max_cap;
+    char *max_text; /* the texts of both */
+    int updates;    /* a record the id map holds may be updated here */
     int failed;     /* out of memory in the arena: raised once back in Lua */
 } program;
 
 /* Slots of the program's uservalue table. */
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
-       SLOT_STORE, SLOT_IDMAP_SQL, SLOT_VIEW, SLOT_OBJECT_MT, SLOT_COUNT = SLOT_OBJECT_MT };
+       SLOT_STORE, SLOT_IDMAP_SQL, SLOT_VIEW, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
+       SLOT_COUNT = SLOT_LINKS };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -380,7 +388,7 @@ static int view_pairs(lua_State *L)
 
 /* --- values into cells -------------------------------------------------------- */
 
-enum { TAKEN, OLDER, BAIL };
+enum { TAKEN, OLDER, SAME, BAIL };
 
 /* The decimal digits of n between an optional tag and end character (0:
  * none), written to the end of text[32]; returns where they start. */
@@ -944,6 +952,7 @@ typedef struct mapping_run {
     int view; /* the view's stack index, or 0 before the first callback */
     int prog; /* the program's stack index */
     const cell *id;
+    long long local_id; /* the id map's, for ctx.local_id; 0: none yet */
 } mapping_run;
 
 /* Pushes an id cell as the Lua value ids.remote gives. */
@@ -973,7 +982,10 @@ static int ensure_view(lua_State *L, program *p, mapping_run *r)
     if (lua_type(L, -1) == LUA_TTABLE) {
         push_id(L, p, r->id);
         lua_setfield(L, -2, "remote_id");
-        lua_pushnil(L);
+        if (r->local_id)
+            lua_pushinteger(L, (lua_Integer)r->local_id);
+        else
+            lua_pushnil(L);
         lua_setfield(L, -2, "local_id");
         lua_pushvalue(L, r->view);
         lua_setfield(L, -2, "record");
@@ -1119,17 +1131,152 @@ static int read_keys(program *p, cell *id, cell *changed)
     return BAIL;
 }
 
-/* What take needs to know beyond the line: the cursor, the failing keys. */
+/* What take needs to know beyond the line: the cursor, the failing keys,
+ * and the statements that look remote ids up. */
 typedef struct take_args {
     int has_cursor;
     scalar cursor_mark;
     const char *cursor_id;
     size_t cursor_id_len;
-    int failing; /* stack index of run.failing, or 0 when it is empty */
+    int failing;          /* stack index of run.failing, or 0 when it is empty */
+    sqlite3_stmt *lookup; /* Ledger's by_remote, or NULL: a first import */
+    entsync_store *store;
 } take_args;
 
-/* Maps one line. TAKEN: it is the batch's next entry; OLDER: it is not
- * newer than the cursor (skipped); BAIL: the Lua pipeline takes it. */
+/* The id-map entry of a remote id, as Ledger:by_remote reads it. */
+typedef struct stored {
+    int found;
+    long long local_id;
+    uint64_t hash;
+    int has_hash, gone;
+    scalar changed;
+    char changed_text[64];
+} stored;
+
+/* Looks the id up (stmt: by_remote); 1 found, 0 not, -1 on a failure. */
+static int lookup_id(lua_State *L, const take_args *a, const program *p, const cell *id, stored *out)
+{
+    sqlite3_stmt *stmt = a->lookup;
+    sqlite3_reset(stmt);
+    int rc = sqlite3_bind_int64(stmt, 1, p->sync_id);
+    if (rc == SQLITE_OK)
+        rc = id->type == CELL_INT ? sqlite3_bind_int64(stmt, 2, id->i)
+                                  : sqlite3_bind_text64(stmt, 2, p->buf + id->off, id->len, SQLITE_STATIC, SQLITE_UTF8);
+    if (rc != SQLITE_OK)
+        entsync_store_error(L, a->store, sqlite3_sql(stmt));
+    rc = sqlite3_step(stmt);
+    if (rc == SQLITE_DONE) {
+        sqlite3_reset(stmt);
+        out->found = 0;
+        return 0;
+    }
+    if (rc != SQLITE_ROW) {
+        sqlite3_reset(stmt);
+        entsync_store_error(L, a->store, sqlite3_sql(stmt));
+    }
+    /* local_id, remote_id, changed, hash, version, seen_pass, gone_at */
+    out->found = 1;
+    out->local_id = sqlite3_column_int64(stmt, 0);
+    memset(&out->changed, 0, sizeof out->changed);
+    switch (sqlite3_column_type(stmt, 2)) {
+    case SQLITE_INTEGER:
+        out->changed.type = LUA_TNUMBER;
+        out->changed.integer = 1;
+        out->changed.i = sqlite3_column_int64(stmt, 2);
+        break;
+    case SQLITE_FLOAT:
+        out->changed.type = LUA_TNUMBER;
+        out->changed.d = sqlite3_column_double(stmt, 2);
+        break;
+    case SQLITE_TEXT: {
+        int n = sqlite3_column_bytes(stmt, 2);
+        if ((size_t)n >= sizeof out->changed_text) {
+            sqlite3_reset(stmt);
+            return -1; /* a long mark: the Lua pipeline compares it */
+        }
+        memcpy(out->changed_text, sqlite3_column_text(stmt, 2), (size_t)n);
+        out->changed.type = LUA_TSTRING;
+        out->changed.s = out->changed_text;
+        out->changed.len = (size_t)n;
+        break;
+    }
+    case SQLITE_NULL:
+        out->changed.type = LUA_TNIL;
+        break;
+    default:
+        sqlite3_reset(stmt);
+        return -1;
+    }
+    out->has_hash = sqlite3_column_type(stmt, 3) == SQLITE_INTEGER;
+    out->hash = (uint64_t)sqlite3_column_int64(stmt, 3);
+    out->gone = sqlite3_column_type(stmt, 6) != SQLITE_NULL;
+    int versioned = sqlite3_column_type(stmt, 4) != SQLITE_NULL;
+    sqlite3_reset(stmt);
+    return versioned ? -1 : 1;
+}
+
+/* Whether an id the map does not hold under its own type is held under
+ * the other (schema 1's text of an integer id, or an id typed as text):
+ * Ledger:by_remote finds and retypes those, so the Lua pipeline takes
+ * them. */
+static int held_otherwise(lua_State *L, const take_args *a, program *p, const cell *id)
+{
+    cell other;
+    memset(&other, 0, sizeof other);
+    char text[32];
+    size_t len, arena_len = p->len;
+    if (id->type == CELL_INT) {
+        const char *digits = tagged(text, 0, id->i, 0, &len);
+        if (!text_cell(p, &other, digits, len))
+            return 1;
+    } else {
+        const char *s = p->buf + id->off;
+        if (!integer_id(s, id->len) || s[s[0] == '-'] == '0')
+            return 0;
+        other.type = CELL_INT;
+        other.i = strtoll(s, NULL, 10);
+    }
+    stored found;
+    int held = lookup_id(L, a, p, &other, &found) != 0;
+    p->len = arena_len;
+    return held;
+}
+
+/* The largest (mark, id) noted since max(), kept apart from the entries
+ * (an unchanged record moves the cursor too). */
+static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
+{
+    char idbuf[32];
+    size_t idlen;
+    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
+    scalar mark = cell_scalar(p, changed);
+    if (p->has_max && compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
+        return;
+    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0);
+    if (need > p->max_cap) {
+        char *grown = realloc(p->max_text, need);
+        if (!grown) {
+            p->failed = 1;
+            return;
+        }
+        p->max_text = grown;
+        p->max_cap = need;
+    }
+    memcpy(p->max_text, idtext, idlen);
+    p->max_id = p->max_text;
+    p->max_id_len = idlen;
+    p->max_mark = mark;
+    if (mark.type == LUA_TSTRING) {
+        memcpy(p->max_text + idlen, mark.s, mark.len);
+        p->max_mark.s = p->max_text + idlen;
+    }
+    p->has_max = 1;
+}
+
+/* Maps one line. TAKEN: it is the batch's next entry (a create, or an
+ * update of the local entity its id map entry names); OLDER: it is not
+ * newer than the cursor (skipped); SAME: it maps to what is stored
+ * (unchanged); BAIL: the Lua pipeline takes it. */
 static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
                     uint64_t raw_hash)
 {
@@ -1157,7 +1304,7 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
     memset(&e, 0, sizeof e);
     int result = read_keys(p, &e.id, &e.changed);
     char idbuf[32];
-    size_t idlen;
+    size_t idlen = 0;
     const char *idtext = NULL;
     if (result == TAKEN)
         idtext = id_text(p, &e.id, idbuf, sizeof idbuf, &idlen);
@@ -1174,8 +1321,24 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
             result = BAIL;
         lua_pop(L, 1);
     }
+    stored st;
+    st.found = 0;
+    if (result == TAKEN && a->lookup) {
+        int found = lookup_id(L, a, p, &e.id, &st);
+        if (found < 0 || (found && !p->updates) || (!found && held_otherwise(L, a, p, &e.id)))
+            result = BAIL;
+        if (found > 0 && result == TAKEN && e.changed.type != CELL_NIL && st.changed.type != LUA_TNIL) {
+            /* stale: older than what is stored (the Lua pipeline counts it) */
+            char ta[40], tb[40];
+            scalar mark = cell_scalar(p, &e.changed);
+            scalar ka = mark_as_kind(L, p, mark, ta, sizeof ta), kb = mark_as_kind(L, p, st.changed, tb, sizeof tb);
+            if (compare_scalar(L, &ka, &kb) < 0)
+                result = BAIL;
+        }
+    }
     r->id = &e.id;
     r->view = 0;
+    r->local_id = st.found ? st.local_id : 0;
     e.cells = p->ncells_used;
     for (int en = 0; result == TAKEN && en < p->nentities; en++) {
         const entity *ent = &p->entities[en];
@@ -1186,6 +1349,11 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
     seal_view(L, p, r, line, len);
     if (r->view)
         lua_settop(L, r->view - 1);
+    if (result == TAKEN) {
+        e.hash = record_hash(p, cells_of(p, e.cells));
+        if (st.found && st.has_hash && st.hash == e.hash && !st.gone)
+            result = SAME;
+    }
     if (result == TAKEN && p->entries_cap == p->n) {
         size_t cap = p->entries_cap ? 2 * p->entries_cap : 1024;
         entry *grown = realloc(p->entries, cap * sizeof *grown);
@@ -1198,6 +1366,8 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
     }
     if (result == TAKEN && !arena_add(p, line, len, &e.line_off))
         result = BAIL;
+    if ((result == TAKEN || result == SAME) && e.changed.type != CELL_NIL)
+        note_max(L, p, &e.changed, &e.id);
     if (result != TAKEN) {
         p->len = arena_len;
         p->ncells_used = cells_used;
@@ -1205,24 +1375,10 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
     }
     e.line_len = len;
     e.raw_hash = raw_hash;
-    e.hash = record_hash(p, cells_of(p, e.cells));
+    e.update = st.found;
+    e.local_id = st.local_id;
     p->ncells_used += (size_t)p->ncells;
-    p->entries[p->n] = e;
-    if (e.changed.type != CELL_NIL) {
-        int newer = p->max < 0;
-        if (!newer) {
-            const entry *m = &p->entries[p->max];
-            scalar mark = cell_scalar(p, &e.changed), top = cell_scalar(p, &m->changed);
-            char mbuf[32];
-            size_t mlen;
-            const char *mtext = id_text(p, &m->id, mbuf, sizeof mbuf, &mlen);
-            idtext = id_text(p, &e.id, idbuf, sizeof idbuf, &idlen); /* the arena may have moved */
-            newer = compare_pairs(L, p, &mark, idtext, idlen, &top, mtext, mlen) > 0;
-        }
-        if (newer)
-            p->max = (long long)p->n;
-    }
-    p->n++;
+    p->entries[p->n++] = e;
     return TAKEN;
 }
 
@@ -1233,15 +1389,61 @@ static program *check_program(lua_State *L)
     return luaL_checkudata(L, 1, PROGRAM_META);
 }
 
+/* What one take read, pushed as its results. */
+typedef struct take_counts {
+    lua_Integer skipped, lines, taken, older;
+} take_counts;
+
+/* Pushes take's results after the first, which is on the stack already. */
+static int push_take(lua_State *L, const take_counts *t, lua_Integer hash, int has_hash)
+{
+    lua_pushinteger(L, t->skipped);
+    lua_pushinteger(L, t->lines);
+    if (has_hash)
+        lua_pushinteger(L, hash);
+    else
+        lua_pushnil(L);
+    lua_pushinteger(L, t->taken);
+    lua_pushinteger(L, t->older);
+    return 6;
+}
+
+/* Reads take's arguments after the file and the set into a; the
+ * uservalue table at uv anchors what a points at. */
+static void take_arguments(lua_State *L, program *p, int uv, take_args *a)
+{
+    memset(a, 0, sizeof *a);
+    if (!lua_isnil(L, 6)) {
+        a->has_cursor = lua_scalar(L, 6, &a->cursor_mark);
+        luaL_argcheck(L, a->has_cursor, 6, "a cursor mark is a number or a string");
+        a->cursor_id = luaL_optlstring(L, 7, "", &a->cursor_id_len);
+    }
+    if (lua_type(L, 8) == LUA_TTABLE) {
+        lua_pushnil(L);
+        if (lua_next(L, 8)) {
+            lua_pop(L, 2);
+            a->failing = 8;
+        }
+    }
+    lua_rawgeti(L, uv, SLOT_STORE);
+    int store_idx = lua_gettop(L);
+    a->store = entsync_store_check(L, store_idx);
+    if (lua_rawgeti(L, uv, SLOT_LOOKUP_SQL) == LUA_TSTRING)
+        a->lookup = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 2); /* the uservalue table anchors both */
+    (void)p;
+}
+
 /* program:take(file, known, max, max_line, cursor_mark, cursor_id, failing)
  *   -> line | nil | false, skipped, lines, hash | bytes, taken, older
  * Reads lines as core.hash.skip_known does (a line whose hash is in known
  * is skipped unread; blank lines are passed over; a line over max_line is
  * false, with its length), and takes each other line into the batch when
- * it can: taken counts those, older those not newer than the cursor
- * (cursor_mark nil: no cursor). At most max lines are skipped, taken or
- * older in one call. The first line it cannot take is returned with its
- * hash, for the Lua pipeline. */
+ * it can: taken counts those; skipped also counts the lines that map to
+ * what is stored (both are unchanged), older those not newer than the
+ * cursor (cursor_mark nil: no cursor). At most max lines are skipped,
+ * taken or older in one call. The first line it cannot take is returned
+ * with its hash, for the Lua pipeline. */
 static int program_take(lua_State *L)
 {
     program *p = check_program(L);
@@ -1252,38 +1454,21 @@ static int program_take(lua_State *L)
     luaL_argcheck(L, max_line > 0, 5, "max_line must be positive");
     if (!stream->closef || !stream->f)
         return luaL_error(L, "take: the file is closed");
-    take_args a;
-    memset(&a, 0, sizeof a);
-    if (!lua_isnil(L, 6)) {
-        a.has_cursor = lua_scalar(L, 6, &a.cursor_mark);
-        luaL_argcheck(L, a.has_cursor, 6, "a cursor mark is a number or a string");
-        a.cursor_id = luaL_optlstring(L, 7, "", &a.cursor_id_len);
-    }
-    if (lua_type(L, 8) == LUA_TTABLE) {
-        lua_pushnil(L);
-        if (lua_next(L, 8)) {
-            lua_pop(L, 2);
-            a.failing = 8;
-        }
-    }
     lua_settop(L, 8);
-    mapping_run r = {0, 0, 1, NULL};
+    mapping_run r = {0, 0, 1, NULL, 0};
     lua_getiuservalue(L, 1, 1);
     r.uv = lua_gettop(L);
-    lua_Integer skipped = 0, lines = 0, taken = 0, older = 0;
+    take_args a;
+    take_arguments(L, p, r.uv, &a);
+    take_counts t = {0, 0, 0, 0};
     size_t dropped = 0;
     ssize_t len = 0;
-    while (skipped + taken + older < max &&
+    while (t.skipped + t.taken + t.older < max &&
            (len = entsync_read_line(stream->f, &p->line, &p->line_cap, (size_t)max_line, &dropped)) >= 0) {
-        lines++;
+        t.lines++;
         if (dropped) {
             lua_pushboolean(L, 0);
-            lua_pushinteger(L, skipped);
-            lua_pushinteger(L, lines);
-            lua_pushinteger(L, (lua_Integer)dropped);
-            lua_pushinteger(L, taken);
-            lua_pushinteger(L, older);
-            return 6;
+            return push_take(L, &t, (lua_Integer)dropped, 1);
         }
         if (len > 0 && p->line[len - 1] == '\n')
             len--;
@@ -1294,52 +1479,43 @@ static int program_take(lua_State *L)
             continue; /* blank: no record */
         uint64_t hash = entsync_hash_continue(p->seed, p->line, (size_t)len);
         if (entsync_hashset_has(known, hash)) {
-            skipped++;
+            t.skipped++;
             continue;
         }
         int result = map_line(L, p, &r, &a, p->line, (size_t)len, hash);
         if (result == TAKEN) {
-            taken++;
+            t.taken++;
         } else if (result == OLDER) {
-            older++;
+            t.older++;
+        } else if (result == SAME) {
+            t.skipped++;
         } else {
             lua_pushlstring(L, p->line, (size_t)len);
-            lua_pushinteger(L, skipped);
-            lua_pushinteger(L, lines);
-            lua_pushinteger(L, (lua_Integer)hash);
-            lua_pushinteger(L, taken);
-            lua_pushinteger(L, older);
-            return 6;
+            return push_take(L, &t, (lua_Integer)hash, 1);
         }
     }
     if (len == -2)
         return luaL_error(L, "take: out of memory");
     lua_pushnil(L);
-    lua_pushinteger(L, skipped);
-    lua_pushinteger(L, lines);
-    lua_pushnil(L);
-    lua_pushinteger(L, taken);
-    lua_pushinteger(L, older);
-    return 6;
+    return push_take(L, &t, 0, 0);
 }
 
 /* program:max() -> mark, id: the largest (changed mark, id text) of the
- * entries taken since the last call (nothing when none had a mark). */
+ * records taken or found unchanged since the last call (nothing when none
+ * had a mark). */
 static int program_max(lua_State *L)
 {
     program *p = check_program(L);
-    if (p->max < 0)
+    if (!p->has_max)
         return 0;
-    const entry *e = &p->entries[p->max];
-    if (e->changed.type == CELL_INT)
-        lua_pushinteger(L, (lua_Integer)e->changed.i);
+    if (p->max_mark.type == LUA_TSTRING)
+        lua_pushlstring(L, p->max_mark.s, p->max_mark.len);
+    else if (p->max_mark.integer)
+        lua_pushinteger(L, (lua_Integer)p->max_mark.i);
     else
-        lua_pushlstring(L, p->buf + e->changed.off, e->changed.len);
-    char text[32];
-    size_t len;
-    const char *id = id_text(p, &e->id, text, sizeof text, &len);
-    lua_pushlstring(L, id, len);
-    p->max = -1;
+        lua_pushnumber(L, p->max_mark.d);
+    lua_pushlstring(L, p->max_id, p->max_id_len);
+    p->has_max = 0;
     return 2;
 }
 
@@ -1370,7 +1546,7 @@ static int program_reset(lua_State *L)
     p->n = 0;
     p->len = 0;
     p->ncells_used = 0;
-    p->max = -1;
+    p->has_max = 0;
     if (p->failed) {
         p->failed = 0;
         return luaL_error(L, "record: out of memory");
@@ -1407,11 +1583,164 @@ static void step_once(lua_State *L, entsync_store *store, sqlite3_stmt *stmt)
     sqlite3_reset(stmt);
 }
 
-/* program:write(from, to, pass, now) -> count
- * Writes entries from..to (1-based): each entity's row through its
- * writer's insert (a split's other entities linked to the first's new id),
- * then the id-map row, as Run:write and Ledger:insert_map would. Runs
- * inside the caller's transaction; raises on the first failure. */
+/* Binds cells as parameters 1..n of stmt, then extra (an id) as n+1..
+ * when given: a writer's statements take the values first. */
+static int bind_row(sqlite3_stmt *stmt, const program *p, const entity *ent, const cell *cells, int nextra,
+                    const sqlite3_int64 *extra)
+{
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    int rc = SQLITE_OK;
+    for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
+        rc = bind_cell(stmt, f + 1, p, &cells[ent->first + f]);
+    for (int x = 0; rc == SQLITE_OK && x < nextra; x++)
+        rc = sqlite3_bind_int64(stmt, ent->nfields + 1 + x, extra[x]);
+    return rc;
+}
+
+/* The statements program_write runs, fetched once a call. */
+typedef struct write_stmts {
+    entsync_writer_stmts writers[16];
+    sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
+    sqlite3_stmt *insert_map, *save_map;
+    entsync_store *store;
+    sqlite3 *db;
+} write_stmts;
+
+static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
+{
+    lua_rawgeti(L, uv, SLOT_WRITERS);
+    for (int e = 0; e < p->nentities; e++) {
+        lua_rawgeti(L, -1, e + 1);
+        entsync_store_writer_stmts(L, lua_gettop(L), &w->writers[e]);
+        lua_pop(L, 2); /* the writer and its store */
+        if (w->writers[e].columns != p->entities[e].nfields + (e > 0))
+            luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, w->writers[e].columns);
+    }
+    lua_pop(L, 1);
+    lua_rawgeti(L, uv, SLOT_STORE);
+    int store_idx = lua_gettop(L);
+    w->store = entsync_store_check(L, store_idx);
+    w->db = entsync_store_db(w->store);
+    lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
+    w->insert_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    w->save_map = NULL;
+    if (lua_rawgeti(L, uv, SLOT_SAVE_SQL) == LUA_TSTRING)
+        w->save_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    lua_rawgeti(L, uv, SLOT_LINKS);
+    for (int e = 1; e < p->nentities; e++) {
+        w->links[e] = NULL;
+        if (lua_rawgeti(L, -1, e + 1) == LUA_TSTRING)
+            w->links[e] = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 2); /* the uservalue table anchors the store */
+}
+
+/* The row of a split's entity linked to local_id, as write_rows finds it:
+ * 1 with *id set, 0 none. */
+static int linked_row(lua_State *L, const write_stmts *w, sqlite3_stmt *stmt, sqlite3_int64 local_id,
+                      sqlite3_int64 *id)
+{
+    sqlite3_reset(stmt);
+    if (sqlite3_bind_int64(stmt, 1, local_id) != SQLITE_OK)
+        entsync_store_error(L, w->store, sqlite3_sql(stmt));
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW) {
+        *id = sqlite3_column_int64(stmt, 0);
+        sqlite3_reset(stmt);
+        return 1;
+    }
+    sqlite3_reset(stmt);
+    if (rc != SQLITE_DONE)
+        entsync_store_error(L, w->store, sqlite3_sql(stmt));
+    return 0;
+}
+
+/* Writes one entry's rows as Session:write_rows does; returns the local id. */
+static sqlite3_int64 write_rows(lua_State *L, const program *p, const write_stmts *w, const entry *en)
+{
+    const cell *cells = cells_of((program *)p, en->cells);
+    sqlite3_int64 local_id = en->update ? en->local_id : 0;
+    for (int e = 0; e < p->nentities; e++) {
+        const entity *ent = &p->entities[e];
+        const entsync_writer_stmts *ws = &w->writers[e];
+        sqlite3_stmt *stmt;
+        if (e == 0 && en->update) {
+            if (bind_row(ws->update, p, ent, cells, 1, &local_id) != SQLITE_OK)
+                entsync_store_error(L, w->store, sqlite3_sql(ws->update));
+            step_once(L, w->store, ws->update);
+            if (sqlite3_changes(w->db) > 0)
+                continue;
+            stmt = ws->insert_with_id; /* the row is gone: made again under its id */
+            if (bind_row(stmt, p, ent, cells, 1, &local_id) != SQLITE_OK)
+                entsync_store_error(L, w->store, sqlite3_sql(stmt));
+        } else if (e == 0) {
+            stmt = ws->insert;
+            if (bind_row(stmt, p, ent, cells, 0, NULL) != SQLITE_OK)
+                entsync_store_error(L, w->store, sqlite3_sql(stmt));
+        } else {
+            sqlite3_int64 row[2] = {local_id, 0};
+            if (en->update && w->links[e] && linked_row(L, w, w->links[e], local_id, &row[1])) {
+                stmt = ws->update;
+                if (bind_row(stmt, p, ent, cells, 2, row) != SQLITE_OK)
+                    entsync_store_error(L, w->store, sqlite3_sql(stmt));
+            } else {
+                stmt = ws->insert;
+                if (bind_row(stmt, p, ent, cells, 1, row) != SQLITE_OK)
+                    entsync_store_error(L, w->store, sqlite3_sql(stmt));
+            }
+        }
+        step_once(L, w->store, stmt);
+        if (e == 0 && !en->update)
+            local_id = sqlite3_last_insert_rowid(w->db);
+    }
+    return local_id;
+}
+
+/* Writes one entry's id-map row: insert_map for a create, save_map for an
+ * update, bound as Ledger:insert_map and save_map bind theirs. */
+static void write_map(lua_State *L, const program *p, const write_stmts *w, const entry *en, sqlite3_int64 local_id,
+                      int has_pass, lua_Integer pass, double now)
+{
+    sqlite3_stmt *stmt = en->update ? w->save_map : w->insert_map;
+    if (!stmt)
+        luaL_error(L, "record: an update with no save_map statement");
+    if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
+        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    int rc = sqlite3_bind_int64(stmt, 1, p->sync_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 2, local_id);
+    if (rc == SQLITE_OK)
+        rc = bind_cell(stmt, 3, p, &en->id);
+    if (rc == SQLITE_OK)
+        rc = bind_cell(stmt, 4, p, &en->changed);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 5, (sqlite3_int64)en->hash);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 6, (sqlite3_int64)en->raw_hash);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_null(stmt, 7);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_double(stmt, 8, now);
+    if (rc == SQLITE_OK)
+        rc = has_pass ? sqlite3_bind_int64(stmt, 9, pass) : sqlite3_bind_null(stmt, 9);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, 10, (p->sync_id << KEY_BITS) | local_id);
+    if (rc != SQLITE_OK)
+        entsync_store_error(L, w->store, sqlite3_sql(stmt));
+    step_once(L, w->store, stmt);
+}
+
+/* program:write(from, to, pass, now) -> created, updated
+ * Writes entries from..to (1-based): each entity's rows as
+ * Session:write_rows does (a split's other entities linked to the first's
+ * id), then the id-map row, as Run:write would. Runs inside the caller's
+ * transaction; raises on the first failure. */
 static int program_write(lua_State *L)
 {
     program *p = check_program(L);
@@ -1422,75 +1751,21 @@ static int program_write(lua_State *L)
     luaL_argcheck(L, from >= 1 && to <= (lua_Integer)p->n, 2, "no such entries");
     lua_settop(L, 5);
     lua_getiuservalue(L, 1, 1);
-    int uv = lua_gettop(L);
-    sqlite3_stmt *inserts[16];
-    int columns[16];
-    luaL_argcheck(L, p->nentities <= 16, 1, "too many entities");
-    lua_rawgeti(L, uv, SLOT_WRITERS);
-    for (int e = 0; e < p->nentities; e++) {
-        lua_rawgeti(L, -1, e + 1);
-        inserts[e] = entsync_store_writer_insert(L, lua_gettop(L), &columns[e]);
-        lua_pop(L, 2); /* the writer and its store */
-        if (columns[e] != p->entities[e].nfields + (e > 0))
-            return luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, columns[e]);
-    }
-    lua_rawgeti(L, uv, SLOT_STORE);
-    int store_idx = lua_gettop(L);
-    entsync_store *store = entsync_store_check(L, store_idx);
-    lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
-    sqlite3_stmt *idmap = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
-    sqlite3 *db = entsync_store_db(store);
-    lua_Integer count = 0;
+    write_stmts w;
+    fetch_stmts(L, p, lua_gettop(L), &w);
+    lua_Integer created = 0, updated = 0;
     for (lua_Integer i = from; i <= to; i++) {
         const entry *en = &p->entries[i - 1];
-        const cell *cells = cells_of(p, en->cells);
-        sqlite3_int64 local_id = 0;
-        for (int e = 0; e < p->nentities; e++) {
-            const entity *ent = &p->entities[e];
-            sqlite3_stmt *stmt = inserts[e];
-            sqlite3_reset(stmt);
-            sqlite3_clear_bindings(stmt);
-            int rc = SQLITE_OK;
-            for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
-                rc = bind_cell(stmt, f + 1, p, &cells[ent->first + f]);
-            if (rc == SQLITE_OK && e > 0)
-                rc = sqlite3_bind_int64(stmt, ent->nfields + 1, local_id);
-            if (rc != SQLITE_OK)
-                entsync_store_error(L, store, sqlite3_sql(stmt));
-            step_once(L, store, stmt);
-            if (e == 0)
-                local_id = sqlite3_last_insert_rowid(db);
-        }
-        if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
-            return luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
-        sqlite3_reset(idmap);
-        sqlite3_clear_bindings(idmap);
-        int rc = sqlite3_bind_int64(idmap, 1, p->sync_id);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(idmap, 2, local_id);
-        if (rc == SQLITE_OK)
-            rc = bind_cell(idmap, 3, p, &en->id);
-        if (rc == SQLITE_OK)
-            rc = bind_cell(idmap, 4, p, &en->changed);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(idmap, 5, (sqlite3_int64)en->hash);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(idmap, 6, (sqlite3_int64)en->raw_hash);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_null(idmap, 7);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_double(idmap, 8, now);
-        if (rc == SQLITE_OK)
-            rc = has_pass ? sqlite3_bind_int64(idmap, 9, pass) : sqlite3_bind_null(idmap, 9);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(idmap, 10, (p->sync_id << KEY_BITS) | local_id);
-        if (rc != SQLITE_OK)
-            entsync_store_error(L, store, sqlite3_sql(idmap));
-        step_once(L, store, idmap);
-        count++;
+        sqlite3_int64 local_id = write_rows(L, p, &w, en);
+        write_map(L, p, &w, en, local_id, has_pass, pass, now);
+        if (en->update)
+            updated++;
+        else
+            created++;
     }
-    lua_pushinteger(L, count);
-    return 1;
+    lua_pushinteger(L, created);
+    lua_pushinteger(L, updated);
+    return 2;
 }
 
 /* --- making a program ----------------------------------------------------------------- */
@@ -1518,6 +1793,7 @@ static void free_program(program *p)
     free(p->buf);
     free(p->entries);
     free(p->cells);
+    free(p->max_text);
     if (p->parser)
         entsync_json_parser_free(p->parser);
     entsync_json_encoder_free(p->encoder);
@@ -1700,7 +1976,6 @@ static int program_new(lua_State *L)
     lua_settop(L, 1);
     program *p = lua_newuserdatauv(L, sizeof *p, 1);
     memset(p, 0, sizeof *p);
-    p->max = -1;
     luaL_setmetatable(L, PROGRAM_META);
     lua_createtable(L, SLOT_COUNT, 0);
     int uv = lua_gettop(L);
@@ -1717,6 +1992,12 @@ static int program_new(lua_State *L)
     keep(L, 1, uv, "canonical", SLOT_CANONICAL, LUA_TFUNCTION);
     keep(L, 1, uv, "store", SLOT_STORE, LUA_TUSERDATA);
     keep(L, 1, uv, "idmap_sql", SLOT_IDMAP_SQL, LUA_TSTRING);
+    keep(L, 1, uv, "lookup_sql", SLOT_LOOKUP_SQL, LUA_TNONE);
+    keep(L, 1, uv, "save_sql", SLOT_SAVE_SQL, LUA_TNONE);
+    keep(L, 1, uv, "links", SLOT_LINKS, LUA_TNONE);
+    lua_getfield(L, 1, "updates");
+    p->updates = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
     if (lua_type(L, -1) != LUA_TTABLE)
         return luaL_error(L, "record: entsync.json is not loaded");

@@ -441,15 +441,18 @@ local apply = {
   end,
   write = Run.write,
   taken = function(self, plan)
-    -- entries of the C record path: creates, written by the program
-    local ok, written = pcall(self.program.write, self.program, plan.from, plan.to, self.pass, core.sys.now())
+    -- entries of the C record path: creates and updates, written by the
+    -- program
+    local ok, created, updated = pcall(self.program.write, self.program, plan.from, plan.to, self.pass,
+      core.sys.now())
     if not ok then
-      if errors.is(written) and written.kind ~= "entity" then error(written, 0) end
+      if errors.is(created) and created.kind ~= "entity" then error(created, 0) end
       errors.raise("redo", "a write failed; the batch is written again record by record")
     end
-    self.counts.created = self.counts.created + written
-    self.mapped_in_c = self.mapped_in_c + written
-    return "created"
+    self.counts.created = self.counts.created + created
+    self.counts.updated = self.counts.updated + updated
+    self.mapped_in_c = self.mapped_in_c + created + updated
+    return "written"
   end,
 }
 
@@ -736,7 +739,7 @@ function M.run(session, sync, options)
     -- a full pass reads each remote record once: an id read twice is
     -- noted (a change log read incrementally repeats ids by nature)
     run.note_ids = not incremental
-    -- the records a first import can take through the C record path
+    -- the records the C record path can take
     run.program = record_path.program(run)
     if run.program then run.mapped_in_c = 0 end
     local limit_setting = not full and settings.limit or nil

@@ -4,13 +4,14 @@
 -- The C path maps, hashes and writes the lines of an NDJSON input with no
 -- Lua value made, calling Lua only for the user's import callbacks (which
 -- get the record as a view: see src/record.h). It takes exactly what the
--- Lua pipeline would create, and hands every other line back to it, so it
--- applies where a run's records can only be creates with nothing else to
--- decide: a first import (no id map yet) of an incremental sync, not a dry
--- run, over a mapping with no filter, after_map, link or references, a
--- provider without versions, and no creates of an earlier run still
--- unconfirmed. ENTSYNC_RECORD_PATH=lua takes every record through the Lua
--- pipeline (to compare the two).
+-- Lua pipeline would create, update or find unchanged, and hands every
+-- other line back to it (a stale record, a failure, an id stored under
+-- another type, ...). It applies to incremental runs (not dry ones) over a
+-- mapping with no filter, after_map, link or references, a provider
+-- without versions, and no creates of an earlier run still unconfirmed;
+-- it updates only where no conflict can arise: the sync does not export
+-- on change, and no write of it awaits its answer. ENTSYNC_RECORD_PATH=lua
+-- takes every record through the Lua pipeline (to compare the two).
 
 local core = require "entsync.core"
 local json = require "entsync.json"
@@ -22,7 +23,6 @@ local M = {}
 local function unsuitable(run)
   local sync, session = run.sync, run.session
   if os.getenv("ENTSYNC_RECORD_PATH") == "lua" then return "ENTSYNC_RECORD_PATH=lua" end
-  if not run.fresh then return "the sync has an id map" end
   if sync.import.mode ~= "incremental" or run.note_ids then return "not an incremental run" end
   if session.dry or session.options.diff then return "a dry run" end
   if sync.filter or sync.after_map or sync.link then return "a filter, after_map or link" end
@@ -39,10 +39,11 @@ end
 function M.program(run)
   if unsuitable(run) then return nil end
   local sync, session = run.sync, run.session
-  local writers, entities = {}, {}
+  local writers, entities, links = {}, {}, {}
   local cache = session:writers(sync)
   for i, entity in ipairs(sync.mapping.entities) do
     writers[i] = cache[entity.name].writer
+    if i > 1 then links[i] = session:link_sql(sync, entity.name) end
     local fields = {}
     for j, field in ipairs(entity.fields) do
       fields[j] = { name = field.name, keys = field.keys, type = field.type, required = field.required,
@@ -50,8 +51,13 @@ function M.program(run)
     end
     entities[i] = { name = entity.name, fields = fields }
   end
+  local sql = run.book:record_path_sql()
   return core.record.program({
-    store = session.store, writers = writers, idmap_sql = run.book:insert_map_sql(), sync_id = run.sync_id,
+    store = session.store, writers = writers, links = links, sync_id = run.sync_id,
+    idmap_sql = sql.insert_map, save_sql = sql.save_map,
+    -- a first import has nothing to look up
+    lookup_sql = not run.fresh and sql.by_remote or nil,
+    updates = not run.exports and not run.book:has_writes(run.sync_id),
     seed = sync.fingerprint, id_field = sync.id_field, changed_field = sync.changed_field,
     kind = sync.import.changed_kind, ctx = run.ctx, coerce = mapping.coerce, encode = json.encode,
     canonical = core.hash.canonical, entities = entities,
