@@ -725,7 +725,7 @@ CASES[#CASES + 1] = {
       "recs: 15 created, 4 updated, 0 unchanged, 0 stale, 19 failed, 0 deleted",
     },
     again = {
-      "recs: 3 created, 3 updated, 2 unchanged, 0 stale, 2 failed, 0 deleted",
+      "recs: 3 created, 6 updated, 3 unchanged, 0 stale, 2 failed, 0 deleted",
     },
   },
 
@@ -790,6 +790,10 @@ sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
     '{"id":13,"v":"new"}',
     '{"id":13,"v":"new, twice"}',
     LONG,
+    '{"id":"1","v":"string one, changed"}',
+    '{"id":7.0,"v":"seven as a float"}',
+    '{"id":"32","v":"white space around"}',
+    '{"id":-0.0,"v":"minus zero id as a float"}',
   } },
 }
 
