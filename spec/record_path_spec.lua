@@ -13,14 +13,13 @@
 -- over changed input (lines changed, unchanged, gone and new) is compared
 -- the same way. Batches are 3 records, so batch boundaries fall inside
 -- every case. Most cases import incrementally on a mark the spec adds to
--- each line, so their first run is a first import of an incremental sync,
--- the run the C path takes (lua/entsync/record_path.lua says when); their
--- second run goes through the Lua pipeline in both stores and reads what
--- the first left (hashes, raw hashes, failures).
+-- each line, the runs the C path takes (lua/entsync/record_path.lua says
+-- when); the second run reads what the first left (hashes, raw hashes,
+-- failures, the cursor).
 --
 -- "[C path] maps a plain mapping in C" checks that the C path is taken at
 -- all (the --verbose line `sync "NAME": N of M records mapped in C`, and
--- its JSON log event record_path): it fails until the C path is built.
+-- its JSON log event record_path).
 
 local helpers = require "helpers"
 local json = require "entsync.json"
