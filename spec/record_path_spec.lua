@@ -700,7 +700,7 @@ local calls = 0
 entity "rec" { a_count = "integer", b_check = "text", c_count = "integer" }
 sync "recs" { remote = files "recs.ndjson", entity = "rec", import = marked(),
   mapping = {
-    a_count = { import = function() calls = calls + 1; return calls end },
+    a_count = { import = function(_, _, ctx) calls = calls + 1; ctx:log("call %d", calls); return calls end },
     b_check = { "x", import = function(v) if v == "bad" then error("bad x") end return v end },
     c_count = { "x", import = function() calls = calls + 1; return calls end },
   } }
