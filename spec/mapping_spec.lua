@@ -370,6 +370,25 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact",
     assert.equal("field n: 42 (job.lua:5)", failures["4"].error)
   end)
 
+  it("an export callback that raises a table is named by its content too", function()
+    helpers.write(dir .. "/out/.keep", "")
+    T.job(dir, [[
+entity "contact" { name = "text" }
+local out = provider "ndjson" { dir = "out" }
+sync "contacts" { remote = out, entity = "contact", import = false, export = { resource = "sink.ndjson" },
+  mapping = {
+    name = { "name", export = function(v) error({ refused = v }) end },
+  } }
+]])
+    assert.equal(0, T.run(dir, "run").code)
+    T.sqlite(dir, "INSERT INTO contact (name) VALUES ('Ann')")
+    local r = T.run(dir, "export", "contacts", "1")
+    assert.equal(1, r.code, r.stderr)
+    assert.is_nil(r.stderr:find("0x", 1, true), r.stderr)
+    local failure = T.query(dir, "SELECT error FROM entsync_failed WHERE sync = 'contacts' AND direction = 'export'")[1]
+    assert.equal('field name: export: raised {"refused":"Ann"} (job.lua:5)', failure.error)
+  end)
+
   it("coerce values to each declared type and store them as SQLite types", function()
     T.job(dir, [[
 entity "thing" { t = "text", i = "integer", r = "real", b = "boolean", j = "json", ts = "timestamp",
