@@ -13,6 +13,7 @@
 #include "hash.h"
 #include "json.h"
 #include "json_simd.h"
+#include "marks.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -79,6 +80,7 @@ typedef struct entry {
     uint64_t raw_hash, hash;
     cell id, changed;
     size_t cells;
+    lua_Integer src;    /* a decoded record's index in the caller's list (no line) */
     int update;         /* an update of local_id, else a create */
     long long local_id;
 } entry;
@@ -90,15 +92,6 @@ typedef struct member {
     const entsync_json_node *value;
 } member;
 
-/* A changed mark or id, as cursor.lua compares them. */
-typedef struct scalar {
-    int type; /* LUA_TNIL, LUA_TNUMBER or LUA_TSTRING */
-    int integer;
-    long long i;
-    double d;
-    const char *s;
-    size_t len;
-} scalar;
 
 typedef struct program {
     entity *entities;
@@ -122,18 +115,20 @@ typedef struct program {
     cell *cells;
     size_t ncells_used, cells_cap;
     int has_max; /* the largest (mark, id) noted since max() */
-    scalar max_mark;
+    entsync_mark max_mark;
     const char *max_id;
     size_t max_id_len, max_cap;
     char *max_text; /* the texts of both */
     int updates;    /* a record the id map holds may be updated here */
+    const void *view; /* the view of the record being mapped, or NULL */
+    int track_seen;   /* the run marks unchanged records seen (deletes not "keep") */
     int failed;     /* out of memory in the arena: raised once back in Lua */
 } program;
 
 /* Slots of the program's uservalue table. */
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
-       SLOT_STORE, SLOT_IDMAP_SQL, SLOT_VIEW, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
-       SLOT_COUNT = SLOT_LINKS };
+       SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
+       SLOT_NAMES, SLOT_COUNT = SLOT_NAMES };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -320,45 +315,36 @@ void entsync_record_settle(lua_State *L, int idx)
         settle_line(L, idx, at);
     } else {
         program *p = luaL_testudata(L, at, PROGRAM_META);
-        if (p) {
-            lua_getiuservalue(L, at, 1);
-            lua_rawgeti(L, -1, SLOT_VIEW);
-            int current = lua_rawequal(L, -1, idx);
-            lua_pop(L, 2);
-            if (current)
-                settle_current(L, p, idx);
-        }
+        if (p && p->view == lua_topointer(L, idx))
+            settle_current(L, p, idx);
     }
     lua_settop(L, at - 1);
 }
 
 /* __index of json.object_mt: nothing for a decoded object; for a view, the
- * field decoded (and kept) at its first read. */
+ * field decoded (and kept) at its first read. Upvalues: the programs'
+ * metatable, json.object_mt and json.array_mt. */
 static int view_index(lua_State *L)
 {
     if (lua_rawgetp(L, 1, &VIEW_KEY) == LUA_TNIL || lua_type(L, 2) != LUA_TSTRING)
         return 0;
-    program *p = luaL_testudata(L, -1, PROGRAM_META);
-    if (p) {
-        lua_getiuservalue(L, -1, 1);
-        lua_rawgeti(L, -1, SLOT_VIEW);
-        if (lua_rawequal(L, -1, 1)) {
+    if (lua_getmetatable(L, -1) && lua_rawequal(L, -1, lua_upvalueindex(1))) {
+        program *p = lua_touserdata(L, -2);
+        if (p->view == lua_topointer(L, 1)) {
             size_t len;
             const char *key = lua_tolstring(L, 2, &len);
             const member *m = find_member(p, key, len);
             if (!m)
                 return 0;
-            push_marks(L);
-            int marks = lua_gettop(L) - 1;
             lua_pushvalue(L, 2);
-            entsync_json_push_node(L, m->value, marks, marks + 1);
+            entsync_json_push_node(L, m->value, lua_upvalueindex(2), lua_upvalueindex(3));
             lua_pushvalue(L, -1);
             lua_insert(L, -3);
             lua_rawset(L, 1);
             return 1;
         }
-        lua_settop(L, 2);
     }
+    lua_settop(L, 2);
     entsync_record_settle(L, 1);
     lua_settop(L, 2);
     lua_rawget(L, 1);
@@ -448,7 +434,7 @@ static int looks_dated(const char *s, size_t len)
     return 1;
 }
 
-/* A JSON scalar node as its column takes it (mapping.lua's coerce for the
+/* A JSON entsync_mark node as its column takes it (mapping.lua's coerce for the
  * cases done here); BAIL for the rest. Containers are not scalars. */
 static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
 {
@@ -765,140 +751,10 @@ static uint64_t record_hash(const program *p, const cell *cells)
     return k.h;
 }
 
-/* --- marks and ids, as lua/entsync/cursor.lua compares them ------------------ */
-
-/* tonumber of a string: 1 with *out set when Lua reads it as a number. */
-static int string_number(lua_State *L, const char *s, size_t len, scalar *out)
+/* A cell (an id or a mark read here) as a mark. */
+static entsync_mark cell_mark(const program *p, const cell *c)
 {
-    char small[64];
-    char *text = len < sizeof small ? small : malloc(len + 1);
-    if (!text)
-        return 0;
-    memcpy(text, s, len);
-    text[len] = '\0';
-    int ok = strlen(text) == len && lua_stringtonumber(L, text) != 0;
-    if (text != small)
-        free(text);
-    if (!ok)
-        return 0;
-    out->type = LUA_TNUMBER;
-    out->integer = lua_isinteger(L, -1);
-    out->i = (long long)lua_tointeger(L, -1);
-    out->d = (double)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return 1;
-}
-
-static int compare_numbers(const scalar *a, const scalar *b)
-{
-    if (a->integer && b->integer)
-        return (a->i > b->i) - (a->i < b->i);
-    double x = a->integer ? (double)a->i : a->d, y = b->integer ? (double)b->i : b->d;
-    return (x > y) - (x < y);
-}
-
-static int compare_bytes(const char *a, size_t alen, const char *b, size_t blen)
-{
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c)
-        return c < 0 ? -1 : 1;
-    return (alen > blen) - (alen < blen);
-}
-
-/* tostring of a scalar, into text (a string's own bytes otherwise). */
-static void scalar_text(lua_State *L, const scalar *v, const char **s, size_t *len, char *text, size_t size)
-{
-    if (v->type == LUA_TSTRING) {
-        *s = v->s;
-        *len = v->len;
-    } else if (v->integer && size >= 32) {
-        *s = tagged(text, 0, v->i, 0, len);
-    } else {
-        lua_pushnumber(L, v->d);
-        const char *t = lua_tolstring(L, -1, len);
-        snprintf(text, size, "%s", t);
-        lua_pop(L, 1);
-        *s = text;
-    }
-}
-
-/* compare_scalar: equal values 0; two numbers, or two strings Lua reads as
- * numbers, by value; anything else by text. */
-static int compare_scalar(lua_State *L, const scalar *a, const scalar *b)
-{
-    if (a->type == LUA_TNUMBER && b->type == LUA_TNUMBER)
-        return compare_numbers(a, b);
-    if (a->type == LUA_TSTRING && b->type == LUA_TSTRING) {
-        if (a->len == b->len && memcmp(a->s, b->s, a->len) == 0)
-            return 0;
-        scalar na, nb;
-        if (string_number(L, a->s, a->len, &na) && string_number(L, b->s, b->len, &nb))
-            return compare_numbers(&na, &nb);
-    }
-    char ta[64], tb[64];
-    const char *sa, *sb;
-    size_t la, lb;
-    scalar_text(L, a, &sa, &la, ta, sizeof ta);
-    scalar_text(L, b, &sb, &lb, tb, sizeof tb);
-    return compare_bytes(sa, la, sb, lb);
-}
-
-/* A mark as the sync's changed_kind compares it ("text": its text). */
-static scalar mark_as_kind(lua_State *L, const program *p, scalar v, char *text, size_t size)
-{
-    if (p->kind_text && v.type == LUA_TNUMBER) {
-        scalar t = {LUA_TSTRING, 0, 0, 0, NULL, 0};
-        scalar_text(L, &v, &t.s, &t.len, text, size);
-        return t;
-    }
-    return v;
-}
-
-static int integer_id(const char *s, size_t len)
-{
-    if (len == 0 || len >= 19)
-        return 0;
-    size_t i = s[0] == '-';
-    if (i == len)
-        return 0;
-    for (; i < len; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
-static int compare_ids(const char *a, size_t alen, const char *b, size_t blen)
-{
-    if (integer_id(a, alen) && integer_id(b, blen)) {
-        long long x = strtoll(a, NULL, 10), y = strtoll(b, NULL, 10);
-        return (x > y) - (x < y);
-    }
-    return compare_bytes(a, alen, b, blen);
-}
-
-/* cursor.compare(mark_a, id_a, mark_b, id_b, kind); a nil mark first. */
-static int compare_pairs(lua_State *L, const program *p, const scalar *ma, const char *ia, size_t ialen,
-                         const scalar *mb, const char *ib, size_t iblen)
-{
-    if (ma->type == LUA_TNIL || mb->type == LUA_TNIL) {
-        if (ma->type != LUA_TNIL)
-            return 1;
-        if (mb->type != LUA_TNIL)
-            return -1;
-    } else {
-        char ta[40], tb[40];
-        scalar ka = mark_as_kind(L, p, *ma, ta, sizeof ta), kb = mark_as_kind(L, p, *mb, tb, sizeof tb);
-        int c = compare_scalar(L, &ka, &kb);
-        if (c)
-            return c;
-    }
-    return compare_ids(ia, ialen, ib, iblen);
-}
-
-/* A cell (an id or a mark read here) as a scalar. */
-static scalar cell_scalar(const program *p, const cell *c)
-{
-    scalar v = {LUA_TNIL, 0, 0, 0, NULL, 0};
+    entsync_mark v = {LUA_TNIL, 0, 0, 0, NULL, 0};
     if (c->type == CELL_INT) {
         v.type = LUA_TNUMBER;
         v.integer = 1;
@@ -909,29 +765,6 @@ static scalar cell_scalar(const program *p, const cell *c)
         v.len = c->len;
     }
     return v;
-}
-
-/* A Lua value at idx as a scalar mark; 0 for a value no mark here is. */
-static int lua_scalar(lua_State *L, int idx, scalar *v)
-{
-    memset(v, 0, sizeof *v);
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        v->type = LUA_TNIL;
-        return 1;
-    case LUA_TNUMBER:
-        v->type = LUA_TNUMBER;
-        v->integer = lua_isinteger(L, idx);
-        v->i = (long long)lua_tointeger(L, idx);
-        v->d = (double)lua_tonumber(L, idx);
-        return 1;
-    case LUA_TSTRING:
-        v->type = LUA_TSTRING;
-        v->s = lua_tolstring(L, idx, &v->len);
-        return 1;
-    default:
-        return 0;
-    }
 }
 
 /* The text of an id cell (ids.text). */
@@ -953,6 +786,7 @@ typedef struct mapping_run {
     int prog; /* the program's stack index */
     const cell *id;
     long long local_id; /* the id map's, for ctx.local_id; 0: none yet */
+    int table;          /* the record's stack index when it is a Lua table (no view) */
 } mapping_run;
 
 /* Pushes an id cell as the Lua value ids.remote gives. */
@@ -970,25 +804,34 @@ static int ensure_view(lua_State *L, program *p, mapping_run *r)
 {
     if (r->view)
         return r->view;
-    lua_createtable(L, 0, 4);
-    lua_rawgeti(L, r->uv, SLOT_OBJECT_MT);
-    lua_setmetatable(L, -2);
-    lua_pushvalue(L, r->prog);
-    lua_rawsetp(L, -2, &VIEW_KEY);
-    r->view = lua_gettop(L);
-    lua_pushvalue(L, r->view);
-    lua_rawseti(L, r->uv, SLOT_VIEW);
+    if (r->table) {
+        r->view = r->table; /* a decoded record is its own view */
+    } else {
+        lua_createtable(L, 0, 4);
+        lua_rawgeti(L, r->uv, SLOT_OBJECT_MT);
+        lua_setmetatable(L, -2);
+        lua_pushvalue(L, r->prog);
+        lua_rawsetp(L, -2, &VIEW_KEY);
+        r->view = lua_gettop(L);
+        p->view = lua_topointer(L, r->view); /* the view stays on the stack while it is current */
+    }
     lua_rawgeti(L, r->uv, SLOT_CTX);
     if (lua_type(L, -1) == LUA_TTABLE) {
+        /* ctx:at(remote_id, local_id, record), its keys kept as strings */
+        lua_rawgeti(L, r->uv, SLOT_KEYS);
+        lua_rawgeti(L, -1, 1);
         push_id(L, p, r->id);
-        lua_setfield(L, -2, "remote_id");
+        lua_rawset(L, -4);
+        lua_rawgeti(L, -1, 2);
         if (r->local_id)
             lua_pushinteger(L, (lua_Integer)r->local_id);
         else
             lua_pushnil(L);
-        lua_setfield(L, -2, "local_id");
+        lua_rawset(L, -4);
+        lua_rawgeti(L, -1, 3);
         lua_pushvalue(L, r->view);
-        lua_setfield(L, -2, "record");
+        lua_rawset(L, -4);
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
     return r->view;
@@ -996,17 +839,16 @@ static int ensure_view(lua_State *L, program *p, mapping_run *r)
 
 /* The record is done: a view still referenced keeps the line it came from,
  * to be decoded whole at its next use. */
-static void seal_view(lua_State *L, const program *p, mapping_run *r, const char *line, size_t len)
+static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line, size_t len)
 {
-    if (!r->view)
+    if (!r->view || r->table)
         return;
     if (lua_rawgetp(L, r->view, &VIEW_KEY) == LUA_TUSERDATA && (void *)lua_touserdata(L, -1) == (void *)p) {
         lua_pushlstring(L, line, len);
         lua_rawsetp(L, r->view, &VIEW_KEY);
     }
     lua_pop(L, 1);
-    lua_pushnil(L);
-    lua_rawseti(L, r->uv, SLOT_VIEW);
+    p->view = NULL;
 }
 
 /* Pushes the value at a field's path read through the view, as the
@@ -1058,14 +900,14 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
     } else if (f->nkeys) {
         /* after a callback, a field it set in the record is what the
          * Lua pipeline would read */
-        int through_view = 0;
-        if (r->view && f->keys[0].name) {
+        int through_view = r->table != 0; /* a decoded record is read as Lua reads it */
+        if (!through_view && r->view && f->keys[0].name) {
             lua_pushlstring(L, f->keys[0].name, f->keys[0].len);
             through_view = lua_rawget(L, r->view) != LUA_TNIL;
             lua_pop(L, 1);
         }
         if (through_view) {
-            push_view_path(L, f, r->view);
+            push_view_path(L, f, r->table ? r->table : r->view);
             if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
                 lua_pushnil(L);
             if (!lua_isnil(L, -1)) {
@@ -1135,10 +977,11 @@ static int read_keys(program *p, cell *id, cell *changed)
  * and the statements that look remote ids up. */
 typedef struct take_args {
     int has_cursor;
-    scalar cursor_mark;
+    entsync_mark cursor_mark;
     const char *cursor_id;
     size_t cursor_id_len;
     int failing;          /* stack index of run.failing, or 0 when it is empty */
+    int ordered;          /* the reader promised changed order */
     sqlite3_stmt *lookup; /* Ledger's by_remote, or NULL: a first import */
     entsync_store *store;
 } take_args;
@@ -1149,7 +992,7 @@ typedef struct stored {
     long long local_id;
     uint64_t hash;
     int has_hash, gone;
-    scalar changed;
+    entsync_mark changed;
     char changed_text[64];
 } stored;
 
@@ -1231,7 +1074,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
             return 1;
     } else {
         const char *s = p->buf + id->off;
-        if (!integer_id(s, id->len) || s[s[0] == '-'] == '0')
+        if (!entsync_id_is_integer(s, id->len) || s[s[0] == '-'] == '0')
             return 0;
         other.type = CELL_INT;
         other.i = strtoll(s, NULL, 10);
@@ -1242,27 +1085,19 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
     return held;
 }
 
-/* The largest (mark, id) noted since max(), kept apart from the entries
- * (an unchanged record moves the cursor too). */
-static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
+/* Makes (mark, id) the largest pair noted, copying their texts; 0 when
+ * out of memory. */
+static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
 {
-    char idbuf[32];
-    size_t idlen;
-    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
-    scalar mark = cell_scalar(p, changed);
-    if (p->has_max && compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
-        return;
-    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0);
+    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
     if (need > p->max_cap) {
         char *grown = realloc(p->max_text, need);
-        if (!grown) {
-            p->failed = 1;
-            return;
-        }
+        if (!grown)
+            return 0;
         p->max_text = grown;
         p->max_cap = need;
     }
-    memcpy(p->max_text, idtext, idlen);
+    memcpy(p->max_text, id, idlen);
     p->max_id = p->max_text;
     p->max_id_len = idlen;
     p->max_mark = mark;
@@ -1271,46 +1106,56 @@ static void note_max(lua_State *L, program *p, const cell *changed, const cell *
         p->max_mark.s = p->max_text + idlen;
     }
     p->has_max = 1;
+    return 1;
 }
 
-/* Maps one line. TAKEN: it is the batch's next entry (a create, or an
- * update of the local entity its id map entry names); OLDER: it is not
- * newer than the cursor (skipped); SAME: it maps to what is stored
- * (unchanged); BAIL: the Lua pipeline takes it. */
-static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
-                    uint64_t raw_hash)
+/* The largest (mark, id) noted since max(), kept apart from the entries
+ * (an unchanged record moves the cursor too). */
+static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
 {
-    size_t arena_len = p->len, cells_used = p->ncells_used;
-    const entsync_json_node *nodes;
-    const char *detail;
-    char *input = entsync_json_buffer(p->parser, len);
-    if (!input)
-        return BAIL;
-    memcpy(input, line, len);
-    if (entsync_json_parse(p->parser, len, &nodes, &detail) != ENTSYNC_JSON_OK ||
-        nodes->type != ENTSYNC_JSON_OBJECT || !index_members(p, nodes))
-        return BAIL;
-    if (p->ncells_used + (size_t)p->ncells > p->cells_cap) {
-        size_t cap = p->cells_cap ? 2 * p->cells_cap : 4096;
-        while (cap < p->ncells_used + (size_t)p->ncells)
-            cap *= 2;
-        cell *grown = realloc(p->cells, cap * sizeof *grown);
-        if (!grown)
-            return BAIL;
-        p->cells = grown;
-        p->cells_cap = cap;
-    }
-    entry e;
-    memset(&e, 0, sizeof e);
-    int result = read_keys(p, &e.id, &e.changed);
+    char idbuf[32];
+    size_t idlen;
+    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
+    entsync_mark mark = cell_mark(p, changed);
+    if (p->has_max && entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
+        return;
+    if (!set_max(p, mark, idtext, idlen))
+        p->failed = 1;
+}
+
+/* Grows the cells for one more record; 0 when out of memory. */
+static int cells_room(program *p)
+{
+    if (p->ncells_used + (size_t)p->ncells <= p->cells_cap)
+        return 1;
+    size_t cap = p->cells_cap ? 2 * p->cells_cap : 4096;
+    while (cap < p->ncells_used + (size_t)p->ncells)
+        cap *= 2;
+    cell *grown = realloc(p->cells, cap * sizeof *grown);
+    if (!grown)
+        return 0;
+    p->cells = grown;
+    p->cells_cap = cap;
+    return 1;
+}
+
+/* Maps the record whose id and mark e holds (read by map_line or
+ * map_table), as Run:prepare would: cursor, failures, the id map, stale,
+ * fields, hash. TAKEN: it is the batch's next entry (a create, or an update
+ * of the local entity its id map entry names); OLDER: it is not newer than
+ * the cursor (skipped); SAME: it maps to what is stored (unchanged); BAIL:
+ * the Lua pipeline takes it. The arena is as before unless TAKEN. */
+static int map_record(lua_State *L, program *p, mapping_run *r, const take_args *a, entry *e, size_t arena_len,
+                      const char *line, size_t len)
+{
+    size_t cells_used = p->ncells_used;
     char idbuf[32];
     size_t idlen = 0;
-    const char *idtext = NULL;
-    if (result == TAKEN)
-        idtext = id_text(p, &e.id, idbuf, sizeof idbuf, &idlen);
-    if (result == TAKEN && a->has_cursor && e.changed.type != CELL_NIL) {
-        scalar mark = cell_scalar(p, &e.changed);
-        if (compare_pairs(L, p, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
+    const char *idtext = id_text(p, &e->id, idbuf, sizeof idbuf, &idlen);
+    int result = TAKEN;
+    if (a->has_cursor && e->changed.type != CELL_NIL) {
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
             result = OLDER;
     }
     if (result == TAKEN && a->failing) {
@@ -1321,38 +1166,45 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
             result = BAIL;
         lua_pop(L, 1);
     }
+    if (result == TAKEN && a->ordered && e->changed.type != CELL_NIL && p->has_max) {
+        /* a reader that promised changed order and breaks it: the Lua
+         * pipeline says so */
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
+            result = BAIL;
+    }
     stored st;
     st.found = 0;
     if (result == TAKEN && a->lookup) {
-        int found = lookup_id(L, a, p, &e.id, &st);
-        if (found < 0 || (found && !p->updates) || (!found && held_otherwise(L, a, p, &e.id)))
+        int found = lookup_id(L, a, p, &e->id, &st);
+        if (found < 0 || (found && !p->updates) || (!found && held_otherwise(L, a, p, &e->id)))
             result = BAIL;
-        if (found > 0 && result == TAKEN && e.changed.type != CELL_NIL && st.changed.type != LUA_TNIL) {
+        if (found > 0 && result == TAKEN && e->changed.type != CELL_NIL && st.changed.type != LUA_TNIL) {
             /* stale: older than what is stored (the Lua pipeline counts it) */
             char ta[40], tb[40];
-            scalar mark = cell_scalar(p, &e.changed);
-            scalar ka = mark_as_kind(L, p, mark, ta, sizeof ta), kb = mark_as_kind(L, p, st.changed, tb, sizeof tb);
-            if (compare_scalar(L, &ka, &kb) < 0)
+            entsync_mark mark = cell_mark(p, &e->changed);
+            entsync_mark ka = entsync_mark_as_kind(L, p->kind_text, mark, ta, sizeof ta), kb = entsync_mark_as_kind(L, p->kind_text, st.changed, tb, sizeof tb);
+            if (entsync_mark_compare(L, &ka, &kb) < 0)
                 result = BAIL;
         }
     }
-    r->id = &e.id;
+    r->id = &e->id;
     r->view = 0;
     r->local_id = st.found ? st.local_id : 0;
-    e.cells = p->ncells_used;
+    e->cells = p->ncells_used;
+    int top = lua_gettop(L);
     for (int en = 0; result == TAKEN && en < p->nentities; en++) {
         const entity *ent = &p->entities[en];
         for (int i = 0; result == TAKEN && i < ent->nfields; i++)
             result = map_field(L, p, r, &ent->fields[i], ent->first + i + 1,
-                               cells_of(p, e.cells + (size_t)ent->first + (size_t)i));
+                               cells_of(p, e->cells + (size_t)ent->first + (size_t)i));
     }
     seal_view(L, p, r, line, len);
-    if (r->view)
-        lua_settop(L, r->view - 1);
+    lua_settop(L, top);
     if (result == TAKEN) {
-        e.hash = record_hash(p, cells_of(p, e.cells));
-        if (st.found && st.has_hash && st.hash == e.hash && !st.gone)
-            result = SAME;
+        e->hash = record_hash(p, cells_of(p, e->cells));
+        if (st.found && st.has_hash && st.hash == e->hash && !st.gone)
+            result = p->track_seen ? BAIL : SAME; /* the Lua pipeline marks it seen */
     }
     if (result == TAKEN && p->entries_cap == p->n) {
         size_t cap = p->entries_cap ? 2 * p->entries_cap : 1024;
@@ -1364,22 +1216,108 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
             result = BAIL;
         }
     }
-    if (result == TAKEN && !arena_add(p, line, len, &e.line_off))
+    if (result == TAKEN && line && !arena_add(p, line, len, &e->line_off))
         result = BAIL;
-    if ((result == TAKEN || result == SAME) && e.changed.type != CELL_NIL)
-        note_max(L, p, &e.changed, &e.id);
+    if ((result == TAKEN || result == SAME) && e->changed.type != CELL_NIL)
+        note_max(L, p, &e->changed, &e->id);
     if (result != TAKEN) {
         p->len = arena_len;
         p->ncells_used = cells_used;
         return result;
     }
-    e.line_len = len;
-    e.raw_hash = raw_hash;
-    e.update = st.found;
-    e.local_id = st.local_id;
+    e->line_len = line ? len : 0;
+    e->update = st.found;
+    e->local_id = st.local_id;
     p->ncells_used += (size_t)p->ncells;
-    p->entries[p->n++] = e;
+    p->entries[p->n++] = *e;
     return TAKEN;
+}
+
+/* Maps one line (map_record's results). */
+static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
+                    uint64_t raw_hash)
+{
+    size_t arena_len = p->len;
+    const entsync_json_node *nodes;
+    const char *detail;
+    char *input = entsync_json_buffer(p->parser, len);
+    if (!input)
+        return BAIL;
+    memcpy(input, line, len);
+    if (entsync_json_parse(p->parser, len, &nodes, &detail) != ENTSYNC_JSON_OK ||
+        nodes->type != ENTSYNC_JSON_OBJECT || !index_members(p, nodes) || !cells_room(p))
+        return BAIL;
+    entry e;
+    memset(&e, 0, sizeof e);
+    e.raw_hash = raw_hash;
+    r->table = 0;
+    if (read_keys(p, &e.id, &e.changed) != TAKEN) {
+        p->len = arena_len;
+        return BAIL;
+    }
+    return map_record(L, p, r, a, &e, arena_len, line, len);
+}
+
+/* A value of a decoded record (at idx) as an id or mark cell: a non-empty
+ * string, or an integer; a mark may be nothing. 0 for anything else. */
+static int table_key(lua_State *L, program *p, int idx, cell *c, int mark)
+{
+    int t = lua_type(L, idx);
+    if (t == LUA_TSTRING) {
+        size_t len;
+        const char *s = lua_tolstring(L, idx, &len);
+        return (len > 0 || mark) && text_cell(p, c, s, len);
+    }
+    if (t == LUA_TNUMBER && lua_isinteger(L, idx)) {
+        c->type = CELL_INT;
+        c->i = (long long)lua_tointeger(L, idx);
+        return 1;
+    }
+    if (mark && (t == LUA_TNIL || (t == LUA_TLIGHTUSERDATA && lua_touserdata(L, idx) == NULL))) {
+        c->type = CELL_NIL;
+        return 1;
+    }
+    return 0;
+}
+
+/* Maps one decoded record, the table at idx (map_record's results); its
+ * entry has no line: the caller keeps the record. */
+static int map_table(lua_State *L, program *p, mapping_run *r, const take_args *a, int idx)
+{
+    size_t arena_len = p->len;
+    idx = lua_absindex(L, idx);
+    if (lua_type(L, idx) != LUA_TTABLE || !cells_room(p))
+        return BAIL;
+    if (lua_getmetatable(L, idx)) {
+        /* a decoded object, not a tombstone or a table of the provider's */
+        lua_rawgeti(L, r->uv, SLOT_OBJECT_MT);
+        int object = lua_rawequal(L, -1, -2);
+        lua_pop(L, 2);
+        if (!object)
+            return BAIL;
+    }
+    entry e;
+    memset(&e, 0, sizeof e);
+    lua_rawgeti(L, r->uv, SLOT_NAMES);
+    lua_rawgeti(L, -1, 1);
+    lua_rawget(L, idx);
+    int ok = table_key(L, p, -1, &e.id, 0);
+    lua_pop(L, 1);
+    if (ok && p->changed_field) {
+        lua_rawgeti(L, -1, 2);
+        lua_rawget(L, idx);
+        ok = table_key(L, p, -1, &e.changed, 1);
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (!ok) {
+        p->len = arena_len;
+        return BAIL;
+    }
+    r->table = idx;
+    int result = map_record(L, p, r, a, &e, arena_len, NULL, 0);
+    r->table = 0;
+    return result;
 }
 
 /* --- the program's methods --------------------------------------------------------- */
@@ -1408,21 +1346,22 @@ static int push_take(lua_State *L, const take_counts *t, lua_Integer hash, int h
     return 6;
 }
 
-/* Reads take's arguments after the file and the set into a; the
- * uservalue table at uv anchors what a points at. */
-static void take_arguments(lua_State *L, program *p, int uv, take_args *a)
+/* Reads the cursor mark, cursor id and failing keys at first, first + 1
+ * and first + 2 into a; the uservalue table at uv anchors what a points
+ * at. */
+static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int first)
 {
     memset(a, 0, sizeof *a);
-    if (!lua_isnil(L, 6)) {
-        a->has_cursor = lua_scalar(L, 6, &a->cursor_mark);
-        luaL_argcheck(L, a->has_cursor, 6, "a cursor mark is a number or a string");
-        a->cursor_id = luaL_optlstring(L, 7, "", &a->cursor_id_len);
+    if (!lua_isnil(L, first)) {
+        a->has_cursor = entsync_mark_from_lua(L, first, &a->cursor_mark);
+        luaL_argcheck(L, a->has_cursor, first, "a cursor mark is a number or a string");
+        a->cursor_id = luaL_optlstring(L, first + 1, "", &a->cursor_id_len);
     }
-    if (lua_type(L, 8) == LUA_TTABLE) {
+    if (lua_type(L, first + 2) == LUA_TTABLE) {
         lua_pushnil(L);
-        if (lua_next(L, 8)) {
+        if (lua_next(L, first + 2)) {
             lua_pop(L, 2);
-            a->failing = 8;
+            a->failing = first + 2;
         }
     }
     lua_rawgeti(L, uv, SLOT_STORE);
@@ -1455,11 +1394,11 @@ static int program_take(lua_State *L)
     if (!stream->closef || !stream->f)
         return luaL_error(L, "take: the file is closed");
     lua_settop(L, 8);
-    mapping_run r = {0, 0, 1, NULL, 0};
+    mapping_run r = {0, 0, 1, NULL, 0, 0};
     lua_getiuservalue(L, 1, 1);
     r.uv = lua_gettop(L);
     take_args a;
-    take_arguments(L, p, r.uv, &a);
+    take_arguments(L, p, r.uv, &a, 6);
     take_counts t = {0, 0, 0, 0};
     size_t dropped = 0;
     ssize_t len = 0;
@@ -1500,6 +1439,67 @@ static int program_take(lua_State *L)
     return push_take(L, &t, 0, 0);
 }
 
+/* Seeds the largest (mark, id) with the caller's (at idx and idx + 1),
+ * so a reader's promised order is checked against the whole run. */
+static void seed_max(lua_State *L, program *p, int idx)
+{
+    entsync_mark mark;
+    if (p->has_max || lua_isnil(L, idx) || !entsync_mark_from_lua(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
+        return;
+    size_t idlen;
+    const char *id = lua_tolstring(L, idx + 1, &idlen);
+    if (!set_max(p, mark, id, idlen))
+        luaL_error(L, "record: out of memory");
+}
+
+/* program:take_records(list, from, to, cursor_mark, cursor_id, failing,
+ *   ordered, max_mark, max_id) -> taken, skipped, older, stop
+ * Takes the decoded records list[from..to] (a reader's page) into the
+ * batch as take does lines: taken, skipped (found unchanged) and older
+ * count them; stop is the index of the first record it cannot take (the
+ * Lua pipeline's, with the ones after it), or nil. ordered: the reader
+ * promised changed order, and max_mark, max_id is the largest pair of the
+ * run so far. The entries keep each record's index in list. */
+static int program_take_records(lua_State *L)
+{
+    program *p = check_program(L);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    lua_Integer from = luaL_checkinteger(L, 3), to = luaL_checkinteger(L, 4);
+    lua_settop(L, 10);
+    mapping_run r = {0, 0, 1, NULL, 0, 0};
+    lua_getiuservalue(L, 1, 1);
+    r.uv = lua_gettop(L);
+    take_args a;
+    take_arguments(L, p, r.uv, &a, 5);
+    a.ordered = lua_toboolean(L, 8);
+    if (a.ordered)
+        seed_max(L, p, 9);
+    lua_Integer taken = 0, skipped = 0, older = 0;
+    for (lua_Integer i = from; i <= to; i++) {
+        lua_rawgeti(L, 2, i);
+        int result = map_table(L, p, &r, &a, -1);
+        lua_pop(L, 1);
+        if (result == TAKEN) {
+            p->entries[p->n - 1].src = i;
+            taken++;
+        } else if (result == SAME) {
+            skipped++;
+        } else if (result == OLDER) {
+            older++;
+        } else {
+            lua_pushinteger(L, taken);
+            lua_pushinteger(L, skipped);
+            lua_pushinteger(L, older);
+            lua_pushinteger(L, i);
+            return 4;
+        }
+    }
+    lua_pushinteger(L, taken);
+    lua_pushinteger(L, skipped);
+    lua_pushinteger(L, older);
+    return 3;
+}
+
 /* program:max() -> mark, id: the largest (changed mark, id text) of the
  * records taken or found unchanged since the last call (nothing when none
  * had a mark). */
@@ -1526,14 +1526,21 @@ static int program_count(lua_State *L)
     return 1;
 }
 
-/* program:entry(i) -> line, raw_hash: entry i (1-based) as it was read,
- * for the Lua pipeline to take it again. */
+/* program:entry(i) -> line, raw_hash | nil, nil, src: entry i (1-based)
+ * as it was read (a line, or a decoded record's index in its list), for
+ * the Lua pipeline to take it again. */
 static int program_entry(lua_State *L)
 {
     program *p = check_program(L);
     lua_Integer i = luaL_checkinteger(L, 2);
     luaL_argcheck(L, i >= 1 && (size_t)i <= p->n, 2, "no such entry");
     const entry *e = &p->entries[i - 1];
+    if (!e->line_len) {
+        lua_pushnil(L);
+        lua_pushnil(L);
+        lua_pushinteger(L, e->src);
+        return 3;
+    }
     lua_pushlstring(L, p->buf + e->line_off, e->line_len);
     lua_pushinteger(L, (lua_Integer)e->raw_hash);
     return 2;
@@ -1721,8 +1728,8 @@ static void write_map(lua_State *L, const program *p, const write_stmts *w, cons
         rc = bind_cell(stmt, 4, p, &en->changed);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(stmt, 5, (sqlite3_int64)en->hash);
-    if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(stmt, 6, (sqlite3_int64)en->raw_hash);
+    if (rc == SQLITE_OK) /* a decoded record has no line, nor its hash */
+        rc = en->line_len ? sqlite3_bind_int64(stmt, 6, (sqlite3_int64)en->raw_hash) : sqlite3_bind_null(stmt, 6);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_null(stmt, 7);
     if (rc == SQLITE_OK)
@@ -1841,7 +1848,7 @@ static const size_t *sort_lens;
 static int compare_named(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
-    return compare_bytes(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
+    return entsync_bytes_compare(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
 }
 
 static int *name_order(lua_State *L, const char **names, const size_t *lens, int n)
@@ -1985,6 +1992,20 @@ static int program_new(lua_State *L)
     lua_rawseti(L, uv, SLOT_CALLBACKS);
     lua_newtable(L);
     lua_rawseti(L, uv, SLOT_DEFAULTS);
+    lua_createtable(L, 3, 0);
+    lua_pushliteral(L, "remote_id");
+    lua_rawseti(L, -2, 1);
+    lua_pushliteral(L, "local_id");
+    lua_rawseti(L, -2, 2);
+    lua_pushliteral(L, "record");
+    lua_rawseti(L, -2, 3);
+    lua_rawseti(L, uv, SLOT_KEYS);
+    lua_createtable(L, 2, 0);
+    lua_getfield(L, 1, "id_field");
+    lua_rawseti(L, -2, 1);
+    lua_getfield(L, 1, "changed_field");
+    lua_rawseti(L, -2, 2);
+    lua_rawseti(L, uv, SLOT_NAMES);
     keep(L, 1, uv, "writers", SLOT_WRITERS, LUA_TTABLE);
     keep(L, 1, uv, "coerce", SLOT_COERCE, LUA_TTABLE);
     keep(L, 1, uv, "ctx", SLOT_CTX, LUA_TNONE);
@@ -1997,7 +2018,9 @@ static int program_new(lua_State *L)
     keep(L, 1, uv, "links", SLOT_LINKS, LUA_TNONE);
     lua_getfield(L, 1, "updates");
     p->updates = lua_toboolean(L, -1);
-    lua_pop(L, 1);
+    lua_getfield(L, 1, "track_seen");
+    p->track_seen = lua_toboolean(L, -1);
+    lua_pop(L, 2);
     lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
     if (lua_type(L, -1) != LUA_TTABLE)
         return luaL_error(L, "record: entsync.json is not loaded");
@@ -2024,7 +2047,7 @@ static int program_new(lua_State *L)
 void entsync_record_register(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"take", program_take}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
+        {"take", program_take}, {"take_records", program_take_records}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
         {"reset", program_reset}, {"write", program_write}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, PROGRAM_META)) {
@@ -2039,7 +2062,10 @@ void entsync_record_register(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, OBJECT_MT);
     if (lua_type(L, -1) != LUA_TTABLE)
         luaL_error(L, "record: entsync.json must be registered first");
-    lua_pushcfunction(L, view_index);
+    luaL_getmetatable(L, PROGRAM_META);
+    lua_pushvalue(L, -2);
+    lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT);
+    lua_pushcclosure(L, view_index, 3);
     lua_setfield(L, -2, "__index");
     lua_pushcfunction(L, view_pairs);
     lua_setfield(L, -2, "__pairs");

@@ -464,9 +464,12 @@ function Run:expand(plans)
   for _, plan in ipairs(plans) do
     if plan[1] == "taken" then
       for i = plan.from, plan.to do
-        local text, raw_hash = self.program:entry(i)
-        local record = json.decode(text)
-        out[#out + 1] = self:prepare(record, raw_hash, text)
+        local text, raw_hash, src = self.program:entry(i)
+        if text then
+          out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
+        else
+          out[#out + 1] = self:prepare(plan.list[src])
+        end
       end
     else
       out[#out + 1] = plan
@@ -790,7 +793,7 @@ function M.run(session, sync, options)
           elseif kind == sources.TAKEN then
             -- mapped in C into the program's batch: its entries up to here
             local to = run.program:count()
-            plans[#plans + 1] = { "taken", from = to - value + 1, to = to }
+            plans[#plans + 1] = { "taken", from = to - value + 1, to = to, list = extra }
             taken = taken + value
             held = held + value - 1
           elseif kind == sources.UNREADABLE then

@@ -3,7 +3,8 @@
 --
 -- The C path maps, hashes and writes the lines of an NDJSON input with no
 -- Lua value made, calling Lua only for the user's import callbacks (which
--- get the record as a view: see src/record.h). It takes exactly what the
+-- get the record as a view: see src/record.h), and the records other
+-- readers decode (a page of http_json) a list at a time. It takes exactly what the
 -- Lua pipeline would create, update or find unchanged, and hands every
 -- other line back to it (a stale record, a failure, an id stored under
 -- another type, ...). It applies to incremental runs (not dry ones) over a
@@ -57,7 +58,7 @@ function M.program(run)
     idmap_sql = sql.insert_map, save_sql = sql.save_map,
     -- a first import has nothing to look up
     lookup_sql = not run.fresh and sql.by_remote or nil,
-    updates = not run.exports and not run.book:has_writes(run.sync_id),
+    updates = not run.exports and not run.book:has_writes(run.sync_id), track_seen = run.track_seen,
     seed = sync.fingerprint, id_field = sync.id_field, changed_field = sync.changed_field,
     kind = sync.import.changed_kind, ctx = run.ctx, coerce = mapping.coerce, encode = json.encode,
     canonical = core.hash.canonical, entities = entities,

@@ -43,7 +43,7 @@ end
 
 local function guarded(handle, reader)
   local out = setmetatable({}, { __index = reader })
-  for _, method in ipairs({ "next", "next_raw", "next_unknown", "next_bulk", "decode", "checkpoint", "ready", "total",
+  for _, method in ipairs({ "next", "next_raw", "next_unknown", "next_bulk", "take_records", "decode", "checkpoint", "ready", "total",
       "fraction", "committed", "close" }) do
     local fn = reader[method]
     if type(fn) == "function" then
@@ -245,13 +245,54 @@ function M.new(run, reader, state, incremental, track_marks)
     return source
   end
 
-  function source.next()
+  -- Readers that hand over the records in hand as a list give them to the
+  -- C record path a page at a time (run.program: entsync.record_path); a
+  -- record it cannot take, and those after it, wait in `held`.
+  local program = run.program
+  if program and not reader.take_records then run.program, run.mapped_in_c, program = nil, nil, nil end
+  local held
+  local function next_held()
+    local record = held.list[held.from]
+    held.from = held.from + 1
+    if held.from > held.to then held = nil end
+    return record
+  end
+  local pending_skipped
+  function source.next(room, batch_room)
     while true do
-      local record, err, raw = reader:next()
-      if record == nil then return nil end
-      if record == false then return UNREADABLE, err, raw end
+      if pending_skipped then
+        local n = pending_skipped
+        pending_skipped = nil
+        return UNCHANGED, n
+      end
+      local record, err, raw
+      if held then
+        record = next_held()
+      elseif program and run.program then
+        local list, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
+        if list then
+          local mark = (incremental and not checkpointed) and state.cursor_mark or nil
+          local taken, same, older, stop = program:take_records(list, from, to, mark, state.cursor_id, run.failing,
+            source.ordered, max_mark, max_id)
+          run.counts.skipped = run.counts.skipped + older
+          if taken > 0 or same > 0 then note_pair(program:max()) end
+          if stop then held = { list = list, from = stop, to = to } end
+          if taken > 0 then
+            pending_skipped = same > 0 and same or nil
+            return TAKEN, taken, list
+          end
+          if same > 0 then return UNCHANGED, same end
+          goto continue
+        end
+      end
+      if record == nil then
+        record, err, raw = reader:next()
+        if record == nil then return nil end
+        if record == false then return UNREADABLE, err, raw end
+      end
       if newer_than_cursor(record) then return RECORD, record end
       skip()
+      ::continue::
     end
   end
   return source
