@@ -1189,7 +1189,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
         if (!entsync_id_is_integer(s, id->len) || s[s[0] == '-'] == '0')
             return 0;
         other.type = CELL_INT;
-        other.i = strtoll(s, NULL, 10);
+        other.i = entsync_id_value(s, id->len);
     }
     stored found;
     int held = lookup_id(L, a, p, &other, &found) != 0;
