@@ -470,6 +470,31 @@ sync "contacts" { remote = api "key/contacts", entity = "contact",
     both()
   end)
 
+  -- With deletes, an unchanged record is the Lua pipeline's (it marks it
+  -- seen): records whose mark moved while their content did not.
+  it("a callback that changes the record, under deletes = \"flag\", over records found unchanged", function()
+    job([[
+store "entsync.db"
+entity "contact" { a_mut = "text", b_later = "text" }
+local api = provider "http_json" { base_url = "URL", page = { style = "page", size = 5 }, since = { param = "updated_from" } }
+sync "contacts" { remote = api "page/contacts", entity = "contact",
+  mapping = {
+    a_mut = { import = function(r) r.later = "mutated " .. tostring(r.later); return "m" end },
+    b_later = "later",
+  },
+  import = { mode = "incremental", changed = "updated_at", batch = 7, deletes = "flag" } }
+]])
+    local records = {}
+    for id = 1, 12 do records[id] = { id = id, later = "later " .. id, updated_at = mark(id) } end
+    set_data({ contacts = records })
+    both()
+    for id = 1, 12 do records[id].updated_at = mark(id, 2) end
+    set_data({ contacts = records })
+    local second = both()
+    local c = I.summary(second.c.stdout)
+    assert.same({ 0, 12 }, { c.updated, c.unchanged }, second.c.stdout)
+  end)
+
   it("ids: none, float, string, typed apart, repeated on one page and across pages", function()
     job([[
 store "entsync.db"
