@@ -13,6 +13,7 @@
 #include "hash.h"
 #include "json.h"
 #include "json_simd.h"
+#include "marks.h"
 #include "store.h"
 
 #include <lauxlib.h>
@@ -33,6 +34,14 @@ static const char VIEW_KEY = 0;
 
 /* Bit width of the local id in the id map's key (lua/entsync/ledger.lua). */
 #define KEY_BITS 40
+
+/* Creates written a statement a table: SQLite's fixed cost of a statement
+ * (its setup, its halt, the cursors it opens) is then paid once for them,
+ * a third of a create's cost when each was a statement of its own. */
+#define ROWS 64
+
+/* A statement binds at most 32766 parameters (SQLite 3.32 and later). */
+#define ROWS_MAX_COLUMNS (32766 / ROWS)
 
 enum field_type { F_TEXT, F_INTEGER, F_REAL, F_BOOLEAN, F_JSON, F_TIMESTAMP };
 enum cell_type { CELL_NIL, CELL_INT, CELL_REAL, CELL_TEXT, CELL_BOOL, CELL_JSON };
@@ -91,19 +100,10 @@ typedef struct member {
     const entsync_json_node *value;
 } member;
 
-/* A changed mark or id, as cursor.lua compares them. */
-typedef struct scalar {
-    int type; /* LUA_TNIL, LUA_TNUMBER or LUA_TSTRING */
-    int integer;
-    long long i;
-    double d;
-    const char *s;
-    size_t len;
-} scalar;
 
 typedef struct program {
     entity *entities;
-    int nentities, ncells;
+    int nentities, ncells, max_columns; /* the widest entity's fields */
     int *entity_order;
     char *id_field, *changed_field;
     size_t id_len, changed_len;
@@ -123,7 +123,7 @@ typedef struct program {
     cell *cells;
     size_t ncells_used, cells_cap;
     int has_max; /* the largest (mark, id) noted since max() */
-    scalar max_mark;
+    entsync_mark max_mark;
     const char *max_id;
     size_t max_id_len, max_cap;
     char *max_text; /* the texts of both */
@@ -136,7 +136,7 @@ typedef struct program {
 /* Slots of the program's uservalue table. */
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
        SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
-       SLOT_NAMES, SLOT_COUNT = SLOT_NAMES };
+       SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_COUNT = SLOT_IDMAP_ROWS_SQL };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -442,7 +442,7 @@ static int looks_dated(const char *s, size_t len)
     return 1;
 }
 
-/* A JSON scalar node as its column takes it (mapping.lua's coerce for the
+/* A JSON entsync_mark node as its column takes it (mapping.lua's coerce for the
  * cases done here); BAIL for the rest. Containers are not scalars. */
 static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
 {
@@ -759,140 +759,10 @@ static uint64_t record_hash(const program *p, const cell *cells)
     return k.h;
 }
 
-/* --- marks and ids, as lua/entsync/cursor.lua compares them ------------------ */
-
-/* tonumber of a string: 1 with *out set when Lua reads it as a number. */
-static int string_number(lua_State *L, const char *s, size_t len, scalar *out)
+/* A cell (an id or a mark read here) as a mark. */
+static entsync_mark cell_mark(const program *p, const cell *c)
 {
-    char small[64];
-    char *text = len < sizeof small ? small : malloc(len + 1);
-    if (!text)
-        return 0;
-    memcpy(text, s, len);
-    text[len] = '\0';
-    int ok = strlen(text) == len && lua_stringtonumber(L, text) != 0;
-    if (text != small)
-        free(text);
-    if (!ok)
-        return 0;
-    out->type = LUA_TNUMBER;
-    out->integer = lua_isinteger(L, -1);
-    out->i = (long long)lua_tointeger(L, -1);
-    out->d = (double)lua_tonumber(L, -1);
-    lua_pop(L, 1);
-    return 1;
-}
-
-static int compare_numbers(const scalar *a, const scalar *b)
-{
-    if (a->integer && b->integer)
-        return (a->i > b->i) - (a->i < b->i);
-    double x = a->integer ? (double)a->i : a->d, y = b->integer ? (double)b->i : b->d;
-    return (x > y) - (x < y);
-}
-
-static int compare_bytes(const char *a, size_t alen, const char *b, size_t blen)
-{
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c)
-        return c < 0 ? -1 : 1;
-    return (alen > blen) - (alen < blen);
-}
-
-/* tostring of a scalar, into text (a string's own bytes otherwise). */
-static void scalar_text(lua_State *L, const scalar *v, const char **s, size_t *len, char *text, size_t size)
-{
-    if (v->type == LUA_TSTRING) {
-        *s = v->s;
-        *len = v->len;
-    } else if (v->integer && size >= 32) {
-        *s = tagged(text, 0, v->i, 0, len);
-    } else {
-        lua_pushnumber(L, v->d);
-        const char *t = lua_tolstring(L, -1, len);
-        snprintf(text, size, "%s", t);
-        lua_pop(L, 1);
-        *s = text;
-    }
-}
-
-/* compare_scalar: equal values 0; two numbers, or two strings Lua reads as
- * numbers, by value; anything else by text. */
-static int compare_scalar(lua_State *L, const scalar *a, const scalar *b)
-{
-    if (a->type == LUA_TNUMBER && b->type == LUA_TNUMBER)
-        return compare_numbers(a, b);
-    if (a->type == LUA_TSTRING && b->type == LUA_TSTRING) {
-        if (a->len == b->len && memcmp(a->s, b->s, a->len) == 0)
-            return 0;
-        scalar na, nb;
-        if (string_number(L, a->s, a->len, &na) && string_number(L, b->s, b->len, &nb))
-            return compare_numbers(&na, &nb);
-    }
-    char ta[64], tb[64];
-    const char *sa, *sb;
-    size_t la, lb;
-    scalar_text(L, a, &sa, &la, ta, sizeof ta);
-    scalar_text(L, b, &sb, &lb, tb, sizeof tb);
-    return compare_bytes(sa, la, sb, lb);
-}
-
-/* A mark as the sync's changed_kind compares it ("text": its text). */
-static scalar mark_as_kind(lua_State *L, const program *p, scalar v, char *text, size_t size)
-{
-    if (p->kind_text && v.type == LUA_TNUMBER) {
-        scalar t = {LUA_TSTRING, 0, 0, 0, NULL, 0};
-        scalar_text(L, &v, &t.s, &t.len, text, size);
-        return t;
-    }
-    return v;
-}
-
-static int integer_id(const char *s, size_t len)
-{
-    if (len == 0 || len >= 19)
-        return 0;
-    size_t i = s[0] == '-';
-    if (i == len)
-        return 0;
-    for (; i < len; i++)
-        if (s[i] < '0' || s[i] > '9')
-            return 0;
-    return 1;
-}
-
-static int compare_ids(const char *a, size_t alen, const char *b, size_t blen)
-{
-    if (integer_id(a, alen) && integer_id(b, blen)) {
-        long long x = strtoll(a, NULL, 10), y = strtoll(b, NULL, 10);
-        return (x > y) - (x < y);
-    }
-    return compare_bytes(a, alen, b, blen);
-}
-
-/* cursor.compare(mark_a, id_a, mark_b, id_b, kind); a nil mark first. */
-static int compare_pairs(lua_State *L, const program *p, const scalar *ma, const char *ia, size_t ialen,
-                         const scalar *mb, const char *ib, size_t iblen)
-{
-    if (ma->type == LUA_TNIL || mb->type == LUA_TNIL) {
-        if (ma->type != LUA_TNIL)
-            return 1;
-        if (mb->type != LUA_TNIL)
-            return -1;
-    } else {
-        char ta[40], tb[40];
-        scalar ka = mark_as_kind(L, p, *ma, ta, sizeof ta), kb = mark_as_kind(L, p, *mb, tb, sizeof tb);
-        int c = compare_scalar(L, &ka, &kb);
-        if (c)
-            return c;
-    }
-    return compare_ids(ia, ialen, ib, iblen);
-}
-
-/* A cell (an id or a mark read here) as a scalar. */
-static scalar cell_scalar(const program *p, const cell *c)
-{
-    scalar v = {LUA_TNIL, 0, 0, 0, NULL, 0};
+    entsync_mark v = {LUA_TNIL, 0, 0, 0, NULL, 0};
     if (c->type == CELL_INT) {
         v.type = LUA_TNUMBER;
         v.integer = 1;
@@ -903,29 +773,6 @@ static scalar cell_scalar(const program *p, const cell *c)
         v.len = c->len;
     }
     return v;
-}
-
-/* A Lua value at idx as a scalar mark; 0 for a value no mark here is. */
-static int lua_scalar(lua_State *L, int idx, scalar *v)
-{
-    memset(v, 0, sizeof *v);
-    switch (lua_type(L, idx)) {
-    case LUA_TNIL:
-        v->type = LUA_TNIL;
-        return 1;
-    case LUA_TNUMBER:
-        v->type = LUA_TNUMBER;
-        v->integer = lua_isinteger(L, idx);
-        v->i = (long long)lua_tointeger(L, idx);
-        v->d = (double)lua_tonumber(L, idx);
-        return 1;
-    case LUA_TSTRING:
-        v->type = LUA_TSTRING;
-        v->s = lua_tolstring(L, idx, &v->len);
-        return 1;
-    default:
-        return 0;
-    }
 }
 
 /* The text of an id cell (ids.text). */
@@ -1138,7 +985,7 @@ static int read_keys(program *p, cell *id, cell *changed)
  * and the statements that look remote ids up. */
 typedef struct take_args {
     int has_cursor;
-    scalar cursor_mark;
+    entsync_mark cursor_mark;
     const char *cursor_id;
     size_t cursor_id_len;
     int failing;          /* stack index of run.failing, or 0 when it is empty */
@@ -1153,7 +1000,7 @@ typedef struct stored {
     long long local_id;
     uint64_t hash;
     int has_hash, gone;
-    scalar changed;
+    entsync_mark changed;
     char changed_text[64];
 } stored;
 
@@ -1235,7 +1082,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
             return 1;
     } else {
         const char *s = p->buf + id->off;
-        if (!integer_id(s, id->len) || s[s[0] == '-'] == '0')
+        if (!entsync_id_is_integer(s, id->len) || s[s[0] == '-'] == '0')
             return 0;
         other.type = CELL_INT;
         other.i = strtoll(s, NULL, 10);
@@ -1246,27 +1093,19 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
     return held;
 }
 
-/* The largest (mark, id) noted since max(), kept apart from the entries
- * (an unchanged record moves the cursor too). */
-static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
+/* Makes (mark, id) the largest pair noted, copying their texts; 0 when
+ * out of memory. */
+static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
 {
-    char idbuf[32];
-    size_t idlen;
-    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
-    scalar mark = cell_scalar(p, changed);
-    if (p->has_max && compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
-        return;
-    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0);
+    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
     if (need > p->max_cap) {
         char *grown = realloc(p->max_text, need);
-        if (!grown) {
-            p->failed = 1;
-            return;
-        }
+        if (!grown)
+            return 0;
         p->max_text = grown;
         p->max_cap = need;
     }
-    memcpy(p->max_text, idtext, idlen);
+    memcpy(p->max_text, id, idlen);
     p->max_id = p->max_text;
     p->max_id_len = idlen;
     p->max_mark = mark;
@@ -1275,6 +1114,21 @@ static void note_max(lua_State *L, program *p, const cell *changed, const cell *
         p->max_mark.s = p->max_text + idlen;
     }
     p->has_max = 1;
+    return 1;
+}
+
+/* The largest (mark, id) noted since max(), kept apart from the entries
+ * (an unchanged record moves the cursor too). */
+static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
+{
+    char idbuf[32];
+    size_t idlen;
+    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
+    entsync_mark mark = cell_mark(p, changed);
+    if (p->has_max && entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
+        return;
+    if (!set_max(p, mark, idtext, idlen))
+        p->failed = 1;
 }
 
 /* Grows the cells for one more record; 0 when out of memory. */
@@ -1308,8 +1162,8 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     const char *idtext = id_text(p, &e->id, idbuf, sizeof idbuf, &idlen);
     int result = TAKEN;
     if (a->has_cursor && e->changed.type != CELL_NIL) {
-        scalar mark = cell_scalar(p, &e->changed);
-        if (compare_pairs(L, p, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
             result = OLDER;
     }
     if (result == TAKEN && a->failing) {
@@ -1323,8 +1177,8 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     if (result == TAKEN && a->ordered && e->changed.type != CELL_NIL && p->has_max) {
         /* a reader that promised changed order and breaks it: the Lua
          * pipeline says so */
-        scalar mark = cell_scalar(p, &e->changed);
-        if (compare_pairs(L, p, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
+        entsync_mark mark = cell_mark(p, &e->changed);
+        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
             result = BAIL;
     }
     stored st;
@@ -1336,9 +1190,9 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
         if (found > 0 && result == TAKEN && e->changed.type != CELL_NIL && st.changed.type != LUA_TNIL) {
             /* stale: older than what is stored (the Lua pipeline counts it) */
             char ta[40], tb[40];
-            scalar mark = cell_scalar(p, &e->changed);
-            scalar ka = mark_as_kind(L, p, mark, ta, sizeof ta), kb = mark_as_kind(L, p, st.changed, tb, sizeof tb);
-            if (compare_scalar(L, &ka, &kb) < 0)
+            entsync_mark mark = cell_mark(p, &e->changed);
+            entsync_mark ka = entsync_mark_as_kind(L, p->kind_text, mark, ta, sizeof ta), kb = entsync_mark_as_kind(L, p->kind_text, st.changed, tb, sizeof tb);
+            if (entsync_mark_compare(L, &ka, &kb) < 0)
                 result = BAIL;
         }
     }
@@ -1507,7 +1361,7 @@ static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int f
 {
     memset(a, 0, sizeof *a);
     if (!lua_isnil(L, first)) {
-        a->has_cursor = lua_scalar(L, first, &a->cursor_mark);
+        a->has_cursor = entsync_mark_from_lua(L, first, &a->cursor_mark);
         luaL_argcheck(L, a->has_cursor, first, "a cursor mark is a number or a string");
         a->cursor_id = luaL_optlstring(L, first + 1, "", &a->cursor_id_len);
     }
@@ -1597,28 +1451,13 @@ static int program_take(lua_State *L)
  * so a reader's promised order is checked against the whole run. */
 static void seed_max(lua_State *L, program *p, int idx)
 {
-    scalar mark;
-    if (p->has_max || lua_isnil(L, idx) || !lua_scalar(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
+    entsync_mark mark;
+    if (p->has_max || lua_isnil(L, idx) || !entsync_mark_from_lua(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
         return;
     size_t idlen;
     const char *id = lua_tolstring(L, idx + 1, &idlen);
-    size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
-    if (need > p->max_cap) {
-        char *grown = realloc(p->max_text, need);
-        if (!grown)
-            luaL_error(L, "record: out of memory");
-        p->max_text = grown;
-        p->max_cap = need;
-    }
-    memcpy(p->max_text, id, idlen);
-    p->max_id = p->max_text;
-    p->max_id_len = idlen;
-    p->max_mark = mark;
-    if (mark.type == LUA_TSTRING) {
-        memcpy(p->max_text + idlen, mark.s, mark.len);
-        p->max_mark.s = p->max_text + idlen;
-    }
-    p->has_max = 1;
+    if (!set_max(p, mark, id, idlen))
+        luaL_error(L, "record: out of memory");
 }
 
 /* program:take_records(list, from, to, cursor_mark, cursor_id, failing,
@@ -1778,20 +1617,25 @@ static int bind_row(sqlite3_stmt *stmt, const program *p, const entity *ent, con
 typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
-    sqlite3_stmt *insert_map, *save_map;
+    sqlite3_stmt *rows[16];  /* ROWS rows at once, the first entity's with their ids */
+    sqlite3_stmt *insert_map, *save_map, *insert_map_rows;
     entsync_store *store;
     sqlite3 *db;
+    int by_rows; /* creates go ROWS at a time */
 } write_stmts;
 
 static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
 {
     lua_rawgeti(L, uv, SLOT_WRITERS);
+    w->by_rows = p->max_columns + 1 <= ROWS_MAX_COLUMNS;
     for (int e = 0; e < p->nentities; e++) {
         lua_rawgeti(L, -1, e + 1);
         entsync_store_writer_stmts(L, lua_gettop(L), &w->writers[e]);
-        lua_pop(L, 2); /* the writer and its store */
+        lua_pop(L, 1); /* the writer's store */
         if (w->writers[e].columns != p->entities[e].nfields + (e > 0))
             luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, w->writers[e].columns);
+        w->rows[e] = w->by_rows ? entsync_store_writer_rows(L, -1, ROWS, e == 0) : NULL;
+        lua_pop(L, 1);
     }
     lua_pop(L, 1);
     lua_rawgeti(L, uv, SLOT_STORE);
@@ -1804,6 +1648,12 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     w->save_map = NULL;
     if (lua_rawgeti(L, uv, SLOT_SAVE_SQL) == LUA_TSTRING)
         w->save_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    w->insert_map_rows = NULL;
+    if (w->by_rows && lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) == LUA_TSTRING)
+        w->insert_map_rows = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    else if (w->by_rows)
+        w->by_rows = 0;
     lua_pop(L, 1);
     lua_rawgeti(L, uv, SLOT_LINKS);
     for (int e = 1; e < p->nentities; e++) {
@@ -1912,6 +1762,81 @@ static void write_map(lua_State *L, const program *p, const write_stmts *w, cons
     step_once(L, w->store, stmt);
 }
 
+/* Whether entries i..i+ROWS-1 are all creates, to be written together. */
+static int creates_ahead(const program *p, lua_Integer i, lua_Integer to)
+{
+    if (i + ROWS - 1 > to)
+        return 0;
+    for (lua_Integer k = i; k < i + ROWS; k++)
+        if (p->entries[k - 1].update)
+            return 0;
+    return 1;
+}
+
+/* Writes the creates from entry i, ROWS of them, with one statement a
+ * table: the first entity's rows under the ids the table would give them
+ * one by one (each the largest so far plus one), the others linked to
+ * them, then their id-map rows, bound as write_map binds one. */
+static void write_creates(lua_State *L, const program *p, const write_stmts *w, int uv, lua_Integer i, int has_pass,
+                          lua_Integer pass, double now)
+{
+    lua_rawgeti(L, uv, SLOT_WRITERS);
+    lua_rawgeti(L, -1, 1);
+    sqlite3_int64 first = entsync_store_writer_max_id(L, -1) + 1;
+    lua_pop(L, 2);
+    if (first + ROWS > ((sqlite3_int64)1 << KEY_BITS))
+        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)(first + ROWS));
+    for (int e = 0; e < p->nentities; e++) {
+        const entity *ent = &p->entities[e];
+        sqlite3_stmt *stmt = w->rows[e];
+        int width = ent->nfields + 1, rc = SQLITE_OK;
+        sqlite3_reset(stmt);
+        sqlite3_clear_bindings(stmt);
+        for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
+            const cell *cells = cells_of((program *)p, p->entries[i - 1 + r].cells);
+            for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
+                rc = bind_cell(stmt, r * width + f + 1, p, &cells[ent->first + f]);
+            if (rc == SQLITE_OK) /* the first entity's id, or the link to it */
+                rc = sqlite3_bind_int64(stmt, r * width + width, first + r);
+        }
+        if (rc != SQLITE_OK)
+            entsync_store_error(L, w->store, sqlite3_sql(stmt));
+        step_once(L, w->store, stmt);
+    }
+    sqlite3_stmt *stmt = w->insert_map_rows;
+    sqlite3_reset(stmt);
+    sqlite3_clear_bindings(stmt);
+    int rc = SQLITE_OK;
+    for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
+        const entry *en = &p->entries[i - 1 + r];
+        sqlite3_int64 local_id = first + r;
+        int n = r * 10;
+        rc = sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(stmt, n + 2, p->sync_id);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(stmt, n + 3, local_id);
+        if (rc == SQLITE_OK)
+            rc = bind_cell(stmt, n + 4, p, &en->id);
+        if (rc == SQLITE_OK)
+            rc = bind_cell(stmt, n + 5, p, &en->changed);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_int64(stmt, n + 6, (sqlite3_int64)en->hash);
+        if (rc == SQLITE_OK)
+            rc = en->line_len ? sqlite3_bind_int64(stmt, n + 7, (sqlite3_int64)en->raw_hash)
+                              : sqlite3_bind_null(stmt, n + 7);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_null(stmt, n + 8);
+        if (rc == SQLITE_OK)
+            rc = sqlite3_bind_double(stmt, n + 9, now);
+        if (rc == SQLITE_OK)
+            rc = has_pass ? sqlite3_bind_int64(stmt, n + 10, pass) : sqlite3_bind_null(stmt, n + 10);
+    }
+    if (rc != SQLITE_OK)
+        entsync_store_error(L, w->store, sqlite3_sql(stmt));
+    step_once(L, w->store, stmt);
+}
+
 /* program:write(from, to, pass, now) -> created, updated
  * Writes entries from..to (1-based): each entity's rows as
  * Session:write_rows does (a split's other entities linked to the first's
@@ -1927,10 +1852,17 @@ static int program_write(lua_State *L)
     luaL_argcheck(L, from >= 1 && to <= (lua_Integer)p->n, 2, "no such entries");
     lua_settop(L, 5);
     lua_getiuservalue(L, 1, 1);
+    int uv = lua_gettop(L);
     write_stmts w;
-    fetch_stmts(L, p, lua_gettop(L), &w);
+    fetch_stmts(L, p, uv, &w);
     lua_Integer created = 0, updated = 0;
     for (lua_Integer i = from; i <= to; i++) {
+        if (w.by_rows && creates_ahead(p, i, to)) {
+            write_creates(L, p, &w, uv, i, has_pass, pass, now);
+            created += ROWS;
+            i += ROWS - 1;
+            continue;
+        }
         const entry *en = &p->entries[i - 1];
         sqlite3_int64 local_id = write_rows(L, p, &w, en);
         write_map(L, p, &w, en, local_id, has_pass, pass, now);
@@ -2017,7 +1949,7 @@ static const size_t *sort_lens;
 static int compare_named(const void *a, const void *b)
 {
     int x = *(const int *)a, y = *(const int *)b;
-    return compare_bytes(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
+    return entsync_bytes_compare(sort_names[x], sort_lens[x], sort_names[y], sort_lens[y]);
 }
 
 static int *name_order(lua_State *L, const char **names, const size_t *lens, int n)
@@ -2126,6 +2058,8 @@ static void read_entities(lua_State *L, program *p, int spec, int uv)
         free(fnames);
         free(flens);
         p->ncells += ent->nfields;
+        if (ent->nfields > p->max_columns)
+            p->max_columns = ent->nfields;
         lua_pop(L, 2);
     }
     p->entity_order = name_order(L, names, lens, p->nentities);
@@ -2185,6 +2119,7 @@ static int program_new(lua_State *L)
     keep(L, 1, uv, "lookup_sql", SLOT_LOOKUP_SQL, LUA_TNONE);
     keep(L, 1, uv, "save_sql", SLOT_SAVE_SQL, LUA_TNONE);
     keep(L, 1, uv, "links", SLOT_LINKS, LUA_TNONE);
+    keep(L, 1, uv, "idmap_rows_sql", SLOT_IDMAP_ROWS_SQL, LUA_TNONE);
     lua_getfield(L, 1, "updates");
     p->updates = lua_toboolean(L, -1);
     lua_getfield(L, 1, "track_seen");
