@@ -1574,13 +1574,15 @@ static void seed_max(lua_State *L, program *p, int idx)
 }
 
 /* program:take_records(list, from, to, cursor_mark, cursor_id, failing,
- *   ordered, max_mark, max_id) -> taken, skipped, older, stop
+ *   ordered, max_mark, max_id) -> taken, skipped, older, stop, passing
  * Takes the decoded records list[from..to] (a reader's page) into the
  * batch as take does lines: taken, skipped (found unchanged) and older
  * count them; stop is the index of the first record it cannot take (the
  * Lua pipeline's, with the ones after it), or nil. ordered: the reader
  * promised changed order, and max_mark, max_id is the largest pair of the
- * run so far. The entries keep each record's index in list. */
+ * run so far. The entries keep each record's index in list. passing: the
+ * last records were older than the cursor (the Lua pipeline passes over
+ * those, and the next pages', before a batch may end). */
 static int program_take_records(lua_State *L)
 {
     program *p = check_program(L);
@@ -1598,10 +1600,12 @@ static int program_take_records(lua_State *L)
     if (a.ordered)
         seed_max(L, p, 9);
     lua_Integer taken = 0, skipped = 0, older = 0;
+    int last = TAKEN;
     for (lua_Integer i = from; i <= to; i++) {
         lua_rawgeti(L, 2, i);
         int result = map_table(L, p, &r, &a, -1);
         lua_pop(L, 1);
+        last = result;
         if (result == TAKEN) {
             p->entries[p->n - 1].src = i;
             taken++;
@@ -1614,13 +1618,16 @@ static int program_take_records(lua_State *L)
             lua_pushinteger(L, skipped);
             lua_pushinteger(L, older);
             lua_pushinteger(L, i);
-            return 4;
+            lua_pushboolean(L, 0);
+            return 5;
         }
     }
     lua_pushinteger(L, taken);
     lua_pushinteger(L, skipped);
     lua_pushinteger(L, older);
-    return 3;
+    lua_pushnil(L);
+    lua_pushboolean(L, last == OLDER);
+    return 5;
 }
 
 /* program:max() -> mark, id: the largest (changed mark, id text) of the

@@ -785,7 +785,7 @@ function M.run(session, sync, options)
         while held < settings.batch and processed + taken < limit do
           -- Records in hand are written while the network works: a batch
           -- ends early when the next record would have to wait for it.
-          if #plans > 0 and reader.ready and not reader:ready() then break end
+          if #plans > 0 and not source.ready() then break end
           local room = limit - processed - taken
           local kind, value, extra, text, memo = source.next(room == math.huge and 65536 or room,
             settings.batch - held)

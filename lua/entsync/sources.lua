@@ -102,6 +102,11 @@ function M.new(run, reader, state, incremental, track_marks)
   local sync, settings, session = run.sync, run.sync.import, run.session
   local kind = settings.changed_kind
   local source = { truncated = false, moves_each_batch = true, ordered = reader.ordered == true }
+  -- ready() -> whether next() gives a record without waiting for the
+  -- network (the reader's ready, when it has one)
+  function source.ready()
+    return not reader.ready or reader:ready()
+  end
   local max_mark, max_id -- the largest (mark, id) processed in this run
   -- A reader that hands over checkpoints resumes from them: what it gives
   -- is new by its own account, whatever the marks say.
@@ -263,6 +268,15 @@ function M.new(run, reader, state, incremental, track_marks)
     return record, memo
   end
   local pending_skipped
+  -- passing: the last records taken were older than the cursor; the Lua
+  -- pipeline passes over those, fetching pages, within one next()
+  local passing = false
+  -- records taken from the reader and not planned yet are ready, and so is
+  -- a pass over older records under way: a batch must not end (and move an
+  -- ordered reader's cursor) before them
+  function source.ready()
+    return held ~= nil or pending_skipped ~= nil or passing or not reader.ready or reader:ready()
+  end
   function source.next(room, batch_room)
     while true do
       if pending_skipped then
@@ -277,7 +291,8 @@ function M.new(run, reader, state, incremental, track_marks)
         local list, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
         if list then
           local mark = (incremental and not checkpointed) and state.cursor_mark or nil
-          local taken, same, older, stop = program:take_records(list, from, to, mark, state.cursor_id, run.failing,
+          local taken, same, older, stop
+          taken, same, older, stop, passing = program:take_records(list, from, to, mark, state.cursor_id, run.failing,
             source.ordered, max_mark, max_id)
           run.counts.skipped = run.counts.skipped + older
           if taken > 0 or same > 0 then note_pair(program:max()) end
@@ -291,6 +306,7 @@ function M.new(run, reader, state, incremental, track_marks)
         end
       end
       if record == nil then
+        passing = false
         record, err, raw = reader:next()
         if record == nil then return nil end
         if record == false then return UNREADABLE, err, raw end
