@@ -22,7 +22,10 @@
  * Values are slices of the line of about the real values' sizes, so
  * nothing is decoded, mapped or hashed: it is what the store's own rows
  * cost, a ceiling for any importer keeping entsync's id map, however fast
- * its reading, mapping and hashing.
+ * its reading, mapping and hashing. It opens the store as src/store.c
+ * does (SQLite's allocation statistics off, a connection without its
+ * own mutex, temp_store=MEMORY, a 16 MiB page cache, statements prepared
+ * persistent); the raw floor keeps SQLite's defaults.
  *
  * Prints "N lines" on stdout; exits non-zero on any error.
  */
@@ -55,7 +58,7 @@ static void exec(sqlite3 *db, const char *sql)
 static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
         die(db, sql);
     return stmt;
 }
@@ -153,12 +156,17 @@ int main(int argc, char **argv)
         return 1;
     }
     floor_db f = {0};
-    if (sqlite3_open(argv[2], &f.db) != SQLITE_OK)
+    if (store_mode && sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
+        die(NULL, "SQLITE_CONFIG_MEMSTATUS");
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | (store_mode ? SQLITE_OPEN_NOMUTEX : 0);
+    if (sqlite3_open_v2(argv[2], &f.db, flags, NULL) != SQLITE_OK)
         die(f.db, "open");
     exec(f.db, "PRAGMA page_size=16384"); /* as entsync's new stores */
     exec(f.db, "PRAGMA journal_mode=WAL");
     exec(f.db, "PRAGMA synchronous=NORMAL");
     if (store_mode) {
+        exec(f.db, "PRAGMA temp_store=MEMORY");
+        exec(f.db, "PRAGMA cache_size=-16384");
         prepare_store(&f);
     } else {
         exec(f.db, "CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, line TEXT NOT NULL)");
