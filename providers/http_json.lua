@@ -435,16 +435,43 @@ function Reader:next()
     elseif self.done then
       return nil
     else
-      self.buffer, self.index = {}, 0
-      if self.style == "page" or self.style == "offset" then
-        self.buffer = self:fetch_numbered()
-      else
-        self.buffer = self:fetch_chained()
-      end
-      self.count = #self.buffer
-      if self.count == 0 then self.done = true end
+      self:fetch()
     end
   end
+end
+
+-- Reads the next page into the buffer.
+function Reader:fetch()
+  self.buffer, self.index = {}, 0
+  if self.style == "page" or self.style == "offset" then
+    self.buffer = self:fetch_numbered()
+  else
+    self.buffer = self:fetch_chained()
+  end
+  self.count = #self.buffer
+  if self.count == 0 then self.done = true end
+end
+
+-- take_records(max) -> list, from, to | nil: the records of the page in
+-- hand that next() would give, list[from..to] (at most max, all tables),
+-- taken as next() takes them, for the C record path to map without a call
+-- a record; nil when next() must give the next one (a page to fetch, a
+-- resume offset to skip, a record that is not an object).
+function Reader:take_records(max)
+  if self.index >= self.count and not self.done and self.skip == 0 then self:fetch() end
+  if self.skip > 0 or self.index >= self.count then return nil end
+  local buffer, from = self.buffer, self.index + 1
+  local to = math.min(self.count, self.index + max)
+  for i = from, to do
+    if type(buffer[i]) ~= "table" then
+      to = i - 1
+      break
+    end
+  end
+  if to < from then return nil end
+  self.index, self.position = to, self.position + (to - from + 1)
+  if self.style == "key" then self.last_key = buffer[to][self.provider.page.key or self.provider.id_field] end
+  return buffer, from, to
 end
 
 -- ready() -> true when next() gives a record without waiting for the

@@ -69,6 +69,27 @@ local function open(f, name, _, max_line)
     return line, skipped, line == nil and skipped >= max, hash
   end
 
+  -- next_bulk(program, known, max, cursor_mark, cursor_id, failing) ->
+  -- like next_unknown, with the lines the C record path took as a fifth
+  -- result and those older than the cursor as a sixth (core.record's
+  -- take); the first line goes through next_unknown for its BOM.
+  function source.next_bulk(program, known, max, cursor_mark, cursor_id, failing)
+    if held or line_no == 0 then
+      local line, skipped, more, hash = source.next_unknown(known, program.seed, max)
+      return line, skipped, more, hash, 0, 0
+    end
+    local line, skipped, lines, hash, taken, older = program.take(program.program, f, known, max, max_line,
+      cursor_mark, cursor_id, failing)
+    line_no = line_no + lines
+    if line == false then
+      local message = filesource.too_long(source, name, line_no, hash, max_line)
+      if skipped + taken + older == 0 then return false, 0, message, nil, 0, 0 end
+      held = message
+      return nil, skipped, true, nil, taken, older
+    end
+    return line, skipped, line == nil and skipped + taken + older >= max, hash, taken, older
+  end
+
   function source.next()
     local line, err = source.next_raw()
     if not line then return line, err end

@@ -12,6 +12,7 @@
 #include "loop.h"
 #include "notify.h"
 #include "readline.h"
+#include "record.h"
 #include "redis.h"
 #include "sign.h"
 #include "store.h"
@@ -64,6 +65,7 @@ int luaopen_entsync_core(lua_State *L)
     entsync_http_register(L);
     entsync_httpd_register(L);
     entsync_json_register(L);
+    entsync_record_register(L); /* after json: it sets json.object_mt's __index */
     entsync_loop_register(L);
     entsync_notify_register(L);
     entsync_readline_register(L);

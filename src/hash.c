@@ -4,6 +4,7 @@
 #include "hash.h"
 
 #include "fsutil.h"
+#include "record.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -274,6 +275,7 @@ static void encode_value(lua_State *L, canon_buf *out, int idx, int depth)
     case LUA_TTABLE: {
         int sequence;
         luaL_checkstack(L, 8, "hash: value too deep");
+        entsync_record_settle(L, idx); /* a record view, decoded whole first */
         size_t count = count_entries(L, idx, &sequence);
         if (sequence)
             encode_sequence(L, out, idx, count, depth);
@@ -323,6 +325,11 @@ static int hash_canonical(lua_State *L)
 /* --- hash sets --------------------------------------------------------- */
 
 #define HASHSET_META "entsync.hashset"
+
+entsync_hashset *entsync_hashset_check(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, HASHSET_META);
+}
 
 struct entsync_hashset {
     uint64_t *slots; /* 0 marks an empty slot; the hash 0 is kept aside */
@@ -393,7 +400,7 @@ void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash)
     hashset_insert(set, hash);
 }
 
-static int hashset_has_hash(const entsync_hashset *set, uint64_t hash)
+int entsync_hashset_has(const entsync_hashset *set, uint64_t hash)
 {
     if (hash == 0)
         return set->has_zero;
@@ -424,7 +431,7 @@ static int hashset_add(lua_State *L)
 static int hashset_has(lua_State *L)
 {
     entsync_hashset *set = luaL_checkudata(L, 1, HASHSET_META);
-    lua_pushboolean(L, hashset_has_hash(set, (uint64_t)luaL_checkinteger(L, 2)));
+    lua_pushboolean(L, entsync_hashset_has(set, (uint64_t)luaL_checkinteger(L, 2)));
     return 1;
 }
 
@@ -512,7 +519,7 @@ static int hash_skip_known(lua_State *L)
         if (i == len)
             continue; /* blank: no record */
         hash = entsync_hash_continue(seed, line, (size_t)len);
-        if (hashset_has_hash(set, hash)) {
+        if (entsync_hashset_has(set, hash)) {
             skipped++;
             continue;
         }

@@ -30,6 +30,12 @@ typedef struct entsync_hashset entsync_hashset;
 /* Pushes a new empty set; returns it. */
 entsync_hashset *entsync_hashset_push(lua_State *L);
 
+/* The set at idx, or a Lua error when it is not one. */
+entsync_hashset *entsync_hashset_check(lua_State *L, int idx);
+
+/* Whether the set holds hash. */
+int entsync_hashset_has(const entsync_hashset *set, uint64_t hash);
+
 /* Adds a hash; raises a Lua error when out of memory. */
 void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash);
 

@@ -6,6 +6,7 @@
 #include "json.h"
 
 #include "json_simd.h"
+#include "record.h"
 
 #include <lauxlib.h>
 #include <math.h>
@@ -109,8 +110,10 @@ static parser_box *push_parser_box(lua_State *L)
     return push_box(L, sizeof(parser_box), PARSER_META, parser_gc);
 }
 
-/* Pushes the value whose nodes start at n; returns the node after them. */
-static const entsync_json_node *push_node(lua_State *L, const entsync_json_node *n)
+/* Pushes the value whose nodes start at n, its objects and arrays marked
+ * with the tables at object_mt and array_mt (indices that stay valid as
+ * the stack grows: upvalues or absolute); returns the node after them. */
+static const entsync_json_node *push_marked(lua_State *L, const entsync_json_node *n, int object_mt, int array_mt)
 {
     switch (n->type) {
     case ENTSYNC_JSON_NULL:
@@ -135,11 +138,11 @@ static const entsync_json_node *push_node(lua_State *L, const entsync_json_node 
         size_t count = n->len;
         luaL_checkstack(L, 3, "json: value too deep");
         lua_createtable(L, count > INT32_MAX ? INT32_MAX : (int)count, 0);
-        lua_pushvalue(L, UV_ARRAY);
+        lua_pushvalue(L, array_mt);
         lua_setmetatable(L, -2);
         n++;
         for (size_t i = 1; i <= count; i++) {
-            n = push_node(L, n);
+            n = push_marked(L, n, object_mt, array_mt);
             lua_rawseti(L, -2, (lua_Integer)i);
         }
         return n;
@@ -148,17 +151,27 @@ static const entsync_json_node *push_node(lua_State *L, const entsync_json_node 
         size_t count = n->len;
         luaL_checkstack(L, 4, "json: value too deep");
         lua_createtable(L, 0, count > INT32_MAX ? INT32_MAX : (int)count);
-        lua_pushvalue(L, UV_OBJECT);
+        lua_pushvalue(L, object_mt);
         lua_setmetatable(L, -2);
         n++;
         for (size_t i = 0; i < count; i++) {
             lua_pushlstring(L, n->as.string, n->len);
-            n = push_node(L, n + 1);
+            n = push_marked(L, n + 1, object_mt, array_mt);
             lua_rawset(L, -3); /* a repeated key: the last value wins */
         }
         return n;
     }
     }
+}
+
+const entsync_json_node *entsync_json_push_node(lua_State *L, const entsync_json_node *n, int object_mt, int array_mt)
+{
+    return push_marked(L, n, lua_absindex(L, object_mt), lua_absindex(L, array_mt));
+}
+
+static const entsync_json_node *push_node(lua_State *L, const entsync_json_node *n)
+{
+    return push_marked(L, n, UV_OBJECT, UV_ARRAY);
 }
 
 /* --- Explaining an error ------------------------------------------------
@@ -1028,6 +1041,8 @@ static void encode_table(lua_State *L, encoder *e, int idx, int depth)
     int array = 0, object = 0;
     if (lua_getmetatable(L, idx)) {
         object = lua_rawequal(L, -1, UV_OBJECT);
+        if (object)
+            entsync_record_settle(L, idx); /* a record view, decoded whole first */
         array = lua_rawequal(L, -1, UV_ARRAY);
         lua_pop(L, 1);
     }
@@ -1088,6 +1103,148 @@ static void encode_value(lua_State *L, encoder *e, int idx, int depth)
     default:
         encode_fail(L, e, depth, "cannot encode a %s", luaL_typename(L, idx));
     }
+}
+
+/* --- Encoding decoded nodes ------------------------------------------------ */
+
+const entsync_json_node *entsync_json_node_after(const entsync_json_node *n)
+{
+    size_t left = 1;
+    while (left) {
+        if (n->type == ENTSYNC_JSON_ARRAY)
+            left += n->len;
+        else if (n->type == ENTSYNC_JSON_OBJECT)
+            left += 2 * n->len;
+        n++;
+        left--;
+    }
+    return n;
+}
+
+typedef struct placed_member {
+    entsync_json_member m;
+    size_t pos;
+} placed_member;
+
+static int compare_placed(const void *a, const void *b)
+{
+    const placed_member *x = a, *y = b;
+    size_t n = x->m.len < y->m.len ? x->m.len : y->m.len;
+    int c = memcmp(x->m.key, y->m.key, n);
+    if (c)
+        return c;
+    if (x->m.len != y->m.len)
+        return x->m.len < y->m.len ? -1 : 1;
+    return (x->pos > y->pos) - (x->pos < y->pos);
+}
+
+long entsync_json_sorted_members(const entsync_json_node *obj, entsync_json_member **members)
+{
+    size_t count = obj->len;
+    placed_member *placed = malloc((count ? count : 1) * sizeof *placed);
+    if (!placed)
+        return -1;
+    const entsync_json_node *n = obj + 1;
+    for (size_t i = 0; i < count; i++) {
+        placed[i].m.key = n->as.string;
+        placed[i].m.len = n->len;
+        placed[i].m.value = n + 1;
+        placed[i].pos = i;
+        n = entsync_json_node_after(n + 1);
+    }
+    qsort(placed, count, sizeof *placed, compare_placed);
+    entsync_json_member *out = (entsync_json_member *)placed; /* compacted in place: m is first */
+    size_t kept = 0;
+    for (size_t i = 0; i < count; i++) {
+        int last = i + 1 == count || placed[i + 1].m.len != placed[i].m.len ||
+                   memcmp(placed[i + 1].m.key, placed[i].m.key, placed[i].m.len) != 0;
+        if (last)
+            out[kept++] = placed[i].m; /* a repeated key: its last value, as decoding keeps */
+    }
+    *members = out;
+    return (long)kept;
+}
+
+/* Writes the value at n as encode writes its decoded value (compact). */
+static void encode_node(lua_State *L, encoder *e, const entsync_json_node *n, int depth)
+{
+    switch (n->type) {
+    case ENTSYNC_JSON_NULL:
+        put(L, e, "null", 4);
+        return;
+    case ENTSYNC_JSON_FALSE:
+        put(L, e, "false", 5);
+        return;
+    case ENTSYNC_JSON_TRUE:
+        put(L, e, "true", 4);
+        return;
+    case ENTSYNC_JSON_INTEGER:
+        put_integer(L, e, n->as.integer);
+        return;
+    case ENTSYNC_JSON_FLOAT:
+        put_float(L, e, depth, n->as.number);
+        return;
+    case ENTSYNC_JSON_STRING:
+        if (put_string(L, e, n->as.string, n->len))
+            encode_fail_utf8(L, e, depth, "string", 0);
+        return;
+    case ENTSYNC_JSON_ARRAY: {
+        put_char(L, e, '[');
+        const entsync_json_node *item = n + 1;
+        for (size_t i = 0; i < n->len; i++) {
+            if (i)
+                put_char(L, e, ',');
+            encode_node(L, e, item, depth + 1);
+            item = entsync_json_node_after(item);
+        }
+        put_char(L, e, ']');
+        return;
+    }
+    default: {
+        entsync_json_member *members;
+        long count = entsync_json_sorted_members(n, &members);
+        if (count < 0)
+            encode_fail(L, e, depth, "out of memory");
+        put_char(L, e, '{');
+        for (long i = 0; i < count; i++) {
+            if (i)
+                put_char(L, e, ',');
+            put_string(L, e, members[i].key, members[i].len);
+            put_char(L, e, ':');
+            encode_node(L, e, members[i].value, depth + 1); /* nodes nest at most MAX_DEPTH */
+        }
+        free(members);
+        put_char(L, e, '}');
+    }
+    }
+}
+
+struct entsync_json_encoder {
+    encoder e;
+};
+
+entsync_json_encoder *entsync_json_encoder_new(void)
+{
+    return calloc(1, sizeof(entsync_json_encoder));
+}
+
+void entsync_json_encoder_free(entsync_json_encoder *enc)
+{
+    if (!enc)
+        return;
+    free(enc->e.data);
+    free(enc->e.members);
+    free(enc);
+}
+
+const char *entsync_json_encode_node(lua_State *L, entsync_json_encoder *enc, const entsync_json_node *n, size_t *len)
+{
+    enc->e.len = 0;
+    enc->e.used = 0;
+    enc->e.pretty = 0;
+    encode_node(L, &enc->e, n, 0);
+    *len = enc->e.len;
+    return enc->e.data ? enc->e.data : "";
 }
 
 /* encode(value [, { pretty = true }]) -> text */
@@ -1200,23 +1357,32 @@ static void set_functions(lua_State *L, const luaL_Reg *list)
 /* text_ok(s) -> true, or false, the 1-based offset of the first byte that
  * is not valid UTF-8 or is a NUL, and "utf8" or "nul": what a text column
  * takes (JSON strings, SQLite text read by other programs). */
-static int json_text_ok(lua_State *L)
+size_t entsync_json_text_bad(const char *text, size_t len)
 {
-    size_t len;
-    const unsigned char *s = (const unsigned char *)luaL_checklstring(L, 1, &len);
+    const unsigned char *s = (const unsigned char *)text;
     for (size_t i = 0; i < len;) {
         if (s[i] >= 0x01 && s[i] < 0x80) {
             i++;
             continue;
         }
         size_t n = s[i] == 0 ? 0 : utf8_sequence(s + i, len - i);
-        if (n == 0) {
-            lua_pushboolean(L, 0);
-            lua_pushinteger(L, (lua_Integer)i + 1);
-            lua_pushstring(L, s[i] == 0 ? "nul" : "utf8");
-            return 3;
-        }
+        if (n == 0)
+            return i + 1;
         i += n;
+    }
+    return 0;
+}
+
+static int json_text_ok(lua_State *L)
+{
+    size_t len;
+    const char *s = luaL_checklstring(L, 1, &len);
+    size_t bad = entsync_json_text_bad(s, len);
+    if (bad) {
+        lua_pushboolean(L, 0);
+        lua_pushinteger(L, (lua_Integer)bad);
+        lua_pushstring(L, s[bad - 1] == 0 ? "nul" : "utf8");
+        return 3;
     }
     lua_pushboolean(L, 1);
     return 1;

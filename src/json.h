@@ -21,7 +21,44 @@
 #ifndef ENTSYNC_JSON_H
 #define ENTSYNC_JSON_H
 
+#include "json_simd.h"
+
 #include <lua.h>
+
+/* Pushes the Lua value decode gives for the nodes at n, its objects and
+ * arrays marked with the tables at object_mt and array_mt; returns the
+ * node after them. */
+const entsync_json_node *entsync_json_push_node(lua_State *L, const entsync_json_node *n, int object_mt, int array_mt);
+
+/* The node after the value whose nodes start at n. */
+const entsync_json_node *entsync_json_node_after(const entsync_json_node *n);
+
+/* One member of a decoded object. */
+typedef struct entsync_json_member {
+    const char *key;
+    size_t len;
+    const entsync_json_node *value;
+} entsync_json_member;
+
+/* The members of the object at obj as its decoded table holds them (a
+ * repeated key's last value), sorted bytewise by key, in *members
+ * (malloc'ed: the caller frees it); their count, or -1 out of memory. */
+long entsync_json_sorted_members(const entsync_json_node *obj, entsync_json_member **members);
+
+/* An encoder of decoded nodes, with its own output buffer. */
+typedef struct entsync_json_encoder entsync_json_encoder;
+
+entsync_json_encoder *entsync_json_encoder_new(void); /* NULL: out of memory */
+void entsync_json_encoder_free(entsync_json_encoder *enc);
+
+/* The text encode() gives for the value the nodes at n decode to, valid
+ * until the encoder's next use; raises a Lua error only when out of
+ * memory. */
+const char *entsync_json_encode_node(lua_State *L, entsync_json_encoder *enc, const entsync_json_node *n, size_t *len);
+
+/* Where text stops being what a text column takes (valid UTF-8 without
+ * NUL bytes): the offset of the first bad byte + 1, or 0 when all is. */
+size_t entsync_json_text_bad(const char *text, size_t len);
 
 /* Sets the sub-table json of the table on top of the stack. */
 void entsync_json_register(lua_State *L);

@@ -841,6 +841,17 @@ static int writer_insert(lua_State *L)
     return 1;
 }
 
+void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out)
+{
+    entsync_writer *writer = luaL_checkudata(L, idx, WRITER_META);
+    lua_getiuservalue(L, idx, 1);
+    entsync_store_check(L, -1);
+    out->insert = writer->insert;
+    out->insert_with_id = writer->insert_with_id;
+    out->update = writer->update;
+    out->columns = writer->columns;
+}
+
 /* writer:update(id, values) -> rows changed (0: the row is gone) */
 static int writer_update(lua_State *L)
 {

@@ -34,6 +34,18 @@ int entsync_store_error(lua_State *L, entsync_store *store, const char *sql);
 void entsync_store_bind(lua_State *L, entsync_store *store, sqlite3_stmt *stmt,
                         int n, int idx, const char *what);
 
+/* The statements of the writer (store:writer) at idx: insert binds its
+ * columns as parameters 1..columns, insert_with_id those and the id after
+ * them, update those and the id of the row after them. Pushes the
+ * writer's store; raises a Lua error when idx is not a writer or its store
+ * is closed. */
+typedef struct entsync_writer_stmts {
+    sqlite3_stmt *insert, *insert_with_id, *update;
+    int columns;
+} entsync_writer_stmts;
+
+void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out);
+
 /* Pushes column i of the current row as a Lua value. */
 void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i);
 

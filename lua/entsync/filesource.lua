@@ -133,7 +133,7 @@ local function new_reader(provider, files, dropdir, offset)
     _dropdir = dropdir,        -- nil for a single named file: never moved
     _pending = {},             -- finished files waiting for committed()
   }, Reader)
-  if not provider._raw then reader.next_raw, reader.next_unknown = false, false end
+  if not provider._raw then reader.next_raw, reader.next_unknown, reader.next_bulk = false, false, false end
   return reader
 end
 
@@ -216,6 +216,36 @@ function Reader:next_raw()
   return self:_pull("next_raw")
 end
 
+-- Reads on through the files with take(source) -> text | nil | false,
+-- skipped, more, hash, taken, older (a source's next_unknown or next_bulk),
+-- counting what it passed over: a text, the skipped and taken lines
+-- before it, or false and the message of a line over max_line.
+local function pull_lines(self, take)
+  while true do
+    local current, open_err = self:_current_file()
+    if not current then return current, 0, open_err, nil, 0, 0 end
+    local text, skipped, more, hash, taken, older = take(current.source)
+    taken, older = taken or 0, older or 0
+    local read = skipped + taken + older
+    current.count = current.count + read
+    self.position = self.position + read
+    self._last = current.source
+    if text == false then
+      -- one bad record (a line over max_line): more is its message
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return false, skipped, more, nil, taken, older
+    end
+    if text then
+      current.count = current.count + 1
+      self.position = self.position + 1
+      return text, skipped, nil, hash, taken, older
+    end
+    if read > 0 then return nil, skipped, nil, nil, taken, older end
+    if not more then self:_finish(current) end
+  end
+end
+
 -- next_unknown(known, seed, max) -> text | nil, skipped, err, hash: like
 -- next_raw, but records whose bytes hash (from seed) into `known` are
 -- skipped by the source without reaching Lua, at most max of them per
@@ -232,27 +262,25 @@ function Reader:next_unknown(known, seed, max)
     if known:has(hash) then return nil, 1 end
     return text, 0, nil, hash
   end
-  while true do
-    local current, open_err = self:_current_file()
-    if not current then return current, 0, open_err end
-    local text, skipped, more, hash = current.source.next_unknown(known, seed, max)
-    current.count = current.count + skipped
-    self.position = self.position + skipped
-    self._last = current.source
-    if text == false then
-      -- one bad record (a line over max_line): more is its message
-      current.count = current.count + 1
-      self.position = self.position + 1
-      return false, skipped, more
-    end
-    if text then
-      current.count = current.count + 1
-      self.position = self.position + 1
-      return text, skipped, nil, hash
-    end
-    if skipped > 0 then return nil, skipped end
-    if not more then self:_finish(current) end
+  local text, skipped, err, hash = pull_lines(self, function(source) return source.next_unknown(known, seed, max) end)
+  return text, skipped, err, hash
+end
+
+-- next_bulk(program, known, max, cursor_mark, cursor_id, failing) -> text
+-- | nil, skipped, err, hash, taken, older: next_unknown for sources that
+-- also give lines to the C record path (entsync.record_path): taken lines
+-- were mapped into the program's batch, older ones were older than the
+-- cursor. Sources without it are read through next_unknown.
+function Reader:next_bulk(program, known, max, cursor_mark, cursor_id, failing)
+  if self._closed then return nil, 0, nil, nil, 0, 0 end
+  if self._skip > 0 then
+    local text, skipped, err, hash = self:next_unknown(known, program.seed, max)
+    return text, skipped, err, hash, 0, 0
   end
+  return pull_lines(self, function(source)
+    if source.next_bulk then return source.next_bulk(program, known, max, cursor_mark, cursor_id, failing) end
+    return source.next_unknown(known, program.seed, max)
+  end)
 end
 
 function Reader:decode(text)

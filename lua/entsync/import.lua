@@ -27,6 +27,7 @@ local loop = require "entsync.loop"
 local operation = require "entsync.operation"
 local pipeline = require "entsync.pipeline"
 local progress = require "entsync.progress"
+local record_path = require "entsync.record_path"
 local provider_contract = require "entsync.provider"
 local sources = require "entsync.sources"
 
@@ -439,7 +440,43 @@ local apply = {
     return self:count("unchanged", plan.key)
   end,
   write = Run.write,
+  taken = function(self, plan)
+    -- entries of the C record path: creates and updates, written by the
+    -- program
+    local ok, created, updated = pcall(self.program.write, self.program, plan.from, plan.to, self.pass,
+      core.sys.now())
+    if not ok then
+      if errors.is(created) and created.kind ~= "entity" then error(created, 0) end
+      errors.raise("redo", "a write failed; the batch is written again record by record")
+    end
+    self.counts.created = self.counts.created + created
+    self.counts.updated = self.counts.updated + updated
+    self.mapped_in_c = self.mapped_in_c + created + updated
+    return "written"
+  end,
 }
+
+-- The plans of a batch again, with the C record path's entries planned
+-- by the Lua pipeline: the batch is written record by record (careful),
+-- which only the Lua pipeline does.
+function Run:expand(plans)
+  local out = {}
+  for _, plan in ipairs(plans) do
+    if plan[1] == "taken" then
+      for i = plan.from, plan.to do
+        local text, raw_hash, src = self.program:entry(i)
+        if text then
+          out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
+        else
+          out[#out + 1] = self:prepare(plan.list[src])
+        end
+      end
+    else
+      out[#out + 1] = plan
+    end
+  end
+  for i = 1, math.max(#plans, #out) do plans[i] = out[i] end
+end
 
 -- Applies one plan; in careful mode on its own savepoint, so a record
 -- whose write fails is stored as failed and the others are written.
@@ -468,7 +505,7 @@ end
 -- record.
 function Run:write_batch(plans, checkpoint)
   self.reported = {}
-  local saved = { counts = {}, failing = {}, shown = self.shown }
+  local saved = { counts = {}, failing = {}, shown = self.shown, mapped_in_c = self.mapped_in_c }
   for k, v in pairs(self.counts) do saved.counts[k] = v end
   for k, v in pairs(self.failing) do saved.failing[k] = v end
   local diffing = self.session.options.diff and self.session.dry
@@ -498,6 +535,13 @@ function Run:write_batch(plans, checkpoint)
   -- after batch: one replay ends the first import's unchecked writes.
   self.fresh = false
   self.careful = true
+  if self.program then
+    -- the rest of the run is the Lua pipeline's, which now looks every
+    -- remote id up
+    self:expand(plans)
+    self.program = nil
+  end
+  self.mapped_in_c = saved.mapped_in_c
   local done, again = pcall(transaction, body)
   self.careful, self.reported = false, nil
   if not done then
@@ -698,6 +742,9 @@ function M.run(session, sync, options)
     -- a full pass reads each remote record once: an id read twice is
     -- noted (a change log read incrementally repeats ids by nature)
     run.note_ids = not incremental
+    -- the records the C record path can take
+    run.program = record_path.program(run)
+    if run.program then run.mapped_in_c = 0 end
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
     if options.follow then
@@ -727,18 +774,28 @@ function M.run(session, sync, options)
     local processed, complete, stopped = 0, false, false
     local ok, result = pcall(function()
       while true do
-        local plans, taken, exhausted = {}, 0, false
+        -- held: the records the batch's plans write (a plan of the C
+        -- record path holds many)
+        local plans, taken, exhausted, held = {}, 0, false, 0
         run.batch, run.batch_keys = plans, {}
-        while #plans < settings.batch and processed + taken < limit do
+        if run.program then run.program:reset() end
+        while held < settings.batch and processed + taken < limit do
           -- Records in hand are written while the network works: a batch
           -- ends early when the next record would have to wait for it.
           if #plans > 0 and reader.ready and not reader:ready() then break end
           local room = limit - processed - taken
-          local kind, value, extra, text = source.next(room == math.huge and 65536 or room)
+          local kind, value, extra, text = source.next(room == math.huge and 65536 or room, settings.batch - held)
+          held = held + 1
           if kind == nil then exhausted = true; break end
           if kind == sources.UNCHANGED then
             plans[#plans + 1] = { "skip", outcome = "unchanged", n = value }
             taken = taken + value
+          elseif kind == sources.TAKEN then
+            -- mapped in C into the program's batch: its entries up to here
+            local to = run.program:count()
+            plans[#plans + 1] = { "taken", from = to - value + 1, to = to, list = extra }
+            taken = taken + value
+            held = held + value - 1
           elseif kind == sources.UNREADABLE then
             -- An input that could not be read has no id: it is kept under
             -- its place in the input ("@contacts.ndjson:7"), with its text.
@@ -845,6 +902,11 @@ function M.run(session, sync, options)
     run.batch, run.batch_keys = nil, nil
     if reader.close then pcall(reader.close, reader) end
     if not ok then error(result, 0) end
+    if run.mapped_in_c then
+      session.log("debug", string.format("sync \"%s\": %d of %d records mapped in C", sync.name, run.mapped_in_c or 0,
+        processed), { sync = sync.name, event = "record_path", c = run.mapped_in_c or 0,
+        lua = processed - (run.mapped_in_c or 0) })
+    end
     meter:finish()
     -- A full run reads every record again, failed ones included; an
     -- incremental one retries the failures that are due.

@@ -488,6 +488,17 @@ function Ledger:insert_map(sync_id, local_id, remote_id, changed, hash, raw_hash
     self:key_of(sync_id, local_id, true))
 end
 
+-- The SQL the C record path runs (core.record), bound as insert_map,
+-- save_map and by_remote bind theirs.
+function Ledger:record_path_sql()
+  return { insert_map = SQL.insert_map, save_map = SQL.save_map, by_remote = SQL.by_remote }
+end
+
+-- Whether the sync has writes recorded and not yet confirmed.
+function Ledger:has_writes(sync_id)
+  return self.store:value(SQL.any_write, sync_id) ~= nil
+end
+
 function Ledger:save_map(sync_id, local_id, remote_id, changed, hash, raw_hash, version, pass)
   self.store:run(SQL.save_map, sync_id, local_id, remote_id, changed, hash, raw_hash, version, core.sys.now(), pass,
     self:key_of(sync_id, local_id, true))
@@ -540,6 +551,7 @@ SQL.begin_write = [[INSERT INTO entsync_writes (sync, local_id, operation, key, 
     key = coalesce(entsync_writes.key, excluded.key), hash = excluded.hash, at = excluded.at]]
 SQL.write_of = "SELECT operation, key, hash, at FROM entsync_writes WHERE sync = ?1 AND local_id = ?2"
 SQL.end_write = "DELETE FROM entsync_writes WHERE sync = ?1 AND local_id = ?2"
+SQL.any_write = "SELECT 1 FROM entsync_writes WHERE sync = ?1 LIMIT 1"
 SQL.pending_creates = [[SELECT local_id, key, hash FROM entsync_writes
   WHERE sync = ?1 AND operation = 'create']]
 

@@ -238,14 +238,19 @@ local function json_fields(declared)
 end
 
 -- The row to store for one entity's mapped values: the values of its json
--- fields (declared: { field = type }) encoded, in place (the values were
--- hashed already and are not used again).
+-- fields (declared: { field = type }) encoded, in a copy when there are
+-- any: a batch written again record by record writes the same mapped
+-- values a second time, which must not find them encoded already.
 function M.storable(values, declared)
-  for _, name in ipairs(json_fields(declared)) do
-    local value = values[name]
-    if value ~= nil then values[name] = json.encode(value) end
+  local names = json_fields(declared)
+  if #names == 0 then return values end
+  local row = {}
+  for k, v in pairs(values) do row[k] = v end
+  for _, name in ipairs(names) do
+    local value = row[name]
+    if value ~= nil then row[name] = json.encode(value) end
   end
-  return values
+  return row
 end
 
 return M

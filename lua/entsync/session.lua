@@ -328,6 +328,12 @@ local function writer_for(self, writers, entity, values, hooked)
   return writer
 end
 
+-- The query of the row of a split's entity (name) linked to a local id of
+-- the sync's first entity.
+function Session:link_sql(sync, name)
+  return string.format('SELECT id FROM "%s" WHERE "%s" = ?1', name, self.job.links[name][sync.entities[1]])
+end
+
 -- Writes mapped entities ({ entity = values }) for local_id (nil: new
 -- rows); returns the primary's local id. A split's other entities are
 -- found by their link column and get it set.
@@ -349,7 +355,7 @@ function Session:write_rows(sync, writers, local_id, mapped)
       local link = links[name][primary]
       values[link] = local_id
       local writer = writer_for(self, writers, name, values, sync.after_map)
-      local id = existed and store:value(string.format('SELECT id FROM "%s" WHERE "%s" = ?1', name, link), local_id)
+      local id = existed and store:value(self:link_sql(sync, name), local_id)
       if id then writer:update(id, values) else writer:insert(values) end
     end
   end

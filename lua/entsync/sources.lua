@@ -3,8 +3,9 @@
 -- A source wraps a provider's reader for one run: next(room) -> kind,
 -- value, extra, text | nil, where kind is RECORD (a decoded record; extra
 -- its raw line's hash and text its raw line, when known), UNCHANGED (value lines known unchanged by
--- their bytes, skipped without decoding) or UNREADABLE (value the message,
--- extra the text). It also keeps the largest (changed mark, id) of the
+-- their bytes, skipped without decoding), UNREADABLE (value the message,
+-- extra the text) or TAKEN (value lines the C record path mapped into the
+-- run's program: entsync.record_path). It also keeps the largest (changed mark, id) of the
 -- records the run processed, for the incremental cursor.
 
 local core = require "entsync.core"
@@ -15,8 +16,8 @@ local provider = require "entsync.provider"
 
 local M = {}
 
-local RECORD, UNCHANGED, UNREADABLE = 1, 2, 3
-M.RECORD, M.UNCHANGED, M.UNREADABLE = RECORD, UNCHANGED, UNREADABLE
+local RECORD, UNCHANGED, UNREADABLE, TAKEN = 1, 2, 3, 4
+M.RECORD, M.UNCHANGED, M.UNREADABLE, M.TAKEN = RECORD, UNCHANGED, UNREADABLE, TAKEN
 
 local null = json.null
 
@@ -42,7 +43,7 @@ end
 
 local function guarded(handle, reader)
   local out = setmetatable({}, { __index = reader })
-  for _, method in ipairs({ "next", "next_raw", "next_unknown", "decode", "checkpoint", "ready", "total",
+  for _, method in ipairs({ "next", "next_raw", "next_unknown", "next_bulk", "take_records", "decode", "checkpoint", "ready", "total",
       "fraction", "committed", "close" }) do
     local fn = reader[method]
     if type(fn) == "function" then
@@ -142,6 +143,12 @@ function M.new(run, reader, state, incremental, track_marks)
     return max_mark, max_id
   end
 
+  -- The largest (mark, id) of records the C record path took.
+  local function note_pair(mark, id)
+    if mark == nil then return end
+    if max_mark == nil or cursor.compare(mark, id, max_mark, max_id, kind) > 0 then max_mark, max_id = mark, id end
+  end
+
   if incremental and settings.limit and not reader.ordered and not checkpointed then
     local heap, unreadable = { kind = kind }, {}
     while true do
@@ -177,14 +184,41 @@ function M.new(run, reader, state, incremental, track_marks)
       and not (run.sync_id and run.book:input_duplicates(run.sync_id)) then
     local known = run.book:raw_hashes(run.sync_id)
     local fingerprint = sync.fingerprint
+    local bulk = run.program and reader.next_bulk and not source.ordered
+      and { program = run.program, take = run.program.take, seed = fingerprint } or nil
+    if not bulk then run.program, run.mapped_in_c = nil, nil end
     -- Runs of known lines are skipped by the reader in C: UNCHANGED then
-    -- carries how many. A line found after such a run waits in `pending`.
-    local pending, pending_hash
-    function source.next(room)
+    -- carries how many; TAKEN how many the C record path took. A line
+    -- found after such runs waits in `pending`.
+    local pending, pending_hash, pending_taken
+    function source.next(room, batch_room)
       while true do
+        if pending_taken then
+          local taken = pending_taken
+          pending_taken = nil
+          return TAKEN, taken
+        end
         local text, skipped, err, raw_hash = pending, 0, nil, pending_hash
         pending, pending_hash = nil, nil
-        if not text then
+        if not text and bulk and run.program then
+          local taken, older
+          repeat
+            -- the cursor as newer_than_cursor reads it
+            local mark = (incremental and not checkpointed) and state.cursor_mark or nil
+            text, skipped, err, raw_hash, taken, older = reader:next_bulk(bulk, known,
+              math.max(1, math.min(room, batch_room or room, 65536)), mark, state.cursor_id, run.failing)
+            run.counts.skipped = run.counts.skipped + older
+          until text ~= nil or skipped > 0 or taken > 0 or older == 0
+          if taken > 0 then note_pair(run.program:max()) end
+          if skipped > 0 or taken > 0 then
+            pending, pending_hash = text, raw_hash
+            if skipped > 0 then
+              pending_taken = taken > 0 and taken or nil
+              return UNCHANGED, skipped
+            end
+            return TAKEN, taken
+          end
+        elseif not text then
           if reader.next_unknown then
             text, skipped, err, raw_hash = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
           else
@@ -211,13 +245,54 @@ function M.new(run, reader, state, incremental, track_marks)
     return source
   end
 
-  function source.next()
+  -- Readers that hand over the records in hand as a list give them to the
+  -- C record path a page at a time (run.program: entsync.record_path); a
+  -- record it cannot take, and those after it, wait in `held`.
+  local program = run.program
+  if program and not reader.take_records then run.program, run.mapped_in_c, program = nil, nil, nil end
+  local held
+  local function next_held()
+    local record = held.list[held.from]
+    held.from = held.from + 1
+    if held.from > held.to then held = nil end
+    return record
+  end
+  local pending_skipped
+  function source.next(room, batch_room)
     while true do
-      local record, err, raw = reader:next()
-      if record == nil then return nil end
-      if record == false then return UNREADABLE, err, raw end
+      if pending_skipped then
+        local n = pending_skipped
+        pending_skipped = nil
+        return UNCHANGED, n
+      end
+      local record, err, raw
+      if held then
+        record = next_held()
+      elseif program and run.program then
+        local list, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
+        if list then
+          local mark = (incremental and not checkpointed) and state.cursor_mark or nil
+          local taken, same, older, stop = program:take_records(list, from, to, mark, state.cursor_id, run.failing,
+            source.ordered, max_mark, max_id)
+          run.counts.skipped = run.counts.skipped + older
+          if taken > 0 or same > 0 then note_pair(program:max()) end
+          if stop then held = { list = list, from = stop, to = to } end
+          if taken > 0 then
+            pending_skipped = same > 0 and same or nil
+            return TAKEN, taken, list
+          end
+          if same > 0 then return UNCHANGED, same end
+          goto continue
+        end
+      end
+      if record == nil then
+        record, err, raw = reader:next()
+        if record == nil then return nil end
+        if record == false then return UNREADABLE, err, raw end
+      end
       if newer_than_cursor(record) then return RECORD, record end
       skip()
+      ::continue::
     end
   end
   return source
