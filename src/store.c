@@ -780,7 +780,7 @@ static int store_writer(lua_State *L)
         lua_rawseti(L, cols, i);
     }
     build_writer_sql(L, name, cols, columns);
-    entsync_writer *writer = lua_newuserdatauv(L, sizeof *writer, 2);
+    entsync_writer *writer = lua_newuserdatauv(L, sizeof *writer, 3);
     memset(writer, 0, sizeof *writer);
     writer->columns = columns;
     luaL_setmetatable(L, WRITER_META);
@@ -791,6 +791,8 @@ static int store_writer(lua_State *L)
     lua_setiuservalue(L, -2, 1);
     lua_pushvalue(L, cols);
     lua_setiuservalue(L, -2, 2);
+    lua_pushvalue(L, 2);
+    lua_setiuservalue(L, -2, 3);
     return 1;
 }
 
@@ -850,6 +852,63 @@ void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out
     out->insert_with_id = writer->insert_with_id;
     out->update = writer->update;
     out->columns = writer->columns;
+}
+
+sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkudata(L, idx, WRITER_META);
+    lua_getiuservalue(L, idx, 1);
+    int store_idx = lua_gettop(L);
+    lua_getiuservalue(L, idx, 2);
+    int cols = lua_gettop(L);
+    lua_getiuservalue(L, idx, 3);
+    int columns = (int)lua_rawlen(L, cols);
+    luaL_Buffer b;
+    luaL_buffinit(L, &b);
+    lua_pushfstring(L, "INSERT INTO \"%s\" (", lua_tostring(L, cols + 1));
+    luaL_addvalue(&b);
+    for (int i = 1; i <= columns; i++) {
+        lua_rawgeti(L, cols, i);
+        lua_pushfstring(L, "%s\"%s\"", i > 1 ? "," : "", lua_tostring(L, -1));
+        lua_remove(L, -2);
+        luaL_addvalue(&b);
+    }
+    if (with_id)
+        luaL_addstring(&b, columns ? ",id" : "id");
+    luaL_addstring(&b, ") VALUES ");
+    int width = columns + (with_id != 0);
+    for (int r = 0; r < rows; r++) {
+        luaL_addstring(&b, r ? ",(" : "(");
+        for (int i = 0; i < width; i++)
+            luaL_addstring(&b, i ? ",?" : "?");
+        luaL_addchar(&b, ')');
+    }
+    luaL_pushresult(&b);
+    sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_settop(L, store_idx - 1);
+    return stmt;
+}
+
+sqlite3_int64 entsync_store_writer_max_id(lua_State *L, int idx)
+{
+    idx = lua_absindex(L, idx);
+    luaL_checkudata(L, idx, WRITER_META);
+    lua_getiuservalue(L, idx, 1);
+    int store_idx = lua_gettop(L);
+    entsync_store *store = entsync_store_check(L, store_idx);
+    lua_getiuservalue(L, idx, 3);
+    lua_pushfstring(L, "SELECT coalesce(max(id), 0) FROM \"%s\"", lua_tostring(L, -1));
+    sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    sqlite3_int64 max = 0;
+    int rc = sqlite3_step(stmt);
+    if (rc == SQLITE_ROW)
+        max = sqlite3_column_int64(stmt, 0);
+    sqlite3_reset(stmt);
+    if (rc != SQLITE_ROW)
+        entsync_store_error(L, store, sqlite3_sql(stmt));
+    lua_settop(L, store_idx - 1);
+    return max;
 }
 
 /* writer:update(id, values) -> rows changed (0: the row is gone) */

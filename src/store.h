@@ -46,6 +46,16 @@ typedef struct entsync_writer_stmts {
 
 void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out);
 
+/* The statement inserting rows rows at once through the writer at idx:
+ * for each row its columns, then its id when with_id, as parameters in
+ * that order (prepared once, cached by the store). Leaves the stack as
+ * it was. */
+sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id);
+
+/* The largest id in the writer's table (0 when empty): the next row
+ * inserted without an id takes the one after it. */
+sqlite3_int64 entsync_store_writer_max_id(lua_State *L, int idx);
+
 /* Pushes column i of the current row as a Lua value. */
 void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i);
 

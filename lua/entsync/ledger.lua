@@ -489,9 +489,15 @@ function Ledger:insert_map(sync_id, local_id, remote_id, changed, hash, raw_hash
 end
 
 -- The SQL the C record path runs (core.record), bound as insert_map,
--- save_map and by_remote bind theirs.
+-- save_map and by_remote bind theirs; insert_map_rows(n) inserts n id-map
+-- rows at once, each bound as key, sync, local_id, remote_id, changed,
+-- hash, raw_hash, version, synced_at, seen_pass.
 function Ledger:record_path_sql()
-  return { insert_map = SQL.insert_map, save_map = SQL.save_map, by_remote = SQL.by_remote }
+  return { insert_map = SQL.insert_map, save_map = SQL.save_map, by_remote = SQL.by_remote,
+    insert_map_rows = function(n)
+      return "INSERT INTO entsync_idmap (key, sync, local_id, remote_id, changed, hash, raw_hash, version, "
+        .. "synced_at, seen_pass) VALUES " .. string.rep("(?,?,?,?,?,?,?,?,?,?)", n, ",")
+    end }
 end
 
 -- Whether the sync has writes recorded and not yet confirmed.
