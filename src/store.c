@@ -866,7 +866,7 @@ sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int wit
     int columns = (int)lua_rawlen(L, cols);
     luaL_Buffer b;
     luaL_buffinit(L, &b);
-    lua_pushfstring(L, "INSERT INTO \"%s\" (", lua_tostring(L, cols + 1));
+    lua_pushfstring(L, "INSERT OR FAIL INTO \"%s\" (", lua_tostring(L, cols + 1));
     luaL_addvalue(&b);
     for (int i = 1; i <= columns; i++) {
         lua_rawgeti(L, cols, i);
