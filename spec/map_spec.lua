@@ -248,6 +248,12 @@ describe("entsync.map", function()
       assert.matches("expected a number", failure(map.epoch_to_iso, "soon"))
     end)
 
+    it("epoch_to_iso fails an epoch outside the years 0001 to 9999", function()
+      for _, epoch in ipairs({ 253402300800, math.maxinteger, 1e300, -1e300, "1e16" }) do
+        assert.matches("outside the years 0001 to 9999", failure(map.epoch_to_iso, epoch))
+      end
+    end)
+
     it("epoch_to_iso rounds a fraction just under a second up to the next second", function()
       -- 1.9996 s is 2.000 s to the millisecond: not "00:00:01.1000Z".
       local iso = map.epoch_to_iso(1.9996)

@@ -125,6 +125,35 @@ describe("coercion to the declared local type", function()
     assert.is_nil(coerce.timestamp("yesterday"))
     assert.is_nil(coerce.timestamp(true))
   end)
+
+  it("timestamp: an epoch outside the years 0001 to 9999 (which ISO 8601's four digits write) is no timestamp", function()
+    assert.equal("0001-01-01T00:00:00Z", coerce.timestamp(-62135596800))
+    assert.equal("9999-12-31T23:59:59.999Z", coerce.timestamp(253402300799.999))
+    -- beyond them: an integer whose milliseconds overflow (2^63 - 1 was
+    -- written as 1969-12-31T23:59:59Z), a float os.date refuses (1e300
+    -- raised its error, naming neither the field nor the mapping), a
+    -- year of nine digits (1e16)
+    for _, epoch in ipairs({ -62135596801, 253402300800, math.maxinteger, math.mininteger, 1e300, -1e300, 2^63, 1e16 }) do
+      assert.is_nil(coerce.timestamp(epoch), tostring(epoch))
+    end
+  end)
+
+  it("timestamp: entsync-run fails an entity whose epoch is out of range, naming the field and the mapping line", function()
+    local dir = T.dir()
+    T.job(dir, [[
+entity "event" { at = "timestamp" }
+local files = provider "ndjson" { dir = "data" }
+sync "events" { remote = files "events.ndjson", entity = "event",
+  mapping = { at = "at" } }
+]])
+    T.data(dir, "events", { '{"id":1,"at":1700000000}', '{"id":2,"at":1e300}', '{"id":3,"at":9223372036854775807}' })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    assert.same({ 1, 2 }, { T.summary(r.stdout, "events").created, T.summary(r.stdout, "events").failed })
+    assert.matches("events 2: field at: expected timestamp, got 1e%+300 %(job%.lua:4%)", r.stderr)
+    assert.matches("events 3: field at: expected timestamp, got 9223372036854775807 %(job%.lua:4%)", r.stderr)
+    assert.same({ { at = "2023-11-14T22:13:20Z" } }, T.query(dir, "SELECT at FROM event"))
+  end)
 end)
 
 describe("compiled mappings (Lua API)", function()
@@ -314,6 +343,50 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact",
     assert.matches("contacts 2: field n: job%.lua:6: unlucky number %(job%.lua:6%)", r.stderr)
     assert.is_nil(r.stderr:find("traceback", 1, true))
     assert.matches("^field n: job%.lua:6: unlucky number", T.failures(dir, "contacts")["2"].error)
+  end)
+
+  it("a callback that raises a value other than text is named by that value, never by its address", function()
+    T.job(dir, [[
+entity "contact" { n = "integer" }
+local files = provider "ndjson" { dir = "data" }
+sync "contacts" { remote = files "contacts.ndjson", entity = "contact",
+  mapping = {
+    n = { "n", import = function(v)
+      if v == 1 then error({ code = 7, why = "over quota" }) end
+      if v == 2 then error(setmetatable({}, { __tostring = function() return "a quota error" end })) end
+      if v == 3 then error(print) end
+      error(42)
+    end },
+  } }
+]])
+    T.data(dir, "contacts", { { id = 1, n = 1 }, { id = 2, n = 2 }, { id = 3, n = 3 }, { id = 4, n = 4 } })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    assert.is_nil(r.stderr:find("0x", 1, true), r.stderr)
+    local failures = T.failures(dir, "contacts")
+    assert.equal('field n: raised {"code":7,"why":"over quota"} (job.lua:5)', failures["1"].error)
+    assert.equal("field n: a quota error (job.lua:5)", failures["2"].error)
+    assert.equal("field n: raised a function (job.lua:5)", failures["3"].error)
+    assert.equal("field n: 42 (job.lua:5)", failures["4"].error)
+  end)
+
+  it("an export callback that raises a table is named by its content too", function()
+    helpers.write(dir .. "/out/.keep", "")
+    T.job(dir, [[
+entity "contact" { name = "text" }
+local out = provider "ndjson" { dir = "out" }
+sync "contacts" { remote = out, entity = "contact", import = false, export = { resource = "sink.ndjson" },
+  mapping = {
+    name = { "name", export = function(v) error({ refused = v }) end },
+  } }
+]])
+    assert.equal(0, T.run(dir, "run").code)
+    T.sqlite(dir, "INSERT INTO contact (name) VALUES ('Ann')")
+    local r = T.run(dir, "export", "contacts", "1")
+    assert.equal(1, r.code, r.stderr)
+    assert.is_nil(r.stderr:find("0x", 1, true), r.stderr)
+    local failure = T.query(dir, "SELECT error FROM entsync_failed WHERE sync = 'contacts' AND direction = 'export'")[1]
+    assert.equal('field name: export: raised {"refused":"Ann"} (job.lua:5)', failure.error)
   end)
 
   it("coerce values to each declared type and store them as SQLite types", function()
@@ -845,6 +918,28 @@ sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping 
     local r = T.run(dir, "run")
     assert.equal(0, r.code, r.stderr)
     assert.same({ { vip = 1, t = "integer" } }, T.query(dir, "SELECT vip, typeof(vip) AS t FROM contact"))
+  end)
+
+  it("what after_map sets that cannot be stored fails the record, naming the field and after_map's line", function()
+    T.job(dir, [[
+entity "contact" { email = "text", tags = "text" }
+local files = provider "ndjson" { dir = "data" }
+sync "contacts" { remote = files "contacts.ndjson", entity = "contact", mapping = { email = "email" },
+  after_map = function(e, record)
+    if record.id == 3 then return { nope = {} } end
+    if record.id == 4 then e.contact.zzz = 1 end
+    e.contact.tags = record.tags
+  end }
+]])
+    T.data(dir, "contacts", { { id = 1, email = "a@x", tags = "one" }, { id = 2, email = "b@x", tags = { "x" } },
+      { id = 3 }, { id = 4 } })
+    local r = T.run(dir, "run")
+    assert.equal(1, r.code, r.stderr)
+    local failures = T.failures(dir, "contacts")
+    assert.equal("field tags (set by after_map, job.lua:4): expected text, got a table", failures["2"].error)
+    assert.equal('entity "nope" (returned by after_map, job.lua:4): the sync does not write it', failures["3"].error)
+    assert.equal("field zzz (set by after_map, job.lua:4): entity contact does not declare it", failures["4"].error)
+    assert.equal(1, T.count(dir, "contact"))
   end)
 
   it("an after_map that raises fails that record; the run goes on", function()

@@ -136,7 +136,7 @@ typedef struct program {
 /* Slots of the program's uservalue table. */
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
        SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
-       SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_COUNT = SLOT_IDMAP_ROWS_SQL };
+       SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_PATHS, SLOT_COUNT = SLOT_PATHS };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -859,24 +859,28 @@ static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line
     p->view = NULL;
 }
 
-/* Pushes the value at a field's path read through the view, as the
- * generated apply reads a decoded record: a table step by step. */
-static void push_view_path(lua_State *L, const field *f, int view)
+/* Pushes the value at a field's path read through the view (or the
+ * decoded record) at view, as the generated apply reads a decoded record:
+ * a table step by step. The path's keys are the compiled mapping's own
+ * Lua values (paths[slot]), so no key is made again. */
+static void push_view_path(lua_State *L, const field *f, int view, int uv, int slot)
 {
+    lua_rawgeti(L, uv, SLOT_PATHS);
+    lua_rawgeti(L, -1, slot);
+    lua_remove(L, -2);
+    int keys = lua_gettop(L);
     lua_pushvalue(L, view);
     for (int i = 0; i < f->nkeys; i++) {
         if (lua_type(L, -1) != LUA_TTABLE) {
             lua_pop(L, 1);
             lua_pushnil(L);
-            return;
+            break;
         }
-        if (f->keys[i].name)
-            lua_pushlstring(L, f->keys[i].name, f->keys[i].len);
-        else
-            lua_pushinteger(L, (lua_Integer)f->keys[i].index);
+        lua_rawgeti(L, keys, i + 1);
         lua_gettable(L, -2); /* a view's __index decodes the field */
         lua_remove(L, -2);
     }
+    lua_remove(L, keys);
 }
 
 /* Maps field f into c: path, callback, null, default, required, coercion. */
@@ -890,7 +894,7 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
         lua_rawgeti(L, -1, f->callback);
         lua_remove(L, -2);
         if (f->nkeys)
-            push_view_path(L, f, view);
+            push_view_path(L, f, view, r->uv, slot);
         else
             lua_pushvalue(L, view);
         lua_pushvalue(L, view);
@@ -910,12 +914,14 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
          * Lua pipeline would read */
         int through_view = r->table != 0; /* a decoded record is read as Lua reads it */
         if (!through_view && r->view && f->keys[0].name) {
-            lua_pushlstring(L, f->keys[0].name, f->keys[0].len);
+            lua_rawgeti(L, r->uv, SLOT_PATHS);
+            lua_rawgeti(L, -1, slot);
+            lua_rawgeti(L, -1, 1);
             through_view = lua_rawget(L, r->view) != LUA_TNIL;
-            lua_pop(L, 1);
+            lua_pop(L, 3);
         }
         if (through_view) {
-            push_view_path(L, f, r->table ? r->table : r->view);
+            push_view_path(L, f, r->table ? r->table : r->view, r->uv, slot);
             if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
                 lua_pushnil(L);
             if (!lua_isnil(L, -1)) {
@@ -1983,6 +1989,10 @@ static void read_field(lua_State *L, int uv, field *f, int slot)
     lua_pop(L, 1);
     lua_getfield(L, idx, "keys");
     if (lua_type(L, -1) == LUA_TTABLE) {
+        lua_rawgeti(L, uv, SLOT_PATHS);
+        lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, slot);
+        lua_pop(L, 1);
         f->nkeys = (int)lua_rawlen(L, -1);
         f->keys = zalloc(L, (size_t)f->nkeys, sizeof *f->keys);
         for (int k = 0; k < f->nkeys; k++) {
@@ -2095,6 +2105,8 @@ static int program_new(lua_State *L)
     lua_rawseti(L, uv, SLOT_CALLBACKS);
     lua_newtable(L);
     lua_rawseti(L, uv, SLOT_DEFAULTS);
+    lua_newtable(L);
+    lua_rawseti(L, uv, SLOT_PATHS);
     lua_createtable(L, 3, 0);
     lua_pushliteral(L, "remote_id");
     lua_rawseti(L, -2, 1);

@@ -61,7 +61,21 @@ end
 -- its text, with entsync's own source position dropped when strip is true.
 function M.message(value, strip)
   if M.is(value) then return value.message end
-  return strip and M.strip_position(value) or tostring(value)
+  local text = M.text(value)
+  return strip and M.strip_position(text) or text
+end
+
+-- Text for a value code raised: a string or number as it is, a value
+-- with a __tostring through it, a table as the JSON it encodes to, and
+-- anything else by its type ("table: 0x55d0..." names nothing).
+function M.text(value)
+  local t = type(value)
+  if t == "string" or t == "number" or (getmetatable(value) or {}).__tostring then return tostring(value) end
+  if t == "table" then
+    local ok, encoded = pcall(require("entsync.json").encode, value)
+    if ok then return "raised " .. encoded end
+  end
+  return "raised a " .. t
 end
 
 function M.is(value, kind)
@@ -72,7 +86,7 @@ end
 -- ("file:line: message") and become internal unless a kind is given.
 function M.wrap(value, kind)
   if M.is(value) then return value end
-  return M.new(kind or "internal", tostring(value))
+  return M.new(kind or "internal", M.text(value))
 end
 
 return M

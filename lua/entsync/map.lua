@@ -170,7 +170,9 @@ function M.epoch_to_iso(value)
     if value:match("^%d%d%d%d%-") then return value end
     value = M.number(value)
   end
-  return require("entsync.mapping").iso_from_epoch(value)
+  local iso = require("entsync.mapping").iso_from_epoch(value)
+  if not iso then fail("epoch %s is outside the years 0001 to 9999", tostring(value)) end
+  return iso
 end
 
 -- date_only("2026-01-02T03:04:05Z") -> "2026-01-02"

@@ -210,11 +210,21 @@ local function describe(value)
   return tostring(value)
 end
 
+-- The epochs ISO 8601's four-digit years write, in milliseconds:
+-- 0001-01-01T00:00:00Z up to, not including, 10000-01-01T00:00:00Z.
+local EPOCH_MILLIS_MIN, EPOCH_MILLIS_END = -62135596800000, 253402300800000
+
+-- An epoch in seconds as ISO 8601 UTC text, to the millisecond; nil for
+-- one outside the years 0001 to 9999 (or not finite).
 local function iso_from_epoch(seconds)
+  if not (seconds >= EPOCH_MILLIS_MIN / 1000 and seconds < EPOCH_MILLIS_END / 1000) then return nil end
   -- rounded to milliseconds first, so .9996 carries into the next second
   local millis = math.floor(seconds * 1000 + 0.5)
+  if millis >= EPOCH_MILLIS_END then return nil end
   local whole, fraction = millis // 1000, millis % 1000
-  local text = os.date("!%Y-%m-%dT%H:%M:%S", whole)
+  -- the year by hand: os.date's %Y writes year 1 as "1"
+  local t = os.date("!*t", whole)
+  local text = string.format("%04d-%02d-%02dT%02d:%02d:%02d", t.year, t.month, t.day, t.hour, t.min, t.sec)
   if fraction > 0 then text = text .. string.format(".%03d", fraction) end
   return text .. "Z"
 end
@@ -305,7 +315,7 @@ M.located = located
 local function callback_failed(field, result)
   local is_error = errors.is(result)
   errors.raise(is_error and result.kind == "defer" and "defer" or "entity",
-    string.format("field %s: %s (%s:%d)", field.name, is_error and result.message or tostring(result),
+    string.format("field %s: %s (%s:%d)", field.name, errors.message(result),
       field.where.file, field.where.line), located(field, { waits_for = is_error and result.waits_for or nil }))
 end
 
@@ -441,15 +451,19 @@ end
 -- Coerces, in place, the values an after_map hook left: every field must
 -- be declared in its entity and take its declared type.
 function M.coerce_entities(job, sync, mapped)
+  -- the hook's own file and line, for every message below
+  local info = debug.getinfo(sync.after_map, "S")
+  local hook = string.format("after_map, %s:%d", info.short_src, info.linedefined)
   for entity_name, values in pairs(mapped) do
     local declared = job.entities[entity_name]
     if not declared then
-      errors.raise("entity", string.format("after_map returned entity %q, which the sync does not write", tostring(entity_name)))
+      errors.raise("entity", string.format("entity %q (returned by %s): the sync does not write it", tostring(entity_name),
+        hook))
     end
     for field, value in pairs(values) do
       local field_type = declared.fields[field]
       if not field_type then
-        errors.raise("entity", string.format("after_map set field %s, which entity %s does not declare", tostring(field),
+        errors.raise("entity", string.format("field %s (set by %s): entity %s does not declare it", tostring(field), hook,
           entity_name))
       end
       if value == null then
@@ -458,8 +472,8 @@ function M.coerce_entities(job, sync, mapped)
         local typed = coerce[field_type](value)
         if typed == nil then
           local why = unstorable(value)
-          errors.raise("entity", why and string.format("field %s (set by after_map): %s: not %s", field, why,
-            M.type_names[field_type]) or string.format("field %s (set by after_map): expected %s, got %s", field, field_type,
+          errors.raise("entity", why and string.format("field %s (set by %s): %s: not %s", field, hook, why,
+            M.type_names[field_type]) or string.format("field %s (set by %s): expected %s, got %s", field, hook, field_type,
             describe(value)))
         end
         values[field] = typed

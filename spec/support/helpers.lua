@@ -108,12 +108,23 @@ local function command_line(args)
   return table.concat(parts, " ")
 end
 
+-- The words put before a command to give it env: "env NAME=value ... ",
+-- with -u NAME for an entry set to false (the child must not have it,
+-- whatever the spec's own environment holds); "" for no env.
+local function env_prefix(env)
+  local words = {}
+  for k, v in pairs(env or {}) do
+    words[#words + 1] = v == false and ("-u " .. k) or (k .. "=" .. shell_quote(v))
+  end
+  if #words == 0 then return "" end
+  return "env " .. table.concat(words, " ") .. " "
+end
+
 -- Runs entsync-run with args (a table, or a string already quoted) in dir;
--- returns { code, stdout, stderr }.
+-- returns { code, stdout, stderr }. env: see env_prefix.
 function M.run(dir, args, env)
   local out, err = os.tmpname(), os.tmpname()
-  local prefix = ""
-  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
+  local prefix = env_prefix(env)
   local cmd = string.format("cd %s && %s%s %s </dev/null >%s 2>%s", shell_quote(dir), prefix, shell_quote(M.bin),
     command_line(args), out, err)
   local _, _, code = os.execute(cmd)
@@ -127,9 +138,8 @@ end
 -- its stdout and stderr.
 function M.spawn(dir, args, env)
   local out, err = os.tmpname(), os.tmpname()
-  local prefix = ""
-  for k, v in pairs(env or {}) do prefix = prefix .. k .. "=" .. shell_quote(v) .. " " end
-  local cmd = string.format("cd %s && %sexec %s %s </dev/null >%s 2>%s & echo $!", shell_quote(dir), prefix,
+  local prefix = env_prefix(env)
+  local cmd = string.format("cd %s && exec %s%s %s </dev/null >%s 2>%s & echo $!", shell_quote(dir), prefix,
     shell_quote(M.bin), command_line(args), out, err)
   local pipe = io.popen("sh -c " .. shell_quote(cmd))
   local pid = tonumber(pipe:read("l"))
