@@ -4,6 +4,7 @@
 #include "hash.h"
 
 #include "fsutil.h"
+#include "json_simd.h"
 #include "record.h"
 
 #include <lauxlib.h>
@@ -13,7 +14,9 @@
 #include <string.h>
 #include <sys/types.h>
 
-#define HASH_MAX_DEPTH 64
+/* Deeper than any value JSON decodes to (json_simd.h's limit), with the
+ * two levels of mapped entities around it: past it, a table is a cycle. */
+#define HASH_MAX_DEPTH (ENTSYNC_JSON_MAX_DEPTH + 8)
 
 #define FNV_OFFSET 14695981039346656037ULL
 #define FNV_PRIME 1099511628211ULL

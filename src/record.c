@@ -32,6 +32,9 @@
  * userdata key: no JSON record has one. */
 static const char VIEW_KEY = 0;
 
+/* What a callback's nil result is kept as among a record's results. */
+static const char MEMO_NIL = 0;
+
 /* Bit width of the local id in the id map's key (lua/entsync/ledger.lua). */
 #define KEY_BITS 40
 
@@ -70,6 +73,7 @@ typedef struct field {
     int type;
     int required;
     int callback; /* its import function's slot in the callbacks table, or 0 */
+    int callback_after; /* a callback runs after it (it may change this field's value) */
     int has_default;
 } field;
 
@@ -130,13 +134,18 @@ typedef struct program {
     int updates;    /* a record the id map holds may be updated here */
     const void *view; /* the view of the record being mapped, or NULL */
     int track_seen;   /* the run marks unchanged records seen (deletes not "keep") */
+    int *pending;     /* slots of json values encoded once every field is mapped */
+    int npending;
+    int *memo;        /* slots of the callbacks run for the record being mapped */
+    int nmemo;
     int failed;     /* out of memory in the arena: raised once back in Lua */
 } program;
 
 /* Slots of the program's uservalue table. */
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
        SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
-       SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_PATHS, SLOT_COUNT = SLOT_PATHS };
+       SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_PATHS, SLOT_PENDING, SLOT_MEMO, SLOT_MEMO_ERRORS,
+       SLOT_HELD, SLOT_COUNT = SLOT_HELD };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -795,6 +804,7 @@ typedef struct mapping_run {
     const cell *id;
     long long local_id; /* the id map's, for ctx.local_id; 0: none yet */
     int table;          /* the record's stack index when it is a Lua table (no view) */
+    int ran;            /* a callback ran for the record */
 } mapping_run;
 
 /* Pushes an id cell as the Lua value ids.remote gives. */
@@ -883,6 +893,75 @@ static void push_view_path(lua_State *L, const field *f, int view, int uv, int s
     lua_remove(L, keys);
 }
 
+/* Keeps the json value on top for encoding once every field is mapped
+ * (as the Lua pipeline stores a table a later callback changed). */
+static int defer_json(lua_State *L, program *p, mapping_run *r, int slot)
+{
+    lua_rawgeti(L, r->uv, SLOT_PENDING);
+    lua_pushvalue(L, -2);
+    lua_rawseti(L, -2, slot);
+    lua_pop(L, 1);
+    p->pending[p->npending++] = slot;
+    return TAKEN;
+}
+
+/* Encodes the json values defer_json kept into their cells (NULL: the
+ * record is not taken, they are only dropped). */
+static int resolve_json(lua_State *L, program *p, mapping_run *r, cell *cells)
+{
+    int result = cells ? TAKEN : BAIL;
+    lua_rawgeti(L, r->uv, SLOT_PENDING);
+    for (int i = 0; i < p->npending; i++) {
+        int slot = p->pending[i];
+        lua_rawgeti(L, -1, slot);
+        if (result == TAKEN)
+            result = json_cell(L, p, r->uv, -1, &cells[slot - 1]);
+        lua_pop(L, 1);
+        lua_pushnil(L);
+        lua_rawseti(L, -2, slot);
+    }
+    lua_pop(L, 1);
+    p->npending = 0;
+    return result;
+}
+
+/* Forgets the callback results kept for the last record. */
+static void clear_memo(lua_State *L, program *p, mapping_run *r)
+{
+    if (!p->nmemo)
+        return;
+    lua_rawgeti(L, r->uv, SLOT_MEMO);
+    lua_rawgeti(L, r->uv, SLOT_MEMO_ERRORS);
+    for (int i = 0; i < p->nmemo; i++) {
+        lua_pushnil(L);
+        lua_rawseti(L, -3, p->memo[i]);
+        lua_pushnil(L);
+        lua_rawseti(L, -2, p->memo[i]);
+    }
+    lua_pop(L, 2);
+    p->nmemo = 0;
+}
+
+/* A record handed to the Lua pipeline after callbacks ran: it takes the
+ * record as they left it (the view, or the decoded record) with their
+ * results, kept for program:held(); the program keeps new result tables. */
+static void hold_record(lua_State *L, program *p, mapping_run *r)
+{
+    lua_createtable(L, 3, 0);
+    lua_pushvalue(L, r->view);
+    lua_rawseti(L, -2, 1);
+    lua_rawgeti(L, r->uv, SLOT_MEMO);
+    lua_rawseti(L, -2, 2);
+    lua_rawgeti(L, r->uv, SLOT_MEMO_ERRORS);
+    lua_rawseti(L, -2, 3);
+    lua_rawseti(L, r->uv, SLOT_HELD);
+    lua_newtable(L);
+    lua_rawseti(L, r->uv, SLOT_MEMO);
+    lua_newtable(L);
+    lua_rawseti(L, r->uv, SLOT_MEMO_ERRORS);
+    p->nmemo = 0;
+}
+
 /* Maps field f into c: path, callback, null, default, required, coercion. */
 static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, int slot, cell *c)
 {
@@ -899,14 +978,26 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
             lua_pushvalue(L, view);
         lua_pushvalue(L, view);
         lua_rawgeti(L, r->uv, SLOT_CTX);
-        if (lua_pcall(L, 3, 1, 0) != LUA_OK) {
-            result = BAIL; /* Lua maps it again, and reports the error */
+        int ok = lua_pcall(L, 3, 1, 0) == LUA_OK;
+        /* kept, so that the Lua pipeline taking this record over does not
+         * call it again */
+        lua_rawgeti(L, r->uv, ok ? SLOT_MEMO : SLOT_MEMO_ERRORS);
+        if (ok && lua_isnil(L, -2))
+            lua_pushlightuserdata(L, (void *)&MEMO_NIL);
+        else
+            lua_pushvalue(L, -2);
+        lua_rawseti(L, -2, slot);
+        lua_pop(L, 1);
+        p->memo[p->nmemo++] = slot;
+        r->ran = 1;
+        if (!ok) {
+            result = BAIL; /* the Lua pipeline reports the error */
             goto done;
         }
         if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
             lua_pushnil(L);
         if (!lua_isnil(L, -1)) {
-            result = lua_cell(L, p, r->uv, f, -1, c);
+            result = f->type == F_JSON ? defer_json(L, p, r, slot) : lua_cell(L, p, r->uv, f, -1, c);
             goto done;
         }
     } else if (f->nkeys) {
@@ -920,12 +1011,19 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
             through_view = lua_rawget(L, r->view) != LUA_TNIL;
             lua_pop(L, 3);
         }
+        if (!through_view && f->type == F_JSON && f->callback_after) {
+            /* a later callback may change the value in the record: it is
+             * read through the view and encoded once every field is mapped */
+            ensure_view(L, p, r);
+            top = lua_gettop(L);
+            through_view = 1;
+        }
         if (through_view) {
             push_view_path(L, f, r->table ? r->table : r->view, r->uv, slot);
             if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
                 lua_pushnil(L);
             if (!lua_isnil(L, -1)) {
-                result = lua_cell(L, p, r->uv, f, -1, c);
+                result = f->type == F_JSON ? defer_json(L, p, r, slot) : lua_cell(L, p, r->uv, f, -1, c);
                 goto done;
             }
         } else {
@@ -1204,16 +1302,23 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     }
     r->id = &e->id;
     r->view = 0;
+    r->ran = 0;
     r->local_id = st.found ? st.local_id : 0;
     e->cells = p->ncells_used;
     int top = lua_gettop(L);
+    clear_memo(L, p, r);
+    p->npending = 0;
     for (int en = 0; result == TAKEN && en < p->nentities; en++) {
         const entity *ent = &p->entities[en];
         for (int i = 0; result == TAKEN && i < ent->nfields; i++)
             result = map_field(L, p, r, &ent->fields[i], ent->first + i + 1,
                                cells_of(p, e->cells + (size_t)ent->first + (size_t)i));
     }
+    if (p->npending)
+        result = resolve_json(L, p, r, result == TAKEN ? cells_of(p, e->cells) : NULL);
     seal_view(L, p, r, line, len);
+    if (result == BAIL && r->ran)
+        hold_record(L, p, r);
     lua_settop(L, top);
     if (result == TAKEN) {
         e->hash = record_hash(p, cells_of(p, e->cells));
@@ -1408,9 +1513,11 @@ static int program_take(lua_State *L)
     if (!stream->closef || !stream->f)
         return luaL_error(L, "take: the file is closed");
     lua_settop(L, 8);
-    mapping_run r = {0, 0, 1, NULL, 0, 0};
+    mapping_run r = {0, 0, 1, NULL, 0, 0, 0};
     lua_getiuservalue(L, 1, 1);
     r.uv = lua_gettop(L);
+    lua_pushnil(L);
+    lua_rawseti(L, r.uv, SLOT_HELD); /* held() is for the line this call hands back */
     take_args a;
     take_arguments(L, p, r.uv, &a, 6);
     take_counts t = {0, 0, 0, 0};
@@ -1480,9 +1587,11 @@ static int program_take_records(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer from = luaL_checkinteger(L, 3), to = luaL_checkinteger(L, 4);
     lua_settop(L, 10);
-    mapping_run r = {0, 0, 1, NULL, 0, 0};
+    mapping_run r = {0, 0, 1, NULL, 0, 0, 0};
     lua_getiuservalue(L, 1, 1);
     r.uv = lua_gettop(L);
+    lua_pushnil(L);
+    lua_rawseti(L, r.uv, SLOT_HELD); /* held() is for the record this call stops at */
     take_args a;
     take_arguments(L, p, r.uv, &a, 5);
     a.ordered = lua_toboolean(L, 8);
@@ -1531,6 +1640,31 @@ static int program_max(lua_State *L)
     lua_pushlstring(L, p->max_id, p->max_id_len);
     p->has_max = 0;
     return 2;
+}
+
+/* program:held() -> record, results, errors | nothing: the last record
+ * handed back after callbacks ran: the record as they left it, and their
+ * results and errors by field slot (a nil result kept as held_nil()). */
+static int program_held(lua_State *L)
+{
+    check_program(L);
+    lua_getiuservalue(L, 1, 1);
+    if (lua_rawgeti(L, -1, SLOT_HELD) != LUA_TTABLE)
+        return 0;
+    lua_pushnil(L);
+    lua_rawseti(L, -3, SLOT_HELD);
+    int held = lua_gettop(L);
+    lua_rawgeti(L, held, 1);
+    lua_rawgeti(L, held, 2);
+    lua_rawgeti(L, held, 3);
+    return 3;
+}
+
+/* core.record.held_nil(): what held() gives for a callback that returned nil. */
+static int record_held_nil(lua_State *L)
+{
+    lua_pushlightuserdata(L, (void *)&MEMO_NIL);
+    return 1;
 }
 
 /* program:count() -> entries in the batch */
@@ -1908,6 +2042,8 @@ static void free_program(program *p)
     free(p->entries);
     free(p->cells);
     free(p->max_text);
+    free(p->pending);
+    free(p->memo);
     if (p->parser)
         entsync_json_parser_free(p->parser);
     entsync_json_encoder_free(p->encoder);
@@ -2073,6 +2209,15 @@ static void read_entities(lua_State *L, program *p, int spec, int uv)
         lua_pop(L, 2);
     }
     p->entity_order = name_order(L, names, lens, p->nentities);
+    /* fields are mapped entity by entity, each's in its order */
+    int later = 0;
+    for (int e = p->nentities - 1; e >= 0; e--) {
+        for (int i = p->entities[e].nfields - 1; i >= 0; i--) {
+            field *f = &p->entities[e].fields[i];
+            f->callback_after = later;
+            later = later || f->callback;
+        }
+    }
     lua_pop(L, 1);
 }
 
@@ -2152,6 +2297,12 @@ static int program_new(lua_State *L)
     p->sync_id = (long long)luaL_checkinteger(L, -1);
     lua_pop(L, 2);
     read_entities(L, p, 1, uv);
+    p->pending = zalloc(L, (size_t)p->ncells, sizeof *p->pending);
+    p->memo = zalloc(L, (size_t)p->ncells, sizeof *p->memo);
+    for (int slot = SLOT_PENDING; slot <= SLOT_MEMO_ERRORS; slot++) {
+        lua_newtable(L);
+        lua_rawseti(L, uv, slot);
+    }
     p->parser = entsync_json_parser_new();
     p->encoder = entsync_json_encoder_new();
     if (!p->parser || !p->encoder)
@@ -2163,7 +2314,7 @@ static int program_new(lua_State *L)
 void entsync_record_register(lua_State *L)
 {
     static const luaL_Reg methods[] = {
-        {"take", program_take}, {"take_records", program_take_records}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
+        {"take", program_take}, {"take_records", program_take_records}, {"held", program_held}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
         {"reset", program_reset}, {"write", program_write}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, PROGRAM_META)) {
@@ -2193,5 +2344,7 @@ void entsync_record_register(lua_State *L)
     lua_newtable(L);
     lua_pushcfunction(L, program_new);
     lua_setfield(L, -2, "program");
+    lua_pushcfunction(L, record_held_nil);
+    lua_setfield(L, -2, "held_nil");
     lua_setfield(L, -2, "record");
 }

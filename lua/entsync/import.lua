@@ -119,10 +119,11 @@ local function payload_of(record)
   return ok and text or nil
 end
 
--- prepare(record, raw_hash, text) -> plan. Runs the pipeline; never
+-- prepare(record, raw_hash, text, memo) -> plan. Runs the pipeline; never
 -- raises for the record's own faults (they become a "fail" plan). text is
--- the raw line the record was decoded from, when the reader gives it.
-function Run:prepare(record, raw_hash, text)
+-- the raw line the record was decoded from, when the reader gives it;
+-- memo the outcomes of callbacks the C record path called already.
+function Run:prepare(record, raw_hash, text, memo)
   local sync, book, ctx = self.sync, self.book, self.ctx
   self.stored_pass = nil
   if provider_contract.is_tombstone(record) then return self:gone(provider_contract.tombstone_id(record), record) end
@@ -148,7 +149,9 @@ function Run:prepare(record, raw_hash, text)
     return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
   end
   ctx:at(remote_id, stored and stored.local_id, record)
+  ctx.memo = memo
   local ok, mapped = pcall(pipeline.import, sync, record, ctx)
+  ctx.memo = nil
   if not ok then
     local plan = fail_plan(key, errors.message(mapped), payload_of(record), errors.is(mapped) and mapped.waits_for or nil)
     plan.local_id, plan.remote_id = stored and stored.local_id, remote_id
@@ -784,7 +787,8 @@ function M.run(session, sync, options)
           -- ends early when the next record would have to wait for it.
           if #plans > 0 and reader.ready and not reader:ready() then break end
           local room = limit - processed - taken
-          local kind, value, extra, text = source.next(room == math.huge and 65536 or room, settings.batch - held)
+          local kind, value, extra, text, memo = source.next(room == math.huge and 65536 or room,
+            settings.batch - held)
           held = held + 1
           if kind == nil then exhausted = true; break end
           if kind == sources.UNCHANGED then
@@ -805,12 +809,12 @@ function M.run(session, sync, options)
             taken = taken + 1
           else
             source.note_mark(value)
-            local plan = run:prepare(value, extra, text)
+            local plan = run:prepare(value, extra, text, memo)
             if run:note_position(plan, processed + taken + 1) and run.batch_keys[plan.key] then
               -- the earlier record of this id is in the batch, not written
               -- yet: it is written first, and this one planned over it
               run:flush()
-              plan = run:prepare(value, extra, text)
+              plan = run:prepare(value, extra, text, memo)
             end
             plans[#plans + 1] = plan
             -- the batch's writes by remote id, with where each was read

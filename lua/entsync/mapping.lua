@@ -334,8 +334,16 @@ local function wrong_type(field, value)
     describe(value), field.where.file, field.where.line), located(field))
 end
 
+-- A callback the C record path called already for this record (ctx.memo,
+-- entsync.record_path.held) gives the outcome it had: callbacks run once.
 local function call_import(field, value, record, ctx)
-  local ok, result = pcall(field.import, value, record, ctx)
+  local memo = ctx and ctx.memo
+  local ok, result
+  if memo and memo[field] then
+    ok, result = memo[field][1], memo[field][2]
+  else
+    ok, result = pcall(field.import, value, record, ctx)
+  end
   if not ok then callback_failed(field, result) end
   return result
 end

@@ -40,19 +40,21 @@ end
 function M.program(run)
   if unsuitable(run) then return nil end
   local sync, session = run.sync, run.session
-  local writers, entities, links = {}, {}, {}
+  local writers, entities, links, slots = {}, {}, {}, {}
   local cache = session:writers(sync)
   for i, entity in ipairs(sync.mapping.entities) do
     writers[i] = cache[entity.name].writer
     if i > 1 then links[i] = session:link_sql(sync, entity.name) end
     local fields = {}
     for j, field in ipairs(entity.fields) do
+      slots[#slots + 1] = field
       fields[j] = { name = field.name, keys = field.keys, type = field.type, required = field.required,
         import = field.import, default = field.default }
     end
     entities[i] = { name = entity.name, fields = fields }
   end
   local sql = run.book:record_path_sql()
+  run.program_fields = slots
   return core.record.program({
     store = session.store, writers = writers, links = links, sync_id = run.sync_id,
     idmap_sql = sql.insert_map, save_sql = sql.save_map, idmap_rows_sql = sql.insert_map_rows(64),
@@ -63,6 +65,29 @@ function M.program(run)
     kind = sync.import.changed_kind, ctx = run.ctx, coerce = mapping.coerce, encode = json.encode,
     canonical = core.hash.canonical, entities = entities,
   })
+end
+
+local HELD_NIL = core.record.held_nil()
+
+-- held(run) -> record, memo | nil: the record the C path last handed back
+-- after callbacks ran, as they left it, and their outcomes by compiled
+-- field ({ true, result } or { false, error }): Run:prepare gives them to
+-- the pipeline (ctx.memo), which does not call those callbacks again.
+function M.held(run)
+  local program = run.program
+  if not program then return nil end
+  local record, results, raised = program:held()
+  if record == nil then return nil end
+  local memo = {}
+  for slot, field in ipairs(run.program_fields) do
+    local value = results[slot]
+    if value ~= nil then
+      memo[field] = { true, value ~= HELD_NIL and value or nil }
+    elseif raised[slot] ~= nil then
+      memo[field] = { false, raised[slot] }
+    end
+  end
+  return record, memo
 end
 
 return M

@@ -13,6 +13,7 @@ local cursor = require "entsync.cursor"
 local ids = require "entsync.ids"
 local json = require "entsync.json"
 local provider = require "entsync.provider"
+local record_path = require "entsync.record_path"
 
 local M = {}
 
@@ -235,10 +236,14 @@ function M.new(run, reader, state, incremental, track_marks)
         if text == false then return UNREADABLE, err end
         -- each line is hashed once: by the reader, or here
         raw_hash = raw_hash or core.hash.bytes(text, fingerprint)
-        local record
-        record, err = reader:decode(text)
-        if record == false then return UNREADABLE, err, text end
-        if newer_than_cursor(record) then return RECORD, record, raw_hash, text end
+        -- a line the C record path handed back after callbacks ran comes
+        -- as they left it, with their outcomes
+        local record, memo = record_path.held(run)
+        if record == nil then
+          record, err = reader:decode(text)
+          if record == false then return UNREADABLE, err, text end
+        end
+        if newer_than_cursor(record) then return RECORD, record, raw_hash, text, memo end
         skip()
       end
     end
@@ -252,10 +257,10 @@ function M.new(run, reader, state, incremental, track_marks)
   if program and not reader.take_records then run.program, run.mapped_in_c, program = nil, nil, nil end
   local held
   local function next_held()
-    local record = held.list[held.from]
-    held.from = held.from + 1
+    local record, memo = held.list[held.from], held.memo
+    held.from, held.memo = held.from + 1, nil
     if held.from > held.to then held = nil end
-    return record
+    return record, memo
   end
   local pending_skipped
   function source.next(room, batch_room)
@@ -265,9 +270,9 @@ function M.new(run, reader, state, incremental, track_marks)
         pending_skipped = nil
         return UNCHANGED, n
       end
-      local record, err, raw
+      local record, err, raw, memo
       if held then
-        record = next_held()
+        record, memo = next_held()
       elseif program and run.program then
         local list, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
         if list then
@@ -276,7 +281,7 @@ function M.new(run, reader, state, incremental, track_marks)
             source.ordered, max_mark, max_id)
           run.counts.skipped = run.counts.skipped + older
           if taken > 0 or same > 0 then note_pair(program:max()) end
-          if stop then held = { list = list, from = stop, to = to } end
+          if stop then held = { list = list, from = stop, to = to, memo = select(2, record_path.held(run)) } end
           if taken > 0 then
             pending_skipped = same > 0 and same or nil
             return TAKEN, taken, list
@@ -290,7 +295,7 @@ function M.new(run, reader, state, incremental, track_marks)
         if record == nil then return nil end
         if record == false then return UNREADABLE, err, raw end
       end
-      if newer_than_cursor(record) then return RECORD, record end
+      if newer_than_cursor(record) then return RECORD, record, nil, nil, memo end
       skip()
       ::continue::
     end
