@@ -161,3 +161,40 @@ describe("creates written many rows a statement", function()
     assert.equal(#a.contact, #a.idmap)
   end)
 end)
+
+-- Ids are compared as the cursor orders them: as numbers when both are an
+-- integer's text. A string id's bytes are followed by other values in the
+-- C path's memory (here its changed mark, which starts with digits): the
+-- comparison must read the id to its length only.
+describe("the cursor's id compared in C", function()
+  local dir
+
+  before_each(function() dir = helpers.tmpdir() end)
+  after_each(function() helpers.rmdir(dir) end)
+
+  it("finds the record at the cursor before it, with string ids that are integers' text", function()
+    helpers.write(dir .. "/job.lua", table.concat({
+      'store "entsync.db"',
+      'entity "contact" { email = "text" }',
+      'local files = provider "ndjson" { path = "contacts.ndjson" }',
+      'sync "contacts" { remote = files, entity = "contact", mapping = { email = "email" },',
+      '  import = { mode = "incremental", changed = "at" } }',
+    }, "\n") .. "\n")
+    local lines = {}
+    for i = 1, 5 do
+      lines[i] = string.format('{"id":"%d","at":"2026-01-0%dT00:00:00Z","email":"c%d@example.com"}', i, i, i)
+    end
+    helpers.write(dir .. "/contacts.ndjson", table.concat(lines, "\n") .. "\n")
+    local r = helpers.run(dir, { "job.lua", "run", "--no-progress" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("5 created", r.stdout, 1, true)
+    -- the same lines in another form (so their bytes are not known), and a new one
+    for i = 1, 5 do lines[i] = lines[i]:gsub("}$", ' }') end
+    lines[6] = '{"id":"6","at":"2026-01-07T00:00:00Z","email":"c6@example.com"}'
+    helpers.write(dir .. "/contacts.ndjson", table.concat(lines, "\n") .. "\n")
+    r = helpers.run(dir, { "job.lua", "run", "--no-progress" })
+    assert.equal(0, r.code, r.stderr)
+    assert.matches("1 created, 0 updated, 0 unchanged, 0 stale, 0 failed, 0 deleted, 5 before the cursor", r.stdout, 1,
+      true)
+  end)
+end)

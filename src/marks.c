@@ -73,7 +73,7 @@ static void mark_text(lua_State *L, const entsync_mark *v, const char **s, size_
     }
 }
 
-/* compare_entsync_mark: equal values 0; two numbers, or two strings Lua reads as
+/* compare_scalar: equal values 0; two numbers, or two strings Lua reads as
  * numbers, by value; anything else by text. */
 int entsync_mark_compare(lua_State *L, const entsync_mark *a, const entsync_mark *b)
 {
@@ -118,10 +118,19 @@ int entsync_id_is_integer(const char *s, size_t len)
     return 1;
 }
 
+long long entsync_id_value(const char *s, size_t len)
+{
+    size_t i = s[0] == '-';
+    long long n = 0;
+    for (; i < len; i++)
+        n = n * 10 + (s[i] - '0');
+    return s[0] == '-' ? -n : n;
+}
+
 int entsync_id_compare(const char *a, size_t alen, const char *b, size_t blen)
 {
     if (entsync_id_is_integer(a, alen) && entsync_id_is_integer(b, blen)) {
-        long long x = strtoll(a, NULL, 10), y = strtoll(b, NULL, 10);
+        long long x = entsync_id_value(a, alen), y = entsync_id_value(b, blen);
         return (x > y) - (x < y);
     }
     return entsync_bytes_compare(a, alen, b, blen);

@@ -40,6 +40,10 @@ entsync_mark entsync_mark_as_kind(lua_State *L, int kind_text, entsync_mark v, c
 /* Whether s is the text of an integer id (ids compare as numbers then). */
 int entsync_id_is_integer(const char *s, size_t len);
 
+/* The value of an integer id's text (entsync_id_is_integer), read to its
+ * length only: an id's bytes need not end in a NUL. */
+long long entsync_id_value(const char *s, size_t len);
+
 /* -1, 0 or 1, as cursor.lua's compare_ids. */
 int entsync_id_compare(const char *a, size_t alen, const char *b, size_t blen);
 

@@ -1189,7 +1189,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
         if (!entsync_id_is_integer(s, id->len) || s[s[0] == '-'] == '0')
             return 0;
         other.type = CELL_INT;
-        other.i = strtoll(s, NULL, 10);
+        other.i = entsync_id_value(s, id->len);
     }
     stored found;
     int held = lookup_id(L, a, p, &other, &found) != 0;
@@ -1316,15 +1316,15 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     }
     if (p->npending)
         result = resolve_json(L, p, r, result == TAKEN ? cells_of(p, e->cells) : NULL);
-    seal_view(L, p, r, line, len);
-    if (result == BAIL && r->ran)
-        hold_record(L, p, r);
-    lua_settop(L, top);
     if (result == TAKEN) {
         e->hash = record_hash(p, cells_of(p, e->cells));
         if (st.found && st.has_hash && st.hash == e->hash && !st.gone)
             result = p->track_seen ? BAIL : SAME; /* the Lua pipeline marks it seen */
     }
+    seal_view(L, p, r, line, len);
+    if (result == BAIL && r->ran)
+        hold_record(L, p, r); /* its callbacks ran: the Lua pipeline does not call them again */
+    lua_settop(L, top);
     if (result == TAKEN && p->entries_cap == p->n) {
         size_t cap = p->entries_cap ? 2 * p->entries_cap : 1024;
         entry *grown = realloc(p->entries, cap * sizeof *grown);
