@@ -15,10 +15,11 @@ records list in their file order. The protocol is the spec fixture's
     GET /api/<res>/<id>, PUT /api/<res>/<id>                the record / the record written
     GET /feed/<db>/_changes?since=T&limit=N                 {"results", "last_seq", "pending"}
     GET /feed/<db>/<id>, POST /feed/<db>/_bulk_docs {"docs"} the document / one answer a doc
+    POST /feed/<db>/_all_docs?include_docs=true {"keys"}    {"rows"}: one row a key, in order
     GET /_control/stats, POST /_control/reset_stats, POST /_control/latency {"ms"}
 
 Listing filters (updated_from= and the like) are ignored: the benchmarks list everything.
-/_control/stats counts the requests by method and by kind ("page", "record", "bulk", ...) with
+/_control/stats counts the requests by method and by kind ("page", "record", "bulk", "all_docs", ...) with
 the first start and last end (time.monotonic) of the counted ones.
 
 client: issues K listing requests (pages 1..K) over C keep-alive connections, each connection
@@ -85,6 +86,20 @@ class Store:
             results.append({"seq": str(since + offset + 1), "id": doc_id, "rev": doc["_rev"], "doc": doc})
         last = since + len(chunk)
         return {"results": results, "last_seq": str(last), "pending": max(0, len(order) - last)}
+
+    def all_docs(self, name, keys, include):
+        docs = self.feeds[name]["docs"]
+        rows = []
+        for key in keys:
+            doc = docs.get(str(key))
+            if doc is None:
+                rows.append({"key": key, "error": "not_found"})
+                continue
+            row = {"id": doc["_id"], "key": key, "value": {"rev": doc["_rev"]}}
+            if include:
+                row["doc"] = doc
+            rows.append(row)
+        return {"rows": rows}
 
     def bulk(self, name, docs):
         feed = self.feeds[name]
@@ -205,6 +220,10 @@ class Handler(asyncio.Protocol):
             if doc_id == "_bulk_docs" and method == "POST":
                 docs = json.loads(body)["docs"]
                 return 201, json.dumps(store.bulk(name, docs)).encode(), "bulk", len(docs)
+            if doc_id == "_all_docs" and method == "POST":
+                include = params.get("include_docs", ["false"])[0] == "true"
+                rows = store.all_docs(name, json.loads(body)["keys"], include)
+                return 200, json.dumps(rows).encode(), "all_docs", 0
             if method == "GET":
                 doc = store.feeds[name]["docs"].get(doc_id)
                 if doc is None:

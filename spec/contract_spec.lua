@@ -43,6 +43,14 @@ local function stub_provider(verbs)
       parts[#parts + 1] = "  function P:update(_, _, record) return record end"
     elseif verb == "delete" then
       parts[#parts + 1] = "  function P:delete() return true end"
+    elseif verb == "get_batch" then
+      parts[#parts + 1] = [[  function P:get_batch(_, ids)
+    local out = {}
+    for i, id in ipairs(ids) do out[i] = { id = id, name = 'N' .. tostring(id) } end
+    return out
+  end]]
+    elseif verb == "get_batch_table" then
+      parts[#parts + 1] = "  P.get_batch = {}"
     elseif verb == "write_batch" then
       parts[#parts + 1] = [[  function P:write_batch(_, items)
     local out = {}
@@ -138,6 +146,47 @@ describe("the provider contract", function()
       r = run_in(dir, "export", "contacts", "1")
       assert.equal(0, r.code, r.stdout .. r.stderr)
       assert.equal(1, X.summary(r.stdout, true).updated, r.stdout)
+    end)
+  end)
+
+  -- get_batch is optional too: a drain through write_batch reads its
+  -- updates' copies with it, and a copy read again after a version
+  -- conflict goes through get, which it cannot do without.
+  describe("an optional verb", function()
+    for _, command in ipairs({ "check", "run" }) do
+      it("is refused by " .. command .. " when get_batch comes without get", function()
+        job_with(stub_provider({ "list", "create", "update", "get_batch", "write_batch" }),
+          "export = { on_change = true }")
+        local r = run_in(dir, command)
+        assert.equal(2, r.code, r.stdout .. r.stderr)
+        local lines = lines_of(r.stderr)
+        assert.equal(1, #lines, r.stderr)
+        assert.matches("job.lua:3:", lines[1], 1, true)
+        assert.matches('sync "contacts"', lines[1], 1, true)
+        assert.matches("providers/x.lua", lines[1], 1, true)
+        assert.matches("has get_batch but no get", lines[1], 1, true)
+      end)
+    end
+
+    it("is refused when it is no function", function()
+      job_with(stub_provider({ "list", "get", "create", "update", "get_batch_table" }), "export = { on_change = true }")
+      local r = run_in(dir, "check")
+      assert.equal(2, r.code, r.stdout .. r.stderr)
+      assert.matches("job.lua:3:", r.stderr, 1, true)
+      assert.matches("its get_batch is table, not a function", r.stderr, 1, true)
+    end)
+
+    it("get_batch beside get and write_batch is accepted, and a drain exports through them", function()
+      job_with(stub_provider({ "list", "get", "create", "update", "get_batch", "write_batch" }),
+        "export = { on_change = true }")
+      local r = run_in(dir, "check")
+      assert.equal(0, r.code, r.stderr)
+      r = run_in(dir, "run")
+      assert.equal(0, r.code, r.stderr)
+      helpers.sqlite3(dir .. "/entsync.db", "UPDATE contact SET name = 'Changed'")
+      r = run_in(dir, "run")
+      assert.equal(0, r.code, r.stdout .. r.stderr)
+      assert.equal(2, X.summary(r.stdout, true).updated, r.stdout)
     end)
   end)
 

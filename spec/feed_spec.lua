@@ -92,11 +92,36 @@ describe("the docstore provider on a changes feed", function()
     return out
   end
 
-  -- Successful writes to the store: { { method, path, record, status } }.
+  -- Writes to the store (a POST to _all_docs is a read): { { method,
+  -- path, record, status } }.
   local function writes()
     local out = {}
-    for _, e in ipairs(X.writes(server.log(), { under = "/feed/contacts" })) do out[#out + 1] = e end
+    for _, e in ipairs(X.writes(server.log(), { under = "/feed/contacts" })) do
+      if e.path ~= "/feed/contacts/_all_docs" then out[#out + 1] = e end
+    end
     return out
+  end
+
+  -- A run after one that settled everything: it sends nothing.
+  local function sends_nothing(run)
+    server.reset_log()
+    local r = run()
+    assert.equal(0, r.code, r.stderr)
+    assert.same({}, writes())
+  end
+
+  -- The reads of an export: the keys of each _all_docs request, and the
+  -- ids read one GET each.
+  local function reads()
+    local batches, gets = {}, {}
+    for _, e in ipairs(server.log()) do
+      if e.method == "POST" and e.path == "/feed/contacts/_all_docs" then
+        batches[#batches + 1] = cjson.decode(e.body).keys
+      elseif e.method == "GET" and e.path ~= "/feed/contacts/_changes" then
+        gets[#gets + 1] = e.path:match("^/feed/contacts/(.*)$")
+      end
+    end
+    return batches, gets
   end
 
   -- the job ----------------------------------------------------------------------
@@ -104,15 +129,16 @@ describe("the docstore provider on a changes feed", function()
   -- Writes job.lua with the docstore provider copied into providers/. opts:
   -- page_size, type (the provider's type filter), deletes (import),
   -- conflict (export), limit, export (Lua source of the whole export
-  -- table, or "false"), provider (the provider module's name, default
-  -- docstore), mode.
+  -- table, or "false"), import (the same of the import table), provider
+  -- (the provider module's name, default docstore), mode.
   local function job(opts)
     opts = opts or {}
     helpers.write(dir .. "/providers/docstore.lua", helpers.read(DOCSTORE))
     local provider = string.format('provider %q { base_url = %q, db = "contacts", page_size = %d%s }',
       opts.provider or "docstore", server.url, opts.page_size or 100,
       opts.type and string.format(", type = %q", opts.type) or "")
-    local import = string.format('{ mode = %q, changed = "updated_at", changed_kind = "time", deletes = %q%s }',
+    local import = opts.import or string.format(
+      '{ mode = %q, changed = "updated_at", changed_kind = "time", deletes = %q%s }',
       opts.mode or "incremental", opts.deletes or "delete", opts.limit and (", limit = " .. opts.limit) or "")
     local export = opts.export or string.format('{ on_change = true, conflict = %q, deletes = "delete" }',
       opts.conflict or "newest")
@@ -640,10 +666,7 @@ return M
         assert.same({ "PUT /feed/contacts/c003 201",
           batch and "POST /feed/contacts/_bulk_docs 201" or "PUT /feed/contacts/c003 409" }, sent)
         -- settled: the next run sends nothing and finds nothing changed
-        server.reset_log()
-        r = run()
-        assert.equal(0, r.code, r.stderr)
-        assert.same({}, writes())
+        sends_nothing(run)
       end)
     end
 
@@ -668,6 +691,191 @@ return M
       assert.equal("Contact 3", remote_docs().c003.name)
       assert.equal("Local city", remote_docs().c003.address.city)
       assert.same({}, failures())
+    end)
+  end)
+
+  -- batch reads ------------------------------------------------------------------------------
+
+  describe("a drain through write_batch and get_batch", function()
+    -- The job over docstore (get_batch reads through _all_docs) or over
+    -- "plain", docstore without get_batch (each copy read with a GET);
+    -- export.batch = 5. import = false leaves the drain alone to meet what
+    -- changed at the remote.
+    local function batch_job(get_batch, conflict, import)
+      helpers.write(dir .. "/providers/plain.lua", [[
+local docstore = require "providers.docstore"
+local M = { settings = docstore.settings }
+function M.new(config, ctx)
+  return setmetatable({ get_batch = false }, { __index = docstore.new(config, ctx) })
+end
+return M
+]])
+      job({ provider = get_batch and "docstore" or "plain", import = import,
+        export = string.format('{ on_change = true, conflict = %q, deletes = "delete", batch = 5 }',
+          conflict or "remote_wins") })
+    end
+
+    -- A new store in the same folder: the next run starts from nothing.
+    local function fresh_store()
+      for _, name in ipairs({ "entsync.db", "entsync.db-wal", "entsync.db-shm" }) do os.remove(dir .. "/" .. name) end
+    end
+
+    -- Imports docs 1..n, then changes their cities locally (one UPDATE):
+    -- n changes queued. Returns the next run's result.
+    local function drained(get_batch, n)
+      fresh_store()
+      seed(docs(1, n))
+      batch_job(get_batch)
+      local r = run()
+      assert.equal(0, r.code, r.stderr)
+      assert.equal(n, I.summary(r.stdout).created, r.stdout)
+      sql("UPDATE contact SET city = city || ' changed'")
+      server.reset_log()
+      r = run()
+      assert.equal(0, r.code, r.stderr)
+      return r
+    end
+
+    -- What the store and the remote hold after a drain (the remote's
+    -- revisions aside, which the store's hash of each body makes).
+    local function outcome()
+      local remote = {}
+      for id, d in pairs(remote_docs()) do
+        d._rev = d._rev:match("^%d+%-")
+        remote[id] = d
+      end
+      return { remote = remote, map = helpers.query(db(), [[SELECT local_id, remote_id, hash FROM entsync_map
+        WHERE sync = 'contacts' ORDER BY local_id]]), rows = helpers.query(db(), "SELECT * FROM contact ORDER BY id"),
+        failures = failures(), conflicts = #conflicts() }
+    end
+
+    it("reads the copies of 12 changed records with ceil(12 / 5) _all_docs requests and no GET of each, "
+      .. "and stores what reading each with get stores", function()
+      local r = drained(true, 12)
+      local summary = X.summary(r.stdout, true)
+      assert.equal(12, summary.updated, r.stdout)
+      assert.equal(0, summary.failed + (summary.conflicts or 0), r.stdout)
+      local batches, gets = reads()
+      assert.same({}, gets)
+      assert.equal(3, #batches)
+      local keys = {}
+      for _, batch in ipairs(batches) do
+        assert.is_true(#batch <= 5, cjson.encode(batch))
+        for _, key in ipairs(batch) do keys[#keys + 1] = key end
+      end
+      table.sort(keys)
+      local want = {}
+      for i = 1, 12 do want[i] = string.format("c%03d", i) end
+      assert.same(want, keys)
+      local bulks = 0
+      for _, e in ipairs(writes()) do
+        assert.equal("/feed/contacts/_bulk_docs", e.path)
+        bulks = bulks + 1
+      end
+      assert.equal(3, bulks)
+      local remote = remote_docs()
+      for i = 1, 12 do
+        local d = remote[string.format("c%03d", i)]
+        assert.equal("City " .. i .. " changed", d.address.city)
+        assert.equal("Contact " .. i, d.name)
+        assert.equal("contact", d.type) -- merged over the copy read: kept
+        assert.equal("2-", d._rev:sub(1, 2))
+      end
+      local with_batch = outcome()
+
+      r = drained(false, 12)
+      assert.equal(12, X.summary(r.stdout, true).updated, r.stdout)
+      batches, gets = reads()
+      assert.same({}, batches)
+      assert.equal(12, #gets)
+      assert.same(outcome(), with_batch)
+    end)
+
+    for _, policy in ipairs({ "remote_wins", "local_wins" }) do
+      it("meets a record changed at the remote after the last import as a conflict that " .. policy
+        .. " settles, read through _all_docs", function()
+        seed(docs(1, 5))
+        batch_job(true, policy)
+        local r = run()
+        assert.equal(0, r.code, r.stderr)
+        batch_job(true, policy, "false")
+        local rev = remote_put("c003", { name = "Remote name" })
+        sql(string.format("UPDATE contact SET city = 'Local ' || id WHERE id IN (%d, %d)", local_of("c003"),
+          local_of("c004")))
+        server.reset_log()
+        r = run()
+        assert.equal(0, r.code, r.stderr)
+        local summary = X.summary(r.stdout, true)
+        assert.equal(1, summary.conflicts, r.stdout)
+        assert.equal(0, summary.failed, r.stdout)
+        local batches, gets = reads()
+        assert.same({}, gets)
+        assert.equal(1, #batches)
+        table.sort(batches[1])
+        assert.same({ "c003", "c004" }, batches[1])
+        local rows = conflicts()
+        assert.equal(1, #rows)
+        assert.equal("export", rows[1].direction)
+        assert.equal(policy, rows[1].policy)
+        assert.same({}, failures())
+        local remote, c003 = remote_docs(), contacts().c003
+        assert.equal("Local " .. local_of("c004"), remote.c004.address.city)
+        if policy == "remote_wins" then
+          assert.equal("remote", rows[1].winner)
+          assert.equal(rev, remote.c003._rev)
+          assert.equal("Remote name", remote.c003.name)
+          assert.equal("City 3", remote.c003.address.city)
+          assert.equal("Remote name", c003.name)
+          assert.equal("City 3", c003.city)
+          assert.equal(1, #writes()) -- c004's bulk only
+        else
+          assert.equal("local", rows[1].winner)
+          assert.equal("3-", remote.c003._rev:sub(1, 2)) -- written on the revision read
+          assert.equal("Contact 3", remote.c003.name)
+          assert.equal("Local " .. c003.id, remote.c003.address.city)
+          assert.equal("Local " .. c003.id, c003.city)
+        end
+        -- settled: the next run sends nothing
+        sends_nothing(run)
+      end)
+    end
+
+    it("fails a record deleted at the remote as reading it with get does", function()
+      local seen = {}
+      for _, get_batch in ipairs({ true, false }) do
+        fresh_store()
+        seed(docs(1, 5))
+        batch_job(get_batch)
+        local r = run()
+        assert.equal(0, r.code, r.stderr)
+        batch_job(get_batch, "remote_wins", "false")
+        remote_delete("c003")
+        local id = local_of("c003")
+        sql(string.format("UPDATE contact SET city = 'Local' WHERE id IN (%d, %d)", id, local_of("c004")))
+        server.reset_log()
+        r = run()
+        assert.equal(1, r.code, r.stdout .. r.stderr)
+        local summary = X.summary(r.stdout, true)
+        assert.equal(1, summary.failed, r.stdout)
+        assert.equal(1, summary.updated, r.stdout)
+        local batches, gets = reads()
+        if get_batch then
+          assert.same({}, gets)
+          assert.equal(1, #batches)
+        else
+          assert.same({}, batches)
+          assert.equal(2, #gets)
+        end
+        local rows = failures()
+        assert.equal(1, #rows)
+        assert.equal(tostring(id), rows[1].key)
+        assert.matches("remote c003 is gone", rows[1].error, 1, true)
+        assert.equal("Local", remote_docs().c004.address.city)
+        assert.is_true(remote_docs().c003._deleted)
+        seen[#seen + 1] = { error = rows[1].error, attempts = rows[1].attempts, remote_id = rows[1].remote_id,
+          local_row = contacts().c003.city }
+      end
+      assert.same(seen[2], seen[1])
     end)
   end)
 

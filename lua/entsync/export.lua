@@ -19,7 +19,8 @@
 --      policy and recorded; the copy is also what a replacing update (PUT)
 --      is merged over, so fields the mapping does not carry are kept, and
 --      what a patching update (PATCH) is compared with, so only what
---      changed is sent;
+--      changed is sent; a drain through write_batch reads the copies of a
+--      batch's updates with one get_batch call, when the provider has it;
 --   4. what is about to be sent is recorded first (entsync_writes), so
 --      after a crash its echo is known for ours;
 --   5. the remote's answer is mapped back: the id map takes its hash, mark
@@ -156,7 +157,15 @@ end
 function Exporter:check_remote(plan, options)
   local sync, book, provider = self.sync, self.book, self.provider
   local entry, local_id, in_ctx = plan.entry, plan.local_id, plan.in_ctx
-  local current, err = provider_contract.call(sync.provider, provider, "get", self.resource, entry.remote_id, plan.out_ctx)
+  -- a copy read with the batch's others (get_batch) serves once: a read
+  -- after a version conflict goes to the remote again
+  local read, current, err = plan.prefetched, nil, nil
+  plan.prefetched = nil
+  if read then
+    current = read.record
+  else
+    current, err = provider_contract.call(sync.provider, provider, "get", self.resource, entry.remote_id, plan.out_ctx)
+  end
   if current == nil then
     errors.raise("entity", string.format("remote %s is gone (%s)", ids.text(entry.remote_id), tostring(err or "not found")))
   end
@@ -199,6 +208,9 @@ end
 -- (options.changed_only, the drain), or the remote won a conflict.
 -- Otherwise plan.op is "create" or "update" with its body.
 -- options.change_at: when the local change was made (newest policy).
+-- options.read_later: an update that reads the remote's copy first is
+-- left at plan.read = true, its copy to be read with others' (read_batch)
+-- and its plan finished by plan_update.
 -- Raises an entity error (or a defer error) for this entity's faults.
 function Exporter:plan(local_id, options)
   options = options or {}
@@ -230,19 +242,59 @@ function Exporter:plan(local_id, options)
     if local_hash == entry.hash then plan.done = "unchanged" return plan end
   end
   plan.op = "update"
+  if self.reads_before_write and options.read_later then
+    plan.read = true
+    return plan
+  end
+  return self:plan_update(plan, options)
+end
+
+-- plan_update(plan, options) -> plan: the rest of an update's plan, from
+-- the remote's copy (read now with get, or plan.prefetched) on.
+function Exporter:plan_update(plan, options)
   local current
   if self.reads_before_write then
     local go_on
-    current, go_on = self:check_remote(plan, options)
+    current, go_on = self:check_remote(plan, options or {})
     if not go_on then plan.done = "unchanged" return plan end
   end
   self:fill_update(plan, current)
   if current and plan.patch == nil then
     -- the remote holds these values already: the id map catches up
-    self:record(local_id, entry.remote_id, plan.body, nil, plan.rows_hash, in_ctx)
+    self:record(plan.local_id, plan.entry.remote_id, plan.body, nil, plan.rows_hash, plan.in_ctx)
     plan.done = "unchanged"
   end
   return plan
+end
+
+-- Reads the remote's copies of planned updates through the provider's
+-- get_batch, as many at once as the export's batch allows: each plan's
+-- plan.prefetched = { record = its copy, or nil when the remote has none }.
+-- on_failed(plan, err) for each plan of a read that failed.
+function Exporter:read_batch(plans, on_failed)
+  local sync, size, read = self.sync, self.sync.export.batch, {}
+  for first = 1, #plans, size do
+    local chunk, remote_ids = {}, {}
+    for i = first, math.min(first + size - 1, #plans) do
+      chunk[#chunk + 1] = plans[i]
+      remote_ids[#remote_ids + 1] = plans[i].remote_id
+    end
+    local ok, list = pcall(provider_contract.call, sync.provider, self.provider, "get_batch", self.resource,
+      remote_ids, context.new(self.session, sync, "export"))
+    if ok and type(list) ~= "table" then
+      ok, list = false, errors.new("provider", string.format("provider \"%s\" get_batch gave %s, not a list",
+        sync.provider.name, type(list)))
+    end
+    for i, plan in ipairs(chunk) do
+      if ok then
+        plan.prefetched = { record = list[i] }
+        read[#read + 1] = plan
+      else
+        on_failed(plan, list)
+      end
+    end
+  end
+  return read
 end
 
 -- Sends one planned write through the provider's own verb; returns the
@@ -598,6 +650,28 @@ function M.drain(session, sync)
     local failing = book:failing(sync_id, "export")
     local width = width_of(sync)
     local batched = type(exporter.provider.write_batch) == "function"
+    -- with get_batch too, the copies a batch's updates are checked against
+    -- are read at once, after planning
+    local read_later = batched and exporter.reads_before_write and type(exporter.provider.get_batch) == "function"
+    local function finish(plan, ok, outcome)
+      if ok then exporter:succeeded(plan.local_id, outcome, failing) else exporter:failed(plan.local_id, outcome) end
+    end
+    -- The planned updates waiting for their copies, read at once; the
+    -- plans left to send.
+    local function read_copies(plans)
+      local ready, reading = {}, {}
+      for _, plan in ipairs(plans) do
+        if plan.read then reading[#reading + 1] = plan else ready[#ready + 1] = plan end
+      end
+      if #reading == 0 then return plans end
+      for _, plan in ipairs(exporter:read_batch(reading, function(plan, err) finish(plan, false, err) end)) do
+        local ok, err = pcall(exporter.plan_update, exporter, plan, plan.options)
+        if not ok then finish(plan, false, err)
+        elseif plan.done then finish(plan, true, plan.done)
+        else ready[#ready + 1] = plan end
+      end
+      return ready
+    end
     local function send(items)
       local jobs, plans = {}, {}
       for i, item in ipairs(items) do
@@ -612,7 +686,7 @@ function M.drain(session, sync)
               sync.entities[1]), item.local_id) then
             return "unchanged" -- deleted since: its delete follows in the log
           end
-          local options = { changed_only = true, change_at = item.at }
+          local options = { changed_only = true, change_at = item.at, read_later = read_later }
           if not batched then return exporter:export_one(item.local_id, options) end
           -- with a batch verb, the writes are planned here and sent together
           local plan = exporter:plan(item.local_id, options)
@@ -629,11 +703,8 @@ function M.drain(session, sync)
           exporter:succeeded(items[i].local_id, outcome, failing)
         end
       end)
-      if #plans > 0 then
-        exporter:send_batch(plans, function(plan, ok, outcome)
-          if ok then exporter:succeeded(plan.local_id, outcome, failing) else exporter:failed(plan.local_id, outcome) end
-        end)
-      end
+      if read_later then plans = read_copies(plans) end
+      if #plans > 0 then exporter:send_batch(plans, finish) end
     end
     -- failures that came due
     local retries = {}

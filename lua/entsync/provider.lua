@@ -23,6 +23,9 @@
 --       items[i] = { op = "create"|"update"|"delete", id, record, patch,
 --       version, key }; results[i] = { ok = true, id, answer } or
 --       { ok = false, error = message, conflict = true|nil }
+--   get_batch(resource, ids, ctx) -> list            many reads at once: list[i]
+--       is the record of ids[i], nil when the remote has none (a drain
+--       through write_batch reads the copies its updates check with it)
 --   version(record) -> token | nil                   a record's version (ETag, _rev)
 --
 -- A reader:
@@ -249,10 +252,36 @@ function M.file_of(handle)
   return info and info.short_src or ("providers/" .. tostring(handle.type) .. ".lua")
 end
 
+-- The optional verbs, each with the verb it needs beside it (and why):
+-- present (anything but nil or false), it must be callable, and that verb
+-- there too.
+M.optional = {
+  write_batch = {},
+  get_batch = { needs = "get", why = "reads the remote's copy again after a version conflict" },
+}
+
+local function check_optional(sync, instance)
+  for verb, spec in pairs(M.optional) do
+    local value = instance[verb]
+    if value ~= nil and value ~= false then
+      if not callable(value) then
+        errors.config(sync.where, "sync \"%s\": provider \"%s\" (%s): its %s is %s, not a function", sync.name,
+          sync.provider.name, M.file_of(sync.provider), verb, type(value))
+      end
+      if spec.needs and not callable(instance[spec.needs]) then
+        errors.config(sync.where, "sync \"%s\": provider \"%s\" (%s) has %s but no %s, which %s", sync.name,
+          sync.provider.name, M.file_of(sync.provider), verb, spec.needs, spec.why)
+      end
+    end
+  end
+end
+
 -- check(sync, instance): raises a config error naming the job's line, the
 -- sync, the provider and its file, and the verb, when the provider lacks a
--- verb the sync's settings need.
+-- verb the sync's settings need, or has an optional verb that is no
+-- function or lacks the verb it goes with.
 function M.check(sync, instance)
+  check_optional(sync, instance)
   for _, need in ipairs(M.needs(sync)) do
     local verb, why = need[1], need[2]
     -- write_batch speeds a drain up; the single verbs stay needed (an

@@ -51,6 +51,12 @@ from {"feeds": {name: [doc, ...]}} in FILE.json (or /_control/data, /reset):
                                         order: {"ok", "id", "rev"} or {"id", "error":
                                         "conflict"|"forbidden", "reason"}; a doc with
                                         "_deleted": true is deleted
+    POST /feed/<db>/_all_docs[?include_docs=true] {"keys": [...]}   200 {"rows": [...]},
+                                        a row per key, in order: {"id", "key", "value":
+                                        {"rev"}, "doc"} ("doc" with include_docs; a
+                                        deleted one has "value": {"rev", "deleted":
+                                        true} and "doc": null) or {"key", "error":
+                                        "not_found"}
     POST /_control/feed_reject {"ids": [...]}    writes to these ids are refused
                                         with 403 (a bulk item with "forbidden")
 
@@ -745,6 +751,12 @@ class Handler(BaseHTTPRequestHandler):
                 _, answer = state.feed_write(feed, target, doc, doc.get("_rev"), delete=doc.get("_deleted") is True)
                 answers.append(answer)
             return 201, answers, {}
+        if doc_id == "_all_docs" and method == "POST":
+            keys = self.json_body().get("keys")
+            if not isinstance(keys, list):
+                raise HttpError(400, "_all_docs needs {\"keys\": [...]}")
+            include = (self.params.get("include_docs") or ["false"])[0] == "true"
+            return 200, {"rows": [self.all_docs_row(feed, key, include) for key in keys]}, {}
         rev = self.headers.get("If-Match") or (self.params.get("rev") or [None])[0]
         if rev:
             rev = rev.strip('"')
@@ -768,6 +780,19 @@ class Handler(BaseHTTPRequestHandler):
             status, answer = state.feed_write(feed, doc_id, {}, rev, delete=True)
             return status, answer, {}
         raise HttpError(405, "method not allowed")
+
+    def all_docs_row(self, feed, key, include):
+        """The _all_docs row of one key, as CouchDB answers it."""
+        with self.state.lock:
+            doc = feed["docs"].get(str(key))
+            if doc is None:
+                return {"key": key, "error": "not_found"}
+            row = {"id": doc["_id"], "key": key, "value": {"rev": doc["_rev"]}}
+            if doc.get("_deleted"):
+                row["value"]["deleted"] = True
+            if include:
+                row["doc"] = None if doc.get("_deleted") else dict(doc)
+            return row
 
     def list_style(self, style, name):
         since = self.since_param()

@@ -3,7 +3,9 @@
 -- and a revision "_rev" that every write must name (a stale one is
 -- refused with 409); GET /feed/<db>/_changes?since=T gives the latest
 -- change of each document after the opaque token T, deletions included;
--- POST /feed/<db>/_bulk_docs writes many documents at once, answering each.
+-- POST /feed/<db>/_bulk_docs writes many documents at once, answering each;
+-- POST /feed/<db>/_all_docs?include_docs=true with {"keys": [...]} reads
+-- many at once, a row per key.
 --
 --   local docs = provider "docstore" { base_url = env "DOCS_URL", db = "contacts" }
 --   sync "contacts" { remote = docs, entity = "contact", id = "_id", mapping = ...,
@@ -14,6 +16,7 @@
 -- comparing tokens (as text "100-g.." sorts before "99-g..").
 
 local http = require "entsync.http"
+local json = require "entsync.json"
 local provider = require "entsync.provider"
 
 local M = {}
@@ -87,6 +90,22 @@ end
 
 function Docs:get(_, id)
   return self:call("GET", "/" .. http.encode(id))
+end
+
+-- Many documents in one request, as CouchDB reads them: a row per key,
+-- { id, key, value, doc } or { key, error = "not_found" } (a deleted one
+-- has a null doc). list[i] is the document of ids[i], nil when there is none.
+function Docs:get_batch(_, ids)
+  local keys = json.array()
+  for i, id in ipairs(ids) do keys[i] = id end
+  local body = self:call("POST", "/_all_docs", { keys = keys }, { include_docs = "true" })
+  local by_key = {}
+  for _, row in ipairs(body and body.rows or {}) do
+    if type(row.doc) == "table" and not row.error then by_key[tostring(row.key)] = row.doc end
+  end
+  local list = {}
+  for i, id in ipairs(ids) do list[i] = by_key[tostring(id)] end
+  return list
 end
 
 function Docs:version(record)
