@@ -18,11 +18,17 @@
  * bench job, the rows entsync writes for one record of that job's first
  * import, with the statements entsync uses: a "user" row, a "profile" row
  * linked to it and the record's id-map row (a first import has no id map
- * to look up).
+ * to look up). As the C record path does, runs of ROWS records go with one
+ * INSERT OR FAIL a table, the users under the ids the table would give
+ * them one by one (the largest plus one); the rest of a transaction, one
+ * statement a row.
  * Values are slices of the line of about the real values' sizes, so
  * nothing is decoded, mapped or hashed: it is what the store's own rows
  * cost, a ceiling for any importer keeping entsync's id map, however fast
- * its reading, mapping and hashing.
+ * its reading, mapping and hashing. It opens the store as src/store.c
+ * does (SQLite's allocation statistics off, a connection without its
+ * own mutex, temp_store=MEMORY, a 16 MiB page cache, statements prepared
+ * persistent); the raw floor keeps SQLite's defaults.
  *
  * Prints "N lines" on stdout; exits non-zero on any error.
  */
@@ -33,11 +39,23 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STMT_UPSERT_RAW, STMT_USER, STMT_PROFILE, STMT_IDMAP, STMT_COUNT };
+enum { STMT_UPSERT_RAW, STMT_USER, STMT_PROFILE, STMT_IDMAP, STMT_USER_ROWS, STMT_PROFILE_ROWS, STMT_IDMAP_ROWS,
+       STMT_COUNT };
+enum { ROWS = 64 }; /* records a statement, as src/record.c writes creates */
+
+/* A record waiting for its run of ROWS. */
+typedef struct pending {
+    char *line;
+    size_t len;
+    long long id;
+} pending;
 
 typedef struct floor_db {
     sqlite3 *db;
     sqlite3_stmt *stmt[STMT_COUNT];
+    pending run[ROWS];
+    int held;                  /* records in run */
+    sqlite3_int64 next_user;   /* the id the user table gives its next row */
 } floor_db;
 
 static void die(sqlite3 *db, const char *what)
@@ -55,7 +73,7 @@ static void exec(sqlite3 *db, const char *sql)
 static sqlite3_stmt *prepare(sqlite3 *db, const char *sql)
 {
     sqlite3_stmt *stmt = NULL;
-    if (sqlite3_prepare_v2(db, sql, -1, &stmt, NULL) != SQLITE_OK)
+    if (sqlite3_prepare_v3(db, sql, -1, SQLITE_PREPARE_PERSISTENT, &stmt, NULL) != SQLITE_OK)
         die(db, sql);
     return stmt;
 }
@@ -121,6 +139,93 @@ static void write_store(floor_db *f, long long id, const char *line, size_t len)
     write_idmap(f, user_id, line, len, id);
 }
 
+/* The text of an INSERT OR FAIL of ROWS rows of width parameters each,
+ * after head (the table and its columns); the caller frees it. */
+static char *rows_sql(const char *head, int width)
+{
+    size_t size = strlen(head) + (size_t)ROWS * ((size_t)width * 2 + 3) + 1;
+    char *sql = malloc(size);
+    if (!sql)
+        die(NULL, "out of memory");
+    size_t at = (size_t)snprintf(sql, size, "%s", head);
+    for (int r = 0; r < ROWS; r++) {
+        sql[at++] = r ? ',' : ' ';
+        sql[at++] = '(';
+        for (int i = 0; i < width; i++) {
+            if (i)
+                sql[at++] = ',';
+            sql[at++] = '?';
+        }
+        sql[at++] = ')';
+    }
+    sql[at] = '\0';
+    return sql;
+}
+
+/* Writes the ROWS held records with one statement a table. */
+static void write_run(floor_db *f)
+{
+    sqlite3_stmt *user = f->stmt[STMT_USER_ROWS], *profile = f->stmt[STMT_PROFILE_ROWS];
+    sqlite3_stmt *idmap = f->stmt[STMT_IDMAP_ROWS];
+    for (int r = 0; r < ROWS; r++) {
+        const char *line = f->run[r].line;
+        size_t len = f->run[r].len;
+        long long id = f->run[r].id;
+        sqlite3_int64 user_id = f->next_user + r;
+        int u = r * 5, m = r * 10;
+        bind_slice(user, u + 1, line, len, 10, 30);
+        bind_slice(user, u + 2, line, len, 50, 17);
+        sqlite3_bind_int(user, u + 3, (int)(id & 1));
+        bind_slice(user, u + 4, line, len, 150, 20);
+        sqlite3_bind_int64(user, u + 5, user_id);
+        bind_slice(profile, u + 1, line, len, 190, 8);
+        bind_slice(profile, u + 2, line, len, 200, 8);
+        bind_slice(profile, u + 3, line, len, 240, 14);
+        bind_slice(profile, u + 4, line, len, 220, 7);
+        sqlite3_bind_int64(profile, u + 5, user_id);
+        sqlite3_bind_int64(idmap, m + 1, ((sqlite3_int64)1 << 40) | user_id);
+        sqlite3_bind_int64(idmap, m + 2, 1);
+        sqlite3_bind_int64(idmap, m + 3, user_id);
+        sqlite3_bind_int64(idmap, m + 4, id);
+        bind_slice(idmap, m + 5, line, len, 150, 20);
+        sqlite3_bind_int64(idmap, m + 6, (sqlite3_int64)((uint64_t)id * 0x9E3779B97F4A7C15u));
+        sqlite3_bind_int64(idmap, m + 7, (sqlite3_int64)((uint64_t)id * 0xC2B2AE3D27D4EB4Fu));
+        sqlite3_bind_null(idmap, m + 8);
+        sqlite3_bind_double(idmap, m + 9, 1.7e9 + (double)id);
+        sqlite3_bind_null(idmap, m + 10);
+    }
+    step_done(f->db, user, "user rows insert");
+    step_done(f->db, profile, "profile rows insert");
+    step_done(f->db, idmap, "idmap rows insert");
+    f->next_user += ROWS;
+    f->held = 0;
+}
+
+/* Holds a record for its run, writing the run when it is full. */
+static void hold_store(floor_db *f, long long id, const char *line, size_t len)
+{
+    pending *p = &f->run[f->held];
+    free(p->line);
+    p->line = malloc(len + 1);
+    if (!p->line)
+        die(NULL, "out of memory");
+    memcpy(p->line, line, len);
+    p->len = len;
+    p->id = id;
+    if (++f->held == ROWS)
+        write_run(f);
+}
+
+/* Writes the records of an unfinished run one statement a row, before a
+ * commit. */
+static void flush_store(floor_db *f)
+{
+    for (int r = 0; r < f->held; r++)
+        write_store(f, f->run[r].id, f->run[r].line, f->run[r].len);
+    f->next_user += f->held;
+    f->held = 0;
+}
+
 static void prepare_store(floor_db *f)
 {
     f->stmt[STMT_USER] = prepare(f->db,
@@ -131,6 +236,23 @@ static void prepare_store(floor_db *f)
         "INSERT INTO entsync_idmap"
         " (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)"
         " VALUES ((?1 << 40) | ?2, ?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)");
+    static const struct { int slot, width; const char *head; } rows[] = {
+        {STMT_USER_ROWS, 5, "INSERT OR FAIL INTO \"user\" (\"email\",\"name\",\"status\",\"updated\",id) VALUES"},
+        {STMT_PROFILE_ROWS, 5,
+         "INSERT OR FAIL INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\",\"user_id\") VALUES"},
+        {STMT_IDMAP_ROWS, 10, "INSERT OR FAIL INTO entsync_idmap"
+         " (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass) VALUES"},
+    };
+    for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+        char *sql = rows_sql(rows[i].head, rows[i].width);
+        f->stmt[rows[i].slot] = prepare(f->db, sql);
+        free(sql);
+    }
+    sqlite3_stmt *top = prepare(f->db, "SELECT coalesce(max(id), 0) + 1 FROM \"user\"");
+    if (sqlite3_step(top) != SQLITE_ROW)
+        die(f->db, "max(id)");
+    f->next_user = sqlite3_column_int64(top, 0);
+    sqlite3_finalize(top);
 }
 
 int main(int argc, char **argv)
@@ -153,12 +275,17 @@ int main(int argc, char **argv)
         return 1;
     }
     floor_db f = {0};
-    if (sqlite3_open(argv[2], &f.db) != SQLITE_OK)
+    if (store_mode && sqlite3_config(SQLITE_CONFIG_MEMSTATUS, 0) != SQLITE_OK)
+        die(NULL, "SQLITE_CONFIG_MEMSTATUS");
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | (store_mode ? SQLITE_OPEN_NOMUTEX : 0);
+    if (sqlite3_open_v2(argv[2], &f.db, flags, NULL) != SQLITE_OK)
         die(f.db, "open");
     exec(f.db, "PRAGMA page_size=16384"); /* as entsync's new stores */
     exec(f.db, "PRAGMA journal_mode=WAL");
     exec(f.db, "PRAGMA synchronous=NORMAL");
     if (store_mode) {
+        exec(f.db, "PRAGMA temp_store=MEMORY");
+        exec(f.db, "PRAGMA cache_size=-16384");
         prepare_store(&f);
     } else {
         exec(f.db, "CREATE TABLE IF NOT EXISTS raw (id INTEGER PRIMARY KEY, line TEXT NOT NULL)");
@@ -187,16 +314,20 @@ int main(int argc, char **argv)
                 id = parsed;
         }
         if (store_mode)
-            write_store(&f, id, line, (size_t)len);
+            hold_store(&f, id, line, (size_t)len);
         else
             write_raw(&f, id, line, (size_t)len);
         stored++;
         if (++in_batch == batch) {
+            if (store_mode)
+                flush_store(&f);
             exec(f.db, "COMMIT");
             exec(f.db, "BEGIN");
             in_batch = 0;
         }
     }
+    if (store_mode)
+        flush_store(&f);
     exec(f.db, "COMMIT");
     if (ferror(in)) {
         perror(argv[1]);
@@ -206,6 +337,8 @@ int main(int argc, char **argv)
     free(line);
     for (int i = 0; i < STMT_COUNT; i++)
         sqlite3_finalize(f.stmt[i]);
+    for (int r = 0; r < ROWS; r++)
+        free(f.run[r].line);
     if (sqlite3_close(f.db) != SQLITE_OK)
         die(f.db, "close");
     printf("%lld lines\n", stored);

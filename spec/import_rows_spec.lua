@@ -3,6 +3,13 @@
 -- log must be what one statement a row gives: the Lua pipeline's, with
 -- ENTSYNC_RECORD_PATH=lua. A second sync exporting the entity sends every
 -- imported record on, and the importing sync sends none back.
+--
+-- Those statements are INSERT OR FAIL: a row that breaks a constraint
+-- stops one with the rows before it written, and the batch is then rolled
+-- back whole and written again record by record. A constraint of the
+-- user's own table (a unique email) and a remote id met twice, both inside
+-- one run of rows, must end as one statement a row ends them: the same
+-- rows, the same id map, the same failures.
 
 local cjson = require "cjson"
 local helpers = require "helpers"
@@ -46,6 +53,13 @@ describe("creates written many rows a statement", function()
     return dir
   end
 
+  -- a failure names its store, a different folder for each run
+  local function failures(db)
+    local rows = helpers.query(db, "SELECT direction, key, remote_id, error FROM entsync_failures ORDER BY key")
+    for _, row in ipairs(rows) do row.error = row.error:gsub("^store [^:]+: ", "") end
+    return rows
+  end
+
   local function dump(dir)
     local db = dir .. "/entsync.db"
     return {
@@ -54,6 +68,7 @@ describe("creates written many rows a statement", function()
       idmap = helpers.query(db, "SELECT key, sync, local_id, remote_id, changed, hash, raw_hash, version, seen_pass, "
         .. "gone_at FROM entsync_idmap ORDER BY key"),
       changes = helpers.query(db, "SELECT entity, local_id, operation FROM entsync_changes ORDER BY seq"),
+      failures = failures(db),
     }
   end
 
@@ -89,6 +104,61 @@ describe("creates written many rows a statement", function()
     r = helpers.run(c, { "job.lua", "run", "--no-progress" })
     assert.equal(0, r.code, r.stderr)
     assert.matches("0 created, 0 updated", r.stdout, 1, true)
+  end)
+  -- The job of the test above without the exporting sync, its tables made
+  -- by a run over an empty file, then the user's own unique index on email.
+  local function setup_failing(n)
+    local dir = helpers.tmpdir()
+    dirs[#dirs + 1] = dir
+    helpers.write(dir .. "/job.lua", table.concat({
+      'store "entsync.db"',
+      'entity "contact" { email = "text", name = "text" }',
+      'entity "note" { text = "text" }',
+      'local files = provider "ndjson" { path = "contacts.ndjson" }',
+      'sync "contacts" { remote = files, entity = { "contact", "note" },',
+      '  mapping = { contact = { email = "email", name = "name" }, note = { text = "note" } },',
+      '  import = { mode = "incremental", changed = "at", batch = 100 } }',
+    }, "\n") .. "\n")
+    helpers.write(dir .. "/contacts.ndjson", "")
+    local r = helpers.run(dir, { "job.lua", "run", "--no-progress" })
+    assert.equal(0, r.code, r.stderr)
+    helpers.sqlite3(dir .. "/entsync.db", "CREATE UNIQUE INDEX contact_email ON contact (email)")
+    local lines = {}
+    for i = 1, n do
+      local id, email = i, "c" .. i .. "@example.com"
+      -- both inside the second batch's run of rows 101-164: an email the
+      -- user's index refuses, and a remote id met twice
+      if i == 130 then email = "c10@example.com" end
+      if i == 150 then id = 135 end
+      lines[i] = cjson.encode({ id = id, email = email, name = "Name " .. i, note = "note " .. i,
+        at = string.format("2026-01-01T%02d:%02d:%02dZ", i // 3600, i // 60 % 60, i % 60) })
+    end
+    helpers.write(dir .. "/contacts.ndjson", table.concat(lines, "\n") .. "\n")
+    return dir
+  end
+
+  it("ends a run whose statement fails as one statement a row ends it: the same rows, id map and failures", function()
+    local n = 250 -- the first batch of 100 written by the C record path, the failures in the second
+    local c, lua = setup_failing(n), setup_failing(n)
+    local r = helpers.run(c, { "job.lua", "run", "--no-progress", "-v" })
+    local l = helpers.run(lua, { "job.lua", "run", "--no-progress" }, { ENTSYNC_RECORD_PATH = "lua" })
+    assert.equal(l.code, r.code, r.stderr)
+    local in_c = tonumber(r.stderr:match('sync "contacts": (%d+) of ' .. n .. ' records mapped in C'))
+    assert.is_true(in_c ~= nil and in_c >= 64, r.stderr)
+    local a, b = dump(c), dump(lua)
+    assert.same(b, a)
+    -- the refused email is its own record's failure; no email is held twice
+    assert.equal(1, #a.failures)
+    assert.matches("UNIQUE constraint failed: contact.email", a.failures[1].error, 1, true)
+    assert.equal(130, math.tointeger(a.failures[1].remote_id))
+    assert.equal(n - 2, #a.contact)
+    local emails = {}
+    for _, row in ipairs(a.contact) do
+      assert.is_nil(emails[row.email], row.email)
+      emails[row.email] = true
+    end
+    assert.equal(#a.contact, #a.note)
+    assert.equal(#a.contact, #a.idmap)
   end)
 end)
 

@@ -99,6 +99,20 @@ describe("the store through the C API", function()
       assert.equal("99", sqlite3(db, "SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
     end)
 
+    it("opens stores from a second load of entsync.core, made after SQLite has started in the process", function()
+      -- SQLite's settings can be given only before it starts (the first
+      -- open): a later load of the module leaves them as they are
+      ledger.migrate(store)
+      local path = assert(package.searchpath("entsync.core", package.cpath))
+      local again = assert(package.loadlib(path, "luaopen_entsync_core"))()
+      local other = again.store.open(dir .. "/other.db")
+      ledger.migrate(other)
+      other:run("INSERT INTO entsync_syncs (name) VALUES ('s')")
+      other:close()
+      assert.equal("s", sqlite3(dir .. "/other.db", "SELECT name FROM entsync_syncs"))
+      assert.equal(ledger.VERSION, store:value("SELECT value FROM entsync_meta WHERE key = 'schema_version'"))
+    end)
+
     it("raises a clear error for a path it cannot open", function()
       local ok, err = pcall(core.store.open, dir .. "/no/such/dir/x.db")
       assert.is_false(ok)

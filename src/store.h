@@ -49,7 +49,11 @@ void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out
 /* The statement inserting rows rows at once through the writer at idx:
  * for each row its columns, then its id when with_id, as parameters in
  * that order (prepared once, cached by the store). Leaves the stack as
- * it was. */
+ * it was. It is an INSERT OR FAIL: a row that breaks a constraint stops
+ * it with the rows before it written, so the caller rolls the
+ * transaction back on a failure (the import does, then writes the batch
+ * record by record); in exchange SQLite keeps no statement journal, a
+ * copy of each page the statement changes. */
 sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id);
 
 /* The largest id in the writer's table (0 when empty): the next row

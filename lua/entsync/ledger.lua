@@ -491,11 +491,14 @@ end
 -- The SQL the C record path runs (core.record), bound as insert_map,
 -- save_map and by_remote bind theirs; insert_map_rows(n) inserts n id-map
 -- rows at once, each bound as key, sync, local_id, remote_id, changed,
--- hash, raw_hash, version, synced_at, seen_pass.
+-- hash, raw_hash, version, synced_at, seen_pass. It is an INSERT OR FAIL,
+-- as the writers' many-rows statements are (src/store.h): no statement
+-- journal, and a failure leaves the rows before it, so the import rolls
+-- the batch back.
 function Ledger:record_path_sql()
   return { insert_map = SQL.insert_map, save_map = SQL.save_map, by_remote = SQL.by_remote,
     insert_map_rows = function(n)
-      return "INSERT INTO entsync_idmap (key, sync, local_id, remote_id, changed, hash, raw_hash, version, "
+      return "INSERT OR FAIL INTO entsync_idmap (key, sync, local_id, remote_id, changed, hash, raw_hash, version, "
         .. "synced_at, seen_pass) VALUES " .. string.rep("(?,?,?,?,?,?,?,?,?,?)", n, ",")
     end }
 end
