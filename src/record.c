@@ -145,7 +145,7 @@ typedef struct program {
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
        SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
        SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_PATHS, SLOT_PENDING, SLOT_MEMO, SLOT_MEMO_ERRORS,
-       SLOT_HELD, SLOT_COUNT = SLOT_HELD };
+       SLOT_HELD, SLOT_UPDATE_SQL, SLOT_COUNT = SLOT_UPDATE_SQL };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -1765,7 +1765,7 @@ typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
     sqlite3_stmt *rows[16];  /* ROWS rows at once, the first entity's with their ids */
-    sqlite3_stmt *insert_map, *save_map, *insert_map_rows;
+    sqlite3_stmt *insert_map, *save_map, *update_map, *insert_map_rows;
     entsync_store *store;
     sqlite3 *db;
     int by_rows; /* creates go ROWS at a time */
@@ -1792,9 +1792,12 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
     w->insert_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
-    w->save_map = NULL;
+    w->save_map = w->update_map = NULL;
     if (lua_rawgeti(L, uv, SLOT_SAVE_SQL) == LUA_TSTRING)
         w->save_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 1);
+    if (lua_rawgeti(L, uv, SLOT_UPDATE_SQL) == LUA_TSTRING)
+        w->update_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
     w->insert_map_rows = NULL;
     if (w->by_rows && lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) == LUA_TSTRING)
@@ -1873,16 +1876,11 @@ static sqlite3_int64 write_rows(lua_State *L, const program *p, const write_stmt
     return local_id;
 }
 
-/* Writes one entry's id-map row: insert_map for a create, save_map for an
- * update, bound as Ledger:insert_map and save_map bind theirs. */
-static void write_map(lua_State *L, const program *p, const write_stmts *w, const entry *en, sqlite3_int64 local_id,
-                      int has_pass, lua_Integer pass, double now)
+/* Binds an entry's id-map row to stmt as Ledger:insert_map binds its own
+ * (update_map and save_map number theirs the same). */
+static int bind_map(sqlite3_stmt *stmt, const program *p, const entry *en, sqlite3_int64 local_id, int has_pass,
+                    lua_Integer pass, double now)
 {
-    sqlite3_stmt *stmt = en->update ? w->save_map : w->insert_map;
-    if (!stmt)
-        luaL_error(L, "record: an update with no save_map statement");
-    if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
-        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
     sqlite3_reset(stmt);
     sqlite3_clear_bindings(stmt);
     int rc = sqlite3_bind_int64(stmt, 1, p->sync_id);
@@ -1904,7 +1902,27 @@ static void write_map(lua_State *L, const program *p, const write_stmts *w, cons
         rc = has_pass ? sqlite3_bind_int64(stmt, 9, pass) : sqlite3_bind_null(stmt, 9);
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(stmt, 10, (p->sync_id << KEY_BITS) | local_id);
-    if (rc != SQLITE_OK)
+    return rc;
+}
+
+/* Writes one entry's id-map row: insert_map for a create; for an update
+ * update_map, or save_map when the entry is not there any more. */
+static void write_map(lua_State *L, const program *p, const write_stmts *w, const entry *en, sqlite3_int64 local_id,
+                      int has_pass, lua_Integer pass, double now)
+{
+    if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
+        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
+    if (en->update && w->update_map) {
+        if (bind_map(w->update_map, p, en, local_id, has_pass, pass, now) != SQLITE_OK)
+            entsync_store_error(L, w->store, sqlite3_sql(w->update_map));
+        step_once(L, w->store, w->update_map);
+        if (sqlite3_changes(w->db) > 0)
+            return;
+    }
+    sqlite3_stmt *stmt = en->update ? w->save_map : w->insert_map;
+    if (!stmt)
+        luaL_error(L, "record: an update with no save_map statement");
+    if (bind_map(stmt, p, en, local_id, has_pass, pass, now) != SQLITE_OK)
         entsync_store_error(L, w->store, sqlite3_sql(stmt));
     step_once(L, w->store, stmt);
 }
@@ -2282,6 +2300,7 @@ static int program_new(lua_State *L)
     keep(L, 1, uv, "idmap_sql", SLOT_IDMAP_SQL, LUA_TSTRING);
     keep(L, 1, uv, "lookup_sql", SLOT_LOOKUP_SQL, LUA_TNONE);
     keep(L, 1, uv, "save_sql", SLOT_SAVE_SQL, LUA_TNONE);
+    keep(L, 1, uv, "update_sql", SLOT_UPDATE_SQL, LUA_TNONE);
     keep(L, 1, uv, "links", SLOT_LINKS, LUA_TNONE);
     keep(L, 1, uv, "idmap_rows_sql", SLOT_IDMAP_ROWS_SQL, LUA_TNONE);
     lua_getfield(L, 1, "updates");

@@ -395,6 +395,11 @@ SQL.save_map = [[INSERT INTO entsync_idmap
   ON CONFLICT (key) DO UPDATE SET remote_id = excluded.remote_id, changed = excluded.changed,
     hash = excluded.hash, raw_hash = excluded.raw_hash, version = excluded.version,
     synced_at = excluded.synced_at, seen_pass = coalesce(excluded.seen_pass, seen_pass), gone_at = NULL]]
+-- save_map of an entry known to be there (the C record path's updates),
+-- bound as save_map: one search of the key instead of an insert that meets
+-- it first
+SQL.update_map = [[UPDATE entsync_idmap SET remote_id = ?3, changed = ?4, hash = ?5, raw_hash = ?6, version = ?7,
+  synced_at = ?8, seen_pass = coalesce(?9, seen_pass), gone_at = NULL WHERE key = ?10 AND sync = ?1 AND local_id = ?2]]
 SQL.seen_remote = "UPDATE entsync_idmap SET hash = ?2, changed = ?3, version = coalesce(?4, version) WHERE key = ?1"
 SQL.mark_seen = "UPDATE entsync_idmap SET seen_pass = ?2 WHERE key = ?1"
 SQL.retype = "UPDATE entsync_idmap SET remote_id = ?2 WHERE key = ?1"
@@ -496,7 +501,7 @@ end
 -- journal, and a failure leaves the rows before it, so the import rolls
 -- the batch back.
 function Ledger:record_path_sql()
-  return { insert_map = SQL.insert_map, save_map = SQL.save_map, by_remote = SQL.by_remote,
+  return { insert_map = SQL.insert_map, save_map = SQL.save_map, update_map = SQL.update_map, by_remote = SQL.by_remote,
     insert_map_rows = function(n)
       return "INSERT OR FAIL INTO entsync_idmap (key, sync, local_id, remote_id, changed, hash, raw_hash, version, "
         .. "synced_at, seen_pass) VALUES " .. string.rep("(?,?,?,?,?,?,?,?,?,?)", n, ",")
