@@ -102,6 +102,7 @@ typedef struct member {
     const char *key;
     size_t len;
     const entsync_json_node *value;
+    int decoded; /* a view of the record decoded or set it: absent since, a callback removed it */
 } member;
 
 
@@ -203,6 +204,7 @@ static int index_members(program *p, const entsync_json_node *obj)
         p->members[i].key = n->as.string;
         p->members[i].len = n->len;
         p->members[i].value = n + 1;
+        p->members[i].decoded = 0;
         n = entsync_json_node_after(n + 1);
     }
     p->nmembers = count;
@@ -275,8 +277,8 @@ static void settle_current(lua_State *L, program *p, int idx)
     int marks = lua_gettop(L) - 1;
     for (size_t i = 0; i < p->nmembers; i++) {
         const member *m = &p->members[i];
-        if (find_member(p, m->key, m->len) != m)
-            continue; /* a repeated key: its last value is the record's */
+        if (m->decoded || find_member(p, m->key, m->len) != m)
+            continue; /* decoded already (and kept, changed or removed), or a repeated key */
         lua_pushlstring(L, m->key, m->len);
         if (lua_rawget(L, idx) != LUA_TNIL) {
             lua_pop(L, 1);
@@ -350,9 +352,10 @@ static int view_index(lua_State *L)
         if (p->view == lua_topointer(L, 1)) {
             size_t len;
             const char *key = lua_tolstring(L, 2, &len);
-            const member *m = find_member(p, key, len);
-            if (!m)
-                return 0;
+            member *m = (member *)find_member(p, key, len);
+            if (!m || m->decoded)
+                return 0; /* not in the record, or removed from the view since */
+            m->decoded = 1;
             lua_pushvalue(L, 2);
             entsync_json_push_node(L, m->value, lua_upvalueindex(2), lua_upvalueindex(3));
             lua_pushvalue(L, -1);
@@ -366,6 +369,27 @@ static int view_index(lua_State *L)
     lua_settop(L, 2);
     lua_rawget(L, 1);
     return 1;
+}
+
+/* __newindex of json.object_mt: a field set that the table does not hold.
+ * On a view, the record's field of that name is the callback's from now
+ * on (set, or removed when the value is nil), whatever the line holds. */
+static int view_newindex(lua_State *L)
+{
+    if (lua_type(L, 2) == LUA_TSTRING && lua_rawgetp(L, 1, &VIEW_KEY) != LUA_TNIL && lua_getmetatable(L, -1) &&
+        lua_rawequal(L, -1, lua_upvalueindex(1))) {
+        program *p = lua_touserdata(L, -2);
+        if (p->view == lua_topointer(L, 1)) {
+            size_t len;
+            const char *key = lua_tolstring(L, 2, &len);
+            member *m = (member *)find_member(p, key, len);
+            if (m)
+                m->decoded = 1;
+        }
+    }
+    lua_settop(L, 3);
+    lua_rawset(L, 1);
+    return 0;
 }
 
 static int view_next(lua_State *L)
@@ -862,7 +886,22 @@ static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line
     if (!r->view || r->table)
         return;
     if (lua_rawgetp(L, r->view, &VIEW_KEY) == LUA_TUSERDATA && (void *)lua_touserdata(L, -1) == (void *)p) {
-        lua_pushlstring(L, line, len);
+        int removed = 0;
+        for (size_t i = 0; i < p->nmembers && !removed; i++) {
+            if (!p->members[i].decoded)
+                continue;
+            lua_pushlstring(L, p->members[i].key, p->members[i].len);
+            removed = lua_rawget(L, r->view) == LUA_TNIL;
+            lua_pop(L, 1);
+        }
+        if (removed) {
+            /* a callback removed a field: the line would bring it back,
+             * so the view is decoded whole now, without it */
+            settle_current(L, p, r->view);
+            lua_pushnil(L);
+        } else {
+            lua_pushlstring(L, line, len);
+        }
         lua_rawsetp(L, r->view, &VIEW_KEY);
     }
     lua_pop(L, 1);
@@ -1005,11 +1044,17 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
          * Lua pipeline would read */
         int through_view = r->table != 0; /* a decoded record is read as Lua reads it */
         if (!through_view && r->view && f->keys[0].name) {
-            lua_rawgeti(L, r->uv, SLOT_PATHS);
-            lua_rawgeti(L, -1, slot);
-            lua_rawgeti(L, -1, 1);
-            through_view = lua_rawget(L, r->view) != LUA_TNIL;
-            lua_pop(L, 3);
+            /* set or changed by a callback, or decoded for one (and maybe
+             * removed since): read as the Lua pipeline reads the record */
+            const member *m = find_member(p, f->keys[0].name, f->keys[0].len);
+            through_view = m && m->decoded;
+            if (!through_view) {
+                lua_rawgeti(L, r->uv, SLOT_PATHS);
+                lua_rawgeti(L, -1, slot);
+                lua_rawgeti(L, -1, 1);
+                through_view = lua_rawget(L, r->view) != LUA_TNIL;
+                lua_pop(L, 3);
+            }
         }
         if (!through_view && f->type == F_JSON && f->callback_after) {
             /* a later callback may change the value in the record: it is
@@ -1108,7 +1153,9 @@ typedef struct stored {
     char changed_text[64];
 } stored;
 
-/* Looks the id up (stmt: by_remote); 1 found, 0 not, -1 on a failure. */
+/* Looks the id up (stmt: by_remote); 1 found, 0 not, -1 for an entry the
+ * Lua pipeline must judge (a version, a long mark). Raises on a store
+ * failure. */
 static int lookup_id(lua_State *L, const take_args *a, const program *p, const cell *id, stored *out)
 {
     sqlite3_stmt *stmt = a->lookup;
@@ -1597,8 +1644,10 @@ static int program_take_records(lua_State *L)
     take_args a;
     take_arguments(L, p, r.uv, &a, 5);
     a.ordered = lua_toboolean(L, 8);
-    if (a.ordered)
+    if (a.ordered) {
+        p->has_max = 0; /* the run's largest pair is the caller's, now */
         seed_max(L, p, 9);
+    }
     lua_Integer taken = 0, skipped = 0, older = 0;
     int last = TAKEN;
     for (lua_Integer i = from; i <= to; i++) {
@@ -2360,6 +2409,9 @@ void entsync_record_register(lua_State *L)
     lua_getfield(L, LUA_REGISTRYINDEX, ARRAY_MT);
     lua_pushcclosure(L, view_index, 3);
     lua_setfield(L, -2, "__index");
+    luaL_getmetatable(L, PROGRAM_META);
+    lua_pushcclosure(L, view_newindex, 1);
+    lua_setfield(L, -2, "__newindex");
     lua_pushcfunction(L, view_pairs);
     lua_setfield(L, -2, "__pairs");
     lua_pop(L, 1);

@@ -3,29 +3,34 @@
  * entsync.core.
  *
  * A program is one sync's mapping compiled for C (lua/entsync/record_path.lua
- * builds it from the compiled mapping, once a run): for each line of an
- * NDJSON input it decodes the record (simdjson, through json_simd.h), reads
- * the remote id and the changed mark, maps every field (its path, the
- * user's import callback, the default, required, the coercion to the
- * declared type), takes the content hash over the mapped entities with
- * exactly core.hash's canonical encoding, and keeps what the write needs in
- * an arena of the batch. The batch's write phase then binds and inserts the
- * rows (the writers' own statements) and the id-map rows (the ledger's SQL)
- * with no Lua value made.
+ * builds it from the compiled mapping, once a run). For each line of an
+ * NDJSON input, and each record of a list a reader decoded (an http_json
+ * page), it reads the remote id and the changed mark, checks the cursor,
+ * looks the id up in the id map, maps every field (its path, the user's
+ * import callback, the default, required, the coercion to the declared
+ * type), takes the content hash over the mapped entities with exactly
+ * core.hash's canonical encoding, and keeps what the write needs in an
+ * arena of the batch. The batch's write phase then binds and writes the
+ * rows (the writers' own statements; creates 64 rows a statement) and the
+ * id-map rows (the ledger's SQL) with no Lua value made.
  *
- * Lua runs only where the user wrote Lua: an import callback gets the
+ * Lua runs only where the user wrote Lua: an import callback gets a line's
  * record as a view, a table with json.object_mt whose top-level fields are
  * decoded when first read (the mark's __index and __pairs, set here); a view
  * still referenced after its record is done keeps the line's text, and is
- * decoded whole at its next use. A line the program cannot take exactly as
- * the Lua pipeline would (bad JSON, no usable id, a value that needs a
- * coercion done only in Lua, a callback that raises, ...) is handed back
- * undecoded, and the Lua pipeline takes it: the program never decides a
+ * decoded whole at its next use. A record the program cannot take exactly
+ * as the Lua pipeline would (bad JSON, no usable id, a value that needs a
+ * coercion done only in Lua, a callback that raises, ...) is handed back:
+ * undecoded, or, once callbacks ran for it, as they left it with their
+ * outcomes (held), so that none runs twice. The program never decides a
  * failure.
  *
- * Functions: program(spec) -> program, with methods take(file, known, max,
- * max_line), max() -> mark, id, entry(i) -> line, raw_hash, write(from, to,
- * pass, now) -> count, reset() and count().
+ * Methods: take(file, known, max, max_line, cursor_mark, cursor_id,
+ * failing), take_records(list, from, to, cursor_mark, cursor_id, failing,
+ * ordered, max_mark, max_id), held() -> record, results, errors, max() ->
+ * mark, id, count(), entry(i) -> line, raw_hash | nil, nil, src,
+ * write(from, to, pass, now) -> created, updated, and reset(); functions
+ * program(spec) and held_nil().
  */
 #ifndef ENTSYNC_RECORD_H
 #define ENTSYNC_RECORD_H

@@ -215,7 +215,8 @@ function M.new(run, reader, state, incremental, track_marks)
               math.max(1, math.min(room, batch_room or room, 65536)), mark, state.cursor_id, run.failing)
             run.counts.skipped = run.counts.skipped + older
           until text ~= nil or skipped > 0 or taken > 0 or older == 0
-          if taken > 0 then note_pair(run.program:max()) end
+          -- marks of the records taken, and of those found unchanged by content
+          if taken > 0 or skipped > 0 then note_pair(run.program:max()) end
           if skipped > 0 or taken > 0 then
             pending, pending_hash = text, raw_hash
             if skipped > 0 then
