@@ -1539,6 +1539,20 @@ static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int f
     (void)p;
 }
 
+/* Starts a take: the uservalue table pushed (r's), the record held() gave
+ * forgotten (it is for the one this call hands back), and the cursor and
+ * failing keys at first.. read into a. */
+static void begin_take(lua_State *L, program *p, mapping_run *r, take_args *a, int first)
+{
+    memset(r, 0, sizeof *r);
+    r->prog = 1;
+    lua_getiuservalue(L, 1, 1);
+    r->uv = lua_gettop(L);
+    lua_pushnil(L);
+    lua_rawseti(L, r->uv, SLOT_HELD);
+    take_arguments(L, p, r->uv, a, first);
+}
+
 /* program:take(file, known, max, max_line, cursor_mark, cursor_id, failing)
  *   -> line | nil | false, skipped, lines, hash | bytes, taken, older
  * Reads lines as core.hash.skip_known does (a line whose hash is in known
@@ -1560,13 +1574,9 @@ static int program_take(lua_State *L)
     if (!stream->closef || !stream->f)
         return luaL_error(L, "take: the file is closed");
     lua_settop(L, 8);
-    mapping_run r = {0, 0, 1, NULL, 0, 0, 0};
-    lua_getiuservalue(L, 1, 1);
-    r.uv = lua_gettop(L);
-    lua_pushnil(L);
-    lua_rawseti(L, r.uv, SLOT_HELD); /* held() is for the line this call hands back */
+    mapping_run r;
     take_args a;
-    take_arguments(L, p, r.uv, &a, 6);
+    begin_take(L, p, &r, &a, 6);
     take_counts t = {0, 0, 0, 0};
     size_t dropped = 0;
     ssize_t len = 0;
@@ -1636,13 +1646,9 @@ static int program_take_records(lua_State *L)
     luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer from = luaL_checkinteger(L, 3), to = luaL_checkinteger(L, 4);
     lua_settop(L, 10);
-    mapping_run r = {0, 0, 1, NULL, 0, 0, 0};
-    lua_getiuservalue(L, 1, 1);
-    r.uv = lua_gettop(L);
-    lua_pushnil(L);
-    lua_rawseti(L, r.uv, SLOT_HELD); /* held() is for the record this call stops at */
+    mapping_run r;
     take_args a;
-    take_arguments(L, p, r.uv, &a, 5);
+    begin_take(L, p, &r, &a, 5);
     a.ordered = lua_toboolean(L, 8);
     if (a.ordered) {
         p->has_max = 0; /* the run's largest pair is the caller's, now */
