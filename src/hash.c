@@ -81,22 +81,32 @@ static int buf_gc(lua_State *L)
 
 static void encode_value(lua_State *L, canon_buf *out, int idx, int depth);
 
-/* Appends tag, the decimal digits of n, then end: snprintf was a tenth of
- * the time of an import, hashing mostly small integers and lengths. */
-static void buf_add_tagged(lua_State *L, canon_buf *b, char tag, long long n, char end)
+const char *entsync_hash_tagged(char text[ENTSYNC_HASH_TAGGED], char tag, long long n, char end, size_t *len)
 {
-    char text[32];
-    char *p = text + sizeof text;
+    char *p = text + ENTSYNC_HASH_TAGGED;
     unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
-    *--p = end;
+    if (end)
+        *--p = end;
     do {
         *--p = (char)('0' + u % 10);
         u /= 10;
     } while (u);
     if (n < 0)
         *--p = '-';
-    *--p = tag;
-    buf_add(L, b, p, (size_t)(text + sizeof text - p));
+    if (tag)
+        *--p = tag;
+    *len = (size_t)(text + ENTSYNC_HASH_TAGGED - p);
+    return p;
+}
+
+/* Appends tag, the decimal digits of n, then end: snprintf was a tenth of
+ * the time of an import, hashing mostly small integers and lengths. */
+static void buf_add_tagged(lua_State *L, canon_buf *b, char tag, long long n, char end)
+{
+    char text[ENTSYNC_HASH_TAGGED];
+    size_t len;
+    const char *p = entsync_hash_tagged(text, tag, n, end, &len);
+    buf_add(L, b, p, len);
 }
 
 static void encode_number(lua_State *L, canon_buf *out, int idx)

@@ -20,6 +20,15 @@
 
 uint64_t entsync_hash_bytes(const void *data, size_t len);
 
+/* Room for entsync_hash_tagged's text. */
+#define ENTSYNC_HASH_TAGGED 32
+
+/* The canonical encoding's piece for n: an optional tag, n's decimal
+ * digits, an optional end (0: none), written to the end of text; returns
+ * where it starts, its length in *len. The C record path encodes with it
+ * what core.hash encodes. */
+const char *entsync_hash_tagged(char text[ENTSYNC_HASH_TAGGED], char tag, long long n, char end, size_t *len);
+
 /* FNV-1a 64 continued from a previous hash (seed), so a hash can cover a
  * fingerprint and then the bytes of a record. */
 uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len);

@@ -417,26 +417,6 @@ static int view_pairs(lua_State *L)
 
 enum { TAKEN, OLDER, SAME, BAIL };
 
-/* The decimal digits of n between an optional tag and end character (0:
- * none), written to the end of text[32]; returns where they start. */
-static const char *tagged(char text[32], char tag, long long n, char end, size_t *len)
-{
-    char *q = text + 32;
-    unsigned long long u = n < 0 ? 0ULL - (unsigned long long)n : (unsigned long long)n;
-    if (end)
-        *--q = end;
-    do {
-        *--q = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
-    if (n < 0)
-        *--q = '-';
-    if (tag)
-        *--q = tag;
-    *len = (size_t)(text + 32 - q);
-    return q;
-}
-
 static int text_cell(program *p, cell *c, const char *s, size_t len)
 {
     c->type = CELL_TEXT;
@@ -448,7 +428,7 @@ static int integer_text_cell(program *p, cell *c, long long n)
 {
     char text[32];
     size_t len;
-    const char *digits = tagged(text, 0, n, 0, &len);
+    const char *digits = entsync_hash_tagged(text, 0, n, 0, &len);
     return text_cell(p, c, digits, len);
 }
 
@@ -576,20 +556,20 @@ static int canon_node_bytes(program *p, const entsync_json_node *n)
     case ENTSYNC_JSON_TRUE:
         return arena_add(p, "t", 1, &off);
     case ENTSYNC_JSON_INTEGER:
-        t = tagged(text, 'i', n->as.integer, ';', &tlen);
+        t = entsync_hash_tagged(text, 'i', n->as.integer, ';', &tlen);
         return arena_add(p, t, tlen, &off);
     case ENTSYNC_JSON_FLOAT:
         if (float_integer(n->as.number, &i)) {
-            t = tagged(text, 'i', i, ';', &tlen);
+            t = entsync_hash_tagged(text, 'i', i, ';', &tlen);
             return arena_add(p, t, tlen, &off);
         }
         len = snprintf(text, sizeof text, "d%.17g;", n->as.number);
         return arena_add(p, text, (size_t)len, &off);
     case ENTSYNC_JSON_STRING:
-        t = tagged(text, 's', (long long)n->len, ':', &tlen);
+        t = entsync_hash_tagged(text, 's', (long long)n->len, ':', &tlen);
         return arena_add(p, t, tlen, &off) && arena_add(p, n->as.string, n->len, &off);
     case ENTSYNC_JSON_ARRAY: {
-        t = tagged(text, 'a', (long long)n->len, ':', &tlen);
+        t = entsync_hash_tagged(text, 'a', (long long)n->len, ':', &tlen);
         if (!arena_add(p, t, tlen, &off))
             return 0;
         const entsync_json_node *item = n + 1;
@@ -603,10 +583,10 @@ static int canon_node_bytes(program *p, const entsync_json_node *n)
         long count = entsync_json_sorted_members(n, &members);
         if (count < 0)
             return 0;
-        t = tagged(text, count ? 'o' : 'a', count, ':', &tlen);
+        t = entsync_hash_tagged(text, count ? 'o' : 'a', count, ':', &tlen);
         int ok = arena_add(p, t, tlen, &off);
         for (long k = 0; ok && k < count; k++) {
-            t = tagged(text, 's', (long long)members[k].len, ':', &tlen);
+            t = entsync_hash_tagged(text, 's', (long long)members[k].len, ':', &tlen);
             ok = arena_add(p, t, tlen, &off) && arena_add(p, members[k].key, members[k].len, &off) &&
                  canon_node_bytes(p, members[k].value);
         }
@@ -722,7 +702,7 @@ static void canon_tagged(canon *k, char tag, long long n, char end)
 {
     char text[32];
     size_t len;
-    const char *t = tagged(text, tag, n, end, &len);
+    const char *t = entsync_hash_tagged(text, tag, n, end, &len);
     canon_add(k, t, len);
 }
 
@@ -812,7 +792,7 @@ static entsync_mark cell_mark(const program *p, const cell *c)
 static const char *id_text(const program *p, const cell *c, char *text, size_t size, size_t *len)
 {
     if (c->type == CELL_INT && size >= 32)
-        return tagged(text, 0, c->i, 0, len);
+        return entsync_hash_tagged(text, 0, c->i, 0, len);
     *len = c->len;
     return p->buf + c->off;
 }
@@ -1228,7 +1208,7 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
     char text[32];
     size_t len, arena_len = p->len;
     if (id->type == CELL_INT) {
-        const char *digits = tagged(text, 0, id->i, 0, &len);
+        const char *digits = entsync_hash_tagged(text, 0, id->i, 0, &len);
         if (!text_cell(p, &other, digits, len))
             return 1;
     } else {
