@@ -12,7 +12,7 @@ BUILD    ?= build
 BIN      ?= bin
 CC       ?= cc
 CXX      ?= g++
-PKGS      = lua5.4 libcurl sqlite3 libmicrohttpd libcrypto hiredis
+PKGS      = lua5.4 libcurl sqlite3 libmicrohttpd libcrypto hiredis libxxhash
 SANITIZE ?=
 
 OPT      ?= -O2 -g
@@ -23,7 +23,7 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # simdjson's flags (SIMDJSON_THREADS_ENABLED) must match its library's build.
 SIMDJSON_CFLAGS = $(shell pkg-config --cflags simdjson 2>/dev/null)
 LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
-DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 libmicrohttpd libcrypto hiredis 2>/dev/null) -lreadline -lsimdjson -lstdc++
+DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 libmicrohttpd libcrypto hiredis libxxhash 2>/dev/null) -lreadline -lsimdjson -lstdc++
 
 CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/httpd.c src/loop.c src/notify.c \
            src/readline.c src/sign.c src/redis.c src/json.c src/marks.c src/record.c src/core.c
@@ -36,7 +36,7 @@ HOST     = $(BIN)/entsync-run
 # Debian packages entsync builds and tests with; `make deps` installs the
 # missing ones and is silent when all are present.
 DEB_PKGS = liblua5.4-dev lua5.4 lua-cjson libcurl4-openssl-dev libsqlite3-dev \
-           libsimdjson-dev g++ libreadline-dev libmicrohttpd-dev libssl-dev lua-busted pkg-config sqlite3 python3 curl \
+           libsimdjson-dev libxxhash-dev g++ libreadline-dev libmicrohttpd-dev libssl-dev lua-busted pkg-config sqlite3 python3 curl \
            openssl jq chromium systemd redis-server libhiredis-dev strace time
 
 BUSTED   = lua5.4 /usr/bin/busted

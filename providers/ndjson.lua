@@ -54,7 +54,7 @@ local function open(f, name, _, max_line)
       local line, err = source.next_raw()
       if line == false then return false, 0, err end
       if not line then return nil, 0 end
-      local hash = core.hash.bytes(line, seed)
+      local hash = core.hash.line(line, seed)
       if known:has(hash) then return nil, 1, true end
       return line, 0, false, hash
     end

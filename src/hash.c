@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <xxhash.h>
 
 /* Deeper than any value JSON decodes to (json_simd.h's limit), with the
  * two levels of mapped entities around it: past it, a table is a cycle. */
@@ -35,6 +36,11 @@ uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len)
 uint64_t entsync_hash_bytes(const void *data, size_t len)
 {
     return entsync_hash_continue(FNV_OFFSET, data, len);
+}
+
+uint64_t entsync_hash_line(uint64_t seed, const void *data, size_t len)
+{
+    return (uint64_t)XXH3_64bits_withSeed(data, len, (XXH64_hash_t)seed);
 }
 
 /* The encoding is built in one growable buffer per Lua state, kept as an
@@ -531,7 +537,7 @@ static int hash_skip_known(lua_State *L)
             i++;
         if (i == len)
             continue; /* blank: no record */
-        hash = entsync_hash_continue(seed, line, (size_t)len);
+        hash = entsync_hash_line(seed, line, (size_t)len);
         if (entsync_hashset_has(set, hash)) {
             skipped++;
             continue;
@@ -554,14 +560,14 @@ static int hash_skip_known(lua_State *L)
     return 4;
 }
 
-/* bytes(text [, seed]) -> integer: FNV-1a 64 of the bytes, continued
- * from seed when given. */
-static int hash_bytes(lua_State *L)
+/* line(text [, seed]) -> integer: entsync_hash_line of the bytes (seed
+ * 0 when not given). */
+static int hash_line(lua_State *L)
 {
     size_t len;
     const char *text = luaL_checklstring(L, 1, &len);
-    uint64_t seed = lua_isnoneornil(L, 2) ? FNV_OFFSET : (uint64_t)luaL_checkinteger(L, 2);
-    lua_pushinteger(L, (lua_Integer)entsync_hash_continue(seed, text, len));
+    uint64_t seed = lua_isnoneornil(L, 2) ? 0 : (uint64_t)luaL_checkinteger(L, 2);
+    lua_pushinteger(L, (lua_Integer)entsync_hash_line(seed, text, len));
     return 1;
 }
 
@@ -579,7 +585,7 @@ void entsync_hash_register(lua_State *L)
     lua_pop(L, 2);
 
     static const luaL_Reg functions[] = {
-        {"bytes", hash_bytes},
+        {"line", hash_line},
         {"integerize", hash_integerize},
         {"skip_known", hash_skip_known},
         {"set", hashset_new},

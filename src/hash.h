@@ -33,6 +33,12 @@ const char *entsync_hash_tagged(char text[ENTSYNC_HASH_TAGGED], char tag, long l
  * fingerprint and then the bytes of a record. */
 uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len);
 
+/* The hash of a raw input line (XXH3 64, seeded with the sync's
+ * fingerprint): what a re-import recognises a line by without decoding
+ * it. Not the canonical hash, so it may change between entsync versions
+ * (the fingerprint, which covers the version, changes with it). */
+uint64_t entsync_hash_line(uint64_t seed, const void *data, size_t len);
+
 /* A set of 64-bit hashes (open addressing), given to Lua as a userdata. */
 typedef struct entsync_hashset entsync_hashset;
 
@@ -49,8 +55,8 @@ int entsync_hashset_has(const entsync_hashset *set, uint64_t hash);
 void entsync_hashset_add(lua_State *L, entsync_hashset *set, uint64_t hash);
 
 /* Sets the sub-table hash of the table on top of the stack: of(value) ->
- * integer, hex(value) -> string, canonical(value) -> string, bytes(text
- * [, seed]) -> integer, set() -> set (with add, has and count),
+ * integer, hex(value) -> string, canonical(value) -> string, line(text
+ * [, seed]) -> integer (entsync_hash_line), set() -> set (with add, has and count),
  * integerize(table) and skip_known(file, set, seed, max). */
 void entsync_hash_register(lua_State *L);
 

@@ -134,6 +134,8 @@ typedef struct program {
     char *max_text; /* the texts of both */
     int updates;    /* a record the id map holds may be updated here */
     const void *view; /* the view of the record being mapped, or NULL */
+    int view_extra;   /* since the last callback, the view holds a key the record did not give it */
+    int view_removed; /* since the last callback, a field the view decoded is gone from it */
     int track_seen;   /* the run marks unchanged records seen (deletes not "keep") */
     int *pending;     /* slots of json values encoded once every field is mapped */
     int npending;
@@ -836,6 +838,7 @@ static int ensure_view(lua_State *L, program *p, mapping_run *r)
         lua_rawsetp(L, -2, &VIEW_KEY);
         r->view = lua_gettop(L);
         p->view = lua_topointer(L, r->view); /* the view stays on the stack while it is current */
+        p->view_extra = p->view_removed = 0;
     }
     lua_rawgeti(L, r->uv, SLOT_CTX);
     if (lua_type(L, -1) == LUA_TTABLE) {
@@ -866,15 +869,7 @@ static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line
     if (!r->view || r->table)
         return;
     if (lua_rawgetp(L, r->view, &VIEW_KEY) == LUA_TUSERDATA && (void *)lua_touserdata(L, -1) == (void *)p) {
-        int removed = 0;
-        for (size_t i = 0; i < p->nmembers && !removed; i++) {
-            if (!p->members[i].decoded)
-                continue;
-            lua_pushlstring(L, p->members[i].key, p->members[i].len);
-            removed = lua_rawget(L, r->view) == LUA_TNIL;
-            lua_pop(L, 1);
-        }
-        if (removed) {
+        if (p->view_removed) {
             /* a callback removed a field: the line would bring it back,
              * so the view is decoded whole now, without it */
             settle_current(L, p, r->view);
@@ -886,6 +881,39 @@ static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line
     }
     lua_pop(L, 1);
     p->view = NULL;
+}
+
+/* After a callback: notes whether the view at view holds a key that is
+ * not a field it decoded (the callback set it, or decoded the view whole:
+ * the fields mapped after it look each such key up in the view), and
+ * whether a field it decoded is gone (seal_view must not let the line
+ * bring it back). Members decoded after the last callback are in the view:
+ * only Lua code removes one. One walk over the few keys a view holds, in
+ * place of a lookup a field. */
+static void note_view_keys(lua_State *L, program *p, int view)
+{
+    size_t decoded = 0, present = 0;
+    int extra = 0;
+    for (size_t i = 0; i < p->nmembers; i++)
+        decoded += p->members[i].decoded != 0;
+    lua_pushnil(L);
+    while (lua_next(L, view) != 0) {
+        lua_pop(L, 1);
+        int type = lua_type(L, -1);
+        if (type == LUA_TSTRING) {
+            size_t len;
+            const char *key = lua_tolstring(L, -1, &len);
+            const member *m = find_member(p, key, len);
+            if (m && m->decoded)
+                present++;
+            else
+                extra = 1;
+        } else if (type != LUA_TLIGHTUSERDATA || lua_touserdata(L, -1) != (void *)&VIEW_KEY) {
+            extra = 1;
+        }
+    }
+    p->view_extra = extra;
+    p->view_removed = present != decoded;
 }
 
 /* Pushes the value at a field's path read through the view (or the
@@ -998,6 +1026,8 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
         lua_pushvalue(L, view);
         lua_rawgeti(L, r->uv, SLOT_CTX);
         int ok = lua_pcall(L, 3, 1, 0) == LUA_OK;
+        if (!r->table)
+            note_view_keys(L, p, view);
         /* kept, so that the Lua pipeline taking this record over does not
          * call it again */
         lua_rawgeti(L, r->uv, ok ? SLOT_MEMO : SLOT_MEMO_ERRORS);
@@ -1028,7 +1058,7 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
              * removed since): read as the Lua pipeline reads the record */
             const member *m = find_member(p, f->keys[0].name, f->keys[0].len);
             through_view = m && m->decoded;
-            if (!through_view) {
+            if (!through_view && p->view_extra) {
                 lua_rawgeti(L, r->uv, SLOT_PATHS);
                 lua_rawgeti(L, -1, slot);
                 lua_rawgeti(L, -1, 1);
@@ -1127,8 +1157,8 @@ typedef struct take_args {
 typedef struct stored {
     int found;
     long long local_id;
-    uint64_t hash;
-    int has_hash, gone;
+    uint64_t hash, raw_hash;
+    int has_hash, has_raw_hash, gone;
     entsync_mark changed;
     char changed_text[64];
 } stored;
@@ -1156,7 +1186,7 @@ static int lookup_id(lua_State *L, const take_args *a, const program *p, const c
         sqlite3_reset(stmt);
         entsync_store_error(L, a->store, sqlite3_sql(stmt));
     }
-    /* local_id, remote_id, changed, hash, version, seen_pass, gone_at */
+    /* local_id, remote_id, changed, hash, version, seen_pass, gone_at, raw_hash */
     out->found = 1;
     out->local_id = sqlite3_column_int64(stmt, 0);
     memset(&out->changed, 0, sizeof out->changed);
@@ -1192,6 +1222,8 @@ static int lookup_id(lua_State *L, const take_args *a, const program *p, const c
     out->has_hash = sqlite3_column_type(stmt, 3) == SQLITE_INTEGER;
     out->hash = (uint64_t)sqlite3_column_int64(stmt, 3);
     out->gone = sqlite3_column_type(stmt, 6) != SQLITE_NULL;
+    out->has_raw_hash = sqlite3_column_type(stmt, 7) == SQLITE_INTEGER;
+    out->raw_hash = (uint64_t)sqlite3_column_int64(stmt, 7);
     int versioned = sqlite3_column_type(stmt, 4) != SQLITE_NULL;
     sqlite3_reset(stmt);
     return versioned ? -1 : 1;
@@ -1345,8 +1377,10 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
         result = resolve_json(L, p, r, result == TAKEN ? cells_of(p, e->cells) : NULL);
     if (result == TAKEN) {
         e->hash = record_hash(p, cells_of(p, e->cells));
+        /* the Lua pipeline marks it seen, and keeps a line's new hash */
+        int raw_known = !line || (st.has_raw_hash && st.raw_hash == e->raw_hash);
         if (st.found && st.has_hash && st.hash == e->hash && !st.gone)
-            result = p->track_seen ? BAIL : SAME; /* the Lua pipeline marks it seen */
+            result = p->track_seen || !raw_known ? BAIL : SAME;
     }
     seal_view(L, p, r, line, len);
     if (result == BAIL && r->ran)
@@ -1574,7 +1608,7 @@ static int program_take(lua_State *L)
             i++;
         if (i == len)
             continue; /* blank: no record */
-        uint64_t hash = entsync_hash_continue(p->seed, p->line, (size_t)len);
+        uint64_t hash = entsync_hash_line(p->seed, p->line, (size_t)len);
         if (entsync_hashset_has(known, hash)) {
             t.skipped++;
             continue;

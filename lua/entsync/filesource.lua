@@ -258,7 +258,7 @@ function Reader:next_unknown(known, seed, max)
     local text, err = self:next_raw()
     if text == nil then return nil, 0 end
     if text == false then return false, 0, err end
-    local hash = core.hash.bytes(text, seed)
+    local hash = core.hash.line(text, seed)
     if known:has(hash) then return nil, 1 end
     return text, 0, nil, hash
   end

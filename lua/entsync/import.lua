@@ -178,7 +178,8 @@ function Run:prepare(record, raw_hash, text, memo)
       -- elsewhere, or a touch): the id map takes the version only
       return { "echo", key = key, local_id = stored.local_id, hash = hash, changed = changed, version = version }
     end
-    return { "skip", outcome = "unchanged", key = key, local_id = stored.local_id }
+    return { "skip", outcome = "unchanged", key = key, local_id = stored.local_id,
+      raw_hash = raw_hash ~= stored.raw_hash and raw_hash or nil }
   end
   if stored then
     local w = book:write_of(self.sync_id, stored.local_id)
@@ -381,6 +382,9 @@ function Run:skip(plan)
     return "unchanged"
   end
   if self.track_seen and plan.local_id then self.book:mark_seen(self.sync_id, plan.local_id, self.pass) end
+  if plan.raw_hash and plan.local_id then
+    self.book:set_raw_hash(self.sync_id, plan.local_id, plan.raw_hash)
+  end
   return self:count(plan.outcome, plan.key)
 end
 

@@ -376,9 +376,9 @@ end
 
 -- the id map -----------------------------------------------------------------
 
-SQL.by_remote = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at
+SQL.by_remote = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at, raw_hash
   FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2]]
-SQL.by_local = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at
+SQL.by_local = [[SELECT local_id, remote_id, changed, hash, version, seen_pass, gone_at, raw_hash
   FROM entsync_idmap WHERE key = ?1]]
 SQL.local_of = "SELECT local_id FROM entsync_idmap WHERE sync = ?1 AND remote_id = ?2"
 SQL.remote_of = "SELECT remote_id FROM entsync_idmap WHERE key = ?1"
@@ -402,6 +402,7 @@ SQL.update_map = [[UPDATE entsync_idmap SET remote_id = ?3, changed = ?4, hash =
   synced_at = ?8, seen_pass = coalesce(?9, seen_pass), gone_at = NULL WHERE key = ?10 AND sync = ?1 AND local_id = ?2]]
 SQL.seen_remote = "UPDATE entsync_idmap SET hash = ?2, changed = ?3, version = coalesce(?4, version) WHERE key = ?1"
 SQL.mark_seen = "UPDATE entsync_idmap SET seen_pass = ?2 WHERE key = ?1"
+SQL.set_raw_hash = "UPDATE entsync_idmap SET raw_hash = ?2 WHERE key = ?1"
 SQL.retype = "UPDATE entsync_idmap SET remote_id = ?2 WHERE key = ?1"
 -- A sync's rows: its range of keys (?2 .. ?3), then the negative keys of
 -- its local ids outside the range (each part a plain rowid search).
@@ -528,6 +529,14 @@ end
 function Ledger:mark_seen(sync_id, local_id, pass)
   local key = self:key_of(sync_id, local_id)
   if key then self.store:run(SQL.mark_seen, key, pass) end
+end
+
+-- A record found unchanged by its content whose line hashed otherwise
+-- (another entsync version, or bytes that differ only in form): the map
+-- keeps the line's hash now, so the next run skips the line unread.
+function Ledger:set_raw_hash(sync_id, local_id, raw_hash)
+  local key = self:key_of(sync_id, local_id)
+  if key then self.store:run(SQL.set_raw_hash, key, raw_hash) end
 end
 
 function Ledger:raw_hashes(sync_id)

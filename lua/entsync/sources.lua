@@ -230,7 +230,7 @@ function M.new(run, reader, state, incremental, track_marks)
             text, skipped, err, raw_hash = reader:next_unknown(known, fingerprint, math.max(1, math.min(room, 65536)))
           else
             text, err = reader:next_raw()
-            raw_hash = text and core.hash.bytes(text, fingerprint)
+            raw_hash = text and core.hash.line(text, fingerprint)
             if raw_hash and known:has(raw_hash) then text, skipped = nil, 1 end
           end
           if skipped > 0 then
@@ -241,7 +241,7 @@ function M.new(run, reader, state, incremental, track_marks)
         if text == nil then return nil end
         if text == false then return UNREADABLE, err end
         -- each line is hashed once: by the reader, or here
-        raw_hash = raw_hash or core.hash.bytes(text, fingerprint)
+        raw_hash = raw_hash or core.hash.line(text, fingerprint)
         -- a line the C record path handed back after callbacks ran comes
         -- as they left it, with their outcomes
         local record, memo = record_path.held(run)
