@@ -68,6 +68,8 @@ typedef struct path_key {
 typedef struct field {
     char *name;
     size_t name_len;
+    char *canon; /* the name's canonical encoding, "s<len>:<name>" */
+    size_t canon_len;
     path_key *keys;
     int nkeys;
     int type;
@@ -80,6 +82,8 @@ typedef struct field {
 typedef struct entity {
     char *name;
     size_t name_len;
+    char *canon; /* as a field's */
+    size_t canon_len;
     field *fields;
     int nfields;
     int *order; /* the fields by name, bytewise: the canonical encoding's order */
@@ -219,7 +223,7 @@ static const member *find_member(const program *p, const char *key, size_t len)
 {
     for (size_t i = p->nmembers; i-- > 0;) {
         const member *m = &p->members[i];
-        if (m->len == len && memcmp(m->key, key, len) == 0)
+        if (m->len == len && (len == 0 || (m->key[0] == key[0] && memcmp(m->key, key, len) == 0)))
             return m;
     }
     return NULL;
@@ -753,7 +757,7 @@ static uint64_t record_hash(const program *p, const cell *cells)
     canon_tagged(&k, 'o', p->nentities, ':');
     for (int e = 0; e < p->nentities; e++) {
         const entity *en = &p->entities[p->entity_order[e]];
-        canon_string(&k, en->name, en->name_len);
+        canon_add(&k, en->canon, en->canon_len);
         int present = 0;
         for (int i = 0; i < en->nfields; i++)
             present += cells[en->first + i].type != CELL_NIL;
@@ -767,7 +771,7 @@ static uint64_t record_hash(const program *p, const cell *cells)
             const cell *c = &cells[en->first + en->order[i]];
             if (c->type == CELL_NIL)
                 continue;
-            canon_string(&k, f->name, f->name_len);
+            canon_add(&k, f->canon, f->canon_len);
             canon_cell(&k, p, c);
         }
     }
@@ -2024,8 +2028,7 @@ static void write_creates(lua_State *L, const program *p, const write_stmts *w, 
         const entity *ent = &p->entities[e];
         sqlite3_stmt *stmt = w->rows[e];
         int width = ent->nfields + 1, rc = SQLITE_OK;
-        sqlite3_reset(stmt);
-        sqlite3_clear_bindings(stmt);
+        sqlite3_reset(stmt); /* every parameter is bound again below: none is cleared */
         for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
             const cell *cells = cells_of((program *)p, p->entries[i - 1 + r].cells);
             for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
@@ -2038,8 +2041,7 @@ static void write_creates(lua_State *L, const program *p, const write_stmts *w, 
         step_once(L, w->store, stmt);
     }
     sqlite3_stmt *stmt = w->insert_map_rows;
-    sqlite3_reset(stmt);
-    sqlite3_clear_bindings(stmt);
+    sqlite3_reset(stmt); /* as above */
     int rc = SQLITE_OK;
     for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
         const entry *en = &p->entries[i - 1 + r];
@@ -2121,10 +2123,12 @@ static void free_program(program *p)
                 free(ent->fields[i].keys[k].name);
             free(ent->fields[i].keys);
             free(ent->fields[i].name);
+            free(ent->fields[i].canon);
         }
         free(ent->fields);
         free(ent->order);
         free(ent->name);
+        free(ent->canon);
     }
     free(p->entities);
     free(p->entity_order);
@@ -2199,12 +2203,28 @@ static int *name_order(lua_State *L, const char **names, const size_t *lens, int
     return order;
 }
 
+/* A name's canonical encoding (a string's), made once for record_hash. */
+static char *canon_name(lua_State *L, const char *name, size_t len, size_t *out_len)
+{
+    char text[ENTSYNC_HASH_TAGGED];
+    size_t tlen;
+    const char *t = entsync_hash_tagged(text, 's', (long long)len, ':', &tlen);
+    char *s = malloc(tlen + len);
+    if (!s)
+        luaL_error(L, "record: out of memory");
+    memcpy(s, t, tlen);
+    memcpy(s + tlen, name, len);
+    *out_len = tlen + len;
+    return s;
+}
+
 /* Reads field i (the table on top) of entity ent; slot is its 1-based
  * place among all the program's fields (its default's and callback's). */
 static void read_field(lua_State *L, int uv, field *f, int slot)
 {
     int idx = lua_gettop(L);
     f->name = copy_field(L, idx, "name", &f->name_len, 1);
+    f->canon = canon_name(L, f->name, f->name_len, &f->canon_len);
     lua_getfield(L, idx, "type");
     const char *type = luaL_checkstring(L, -1);
     f->type = -1;
@@ -2278,6 +2298,7 @@ static void read_entities(lua_State *L, program *p, int spec, int uv)
         lua_rawgeti(L, -1, e + 1);
         int eidx = lua_gettop(L);
         ent->name = copy_field(L, eidx, "name", &ent->name_len, 1);
+        ent->canon = canon_name(L, ent->name, ent->name_len, &ent->canon_len);
         names[e] = ent->name;
         lens[e] = ent->name_len;
         lua_getfield(L, eidx, "fields");
