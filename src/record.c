@@ -42,6 +42,10 @@ static const char MEMO_NIL = 0;
  * (its setup, its halt, the cursors it opens) is then paid once for them,
  * a third of a create's cost when each was a statement of its own. */
 #define ROWS 64
+/* The runs of creates written with one statement a table, longest first:
+ * a page of 100 records goes as 64 + 2 x 16 + 4 rows. */
+static const int RUN_ROWS[] = {ROWS, 16, 4};
+#define NRUNS 3
 
 /* A statement binds at most 32766 parameters (SQLite 3.32 and later). */
 #define ROWS_MAX_COLUMNS (32766 / ROWS)
@@ -146,6 +150,12 @@ typedef struct program {
     int *memo;        /* slots of the callbacks run for the record being mapped */
     int nmemo;
     int failed;     /* out of memory in the arena: raised once back in Lua */
+    /* the many-rows statements, made at the first write and kept (the
+     * store's statements live while it is open, and the uservalue table
+     * anchors it): a write of one page would otherwise build their text */
+    sqlite3_stmt *run_rows[16][NRUNS];
+    sqlite3_stmt *run_map[NRUNS];
+    int runs_made;
 } program;
 
 /* Slots of the program's uservalue table. */
@@ -656,6 +666,16 @@ static int native_cell(program *p, const field *f, lua_State *L, int idx, cell *
         c->type = CELL_BOOL;
         c->i = lua_toboolean(L, idx);
         *result = TAKEN;
+        return 1;
+    case F_TIMESTAMP:
+        /* a dated text is kept as it is, as node_cell keeps one; any
+         * other value is mapping.coerce's */
+        if (t != LUA_TSTRING)
+            return 0;
+        s = lua_tolstring(L, idx, &len);
+        if (!looks_dated(s, len) || entsync_json_text_bad(s, len))
+            return 0;
+        *result = text_cell(p, c, s, len) ? TAKEN : BAIL;
         return 1;
     default:
         return 0;
@@ -1837,11 +1857,10 @@ static int bind_row(sqlite3_stmt *stmt, const program *p, const entity *ent, con
 typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
-    sqlite3_stmt *rows[16];  /* ROWS rows at once, the first entity's with their ids */
-    sqlite3_stmt *insert_map, *save_map, *update_map, *insert_map_rows;
+    sqlite3_stmt *insert_map, *save_map, *update_map;
     entsync_store *store;
     sqlite3 *db;
-    int by_rows; /* creates go ROWS at a time */
+    int by_rows; /* creates go in runs of RUN_ROWS */
 } write_stmts;
 
 static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
@@ -1854,7 +1873,9 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
         lua_pop(L, 1); /* the writer's store */
         if (w->writers[e].columns != p->entities[e].nfields + (e > 0))
             luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, w->writers[e].columns);
-        w->rows[e] = w->by_rows ? entsync_store_writer_rows(L, -1, ROWS, e == 0) : NULL;
+        if (w->by_rows && !p->runs_made)
+            for (int r = 0; r < NRUNS; r++)
+                p->run_rows[e][r] = entsync_store_writer_rows(L, -1, RUN_ROWS[r], e == 0);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -1872,12 +1893,20 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     if (lua_rawgeti(L, uv, SLOT_UPDATE_SQL) == LUA_TSTRING)
         w->update_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
-    w->insert_map_rows = NULL;
-    if (w->by_rows && lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) == LUA_TSTRING)
-        w->insert_map_rows = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
-    else if (w->by_rows)
-        w->by_rows = 0;
-    lua_pop(L, 1);
+    if (w->by_rows && !p->runs_made) {
+        /* idmap_rows_sql(n): the text of an insert of n id-map rows */
+        if (lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) != LUA_TFUNCTION)
+            luaL_error(L, "record: the program's idmap_rows_sql must be a function");
+        for (int r = 0; r < NRUNS; r++) {
+            lua_pushvalue(L, -1);
+            lua_pushinteger(L, RUN_ROWS[r]);
+            lua_call(L, 1, 1);
+            p->run_map[r] = entsync_store_stmt(L, store_idx, luaL_checkstring(L, -1));
+            lua_pop(L, 1);
+        }
+        lua_pop(L, 1);
+        p->runs_made = 1;
+    }
     lua_rawgeti(L, uv, SLOT_LINKS);
     for (int e = 1; e < p->nentities; e++) {
         w->links[e] = NULL;
@@ -2000,36 +2029,40 @@ static void write_map(lua_State *L, const program *p, const write_stmts *w, cons
     step_once(L, w->store, stmt);
 }
 
-/* Whether entries i..i+ROWS-1 are all creates, to be written together. */
+/* The longest run (an index in RUN_ROWS) of creates at entries i..to,
+ * or -1 when the entry at i goes alone. */
 static int creates_ahead(const program *p, lua_Integer i, lua_Integer to)
 {
-    if (i + ROWS - 1 > to)
-        return 0;
-    for (lua_Integer k = i; k < i + ROWS; k++)
-        if (p->entries[k - 1].update)
-            return 0;
-    return 1;
+    lua_Integer k = i;
+    while (k <= to && k < i + ROWS && !p->entries[k - 1].update)
+        k++;
+    for (int r = 0; r < NRUNS; r++)
+        if (k - i >= RUN_ROWS[r])
+            return r;
+    return -1;
 }
 
-/* Writes the creates from entry i, ROWS of them, with one statement a
- * table: the first entity's rows under the ids the table would give them
- * one by one (each the largest so far plus one), the others linked to
- * them, then their id-map rows, bound as write_map binds one. */
-static void write_creates(lua_State *L, const program *p, const write_stmts *w, int uv, lua_Integer i, int has_pass,
-                          lua_Integer pass, double now)
+/* Writes the creates from entry i, RUN_ROWS[run] of them, with one
+ * statement a table: the first entity's rows under the ids the table
+ * would give them one by one (each the largest so far plus one), the
+ * others linked to them, then their id-map rows, bound as write_map binds
+ * one. */
+static void write_creates(lua_State *L, const program *p, const write_stmts *w, int uv, lua_Integer i, int run,
+                          int has_pass, lua_Integer pass, double now)
 {
+    const int rows = RUN_ROWS[run];
     lua_rawgeti(L, uv, SLOT_WRITERS);
     lua_rawgeti(L, -1, 1);
     sqlite3_int64 first = entsync_store_writer_max_id(L, -1) + 1;
     lua_pop(L, 2);
-    if (first + ROWS > ((sqlite3_int64)1 << KEY_BITS))
-        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)(first + ROWS));
+    if (first + rows > ((sqlite3_int64)1 << KEY_BITS))
+        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)(first + rows));
     for (int e = 0; e < p->nentities; e++) {
         const entity *ent = &p->entities[e];
-        sqlite3_stmt *stmt = w->rows[e];
+        sqlite3_stmt *stmt = p->run_rows[e][run];
         int width = ent->nfields + 1, rc = SQLITE_OK;
         sqlite3_reset(stmt); /* every parameter is bound again below: none is cleared */
-        for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
+        for (int r = 0; rc == SQLITE_OK && r < rows; r++) {
             const cell *cells = cells_of((program *)p, p->entries[i - 1 + r].cells);
             for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
                 rc = bind_cell(stmt, r * width + f + 1, p, &cells[ent->first + f]);
@@ -2040,10 +2073,10 @@ static void write_creates(lua_State *L, const program *p, const write_stmts *w, 
             entsync_store_error(L, w->store, sqlite3_sql(stmt));
         step_once(L, w->store, stmt);
     }
-    sqlite3_stmt *stmt = w->insert_map_rows;
+    sqlite3_stmt *stmt = p->run_map[run];
     sqlite3_reset(stmt); /* as above */
     int rc = SQLITE_OK;
-    for (int r = 0; rc == SQLITE_OK && r < ROWS; r++) {
+    for (int r = 0; rc == SQLITE_OK && r < rows; r++) {
         const entry *en = &p->entries[i - 1 + r];
         sqlite3_int64 local_id = first + r;
         int n = r * 10;
@@ -2093,10 +2126,11 @@ static int program_write(lua_State *L)
     fetch_stmts(L, p, uv, &w);
     lua_Integer created = 0, updated = 0;
     for (lua_Integer i = from; i <= to; i++) {
-        if (w.by_rows && creates_ahead(p, i, to)) {
-            write_creates(L, p, &w, uv, i, has_pass, pass, now);
-            created += ROWS;
-            i += ROWS - 1;
+        int run = w.by_rows ? creates_ahead(p, i, to) : -1;
+        if (run >= 0) {
+            write_creates(L, p, &w, uv, i, run, has_pass, pass, now);
+            created += RUN_ROWS[run];
+            i += RUN_ROWS[run] - 1;
             continue;
         }
         const entry *en = &p->entries[i - 1];

@@ -470,12 +470,14 @@ function Run:expand(plans)
   local out = {}
   for _, plan in ipairs(plans) do
     if plan[1] == "taken" then
-      for i = plan.from, plan.to do
-        local text, raw_hash, src = self.program:entry(i)
-        if text then
-          out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
-        else
-          out[#out + 1] = self:prepare(plan.list[src])
+      for _, part in ipairs(plan.parts) do
+        for i = part.from, part.to do
+          local text, raw_hash, src = self.program:entry(i)
+          if text then
+            out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
+          else
+            out[#out + 1] = self:prepare(part.list[src])
+          end
         end
       end
     else
@@ -799,9 +801,17 @@ function M.run(session, sync, options)
             plans[#plans + 1] = { "skip", outcome = "unchanged", n = value }
             taken = taken + value
           elseif kind == sources.TAKEN then
-            -- mapped in C into the program's batch: its entries up to here
+            -- mapped in C into the program's batch: its entries up to here,
+            -- one plan with the entries taken just before (another page), so
+            -- the program writes their creates in runs across pages
             local to = run.program:count()
-            plans[#plans + 1] = { "taken", from = to - value + 1, to = to, list = extra }
+            local from, last = to - value + 1, plans[#plans]
+            local part = { from = from, to = to, list = extra }
+            if last and last[1] == "taken" and last.to == from - 1 then
+              last.to, last.parts[#last.parts + 1] = to, part
+            else
+              plans[#plans + 1] = { "taken", from = from, to = to, parts = { part } }
+            end
             taken = taken + value
             held = held + value - 1
           elseif kind == sources.UNREADABLE then
