@@ -5,6 +5,7 @@
 -- several syncs side by side, TLS settings; and the provider's verbs
 -- called directly.
 
+local core = require "entsync.core"
 local http = require "entsync.http"
 local fixture = require "fixture"
 local helpers = require "helpers"
@@ -688,6 +689,41 @@ describe("http_json", function()
       assert.equal("round trip", got.name)
       assert.is_true(updated_ok, message_of(updated))
       assert.is_true(deleted_ok, message_of(deleted))
+    end)
+
+    -- ready() tells the engine whether the next record comes without a
+    -- request of its own: when it does not, the batch in hand is written
+    -- first. A numbered page already asked for is such a record, so an
+    -- import fills its batches whatever the latency (the same batches
+    -- every time); a chained page's request goes out only when it is read.
+    it("a listing is ready while its next numbered page is on the wire, not before a chained page", function()
+      -- the ids of the records take_records gives
+      local function take(reader)
+        local list, from, to = reader:take_records(1000)
+        if not list then return nil end
+        return { math.tointeger(list[from].id), math.tointeger(list[to].id) }
+      end
+      server.latency(300)
+      local reader = provider({ page = { style = "page", size = 100 }, concurrency = 1 }):list("page/contacts", {})
+      assert.is_false(reader:ready()) -- nothing asked for yet
+      assert.same({ 1, 100 }, take(reader))
+      assert.is_true(reader:ready()) -- page 2 is on the wire
+      local started = core.sys.monotonic()
+      assert.same({ 101, 200 }, take(reader))
+      assert.is_true(core.sys.monotonic() - started >= 0.2) -- it was not in yet
+      assert.is_true(reader:ready())
+      assert.same({ 201, 250 }, take(reader))
+      assert.is_nil(take(reader))
+      assert.is_true(reader:ready()) -- the end
+      reader:close()
+      server.latency(0)
+
+      local results = S.tasks({ function()
+        local chained = provider({ page = { style = "next", size = 40 }, records = "items" }):list("next/others", {})
+        local first = take(chained)
+        return { first[1], first[2], chained:ready() }
+      end })
+      assert.same({ true, { 1001, 1040, false } }, results[1])
     end)
 
     it("a failed write raises naming method, URL and status", function()
