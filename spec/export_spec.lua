@@ -119,7 +119,9 @@ describe("change capture", function()
     .. "outside it without their origin", function()
       server.reset({ contacts = X.records(30, 101) })
       server.latency(100)
-      X.http_job(dir, server.url, { export = "{ }", page_size = 5 })
+      -- a batch a page: the first is committed while the others are read
+      X.http_job(dir, server.url, { export = "{ }", page_size = 5,
+        import = '{ mode = "full", changed = "updated_at", batch = 5 }' })
       local child = S.spawn(dir, 20)
       -- wait for the first batch, then write beside the import
       local first = helpers.wait_for(function()
