@@ -11,8 +11,8 @@
  * type), takes the content hash over the mapped entities with exactly
  * core.hash's canonical encoding, and keeps what the write needs in an
  * arena of the batch. The batch's write phase then binds and writes the
- * rows (the writers' own statements; creates 64 rows a statement) and the
- * id-map rows (the ledger's SQL) with no Lua value made.
+ * rows (the writers' own statements; creates in runs of 64, 16 and 4 rows a
+ * statement) and the id-map rows (the ledger's SQL) with no Lua value made.
  *
  * Lua runs only where the user wrote Lua: an import callback gets a line's
  * record as a view, a table with json.object_mt whose top-level fields are
