@@ -19,17 +19,15 @@ describe("a line's hash", function()
   before_each(function() dir = helpers.tmpdir() end)
   after_each(function() helpers.rmdir(dir) end)
 
-  local function job()
-    helpers.write(dir .. "/job.lua", table.concat({
-      'store "entsync.db"',
-      'entity "contact" { name = "text" }',
-      'local files = provider "ndjson" { path = "contacts.ndjson" }',
-      -- the callback leaves a line in calls.log each time a record is decoded
-      'local function seen(v) local f = assert(io.open("calls.log", "a")); f:write(v, "\\n"); f:close(); return v end',
-      'sync "contacts" { remote = files, entity = "contact", mapping = { name = { "name", import = seen } },',
-      '  import = { mode = env("MODE", "full"), changed = "at" } }',
-    }, "\n") .. "\n")
-  end
+  -- the callback leaves a line in calls.log each time a record is decoded
+  local JOB = [==[
+store "entsync.db"
+entity "contact" { name = "text" }
+local files = provider "ndjson" { path = "contacts.ndjson" }
+local function seen(v) local f = assert(io.open("calls.log", "a")); f:write(v, "\n"); f:close(); return v end
+sync "contacts" { remote = files, entity = "contact", mapping = { name = { "name", import = seen } },
+  import = { mode = env("MODE", "full"), changed = "at" } }
+]==]
 
   local function calls()
     local text = helpers.read(dir .. "/calls.log") or ""
@@ -51,7 +49,7 @@ describe("a line's hash", function()
     for _, path in ipairs({ "c", "lua" }) do
       it("is kept when the record is unchanged but its line is not known (" .. mode .. " run, " .. path
         .. " record path)", function()
-        job()
+        helpers.write(dir .. "/job.lua", JOB)
         local env = { MODE = mode, ENTSYNC_RECORD_PATH = path }
         local function run(expect)
           -- every record read again, whatever the cursor
