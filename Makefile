@@ -17,7 +17,7 @@ SANITIZE ?=
 
 OPT      ?= -O2 -g
 WARN      = -Wall -Wextra -Werror
-ES_CFLAGS = $(OPT) -std=c11 -D_GNU_SOURCE -fPIC $(WARN) $(SANITIZE) $(CFLAGS)
+ES_CFLAGS = $(OPT) -std=c11 -D_GNU_SOURCE -pthread -fPIC $(WARN) $(SANITIZE) $(CFLAGS)
 ES_CXXFLAGS = $(OPT) -std=c++17 -fPIC -fno-exceptions $(WARN) $(SANITIZE) $(CXXFLAGS)
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 # simdjson's flags (SIMDJSON_THREADS_ENABLED) must match its library's build.

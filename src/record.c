@@ -156,6 +156,17 @@ typedef struct program {
     sqlite3_stmt *run_rows[16][NRUNS];
     sqlite3_stmt *run_map[NRUNS];
     int runs_made;
+    /* the batch's writes kept for hand_off, the other pair of buffers, and
+     * the batch handed off last */
+    struct range *queued;
+    size_t nqueued, queued_cap;
+    char *spare_buf;
+    size_t spare_cap;
+    entry *spare_entries;
+    size_t spare_entries_cap;
+    cell *spare_cells;
+    size_t spare_cells_cap;
+    struct handed *handed;
 } program;
 
 /* Slots of the program's uservalue table. */
@@ -1568,12 +1579,16 @@ static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int f
             a->failing = first + 2;
         }
     }
-    lua_rawgeti(L, uv, SLOT_STORE);
-    int store_idx = lua_gettop(L);
-    a->store = entsync_store_check(L, store_idx);
-    if (lua_rawgeti(L, uv, SLOT_LOOKUP_SQL) == LUA_TSTRING)
-        a->lookup = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
-    lua_pop(L, 2); /* the uservalue table anchors both */
+    /* a first import looks nothing up: its takes leave the store to the
+     * writer thread (entsync_store_check waits for it) */
+    if (lua_rawgeti(L, uv, SLOT_LOOKUP_SQL) == LUA_TSTRING) {
+        lua_rawgeti(L, uv, SLOT_STORE);
+        int store_idx = lua_gettop(L);
+        a->store = entsync_store_check(L, store_idx);
+        a->lookup = entsync_store_stmt(L, store_idx, lua_tostring(L, -2));
+        lua_pop(L, 1);
+    }
+    lua_pop(L, 1); /* the uservalue table anchors both */
     (void)p;
 }
 
@@ -1774,13 +1789,18 @@ static int program_count(lua_State *L)
     return 1;
 }
 
-/* program:entry(i) -> line, raw_hash | nil, nil, src: entry i (1-based)
- * as it was read (a line, or a decoded record's index in its list), for
- * the Lua pipeline to take it again. */
+static program *handed_view(lua_State *L, program *p);
+
+/* program:entry(i [, handed]) -> line, raw_hash | nil, nil, src: entry i
+ * (1-based) of the batch (handed: of the batch handed off last) as it was
+ * read (a line, or a decoded record's index in its list), for the Lua
+ * pipeline to take it again. */
 static int program_entry(lua_State *L)
 {
     program *p = check_program(L);
     lua_Integer i = luaL_checkinteger(L, 2);
+    if (lua_toboolean(L, 3))
+        p = handed_view(L, p);
     luaL_argcheck(L, i >= 1 && (size_t)i <= p->n, 2, "no such entry");
     const entry *e = &p->entries[i - 1];
     if (!e->line_len) {
@@ -1825,17 +1845,28 @@ static int bind_cell(sqlite3_stmt *stmt, int n, const program *p, const cell *c)
     }
 }
 
-/* Runs stmt once; raises the store's error (a typed one for the
- * environment, else the SQLite message, which Lua turns into writing the
- * batch again record by record). */
-static void step_once(lua_State *L, entsync_store *store, sqlite3_stmt *stmt)
+/* The write phase runs with no Lua state, on the Lua thread (write) or on
+ * the store's writer thread (hand_off): each step returns 1, or 0 with
+ * *f set to what failed, which the Lua thread raises. */
+
+/* Runs stmt once. A failure is SQLite's (an environment failure, or a
+ * constraint, which Lua turns into writing the batch again record by
+ * record). */
+#define step_once entsync_store_step_done
+
+static int bind_failed(sqlite3 *db, sqlite3_stmt *stmt, entsync_store_failure *f)
 {
-    int rc = sqlite3_step(stmt);
-    if (rc != SQLITE_DONE) {
-        sqlite3_reset(stmt);
-        entsync_store_error(L, store, sqlite3_sql(stmt));
-    }
-    sqlite3_reset(stmt);
+    entsync_store_fail(db, sqlite3_sql(stmt), f);
+    return 0;
+}
+
+/* A local id the id map's narrow keys cannot hold. */
+static int beyond_keys(sqlite3_int64 local_id, entsync_store_failure *f)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->reason, sizeof f->reason, "record: local id %lld is beyond the id map's narrow keys",
+             (long long)local_id);
+    return 0;
 }
 
 /* Binds cells as parameters 1..n of stmt, then extra (an id) as n+1..
@@ -1853,15 +1884,34 @@ static int bind_row(sqlite3_stmt *stmt, const program *p, const entity *ent, con
     return rc;
 }
 
-/* The statements program_write runs, fetched once a call. */
+/* The statements the write phase runs, fetched on the Lua thread. */
 typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
     sqlite3_stmt *insert_map, *save_map, *update_map;
+    sqlite3_stmt *max_id; /* the first entity's largest id */
     entsync_store *store;
     sqlite3 *db;
     int by_rows; /* creates go in runs of RUN_ROWS */
 } write_stmts;
+
+/* A range of entries to write, and the pass and time of their id-map rows. */
+typedef struct range {
+    lua_Integer from, to, pass;
+    int has_pass;
+    double now;
+} range;
+
+/* A batch handed off: the program as it was (its buffers are the batch's),
+ * the statements and the ranges to write. */
+typedef struct handed {
+    program view;
+    write_stmts w;
+    range *ranges;
+    size_t nranges, ranges_cap;
+    entsync_store_job job;
+    int in_flight;
+} handed;
 
 static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
 {
@@ -1873,6 +1923,8 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
         lua_pop(L, 1); /* the writer's store */
         if (w->writers[e].columns != p->entities[e].nfields + (e > 0))
             luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, w->writers[e].columns);
+        if (e == 0)
+            w->max_id = entsync_store_writer_max_stmt(L, -1);
         if (w->by_rows && !p->runs_made)
             for (int r = 0; r < NRUNS; r++)
                 p->run_rows[e][r] = entsync_store_writer_rows(L, -1, RUN_ROWS[r], e == 0);
@@ -1918,27 +1970,26 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
 }
 
 /* The row of a split's entity linked to local_id, as write_rows finds it:
- * 1 with *id set, 0 none. */
-static int linked_row(lua_State *L, const write_stmts *w, sqlite3_stmt *stmt, sqlite3_int64 local_id,
-                      sqlite3_int64 *id)
+ * *found 1 with *id set, 0 none. */
+static int linked_row(const write_stmts *w, sqlite3_stmt *stmt, sqlite3_int64 local_id, int *found,
+                      sqlite3_int64 *id, entsync_store_failure *f)
 {
     sqlite3_reset(stmt);
     if (sqlite3_bind_int64(stmt, 1, local_id) != SQLITE_OK)
-        entsync_store_error(L, w->store, sqlite3_sql(stmt));
+        return bind_failed(w->db, stmt, f);
     int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW) {
+    *found = rc == SQLITE_ROW;
+    if (*found)
         *id = sqlite3_column_int64(stmt, 0);
-        sqlite3_reset(stmt);
-        return 1;
-    }
+    else if (rc != SQLITE_DONE)
+        entsync_store_fail(w->db, sqlite3_sql(stmt), f);
     sqlite3_reset(stmt);
-    if (rc != SQLITE_DONE)
-        entsync_store_error(L, w->store, sqlite3_sql(stmt));
-    return 0;
+    return rc == SQLITE_ROW || rc == SQLITE_DONE;
 }
 
-/* Writes one entry's rows as Session:write_rows does; returns the local id. */
-static sqlite3_int64 write_rows(lua_State *L, const program *p, const write_stmts *w, const entry *en)
+/* Writes one entry's rows as Session:write_rows does; *out is the local id. */
+static int write_rows(const program *p, const write_stmts *w, const entry *en, sqlite3_int64 *out,
+                      entsync_store_failure *f)
 {
     const cell *cells = cells_of((program *)p, en->cells);
     sqlite3_int64 local_id = en->update ? en->local_id : 0;
@@ -1948,34 +1999,34 @@ static sqlite3_int64 write_rows(lua_State *L, const program *p, const write_stmt
         sqlite3_stmt *stmt;
         if (e == 0 && en->update) {
             if (bind_row(ws->update, p, ent, cells, 1, &local_id) != SQLITE_OK)
-                entsync_store_error(L, w->store, sqlite3_sql(ws->update));
-            step_once(L, w->store, ws->update);
+                return bind_failed(w->db, ws->update, f);
+            if (!step_once(w->db, ws->update, f))
+                return 0;
             if (sqlite3_changes(w->db) > 0)
                 continue;
             stmt = ws->insert_with_id; /* the row is gone: made again under its id */
             if (bind_row(stmt, p, ent, cells, 1, &local_id) != SQLITE_OK)
-                entsync_store_error(L, w->store, sqlite3_sql(stmt));
+                return bind_failed(w->db, stmt, f);
         } else if (e == 0) {
             stmt = ws->insert;
             if (bind_row(stmt, p, ent, cells, 0, NULL) != SQLITE_OK)
-                entsync_store_error(L, w->store, sqlite3_sql(stmt));
+                return bind_failed(w->db, stmt, f);
         } else {
             sqlite3_int64 row[2] = {local_id, 0};
-            if (en->update && w->links[e] && linked_row(L, w, w->links[e], local_id, &row[1])) {
-                stmt = ws->update;
-                if (bind_row(stmt, p, ent, cells, 2, row) != SQLITE_OK)
-                    entsync_store_error(L, w->store, sqlite3_sql(stmt));
-            } else {
-                stmt = ws->insert;
-                if (bind_row(stmt, p, ent, cells, 1, row) != SQLITE_OK)
-                    entsync_store_error(L, w->store, sqlite3_sql(stmt));
-            }
+            int found = 0;
+            if (en->update && w->links[e] && !linked_row(w, w->links[e], local_id, &found, &row[1], f))
+                return 0;
+            stmt = found ? ws->update : ws->insert;
+            if (bind_row(stmt, p, ent, cells, found ? 2 : 1, row) != SQLITE_OK)
+                return bind_failed(w->db, stmt, f);
         }
-        step_once(L, w->store, stmt);
+        if (!step_once(w->db, stmt, f))
+            return 0;
         if (e == 0 && !en->update)
             local_id = sqlite3_last_insert_rowid(w->db);
     }
-    return local_id;
+    *out = local_id;
+    return 1;
 }
 
 /* Binds an entry's id-map row to stmt as Ledger:insert_map binds its own
@@ -2007,26 +2058,31 @@ static int bind_map(sqlite3_stmt *stmt, const program *p, const entry *en, sqlit
     return rc;
 }
 
+
 /* Writes one entry's id-map row: insert_map for a create; for an update
  * update_map, or save_map when the entry is not there any more. */
-static void write_map(lua_State *L, const program *p, const write_stmts *w, const entry *en, sqlite3_int64 local_id,
-                      int has_pass, lua_Integer pass, double now)
+static int write_map(const program *p, const write_stmts *w, const entry *en, sqlite3_int64 local_id,
+                     const range *g, entsync_store_failure *f)
 {
     if (local_id < 0 || local_id >= ((sqlite3_int64)1 << KEY_BITS))
-        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
+        return beyond_keys(local_id, f);
     if (en->update && w->update_map) {
-        if (bind_map(w->update_map, p, en, local_id, has_pass, pass, now) != SQLITE_OK)
-            entsync_store_error(L, w->store, sqlite3_sql(w->update_map));
-        step_once(L, w->store, w->update_map);
+        if (bind_map(w->update_map, p, en, local_id, g->has_pass, g->pass, g->now) != SQLITE_OK)
+            return bind_failed(w->db, w->update_map, f);
+        if (!step_once(w->db, w->update_map, f))
+            return 0;
         if (sqlite3_changes(w->db) > 0)
-            return;
+            return 1;
     }
     sqlite3_stmt *stmt = en->update ? w->save_map : w->insert_map;
-    if (!stmt)
-        luaL_error(L, "record: an update with no save_map statement");
-    if (bind_map(stmt, p, en, local_id, has_pass, pass, now) != SQLITE_OK)
-        entsync_store_error(L, w->store, sqlite3_sql(stmt));
-    step_once(L, w->store, stmt);
+    if (!stmt) {
+        memset(f, 0, sizeof *f);
+        snprintf(f->reason, sizeof f->reason, "record: an update with no save_map statement");
+        return 0;
+    }
+    if (bind_map(stmt, p, en, local_id, g->has_pass, g->pass, g->now) != SQLITE_OK)
+        return bind_failed(w->db, stmt, f);
+    return step_once(w->db, stmt, f);
 }
 
 /* The longest run (an index in RUN_ROWS) of creates at entries i..to,
@@ -2042,107 +2098,266 @@ static int creates_ahead(const program *p, lua_Integer i, lua_Integer to)
     return -1;
 }
 
+/* Binds the id-map row of entry en, the r-th of a run, as write_map binds
+ * one (its key first). */
+static int bind_map_row(sqlite3_stmt *stmt, const program *p, const entry *en, int r, sqlite3_int64 local_id,
+                        const range *g)
+{
+    int n = r * 10;
+    int rc = sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, n + 2, p->sync_id);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, n + 3, local_id);
+    if (rc == SQLITE_OK)
+        rc = bind_cell(stmt, n + 4, p, &en->id);
+    if (rc == SQLITE_OK)
+        rc = bind_cell(stmt, n + 5, p, &en->changed);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_int64(stmt, n + 6, (sqlite3_int64)en->hash);
+    if (rc == SQLITE_OK)
+        rc = en->line_len ? sqlite3_bind_int64(stmt, n + 7, (sqlite3_int64)en->raw_hash)
+                          : sqlite3_bind_null(stmt, n + 7);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_null(stmt, n + 8);
+    if (rc == SQLITE_OK)
+        rc = sqlite3_bind_double(stmt, n + 9, g->now);
+    if (rc == SQLITE_OK)
+        rc = g->has_pass ? sqlite3_bind_int64(stmt, n + 10, g->pass) : sqlite3_bind_null(stmt, n + 10);
+    return rc;
+}
+
 /* Writes the creates from entry i, RUN_ROWS[run] of them, with one
  * statement a table: the first entity's rows under the ids the table
  * would give them one by one (each the largest so far plus one), the
- * others linked to them, then their id-map rows, bound as write_map binds
- * one. */
-static void write_creates(lua_State *L, const program *p, const write_stmts *w, int uv, lua_Integer i, int run,
-                          int has_pass, lua_Integer pass, double now)
+ * others linked to them, then their id-map rows. */
+static int write_creates(const program *p, const write_stmts *w, lua_Integer i, int run, const range *g,
+                         entsync_store_failure *f)
 {
     const int rows = RUN_ROWS[run];
-    lua_rawgeti(L, uv, SLOT_WRITERS);
-    lua_rawgeti(L, -1, 1);
-    sqlite3_int64 first = entsync_store_writer_max_id(L, -1) + 1;
-    lua_pop(L, 2);
+    int rc = sqlite3_step(w->max_id);
+    sqlite3_int64 first = rc == SQLITE_ROW ? sqlite3_column_int64(w->max_id, 0) + 1 : 0;
+    if (rc != SQLITE_ROW)
+        entsync_store_fail(w->db, sqlite3_sql(w->max_id), f);
+    sqlite3_reset(w->max_id);
+    if (rc != SQLITE_ROW)
+        return 0;
     if (first + rows > ((sqlite3_int64)1 << KEY_BITS))
-        luaL_error(L, "record: local id %lld is beyond the id map's narrow keys", (long long)(first + rows));
+        return beyond_keys(first + rows, f);
     for (int e = 0; e < p->nentities; e++) {
         const entity *ent = &p->entities[e];
         sqlite3_stmt *stmt = p->run_rows[e][run];
-        int width = ent->nfields + 1, rc = SQLITE_OK;
+        int width = ent->nfields + 1;
+        rc = SQLITE_OK;
         sqlite3_reset(stmt); /* every parameter is bound again below: none is cleared */
         for (int r = 0; rc == SQLITE_OK && r < rows; r++) {
             const cell *cells = cells_of((program *)p, p->entries[i - 1 + r].cells);
-            for (int f = 0; rc == SQLITE_OK && f < ent->nfields; f++)
-                rc = bind_cell(stmt, r * width + f + 1, p, &cells[ent->first + f]);
+            for (int k = 0; rc == SQLITE_OK && k < ent->nfields; k++)
+                rc = bind_cell(stmt, r * width + k + 1, p, &cells[ent->first + k]);
             if (rc == SQLITE_OK) /* the first entity's id, or the link to it */
                 rc = sqlite3_bind_int64(stmt, r * width + width, first + r);
         }
         if (rc != SQLITE_OK)
-            entsync_store_error(L, w->store, sqlite3_sql(stmt));
-        step_once(L, w->store, stmt);
+            return bind_failed(w->db, stmt, f);
+        if (!step_once(w->db, stmt, f))
+            return 0;
     }
     sqlite3_stmt *stmt = p->run_map[run];
     sqlite3_reset(stmt); /* as above */
-    int rc = SQLITE_OK;
-    for (int r = 0; rc == SQLITE_OK && r < rows; r++) {
-        const entry *en = &p->entries[i - 1 + r];
-        sqlite3_int64 local_id = first + r;
-        int n = r * 10;
-        rc = sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(stmt, n + 2, p->sync_id);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(stmt, n + 3, local_id);
-        if (rc == SQLITE_OK)
-            rc = bind_cell(stmt, n + 4, p, &en->id);
-        if (rc == SQLITE_OK)
-            rc = bind_cell(stmt, n + 5, p, &en->changed);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_int64(stmt, n + 6, (sqlite3_int64)en->hash);
-        if (rc == SQLITE_OK)
-            rc = en->line_len ? sqlite3_bind_int64(stmt, n + 7, (sqlite3_int64)en->raw_hash)
-                              : sqlite3_bind_null(stmt, n + 7);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_null(stmt, n + 8);
-        if (rc == SQLITE_OK)
-            rc = sqlite3_bind_double(stmt, n + 9, now);
-        if (rc == SQLITE_OK)
-            rc = has_pass ? sqlite3_bind_int64(stmt, n + 10, pass) : sqlite3_bind_null(stmt, n + 10);
-    }
+    rc = SQLITE_OK;
+    for (int r = 0; rc == SQLITE_OK && r < rows; r++)
+        rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g);
     if (rc != SQLITE_OK)
-        entsync_store_error(L, w->store, sqlite3_sql(stmt));
-    step_once(L, w->store, stmt);
+        return bind_failed(w->db, stmt, f);
+    return step_once(w->db, stmt, f);
 }
 
-/* program:write(from, to, pass, now) -> created, updated
- * Writes entries from..to (1-based): each entity's rows as
- * Session:write_rows does (a split's other entities linked to the first's
- * id), then the id-map row, as Run:write would. Runs inside the caller's
- * transaction; raises on the first failure. */
-static int program_write(lua_State *L)
+/* Writes the entries of range g: each entity's rows as Session:write_rows
+ * does (a split's other entities linked to the first's id), then the
+ * id-map row, as Run:write would; stops at the first failure. */
+static int write_range(const program *p, const write_stmts *w, const range *g, entsync_store_failure *f)
 {
-    program *p = check_program(L);
-    lua_Integer from = luaL_checkinteger(L, 2), to = luaL_checkinteger(L, 3);
-    int has_pass = !lua_isnoneornil(L, 4);
-    lua_Integer pass = has_pass ? luaL_checkinteger(L, 4) : 0;
-    double now = (double)luaL_checknumber(L, 5);
-    luaL_argcheck(L, from >= 1 && to <= (lua_Integer)p->n, 2, "no such entries");
-    lua_settop(L, 5);
-    lua_getiuservalue(L, 1, 1);
-    int uv = lua_gettop(L);
-    write_stmts w;
-    fetch_stmts(L, p, uv, &w);
-    lua_Integer created = 0, updated = 0;
-    for (lua_Integer i = from; i <= to; i++) {
-        int run = w.by_rows ? creates_ahead(p, i, to) : -1;
+    for (lua_Integer i = g->from; i <= g->to; i++) {
+        int run = w->by_rows ? creates_ahead(p, i, g->to) : -1;
         if (run >= 0) {
-            write_creates(L, p, &w, uv, i, run, has_pass, pass, now);
-            created += RUN_ROWS[run];
+            if (!write_creates(p, w, i, run, g, f))
+                return 0;
             i += RUN_ROWS[run] - 1;
             continue;
         }
         const entry *en = &p->entries[i - 1];
-        sqlite3_int64 local_id = write_rows(L, p, &w, en);
-        write_map(L, p, &w, en, local_id, has_pass, pass, now);
-        if (en->update)
-            updated++;
-        else
-            created++;
+        sqlite3_int64 local_id = 0;
+        if (!write_rows(p, w, en, &local_id, f) || !write_map(p, w, en, local_id, g, f))
+            return 0;
     }
+    return 1;
+}
+
+/* The creates and updates among entries from..to. */
+static void count_range(const program *p, lua_Integer from, lua_Integer to, lua_Integer *created,
+                        lua_Integer *updated)
+{
+    *created = *updated = 0;
+    for (lua_Integer i = from; i <= to; i++) {
+        if (p->entries[i - 1].update)
+            (*updated)++;
+        else
+            (*created)++;
+    }
+}
+
+/* Reads write's and queue's arguments (from, to, pass, now) into g. */
+static void range_arguments(lua_State *L, const program *p, range *g)
+{
+    g->from = luaL_checkinteger(L, 2);
+    g->to = luaL_checkinteger(L, 3);
+    g->has_pass = !lua_isnoneornil(L, 4);
+    g->pass = g->has_pass ? luaL_checkinteger(L, 4) : 0;
+    g->now = (double)luaL_checknumber(L, 5);
+    luaL_argcheck(L, g->from >= 1 && g->to <= (lua_Integer)p->n, 2, "no such entries");
+}
+
+/* program:write(from, to, pass, now) -> created, updated
+ * Writes entries from..to (1-based) now, inside the caller's transaction;
+ * raises on the first failure. */
+static int program_write(lua_State *L)
+{
+    program *p = check_program(L);
+    range g;
+    range_arguments(L, p, &g);
+    lua_settop(L, 5);
+    lua_getiuservalue(L, 1, 1);
+    write_stmts w;
+    fetch_stmts(L, p, lua_gettop(L), &w);
+    entsync_store_failure f;
+    if (!write_range(p, &w, &g, &f))
+        return entsync_store_raise(L, w.store, &f);
+    lua_Integer created, updated;
+    count_range(p, g.from, g.to, &created, &updated);
     lua_pushinteger(L, created);
     lua_pushinteger(L, updated);
+    return 2;
+}
+
+/* --- handing a batch's writes off ------------------------------------------- */
+
+/* program:queue(from, to, pass, now) -> created, updated
+ * Keeps entries from..to to be written by the next hand_off, and counts
+ * what they will create and update. */
+static int program_queue(lua_State *L)
+{
+    program *p = check_program(L);
+    range g;
+    range_arguments(L, p, &g);
+    if (p->nqueued == p->queued_cap) {
+        size_t cap = p->queued_cap ? p->queued_cap * 2 : 8;
+        range *grown = realloc(p->queued, cap * sizeof *grown);
+        if (!grown)
+            return luaL_error(L, "record: out of memory");
+        p->queued = grown;
+        p->queued_cap = cap;
+    }
+    p->queued[p->nqueued++] = g;
+    lua_Integer created, updated;
+    count_range(p, g.from, g.to, &created, &updated);
+    lua_pushinteger(L, created);
+    lua_pushinteger(L, updated);
+    return 2;
+}
+
+/* The program as it was when it handed off its last batch, settled. */
+static program *handed_view(lua_State *L, program *p)
+{
+    luaL_argcheck(L, p->handed && !p->handed->in_flight, 3, "no settled hand-off");
+    return &p->handed->view;
+}
+
+/* The writer thread's work: the queued ranges of the handed-off batch. */
+static int write_handed(void *arg, entsync_store_failure *f)
+{
+    handed *h = arg;
+    for (size_t i = 0; i < h->nranges; i++)
+        if (!write_range(&h->view, &h->w, &h->ranges[i], f))
+            return 0;
+    return 1;
+}
+
+#define SWAP(type, a, b) do { type swap_ = (a); (a) = (b); (b) = swap_; } while (0)
+
+/* program:hand_off([after_sql, ...]): hands the transaction in progress
+ * to the store's writer thread, which writes the queued entries, runs
+ * after_sql bound with the values after it, and commits; the batch's
+ * buffers go with it (the program takes the next batch into the other
+ * pair), and entry(i, true) still reads them. settle() says how it ended;
+ * it must be called before the next hand_off. */
+static int program_hand_off(lua_State *L)
+{
+    program *p = check_program(L);
+    if (!p->handed && !(p->handed = calloc(1, sizeof *p->handed)))
+        return luaL_error(L, "record: out of memory");
+    handed *h = p->handed;
+    if (h->in_flight)
+        return luaL_error(L, "record: the last hand-off is not settled");
+    int nargs = lua_gettop(L);
+    lua_getiuservalue(L, 1, 1);
+    int uv = lua_gettop(L);
+    fetch_stmts(L, p, uv, &h->w);
+    lua_rawgeti(L, uv, SLOT_STORE);
+    int store_idx = lua_gettop(L);
+    sqlite3_stmt *after = NULL;
+    if (nargs >= 2 && !lua_isnil(L, 2)) {
+        after = entsync_store_stmt(L, store_idx, luaL_checkstring(L, 2));
+        for (int i = 3; i <= nargs; i++)
+            entsync_store_bind(L, h->w.store, after, i - 2, i, "a value");
+    }
+    /* the view writes the batch as it is; the program takes the next into
+     * the other buffers */
+    h->view = *p;
+    SWAP(range *, h->ranges, p->queued);
+    SWAP(size_t, h->ranges_cap, p->queued_cap);
+    h->nranges = p->nqueued;
+    p->nqueued = 0;
+    SWAP(char *, p->buf, p->spare_buf);
+    SWAP(size_t, p->cap, p->spare_cap);
+    SWAP(entry *, p->entries, p->spare_entries);
+    SWAP(size_t, p->entries_cap, p->spare_entries_cap);
+    SWAP(cell *, p->cells, p->spare_cells);
+    SWAP(size_t, p->cells_cap, p->spare_cells_cap);
+    p->n = p->len = p->ncells_used = 0;
+    h->job.work = write_handed;
+    h->job.arg = h;
+    h->job.after = after;
+    entsync_store_hand_off(L, store_idx, &h->job);
+    h->in_flight = 1;
+    return 0;
+}
+
+/* program:settle() -> true | false, error | nil
+ * Waits for the last hand-off: true when it committed, false and the
+ * error of its first failure when it was rolled back (as write would
+ * have raised it), nil when there was none. */
+static int program_settle(lua_State *L)
+{
+    program *p = check_program(L);
+    handed *h = p->handed;
+    if (!h || !h->in_flight) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_getiuservalue(L, 1, 1);
+    lua_rawgeti(L, -1, SLOT_STORE);
+    entsync_store *store = lua_touserdata(L, -1);
+    int done = entsync_store_wait(store, &h->job);
+    h->in_flight = 0;
+    if (done && h->job.ok) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    lua_pushboolean(L, 0);
+    if (done)
+        entsync_store_push_failure(L, store, &h->job.failure);
+    else
+        lua_pushstring(L, "record: the store closed before the batch's commit was confirmed");
     return 2;
 }
 
@@ -2176,6 +2391,13 @@ static void free_program(program *p)
     free(p->max_text);
     free(p->pending);
     free(p->memo);
+    free(p->queued);
+    free(p->spare_buf);
+    free(p->spare_entries);
+    free(p->spare_cells);
+    if (p->handed)
+        free(p->handed->ranges);
+    free(p->handed);
     if (p->parser)
         entsync_json_parser_free(p->parser);
     entsync_json_encoder_free(p->encoder);
@@ -2184,7 +2406,17 @@ static void free_program(program *p)
 
 static int program_gc(lua_State *L)
 {
-    free_program(luaL_checkudata(L, 1, PROGRAM_META));
+    program *p = luaL_checkudata(L, 1, PROGRAM_META);
+    if (p->handed && p->handed->in_flight) {
+        /* the writer thread reads the batch's buffers until it is done */
+        lua_getiuservalue(L, 1, 1);
+        lua_rawgeti(L, -1, SLOT_STORE);
+        entsync_store *store = lua_touserdata(L, -1);
+        if (store)
+            entsync_store_wait(store, &p->handed->job);
+        p->handed->in_flight = 0;
+    }
+    free_program(p);
     return 0;
 }
 
@@ -2465,7 +2697,8 @@ void entsync_record_register(lua_State *L)
 {
     static const luaL_Reg methods[] = {
         {"take", program_take}, {"take_records", program_take_records}, {"held", program_held}, {"max", program_max},     {"count", program_count}, {"entry", program_entry},
-        {"reset", program_reset}, {"write", program_write}, {NULL, NULL},
+        {"reset", program_reset}, {"write", program_write}, {"queue", program_queue},
+        {"hand_off", program_hand_off}, {"settle", program_settle}, {NULL, NULL},
     };
     if (luaL_newmetatable(L, PROGRAM_META)) {
         lua_newtable(L);

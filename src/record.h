@@ -28,9 +28,17 @@
  * Methods: take(file, known, max, max_line, cursor_mark, cursor_id,
  * failing), take_records(list, from, to, cursor_mark, cursor_id, failing,
  * ordered, max_mark, max_id), held() -> record, results, errors, max() ->
- * mark, id, count(), entry(i) -> line, raw_hash | nil, nil, src,
- * write(from, to, pass, now) -> created, updated, and reset(); functions
- * program(spec) and held_nil().
+ * mark, id, count(), entry(i [, handed]) -> line, raw_hash | nil, nil,
+ * src, write(from, to, pass, now) -> created, updated, queue(from, to,
+ * pass, now) -> created, updated, hand_off([after_sql, ...]), settle() ->
+ * true | false, error | nil, and reset(); functions program(spec) and
+ * held_nil().
+ *
+ * The write phase needs no Lua state. write runs it at once; queue keeps
+ * the entries for hand_off, which gives the transaction in progress to
+ * the store's writer thread (store.h) with the batch's buffers, so that
+ * the next batch is taken into the other pair while this one is written
+ * and committed; settle waits for it and gives its outcome.
  */
 #ifndef ENTSYNC_RECORD_H
 #define ENTSYNC_RECORD_H

@@ -15,6 +15,8 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <lauxlib.h>
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -24,12 +26,27 @@
 #define WRITER_META "entsync.writer"
 #define IDENT_MAX 63
 
+/* The writer thread: it runs the tail of one handed-off transaction at a
+ * time (entsync_store_hand_off) while the Lua thread goes on reading. The
+ * mutex guards every field; the connection is the writer's from the hand-off
+ * until the work is done, and every other use of the store waits for that
+ * (entsync_store_check), so the two threads never use it at once. */
+typedef struct writer_thread {
+    pthread_t thread;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int started, quit;
+    entsync_store_job *job; /* handed off and not done */
+    sqlite3_stmt *commit, *rollback;
+} writer_thread;
+
 struct entsync_store {
     sqlite3 *db;
     char *path;
     sqlite3_stmt **stmts;
     int count, cap;
     int busy_ms; /* how long a writer waits for another's write lock */
+    writer_thread *writer;
 };
 
 /* --- errors and identifiers ------------------------------------------- */
@@ -46,9 +63,8 @@ static const char *sql_snippet(char *out, size_t size, const char *sql)
  * (another connection holds the lock), "disk_full", "permissions" (the file
  * or its folder cannot be opened or written) or "io"; NULL for any other
  * failure (a constraint, a syntax error: entsync's or the job's to name). */
-static const char *failure_kind(sqlite3 *db)
+static const char *failure_kind_of(int code, int sys)
 {
-    int code = sqlite3_extended_errcode(db), sys = sqlite3_system_errno(db);
     switch (code & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
@@ -73,9 +89,8 @@ static const char *failure_kind(sqlite3 *db)
 
 /* Pushes the message of an environment failure of kind: what happened to
  * which file, and what to do about it. */
-static void push_failure_message(lua_State *L, entsync_store *store, const char *kind, const char *reason)
+static void push_failure_message(lua_State *L, entsync_store *store, const char *kind, const char *reason, int sys)
 {
-    int sys = store->db ? sqlite3_system_errno(store->db) : 0;
     const char *why = sys ? strerror(sys) : reason;
     if (strcmp(kind, "busy") == 0)
         lua_pushfstring(L, "store %s is busy: another process held its write lock longer than the busy timeout "
@@ -96,19 +111,17 @@ static void push_failure_message(lua_State *L, entsync_store *store, const char 
 /* Pushes the error of SQLite's last failure on the store: an entsync
  * error of its kind (with fields store, code and sql) for an environment
  * failure, else the text "store PATH: reason (in: sql)". */
-static void push_store_error(lua_State *L, entsync_store *store, const char *sql, const char *reason)
+static void push_error_of(lua_State *L, entsync_store *store, const char *sql, const char *reason, int code, int sys)
 {
     char snippet[96];
-    const char *kind = store->db ? failure_kind(store->db) : NULL;
-    if (!reason)
-        reason = store->db ? sqlite3_errmsg(store->db) : "store is closed";
+    const char *kind = failure_kind_of(code, sys);
     if (kind) {
-        push_failure_message(L, store, kind, reason);
+        push_failure_message(L, store, kind, reason, sys);
         entsync_error_push(L, kind, lua_tostring(L, -1));
         lua_remove(L, -2);
         lua_pushstring(L, store->path);
         lua_setfield(L, -2, "store");
-        lua_pushinteger(L, sqlite3_extended_errcode(store->db));
+        lua_pushinteger(L, code);
         lua_setfield(L, -2, "code");
         if (sql) {
             lua_pushstring(L, sql_snippet(snippet, sizeof snippet, sql));
@@ -119,6 +132,16 @@ static void push_store_error(lua_State *L, entsync_store *store, const char *sql
     } else {
         lua_pushfstring(L, "store %s: %s", store->path, reason);
     }
+}
+
+static void push_store_error(lua_State *L, entsync_store *store, const char *sql, const char *reason)
+{
+    if (!store->db) {
+        push_error_of(L, store, sql, reason ? reason : "store is closed", 0, 0);
+        return;
+    }
+    push_error_of(L, store, sql, reason ? reason : sqlite3_errmsg(store->db), sqlite3_extended_errcode(store->db),
+                  sqlite3_system_errno(store->db));
 }
 
 int entsync_store_error(lua_State *L, entsync_store *store, const char *sql)
@@ -182,9 +205,12 @@ static entsync_store *to_store(lua_State *L, int idx)
     return luaL_checkudata(L, idx, STORE_META);
 }
 
+static void writer_wait(entsync_store *store);
+
 entsync_store *entsync_store_check(lua_State *L, int idx)
 {
     entsync_store *store = to_store(L, idx);
+    writer_wait(store);
     if (!store->db)
         luaL_error(L, "store %s is closed", store->path ? store->path : "?");
     return store;
@@ -195,10 +221,156 @@ sqlite3 *entsync_store_db(entsync_store *store)
     return store->db;
 }
 
+/* --- the writer thread ------------------------------------------------ */
+
+void entsync_store_fail(sqlite3 *db, const char *sql, entsync_store_failure *out)
+{
+    out->code = sqlite3_extended_errcode(db);
+    out->sys = sqlite3_system_errno(db);
+    snprintf(out->reason, sizeof out->reason, "%s", sqlite3_errmsg(db));
+    snprintf(out->sql, sizeof out->sql, "%s", sql ? sql : "");
+}
+
+void entsync_store_push_failure(lua_State *L, entsync_store *store, const entsync_store_failure *failure)
+{
+    if (!failure->code && !failure->sql[0])
+        lua_pushstring(L, failure->reason);
+    else
+        push_error_of(L, store, failure->sql[0] ? failure->sql : NULL, failure->reason, failure->code,
+                      failure->sys);
+}
+
+int entsync_store_raise(lua_State *L, entsync_store *store, const entsync_store_failure *failure)
+{
+    entsync_store_push_failure(L, store, failure);
+    return lua_error(L);
+}
+
+int entsync_store_step_done(sqlite3 *db, sqlite3_stmt *stmt, entsync_store_failure *failure)
+{
+    int rc = sqlite3_step(stmt);
+    if (rc != SQLITE_DONE)
+        entsync_store_fail(db, sqlite3_sql(stmt), failure);
+    sqlite3_reset(stmt);
+    return rc == SQLITE_DONE;
+}
+
+/* The thread: waits for a job, runs its work, then the statement after
+ * it and COMMIT; on a failure it keeps SQLite's account of it (taken
+ * before the ROLLBACK that follows, which would clear it) and rolls back. */
+static void *writer_main(void *arg)
+{
+    entsync_store *store = arg;
+    writer_thread *w = store->writer;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (!w->job && !w->quit)
+            pthread_cond_wait(&w->cv, &w->mu);
+        if (!w->job)
+            break;
+        entsync_store_job *job = w->job;
+        pthread_mutex_unlock(&w->mu);
+        entsync_store_failure failure;
+        memset(&failure, 0, sizeof failure);
+        int ok = job->work(job->arg, &failure);
+        if (ok && job->after)
+            ok = entsync_store_step_done(store->db, job->after, &failure);
+        if (ok)
+            ok = entsync_store_step_done(store->db, w->commit, &failure);
+        if (!ok && !sqlite3_get_autocommit(store->db)) {
+            entsync_store_failure ignored;
+            entsync_store_step_done(store->db, w->rollback, &ignored);
+        }
+        pthread_mutex_lock(&w->mu);
+        job->ok = ok;
+        job->failure = failure;
+        job->done = 1;
+        w->job = NULL;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* Waits until no job is in flight: then the connection is this thread's
+ * again. Nothing when no job was ever handed off. */
+static void writer_wait(entsync_store *store)
+{
+    writer_thread *w = store->writer;
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->mu);
+    while (w->job)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Waits for the job in flight, then ends and joins the thread. */
+static void writer_stop(entsync_store *store)
+{
+    writer_thread *w = store->writer;
+    if (!w)
+        return;
+    if (w->started) {
+        pthread_mutex_lock(&w->mu);
+        w->quit = 1;
+        pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        pthread_join(w->thread, NULL);
+    }
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w);
+    store->writer = NULL;
+}
+
+void entsync_store_hand_off(lua_State *L, int store_idx, entsync_store_job *job)
+{
+    entsync_store *store = entsync_store_check(L, store_idx);
+    if (sqlite3_get_autocommit(store->db))
+        luaL_error(L, "store %s: a hand-off needs a transaction in progress", store->path);
+    writer_thread *w = store->writer;
+    if (!w) {
+        w = calloc(1, sizeof *w);
+        if (!w)
+            luaL_error(L, "store %s: out of memory", store->path);
+        pthread_mutex_init(&w->mu, NULL);
+        pthread_cond_init(&w->cv, NULL);
+        store->writer = w;
+    }
+    w->commit = entsync_store_stmt(L, store_idx, "COMMIT");
+    w->rollback = entsync_store_stmt(L, store_idx, "ROLLBACK");
+    if (!w->started) {
+        /* signals stay the Lua thread's: its handlers wake its loop */
+        sigset_t all, was;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &was);
+        int rc = pthread_create(&w->thread, NULL, writer_main, store);
+        pthread_sigmask(SIG_SETMASK, &was, NULL);
+        if (rc != 0)
+            luaL_error(L, "store %s: cannot start its writer thread", store->path);
+        w->started = 1;
+    }
+    job->done = job->ok = 0;
+    pthread_mutex_lock(&w->mu);
+    w->job = job;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+int entsync_store_wait(entsync_store *store, entsync_store_job *job)
+{
+    writer_wait(store);
+    return job->done;
+}
+
 /* Finalizes every cached statement and closes the connection; safe to call
  * again (from __gc after close()). */
+static void writer_stop(entsync_store *store);
+
 static void store_release(entsync_store *store)
 {
+    writer_stop(store);
     for (int i = 0; i < store->count; i++)
         sqlite3_finalize(store->stmts[i]);
     free(store->stmts);
@@ -890,25 +1062,18 @@ sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int wit
     return stmt;
 }
 
-sqlite3_int64 entsync_store_writer_max_id(lua_State *L, int idx)
+sqlite3_stmt *entsync_store_writer_max_stmt(lua_State *L, int idx)
 {
     idx = lua_absindex(L, idx);
     luaL_checkudata(L, idx, WRITER_META);
     lua_getiuservalue(L, idx, 1);
     int store_idx = lua_gettop(L);
-    entsync_store *store = entsync_store_check(L, store_idx);
+    entsync_store_check(L, store_idx);
     lua_getiuservalue(L, idx, 3);
     lua_pushfstring(L, "SELECT coalesce(max(id), 0) FROM \"%s\"", lua_tostring(L, -1));
     sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
-    sqlite3_int64 max = 0;
-    int rc = sqlite3_step(stmt);
-    if (rc == SQLITE_ROW)
-        max = sqlite3_column_int64(stmt, 0);
-    sqlite3_reset(stmt);
-    if (rc != SQLITE_ROW)
-        entsync_store_error(L, store, sqlite3_sql(stmt));
     lua_settop(L, store_idx - 1);
-    return max;
+    return stmt;
 }
 
 /* writer:update(id, values) -> rows changed (0: the row is gone) */

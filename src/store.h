@@ -56,9 +56,65 @@ void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out
  * copy of each page the statement changes. */
 sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id);
 
-/* The largest id in the writer's table (0 when empty): the next row
- * inserted without an id takes the one after it. */
-sqlite3_int64 entsync_store_writer_max_id(lua_State *L, int idx);
+/* The statement whose one row is the largest id in the writer's table (0
+ * when empty): the next row inserted without an id takes the one after it. */
+sqlite3_stmt *entsync_store_writer_max_stmt(lua_State *L, int idx);
+
+/* --- the writer thread --------------------------------------------------
+ * A transaction's last writes and its COMMIT may run on the store's writer
+ * thread while the caller reads on: the import hands off a batch's writes
+ * this way (src/record.c) and takes the next batch meanwhile. From the
+ * hand-off until the work is done the connection is the writer's; every
+ * other use of the store (entsync_store_check, so every method and every
+ * statement fetched) waits for it first. */
+
+/* SQLite's account of a failure, kept to be raised later on the Lua thread:
+ * its extended code and errno (code 0 and no sql: reason is entsync's own
+ * message), its message and the statement's text. */
+typedef struct entsync_store_failure {
+    int code, sys;
+    char reason[256];
+    char sql[96];
+} entsync_store_failure;
+
+/* Work run on the writer thread, with no Lua state: 1 done, 0 failed with
+ * *failure set. */
+typedef int (*entsync_store_work)(void *arg, entsync_store_failure *failure);
+
+/* One hand-off: work(arg), then after (a statement already bound, or
+ * NULL), then COMMIT. The writer sets done, ok and, when it failed,
+ * failure. */
+typedef struct entsync_store_job {
+    entsync_store_work work;
+    void *arg;
+    sqlite3_stmt *after;
+    int done, ok;
+    entsync_store_failure failure;
+} entsync_store_job;
+
+/* Keeps db's last failure, in sql, into *out. */
+void entsync_store_fail(sqlite3 *db, const char *sql, entsync_store_failure *out);
+
+/* Steps stmt (a statement with no rows) once: 1 done, else 0 with
+ * *failure set (and stmt reset either way). */
+int entsync_store_step_done(sqlite3 *db, sqlite3_stmt *stmt, entsync_store_failure *failure);
+
+/* Pushes failure as the store's own errors are: an entsync error of its
+ * kind for an environment failure, else "store PATH: reason (in: sql)";
+ * code 0 with no sql pushes reason as it is. _raise raises it. */
+void entsync_store_push_failure(lua_State *L, entsync_store *store, const entsync_store_failure *failure);
+int entsync_store_raise(lua_State *L, entsync_store *store, const entsync_store_failure *failure);
+
+/* Hands the transaction in progress over to the writer thread (started at
+ * the first hand-off), after waiting for the job before it: the writer
+ * runs job and commits, or rolls back at its first failure. Raises when no
+ * transaction is in progress. job and what it points at must live until
+ * entsync_store_wait says it is done. */
+void entsync_store_hand_off(lua_State *L, int store_idx, entsync_store_job *job);
+
+/* Waits for the writer to finish its job; returns job->done (0: job was
+ * never run, as when the store closed before it started). */
+int entsync_store_wait(entsync_store *store, entsync_store_job *job);
 
 /* Pushes column i of the current row as a Lua value. */
 void entsync_store_push_column(lua_State *L, sqlite3_stmt *stmt, int i);

@@ -354,6 +354,11 @@ function Reader:committed()
   return self.position
 end
 
+-- awaits_commit(): files read to their end wait for committed().
+function Reader:awaits_commit()
+  return #self._pending > 0
+end
+
 -- checkpoint() -> { file, skip }: the file being read and how many of its
 -- records were returned, or the next file to read; { done = true } at the
 -- end.

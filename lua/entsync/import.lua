@@ -450,8 +450,9 @@ local apply = {
   taken = function(self, plan)
     -- entries of the C record path: creates and updates, written by the
     -- program
-    local ok, created, updated = pcall(self.program.write, self.program, plan.from, plan.to, self.pass,
-      core.sys.now())
+    -- a batch handed off writes them on the store's writer thread
+    local write = self.handing and self.program.queue or self.program.write
+    local ok, created, updated = pcall(write, self.program, plan.from, plan.to, self.pass, core.sys.now())
     if not ok then
       if errors.is(created) and created.kind ~= "entity" then error(created, 0) end
       errors.raise("redo", "a write failed; the batch is written again record by record")
@@ -466,13 +467,14 @@ local apply = {
 -- The plans of a batch again, with the C record path's entries planned
 -- by the Lua pipeline: the batch is written record by record (careful),
 -- which only the Lua pipeline does.
-function Run:expand(plans)
+function Run:expand(plans, handed)
   local out = {}
   for _, plan in ipairs(plans) do
     if plan[1] == "taken" then
       for _, part in ipairs(plan.parts) do
         for i = part.from, part.to do
-          local text, raw_hash, src = self.program:entry(i)
+          -- handed: the entries of the batch handed off last
+          local text, raw_hash, src = self.program:entry(i, handed)
           if text then
             out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
           else
@@ -508,15 +510,77 @@ function Run:apply(plan)
   return self:fail(failed)
 end
 
--- write_batch(plans, checkpoint) writes the plans and the checkpoint in
--- one transaction. A write that fails rolls it back; the counters and the
--- failure set are restored, and it is written again with a savepoint per
--- record.
-function Run:write_batch(plans, checkpoint)
-  self.reported = {}
+-- What write_batch restores when a batch is written again.
+function Run:snapshot()
   local saved = { counts = {}, failing = {}, shown = self.shown, mapped_in_c = self.mapped_in_c }
   for k, v in pairs(self.counts) do saved.counts[k] = v end
   for k, v in pairs(self.failing) do saved.failing[k] = v end
+  return saved
+end
+
+function Run:restore(saved)
+  for k, v in pairs(saved.counts) do self.counts[k] = v end
+  self.failing, self.shown, self.mapped_in_c = saved.failing, saved.shown, saved.mapped_in_c
+end
+
+-- settle() -> batch | nil: waits for the batch handed off last (see
+-- write_batch) to commit; nil when it did (or none was), else the batch,
+-- its plans planned again by the Lua pipeline, and the counts, failures
+-- and what was logged restored to what they were before it. An
+-- environment failure (the disk) is raised.
+function Run:settle()
+  local handed = self.handed
+  if not handed then return nil end
+  self.handed = nil
+  local ok, err = self.program:settle()
+  if ok then
+    if self.op then self.op:settled(handed.counts) end
+    self.handed_off = (self.handed_off or 0) + 1
+    return nil
+  end
+  self:restore(handed.saved)
+  if errors.is(err) and err.kind ~= "entity" then error(err, 0) end
+  self:expand(handed.plans, true)
+  return handed
+end
+
+-- Whether write_batch may hand plans off: the C record path's entries
+-- only (what the Lua pipeline writes would then be written before them,
+-- and take other local ids), with no lookup that would wait for the
+-- writer, written whole (not record by record) and for real.
+-- ENTSYNC_WRITER=off writes every batch on the Lua thread (to compare).
+function Run:may_hand_off(plans)
+  if not (self.program and self.fresh) or self.careful or self.session.dry or self.diffs
+      or os.getenv("ENTSYNC_WRITER") == "off" then
+    return false
+  end
+  for _, plan in ipairs(plans) do
+    if plan[1] ~= "taken" and not (plan[1] == "skip" and plan.n) then return false end
+  end
+  return #plans > 0
+end
+
+-- write_batch(plans, checkpoint [, overlap]) writes the plans and the
+-- checkpoint in one transaction. A write that fails rolls it back; the
+-- counters and the failure set are restored, and it is written again with
+-- a savepoint per record.
+-- overlap: the caller reads the next batch before it needs this one
+-- committed (it calls write_batch again, or settle): the transaction's
+-- C record path writes and its commit are handed off to the store's writer
+-- thread (Session:hand_off). A handed-off batch that fails is written
+-- again, record by record, with the next batch, in that batch's
+-- transaction, under its checkpoint (which covers both); its own
+-- checkpoint would claim what the reader has read since.
+function Run:write_batch(plans, checkpoint, overlap, failed)
+  failed = failed or self:settle()
+  local saved = failed and failed.saved or self:snapshot()
+  self.reported = failed and failed.reported or {}
+  if failed then
+    local both = {}
+    table.move(failed.plans, 1, #failed.plans, 1, both)
+    table.move(plans, 1, #plans, #both + 1, both)
+    plans = both
+  end
   local diffing = self.session.options.diff and self.session.dry
   local function body()
     self.pending = nil
@@ -531,15 +595,34 @@ function Run:write_batch(plans, checkpoint)
   end
   local transaction = self.op and function(fn) return self.op:transaction(fn) end
     or function(fn) return self.session:transaction(self.sync_id, fn) end
-  local ok, err = pcall(transaction, body)
-  if ok then
-    self.reported = nil
-    show_diffs()
-    return
+  if not failed then
+    local ok, err
+    if overlap and self:may_hand_off(plans) then
+      self.handing = true
+      ok, err = pcall(function()
+        if self.op then return self.op:hand_off(self.program, body) end
+        return self.session:hand_off(self.sync_id, self.program, body)
+      end)
+      self.handing = false
+      if ok then
+        local counts = {}
+        for k, v in pairs(self.counts) do counts[k] = v end
+        self.handed = { plans = plans, checkpoint = checkpoint, saved = saved, reported = self.reported,
+          counts = counts }
+        self.reported = nil
+        return
+      end
+    else
+      ok, err = pcall(transaction, body)
+      if ok then
+        self.reported = nil
+        show_diffs()
+        return
+      end
+    end
+    if not errors.is(err, "redo") then self.reported = nil error(err, 0) end
+    self:restore(saved)
   end
-  if not errors.is(err, "redo") then self.reported = nil error(err, 0) end
-  for k, v in pairs(saved.counts) do self.counts[k] = v end
-  self.failing, self.shown = saved.failing, saved.shown
   -- An input that repeats remote ids (a change log) would replay batch
   -- after batch: one replay ends the first import's unchecked writes.
   self.fresh = false
@@ -550,7 +633,6 @@ function Run:write_batch(plans, checkpoint)
     self:expand(plans)
     self.program = nil
   end
-  self.mapped_in_c = saved.mapped_in_c
   local done, again = pcall(transaction, body)
   self.careful, self.reported = false, nil
   if not done then
@@ -558,6 +640,16 @@ function Run:write_batch(plans, checkpoint)
     error(again, 0)
   end
   show_diffs()
+end
+
+-- finish_writes(): the batch handed off last committed; when it failed
+-- it is written again record by record, under its own checkpoint (nothing
+-- was read since it was handed off, so that checkpoint still holds).
+function Run:finish_writes()
+  if not self.handed then return end
+  local checkpoint = self.handed.checkpoint
+  local failed = self:settle()
+  if failed then self:write_batch({}, checkpoint, nil, failed) end
 end
 
 -- Whether the batch being read holds a record of remote_id not written
@@ -836,6 +928,12 @@ function M.run(session, sync, options)
             taken = taken + 1
           end
         end
+        -- the next batch is read while this one is written, unless
+        -- something waits for its commit: the end of the pass, or a reader
+        -- told what each batch committed
+        local awaits = not session.dry and reader.committed and (source.moves_each_batch or exhausted)
+          and (not reader.awaits_commit or reader:awaits_commit())
+        local overlap = not exhausted and not awaits
         run:write_batch(plans, function()
           for _, plan in ipairs(plans) do if plan.unreadable then state.pass_unreadable = 1 end end
           complete = exhausted and not source.truncated
@@ -889,10 +987,10 @@ function M.run(session, sync, options)
             book:set_fingerprint(run.sync_id, sync.mapping_fingerprint)
             state.fingerprint = sync.mapping_fingerprint
           end
-        end)
+        end, overlap)
         processed = processed + taken
         meter:tick(processed)
-        if not session.dry and reader.committed and (source.moves_each_batch or complete) then
+        if awaits and (source.moves_each_batch or complete) then
           -- files may leave the drop folder now: the commit that holds their
           -- records must outlive a power loss first (synchronous=NORMAL
           -- leaves it in the WAL, not yet on the disk)
@@ -915,15 +1013,22 @@ function M.run(session, sync, options)
           break
         end
       end
+      run:finish_writes()
     end)
+    if not ok and run.handed then
+      -- the run failed: the batch handed off last commits, or (failed)
+      -- is left out of the counts; its records are read again next run
+      pcall(run.settle, run)
+    end
     session.importing[sync.name] = nil
     run.batch, run.batch_keys = nil, nil
     if reader.close then pcall(reader.close, reader) end
     if not ok then error(result, 0) end
     if run.mapped_in_c then
-      session.log("debug", string.format("sync \"%s\": %d of %d records mapped in C", sync.name, run.mapped_in_c or 0,
-        processed), { sync = sync.name, event = "record_path", c = run.mapped_in_c or 0,
-        lua = processed - (run.mapped_in_c or 0) })
+      session.log("debug", string.format("sync \"%s\": %d of %d records mapped in C; %d batches committed on the "
+        .. "writer thread", sync.name, run.mapped_in_c or 0, processed, run.handed_off or 0), { sync = sync.name,
+        event = "record_path", c = run.mapped_in_c or 0, lua = processed - (run.mapped_in_c or 0),
+        handed_off = run.handed_off or 0 })
     end
     meter:finish()
     -- A full run reads every record again, failed ones included; an

@@ -628,6 +628,12 @@ function Ledger:stamp_origin(after_seq, sync_id)
   self.store:run(SQL.stamp, after_seq, sync_id)
 end
 
+-- The SQL of stamp_origin, bound (after_seq, sync_id), for a commit that
+-- runs it on the store's writer thread (Session:hand_off).
+function Ledger:stamp_sql()
+  return SQL.stamp
+end
+
 -- Drops the change rows logged after seq in the transaction in progress:
 -- writes that are no one's to send (a remote's answer mapped back).
 function Ledger:unqueue(after_seq)

@@ -119,6 +119,20 @@ function Op:transaction(fn, ...)
   return table.unpack(results, 1, results.n)
 end
 
+-- hand_off(program, fn): as transaction(fn), its commit on the store's
+-- writer thread (Session:hand_off); settled() once it committed.
+function Op:hand_off(program, fn)
+  self:check()
+  self.session:hand_off(self.sync_id, program, function()
+    fn()
+    if self.run_id then self.session.ledger:progress_run(self.run_id, self.counts, self.cursor_after) end
+  end)
+end
+
+function Op:settled(counts)
+  for k, v in pairs(counts) do self.committed[k] = v end
+end
+
 -- "800 created, 0 updated, ..." of the counts committed so far.
 local function committed_counts(op)
   local parts = {}

@@ -38,6 +38,8 @@
 --   ready() -> true when next() would not wait on the network
 --   total() -> how many records there are, when the remote says
 --   committed()  everything returned so far is stored (files may move)
+--   awaits_commit() -> whether committed() has something to do now (with
+--       committed and no awaits_commit, it always has)
 --   close()
 --   ordered = true  records come in changed-mark order (the cursor may
 --       move batch by batch)

@@ -244,6 +244,26 @@ function Session:transaction(origin, fn, ...)
   return table.unpack(results, 2, results.n)
 end
 
+-- hand_off(origin, program, fn, ...): as transaction(origin, fn, ...),
+-- but its end (program's queued writes, the stamp of their change rows
+-- with origin, a sync id, and the commit) runs on the store's writer
+-- thread while the caller reads on; program:settle() says how it ended.
+-- Every other use of the store waits for it first. Not in a dry run.
+function Session:hand_off(origin, program, fn, ...)
+  local store, book = self.store, self.ledger
+  store:run("BEGIN IMMEDIATE")
+  local ok, err = pcall(function(...)
+    local before = book:last_seq()
+    loop.forbid_yield("a write transaction", fn, ...)
+    save_notes(self)
+    program:hand_off(book:stamp_sql(), before, origin)
+  end, ...)
+  if not ok then
+    pcall(self.rollback, self)
+    error(err, 0)
+  end
+end
+
 function Session:rollback()
   if self.store:is_open() and self.store:in_transaction() then
     if self.dry then

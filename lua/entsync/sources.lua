@@ -45,7 +45,7 @@ end
 local function guarded(handle, reader)
   local out = setmetatable({}, { __index = reader })
   for _, method in ipairs({ "next", "next_raw", "next_unknown", "next_bulk", "take_records", "decode", "checkpoint", "ready", "total",
-      "fraction", "committed", "close" }) do
+      "fraction", "committed", "awaits_commit", "close" }) do
     local fn = reader[method]
     if type(fn) == "function" then
       local handler = provider.as_provider_error(handle, "reader " .. method)
