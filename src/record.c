@@ -2310,8 +2310,9 @@ static int program_hand_off(lua_State *L)
         for (int i = 3; i <= nargs; i++)
             entsync_store_bind(L, h->w.store, after, i - 2, i, "a value");
     }
-    /* the view writes the batch as it is; the program takes the next into
-     * the other buffers */
+    entsync_store *store = entsync_store_writer_ready(L, store_idx);
+    /* nothing fails from here: the view writes the batch as it is, the
+     * program takes the next into the other buffers */
     h->view = *p;
     SWAP(range *, h->ranges, p->queued);
     SWAP(size_t, h->ranges_cap, p->queued_cap);
@@ -2327,7 +2328,7 @@ static int program_hand_off(lua_State *L)
     h->job.work = write_handed;
     h->job.arg = h;
     h->job.after = after;
-    entsync_store_hand_off(L, store_idx, &h->job);
+    entsync_store_hand_off(store, &h->job);
     h->in_flight = 1;
     return 0;
 }
@@ -2347,17 +2348,16 @@ static int program_settle(lua_State *L)
     lua_getiuservalue(L, 1, 1);
     lua_rawgeti(L, -1, SLOT_STORE);
     entsync_store *store = lua_touserdata(L, -1);
-    int done = entsync_store_wait(store, &h->job);
+    if (!store)
+        return luaL_error(L, "record: the program has no store");
+    entsync_store_wait(store, &h->job);
     h->in_flight = 0;
-    if (done && h->job.ok) {
+    if (h->job.ok) {
         lua_pushboolean(L, 1);
         return 1;
     }
     lua_pushboolean(L, 0);
-    if (done)
-        entsync_store_push_failure(L, store, &h->job.failure);
-    else
-        lua_pushstring(L, "record: the store closed before the batch's commit was confirmed");
+    entsync_store_push_failure(L, store, &h->job.failure);
     return 2;
 }
 

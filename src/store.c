@@ -324,7 +324,7 @@ static void writer_stop(entsync_store *store)
     store->writer = NULL;
 }
 
-void entsync_store_hand_off(lua_State *L, int store_idx, entsync_store_job *job)
+entsync_store *entsync_store_writer_ready(lua_State *L, int store_idx)
 {
     entsync_store *store = entsync_store_check(L, store_idx);
     if (sqlite3_get_autocommit(store->db))
@@ -351,6 +351,12 @@ void entsync_store_hand_off(lua_State *L, int store_idx, entsync_store_job *job)
             luaL_error(L, "store %s: cannot start its writer thread", store->path);
         w->started = 1;
     }
+    return store;
+}
+
+void entsync_store_hand_off(entsync_store *store, entsync_store_job *job)
+{
+    writer_thread *w = store->writer;
     job->done = job->ok = 0;
     pthread_mutex_lock(&w->mu);
     w->job = job;

@@ -105,15 +105,21 @@ int entsync_store_step_done(sqlite3 *db, sqlite3_stmt *stmt, entsync_store_failu
 void entsync_store_push_failure(lua_State *L, entsync_store *store, const entsync_store_failure *failure);
 int entsync_store_raise(lua_State *L, entsync_store *store, const entsync_store_failure *failure);
 
-/* Hands the transaction in progress over to the writer thread (started at
- * the first hand-off), after waiting for the job before it: the writer
- * runs job and commits, or rolls back at its first failure. Raises when no
- * transaction is in progress. job and what it points at must live until
- * entsync_store_wait says it is done. */
-void entsync_store_hand_off(lua_State *L, int store_idx, entsync_store_job *job);
+/* Makes ready to hand the transaction in progress over to the writer
+ * thread, after waiting for the job before it: starts the thread at the
+ * first call, prepares its COMMIT and ROLLBACK. Raises when no transaction
+ * is in progress or the thread cannot start; returns the store. */
+entsync_store *entsync_store_writer_ready(lua_State *L, int store_idx);
 
-/* Waits for the writer to finish its job; returns job->done (0: job was
- * never run, as when the store closed before it started). */
+/* Hands the transaction over (entsync_store_writer_ready first; this
+ * cannot fail): the writer runs job and commits, or rolls back at its
+ * first failure. job and what it points at must live until
+ * entsync_store_wait says it is done. */
+void entsync_store_hand_off(entsync_store *store, entsync_store_job *job);
+
+/* Waits for the writer to finish its job; returns job->done, 1 for every
+ * job handed off (a store closed meanwhile runs its job to the end
+ * first). */
 int entsync_store_wait(entsync_store *store, entsync_store_job *job);
 
 /* Pushes column i of the current row as a Lua value. */

@@ -119,6 +119,13 @@ local function payload_of(record)
   return ok and text or nil
 end
 
+-- Whether a record whose changed mark is changed is older than what the
+-- id map holds for it (stored).
+function Run:stale(changed, stored)
+  return changed ~= nil and stored ~= nil and stored.changed ~= nil
+    and cursor.compare_marks(changed, stored.changed, self.sync.import.changed_kind) < 0
+end
+
 -- prepare(record, raw_hash, text, memo) -> plan. Runs the pipeline; never
 -- raises for the record's own faults (they become a "fail" plan). text is
 -- the raw line the record was decoded from, when the reader gives it;
@@ -144,8 +151,7 @@ function Run:prepare(record, raw_hash, text, memo)
   local stored = nil
   if not self.fresh then stored = book:by_remote(self.sync_id, remote_id) end
   self.stored_pass = stored and stored.seen_pass
-  if changed ~= nil and stored and stored.changed ~= nil
-      and cursor.compare_marks(changed, stored.changed, sync.import.changed_kind) < 0 then
+  if self:stale(changed, stored) then
     return { "skip", outcome = "stale", key = key, local_id = stored.local_id }
   end
   ctx:at(remote_id, stored and stored.local_id, record)
@@ -354,6 +360,10 @@ function Run:write(plan)
       local position = self.note_ids and self.batch_keys and self.batch_keys[plan.key]
       if position and stored.seen_pass == self.pass then self:warn_duplicate(plan, position) end
       plan.stored, plan.local_id = stored, stored.local_id
+      -- what prepare would have found with the lookup
+      if self:stale(plan.changed, stored) then
+        return self:skip({ outcome = "stale", key = plan.key, local_id = stored.local_id })
+      end
       if stored.hash == plan.hash then return self:skip({ outcome = "unchanged", key = plan.key, local_id = stored.local_id }) end
     end
   end
@@ -523,12 +533,13 @@ function Run:restore(saved)
   self.failing, self.shown, self.mapped_in_c = saved.failing, saved.shown, saved.mapped_in_c
 end
 
--- settle() -> batch | nil: waits for the batch handed off last (see
--- write_batch) to commit; nil when it did (or none was), else the batch,
--- its plans planned again by the Lua pipeline, and the counts, failures
--- and what was logged restored to what they were before it. An
--- environment failure (the disk) is raised.
-function Run:settle()
+-- settle([ending]) -> batch | nil: waits for the batch handed off last
+-- (see write_batch) to commit; nil when it did (or none was), else the
+-- batch, its plans planned again by the Lua pipeline (ending: the run is
+-- ending, not planned), and what it counted taken out of the counts (what
+-- the reader counted since, records skipped, stays). An environment
+-- failure (the disk) is raised.
+function Run:settle(ending)
   local handed = self.handed
   if not handed then return nil end
   self.handed = nil
@@ -538,8 +549,15 @@ function Run:settle()
     self.handed_off = (self.handed_off or 0) + 1
     return nil
   end
-  self:restore(handed.saved)
+  -- its plans are taken and skipped lines: the counts and mapped_in_c are
+  -- all it changed
+  for k, v in pairs(handed.counts) do self.counts[k] = self.counts[k] - (v - handed.saved.counts[k]) end
+  self.mapped_in_c = self.mapped_in_c - (handed.mapped_in_c - handed.saved.mapped_in_c)
   if errors.is(err) and err.kind ~= "entity" then error(err, 0) end
+  if ending then return handed end
+  -- as any batch written again: the rest of the run looks every remote id
+  -- up, these records first
+  self.fresh = false
   self:expand(handed.plans, true)
   return handed
 end
@@ -573,7 +591,7 @@ end
 -- checkpoint would claim what the reader has read since.
 function Run:write_batch(plans, checkpoint, overlap, failed)
   failed = failed or self:settle()
-  local saved = failed and failed.saved or self:snapshot()
+  local saved = self:snapshot()
   self.reported = failed and failed.reported or {}
   if failed then
     local both = {}
@@ -608,7 +626,7 @@ function Run:write_batch(plans, checkpoint, overlap, failed)
         local counts = {}
         for k, v in pairs(self.counts) do counts[k] = v end
         self.handed = { plans = plans, checkpoint = checkpoint, saved = saved, reported = self.reported,
-          counts = counts }
+          counts = counts, mapped_in_c = self.mapped_in_c }
         self.reported = nil
         return
       end
@@ -1018,7 +1036,7 @@ function M.run(session, sync, options)
     if not ok and run.handed then
       -- the run failed: the batch handed off last commits, or (failed)
       -- is left out of the counts; its records are read again next run
-      pcall(run.settle, run)
+      pcall(run.settle, run, true)
     end
     session.importing[sync.name] = nil
     run.batch, run.batch_keys = nil, nil
