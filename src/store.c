@@ -28,9 +28,11 @@
 
 /* The writer thread: it runs the tail of one handed-off transaction at a
  * time (entsync_store_hand_off) while the Lua thread goes on reading. The
- * mutex guards every field; the connection is the writer's from the hand-off
- * until the work is done, and every other use of the store waits for that
- * (entsync_store_check), so the two threads never use it at once. */
+ * mutex guards job and quit; the rest is set by the Lua thread while no
+ * job is in flight, before the job that reads it is published. The
+ * connection is the writer's from the hand-off until the job is done, and
+ * every other use of the store waits for that (entsync_store_check), so
+ * the two threads never use it at once. */
 typedef struct writer_thread {
     pthread_t thread;
     pthread_mutex_t mu;
