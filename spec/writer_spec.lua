@@ -132,6 +132,14 @@ describe("the writer thread", function()
     assert.equal(40, #changes)
     for _, change in ipairs(changes) do assert.equal("contacts", change.origin) end
     assert.same(helpers.query(off .. "/entsync.db", sql), changes)
+    -- the other remote takes them: the drain creates each user there
+    local exported = "SELECT count(*) AS n FROM entsync_idmap m JOIN entsync_syncs s ON s.id = m.sync "
+      .. "WHERE s.name = 'sink'"
+    for _, dir in ipairs({ on, off }) do
+      local r = helpers.run(dir, { "job.lua", "run", "sink", "--no-progress" }, {})
+      assert.equal(0, r.code, r.stderr)
+      assert.same({ { n = 40 } }, helpers.query(dir .. "/entsync.db", exported))
+    end
   end)
 
   for _, case in ipairs({

@@ -1849,24 +1849,24 @@ static int bind_cell(sqlite3_stmt *stmt, int n, const program *p, const cell *c)
  * the store's writer thread (hand_off): each step returns 1, or 0 with
  * *f set to what failed, which the Lua thread raises. */
 
-/* Runs stmt once. A failure is SQLite's (an environment failure, or a
- * constraint, which Lua turns into writing the batch again record by
- * record). */
-#define step_once entsync_store_step_done
-
 static int bind_failed(sqlite3 *db, sqlite3_stmt *stmt, entsync_store_failure *f)
 {
     entsync_store_fail(db, sqlite3_sql(stmt), f);
     return 0;
 }
 
+/* A failure of entsync's own (no SQL): *f says why. */
+static int own_failure(entsync_store_failure *f, const char *why, long long n)
+{
+    memset(f, 0, sizeof *f);
+    snprintf(f->reason, sizeof f->reason, why, n);
+    return 0;
+}
+
 /* A local id the id map's narrow keys cannot hold. */
 static int beyond_keys(sqlite3_int64 local_id, entsync_store_failure *f)
 {
-    memset(f, 0, sizeof *f);
-    snprintf(f->reason, sizeof f->reason, "record: local id %lld is beyond the id map's narrow keys",
-             (long long)local_id);
-    return 0;
+    return own_failure(f, "record: local id %lld is beyond the id map's narrow keys", (long long)local_id);
 }
 
 /* Binds cells as parameters 1..n of stmt, then extra (an id) as n+1..
@@ -2000,7 +2000,7 @@ static int write_rows(const program *p, const write_stmts *w, const entry *en, s
         if (e == 0 && en->update) {
             if (bind_row(ws->update, p, ent, cells, 1, &local_id) != SQLITE_OK)
                 return bind_failed(w->db, ws->update, f);
-            if (!step_once(w->db, ws->update, f))
+            if (!entsync_store_step_done(w->db, ws->update, f))
                 return 0;
             if (sqlite3_changes(w->db) > 0)
                 continue;
@@ -2020,7 +2020,7 @@ static int write_rows(const program *p, const write_stmts *w, const entry *en, s
             if (bind_row(stmt, p, ent, cells, found ? 2 : 1, row) != SQLITE_OK)
                 return bind_failed(w->db, stmt, f);
         }
-        if (!step_once(w->db, stmt, f))
+        if (!entsync_store_step_done(w->db, stmt, f))
             return 0;
         if (e == 0 && !en->update)
             local_id = sqlite3_last_insert_rowid(w->db);
@@ -2069,20 +2069,17 @@ static int write_map(const program *p, const write_stmts *w, const entry *en, sq
     if (en->update && w->update_map) {
         if (bind_map(w->update_map, p, en, local_id, g->has_pass, g->pass, g->now) != SQLITE_OK)
             return bind_failed(w->db, w->update_map, f);
-        if (!step_once(w->db, w->update_map, f))
+        if (!entsync_store_step_done(w->db, w->update_map, f))
             return 0;
         if (sqlite3_changes(w->db) > 0)
             return 1;
     }
     sqlite3_stmt *stmt = en->update ? w->save_map : w->insert_map;
-    if (!stmt) {
-        memset(f, 0, sizeof *f);
-        snprintf(f->reason, sizeof f->reason, "record: an update with no save_map statement");
-        return 0;
-    }
+    if (!stmt)
+        return own_failure(f, "record: an update with no save_map statement", 0);
     if (bind_map(stmt, p, en, local_id, g->has_pass, g->pass, g->now) != SQLITE_OK)
         return bind_failed(w->db, stmt, f);
-    return step_once(w->db, stmt, f);
+    return entsync_store_step_done(w->db, stmt, f);
 }
 
 /* The longest run (an index in RUN_ROWS) of creates at entries i..to,
@@ -2159,7 +2156,7 @@ static int write_creates(const program *p, const write_stmts *w, lua_Integer i, 
         }
         if (rc != SQLITE_OK)
             return bind_failed(w->db, stmt, f);
-        if (!step_once(w->db, stmt, f))
+        if (!entsync_store_step_done(w->db, stmt, f))
             return 0;
     }
     sqlite3_stmt *stmt = p->run_map[run];
@@ -2169,7 +2166,7 @@ static int write_creates(const program *p, const write_stmts *w, lua_Integer i, 
         rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g);
     if (rc != SQLITE_OK)
         return bind_failed(w->db, stmt, f);
-    return step_once(w->db, stmt, f);
+    return entsync_store_step_done(w->db, stmt, f);
 }
 
 /* Writes the entries of range g: each entity's rows as Session:write_rows
@@ -2265,6 +2262,16 @@ static int program_queue(lua_State *L)
     return 2;
 }
 
+/* The store of the program at 1 (its uservalue table anchors it), or
+ * NULL; pushes two values. Unchecked: settling must work on a closed store
+ * too, and from __gc. */
+static entsync_store *program_store(lua_State *L)
+{
+    lua_getiuservalue(L, 1, 1);
+    lua_rawgeti(L, -1, SLOT_STORE);
+    return lua_touserdata(L, -1);
+}
+
 /* The program as it was when it handed off its last batch, settled. */
 static program *handed_view(lua_State *L, program *p)
 {
@@ -2345,9 +2352,7 @@ static int program_settle(lua_State *L)
         lua_pushnil(L);
         return 1;
     }
-    lua_getiuservalue(L, 1, 1);
-    lua_rawgeti(L, -1, SLOT_STORE);
-    entsync_store *store = lua_touserdata(L, -1);
+    entsync_store *store = program_store(L);
     if (!store)
         return luaL_error(L, "record: the program has no store");
     entsync_store_wait(store, &h->job);
@@ -2409,9 +2414,7 @@ static int program_gc(lua_State *L)
     program *p = luaL_checkudata(L, 1, PROGRAM_META);
     if (p->handed && p->handed->in_flight) {
         /* the writer thread reads the batch's buffers until it is done */
-        lua_getiuservalue(L, 1, 1);
-        lua_rawgeti(L, -1, SLOT_STORE);
-        entsync_store *store = lua_touserdata(L, -1);
+        entsync_store *store = program_store(L);
         if (store)
             entsync_store_wait(store, &p->handed->job);
         p->handed->in_flight = 0;

@@ -566,10 +566,8 @@ end
 -- only (what the Lua pipeline writes would then be written before them,
 -- and take other local ids), with no lookup that would wait for the
 -- writer, written whole (not record by record) and for real.
--- ENTSYNC_WRITER=off writes every batch on the Lua thread (to compare).
 function Run:may_hand_off(plans)
-  if not (self.program and self.fresh) or self.careful or self.session.dry or self.diffs
-      or os.getenv("ENTSYNC_WRITER") == "off" then
+  if not (self.program and self.writer and self.fresh) or self.careful or self.session.dry or self.diffs then
     return false
   end
   for _, plan in ipairs(plans) do
@@ -864,6 +862,8 @@ function M.run(session, sync, options)
     -- the records the C record path can take
     run.program = record_path.program(run)
     if run.program then run.mapped_in_c = 0 end
+    -- ENTSYNC_WRITER=off writes every batch on the Lua thread (to compare)
+    run.writer = os.getenv("ENTSYNC_WRITER") ~= "off"
     local limit_setting = not full and settings.limit or nil
     local query = { limit = limit_setting, mode = full and "full" or settings.mode }
     if options.follow then

@@ -107,28 +107,31 @@ end
 -- transaction(fn, ...) -> fn's results: one write transaction whose
 -- writes are stamped with this sync as their origin; the run record's
 -- counts are saved in it too, so they always match what was committed.
+-- fn, then the run record's counts saved, in the transaction in progress.
+local function with_progress(op, fn)
+  return function(...)
+    local results = table.pack(fn(...))
+    if op.run_id then op.session.ledger:progress_run(op.run_id, op.counts, op.cursor_after) end
+    return table.unpack(results, 1, results.n)
+  end
+end
+
 function Op:transaction(fn, ...)
   self:check()
-  local results = table.pack(self.session:transaction(self.sync_id, function(...)
-    local results = table.pack(fn(...))
-    if self.run_id then self.session.ledger:progress_run(self.run_id, self.counts, self.cursor_after) end
-    return table.unpack(results, 1, results.n)
-  end, ...))
-  -- what a run that ends in a refusal of the machine reports as done
-  for k, v in pairs(self.counts) do self.committed[k] = v end
+  local results = table.pack(self.session:transaction(self.sync_id, with_progress(self, fn), ...))
+  self:settled(self.counts)
   return table.unpack(results, 1, results.n)
 end
 
 -- hand_off(program, fn): as transaction(fn), its commit on the store's
--- writer thread (Session:hand_off); settled() once it committed.
+-- writer thread (Session:hand_off); settled(counts) once it committed.
 function Op:hand_off(program, fn)
   self:check()
-  self.session:hand_off(self.sync_id, program, function()
-    fn()
-    if self.run_id then self.session.ledger:progress_run(self.run_id, self.counts, self.cursor_after) end
-  end)
+  self.session:hand_off(self.sync_id, program, with_progress(self, fn))
 end
 
+-- counts are committed: what a run that ends in a refusal of the machine
+-- reports as done
 function Op:settled(counts)
   for k, v in pairs(counts) do self.committed[k] = v end
 end

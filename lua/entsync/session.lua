@@ -220,12 +220,21 @@ end
 -- rows are dropped.
 M.UNQUEUED = "unqueued"
 
-function Session:transaction(origin, fn, ...)
+-- The write transaction of transaction and hand_off: fn in it, then the
+-- stamp of its change rows and the commit, on this thread, or (program)
+-- handed off with program's queued writes to the store's writer thread.
+local function write_transaction(self, origin, program, fn, ...)
   local store, book = self.store, self.ledger
   store:run(self.dry and "SAVEPOINT batch" or "BEGIN IMMEDIATE")
   local results = table.pack(pcall(function(...)
     local before = origin and book:last_seq()
     local out = table.pack(loop.forbid_yield("a write transaction", fn, ...))
+    if program then
+      -- the stamp runs after program's writes, on the writer thread
+      save_notes(self)
+      program:hand_off(book:stamp_sql(), before, origin)
+      return table.unpack(out, 1, out.n)
+    end
     if origin == M.UNQUEUED then
       book:unqueue(before)
     elseif origin then
@@ -240,28 +249,25 @@ function Session:transaction(origin, fn, ...)
     pcall(self.rollback, self)
     error(results[2], 0)
   end
-  store:run(self.dry and "RELEASE batch" or "COMMIT")
+  if not program then store:run(self.dry and "RELEASE batch" or "COMMIT") end
   return table.unpack(results, 2, results.n)
+end
+
+function Session:transaction(origin, fn, ...)
+  return write_transaction(self, origin, nil, fn, ...)
 end
 
 -- hand_off(origin, program, fn, ...): as transaction(origin, fn, ...),
 -- but its end (program's queued writes, the stamp of their change rows
 -- with origin, a sync id, and the commit) runs on the store's writer
 -- thread while the caller reads on; program:settle() says how it ended.
--- Every other use of the store waits for it first. Not in a dry run.
+-- Every other use of the store waits for it first. Not in a dry run,
+-- whose savepoint the writer's COMMIT would end.
 function Session:hand_off(origin, program, fn, ...)
-  local store, book = self.store, self.ledger
-  store:run("BEGIN IMMEDIATE")
-  local ok, err = pcall(function(...)
-    local before = book:last_seq()
-    loop.forbid_yield("a write transaction", fn, ...)
-    save_notes(self)
-    program:hand_off(book:stamp_sql(), before, origin)
-  end, ...)
-  if not ok then
-    pcall(self.rollback, self)
-    error(err, 0)
+  if self.dry or type(origin) ~= "number" then
+    error("Session:hand_off: a sync's writes, in a run that commits", 2)
   end
+  write_transaction(self, origin, program, fn, ...)
 end
 
 function Session:rollback()
