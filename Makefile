@@ -26,7 +26,7 @@ LUA_LIBS   = $(shell pkg-config --libs lua5.4 2>/dev/null)
 DEP_LIBS   = $(shell pkg-config --libs libcurl sqlite3 libmicrohttpd libcrypto hiredis libxxhash 2>/dev/null) -lreadline -lsimdjson -lstdc++
 
 CORE_SRC = src/store.c src/hash.c src/lock.c src/fsutil.c src/http.c src/httpd.c src/loop.c src/notify.c \
-           src/readline.c src/sign.c src/redis.c src/json.c src/marks.c src/record.c src/core.c
+           src/readline.c src/sign.c src/redis.c src/json.c src/document.c src/marks.c src/record.c src/core.c
 CORE_CXX = src/json_simd.cc
 CORE_OBJ = $(CORE_SRC:src/%.c=$(BUILD)/obj/%.o) $(CORE_CXX:src/%.cc=$(BUILD)/obj/%.o)
 MAIN_OBJ = $(BUILD)/obj/main.o

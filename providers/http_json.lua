@@ -231,18 +231,44 @@ local function dig(value, path)
   return value
 end
 
--- The records of a decoded page: at config.records, or the page itself
--- when it is an array, or its "data".
-function Provider:records_of(body, response)
-  local records = self.config.records and dig(body, self.config.records)
-  if records == nil and not self.config.records then
-    records = (type(body) == "table" and body[1] ~= nil or next(body or {}) == nil) and body or body.data
+-- Selects the records of the page parsed into doc (a json.document): at
+-- config.records, or the page itself when it is an array (or empty), or
+-- its "data"; returns how many there are (an object there holds none).
+function Provider:select_records(doc, response)
+  local kind, n
+  if self.config.records then
+    kind, n = doc:select(self.config.records)
+  else
+    kind, n = doc:select("")
+    if not (kind == "array" or (kind == "object" and n == 0)) then kind, n = doc:select("data") end
   end
-  if type(records) ~= "table" then
+  if kind ~= "array" and kind ~= "object" then
     errors.raise("http", string.format("%s %s: no list of records at %q in the response", response.method,
       http.redacted_url(response.url), tostring(self.config.records or "data")))
   end
-  return records
+  return kind == "array" and n or 0
+end
+
+-- A page of a listing. Its text is parsed once, into the reader's
+-- document, for the listing's own fields and for the C record path, which
+-- maps the records from it; list() decodes its records into Lua values
+-- for the Lua pipeline, only when that reads one (and later, when a batch
+-- is written again record by record: the document has moved on by then).
+local Page = {}
+Page.__index = Page
+
+function Page:list()
+  if not self.records then
+    local doc = self.doc
+    if self.reader.page ~= self then
+      -- the reader's document holds a later page now
+      doc = json.document()
+      doc:load(self.response.body)
+      self.reader.provider:select_records(doc, self.response)
+    end
+    self.records = doc:list()
+  end
+  return self.records
 end
 
 function Provider:path(resource)
@@ -268,7 +294,7 @@ function Provider:list(resource, query)
     if type(since) == "string" then params[since] = value else params[since.param or "updated_since"] = value end
   end
   local reader = setmetatable({
-    provider = self, path = self:path(resource), params = params, buffer = {}, index = 0, count = 0,
+    provider = self, path = self:path(resource), params = params, doc = json.document(), index = 0, count = 0,
     position = 0, done = false, ordered = self.config.ordered == true, inflight = {}, next_page = nil,
     skip = query.offset or 0,
   }, Reader)
@@ -327,16 +353,26 @@ end
 function Reader:fill_window()
   local window = self.provider.config.concurrency or 4
   http.pump()
-  local on_the_wire = 0
-  for _, future in ipairs(self.inflight) do
-    if not future:ready() then on_the_wire = on_the_wire + 1 end
+  -- the requests on the wire: those issued whose response has not come
+  -- (at most window of them, where inflight may hold four windows)
+  local wire, on_the_wire = self.wire or {}, 0
+  for i = 1, #wire do
+    local future = wire[i]
+    wire[i] = nil
+    if not future:ready() then
+      on_the_wire = on_the_wire + 1
+      wire[on_the_wire] = future
+    end
   end
+  self.wire = wire
   while not self.stop_issuing and on_the_wire < window and #self.inflight < 4 * window
       and not (self.last_start and self.next_page > self.last_start) do
     local n = self.next_page
-    self.inflight[#self.inflight + 1] = http.start(self:numbered_request(n))
+    local future = http.start(self:numbered_request(n))
+    self.inflight[#self.inflight + 1] = future
     self.next_page = n + (self.style == "page" and 1 or self.size)
     on_the_wire = on_the_wire + 1
+    wire[on_the_wire] = future
   end
 end
 
@@ -348,23 +384,22 @@ function Reader:fetch_numbered()
   -- next pages go out before this one is stored
   self:fill_window()
   check_status(response)
-  local body = response:json()
-  local records = self.provider:records_of(body, response)
+  local doc, count = self:load(response)
   -- A page that gives the total (page.total, default "total") tells where
   -- the list ends: no page is asked for beyond it.
-  local total = tonumber(dig(body, self.provider.page.total or "total"))
+  local total = tonumber(doc:get(self.provider.page.total or "total"))
   if total and not self.last_start then
     self.last_start = self.style == "page" and ((self.provider.page.first or 1) + math.max(0, math.ceil(total / self.size) - 1))
       or math.max(0, (math.ceil(total / self.size) - 1) * self.size)
   end
-  if #records < self.size or (self.last_start and #self.inflight == 0 and self.next_page > self.last_start) then
+  if count < self.size or (self.last_start and #self.inflight == 0 and self.next_page > self.last_start) then
     -- A short page is the last. The pages asked for beyond it are answered
     -- (the server did the work) and dropped.
     self.stop_issuing, self.done = true, true
     for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
     self.inflight = {}
   end
-  return records
+  return count
 end
 
 -- Cursor, link and next styles: each page names the next.
@@ -391,28 +426,40 @@ function Reader:fetch_chained()
   end
   local response = http.request(req)
   check_status(response)
-  local body = response:json()
-  local records = provider:records_of(body, response)
+  local doc, count = self:load(response)
   if self.style == "key" then
     -- the next page starts after the last key of this one; a short page
     -- is the last
-    local last = records[#records]
-    local key = type(last) == "table" and last[page.key or provider.id_field] or nil
-    if #records < self.size or key == nil or key == null then self.done = true else self.after = key end
+    local key = count > 0 and doc:item(count, page.key or provider.id_field) or nil
+    if count < self.size or key == nil or key == null then self.done = true else self.after = key end
   elseif self.style == "cursor" then
-    local cursor = dig(body, page.cursor_path or "next_cursor")
-    if cursor == nil or cursor == null or cursor == "" or #records == 0 then self.done = true else self.cursor = cursor end
+    local cursor = doc:get(page.cursor_path or "next_cursor")
+    if cursor == nil or cursor == null or cursor == "" or count == 0 then self.done = true else self.cursor = cursor end
   elseif self.style == "link" then
     local link = response.headers["link"] or ""
     local next_url = link:match('<([^>]+)>%s*;%s*rel="?next"?')
-    if next_url and #records > 0 then self.next_url = next_url else self.done = true end
+    if next_url and count > 0 then self.next_url = next_url else self.done = true end
   elseif self.style == "next" then
-    local next_url = dig(body, page.next_path or "next")
-    if type(next_url) == "string" and next_url ~= "" and #records > 0 then self.next_url = next_url else self.done = true end
+    local next_url = doc:get(page.next_path or "next")
+    if type(next_url) == "string" and next_url ~= "" and count > 0 then self.next_url = next_url else self.done = true end
   else
     self.done = true
   end
-  return records
+  return count
+end
+
+-- Parses a page's response into the reader's document (a body that is
+-- not JSON raises as response:json() does) and selects its records;
+-- returns the document and how many records it holds.
+function Reader:load(response)
+  local doc = self.doc
+  if not doc:load(response.body) then
+    response:json()
+    errors.raise("http", "the response is not JSON") -- response:json() raised already
+  end
+  local count = self.provider:select_records(doc, response)
+  self.page = setmetatable({ reader = self, response = response, doc = doc }, Page)
+  return doc, count
 end
 
 -- next() -> record | nil at the end; a page that fails raises (the run
@@ -421,8 +468,9 @@ function Reader:next()
   while true do
     if self.index < self.count then
       self.index = self.index + 1
-      local record = self.buffer[self.index]
-      self.buffer[self.index] = nil
+      local records = self.page:list()
+      local record = records[self.index]
+      records[self.index] = nil
       self.position = self.position + 1
       if self.skip > 0 then
         self.skip = self.skip - 1
@@ -440,38 +488,33 @@ function Reader:next()
   end
 end
 
--- Reads the next page into the buffer.
+-- Reads the next page.
 function Reader:fetch()
-  self.buffer, self.index = {}, 0
+  self.index, self.page = 0, nil
   if self.style == "page" or self.style == "offset" then
-    self.buffer = self:fetch_numbered()
+    self.count = self:fetch_numbered()
   else
-    self.buffer = self:fetch_chained()
+    self.count = self:fetch_chained()
   end
-  self.count = #self.buffer
   if self.count == 0 then self.done = true end
 end
 
--- take_records(max) -> list, from, to | nil: the records of the page in
--- hand that next() would give, list[from..to] (at most max, all tables),
--- taken as next() takes them, for the C record path to map without a call
--- a record; nil when next() must give the next one (a page to fetch, a
--- resume offset to skip, a record that is not an object).
+-- take_records(max) -> page, from, to | nil: the records of the page in
+-- hand that next() would give, from..to of the page (at most max, all
+-- objects), taken as next() takes them, for the C record path to map
+-- from the page's document without a call a record (the provider
+-- contract's page: page.doc, page:list()); nil when next() must give the
+-- next one (a page to fetch, a resume offset to skip, a record that is not
+-- an object).
 function Reader:take_records(max)
   if self.index >= self.count and not self.done and self.skip == 0 then self:fetch() end
   if self.skip > 0 or self.index >= self.count then return nil end
-  local buffer, from = self.buffer, self.index + 1
-  local to = math.min(self.count, self.index + max)
-  for i = from, to do
-    if type(buffer[i]) ~= "table" then
-      to = i - 1
-      break
-    end
-  end
+  local from = self.index + 1
+  local to = self.doc:objects(from, math.min(self.count, self.index + max))
   if to < from then return nil end
   self.index, self.position = to, self.position + (to - from + 1)
-  if self.style == "key" then self.last_key = buffer[to][self.provider.page.key or self.provider.id_field] end
-  return buffer, from, to
+  if self.style == "key" then self.last_key = self.doc:item(to, self.provider.page.key or self.provider.id_field) end
+  return self.page, from, to
 end
 
 -- ready() -> true when next() gives a record without waiting for a

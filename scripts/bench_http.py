@@ -15,6 +15,17 @@ default 32,64), in the same run:
                 (start-up excluded), and its CPU (user + sys of the process, from wait4) divided
                 by N is the client's CPU a record
 
+and, as the CPU's baselines in the same run:
+
+  curl alone    scripts/bench_curl.c fetches the same pages at the same concurrency with a bare
+                libcurl multi loop, parsing and storing nothing: HTTP's own CPU a record
+  file import   entsync imports the same N records from an NDJSON file with the same mapping
+                into a fresh store (once, before the HTTP runs): decoding, mapping, hashing and
+                the store's writes, with no HTTP
+
+Their sum is what an HTTP import costs that adds nothing to the two; the last row gives entsync's
+CPU over it.
+
 The ideal rate is concurrency x 100 records / latency. Targets: 0.9 of ideal at concurrency 32,
 0.8 at 64 (other concurrencies 0.8), and at most 5 us of CPU a record.
 """
@@ -37,6 +48,16 @@ LATENCY_MS = float(os.environ.get("BENCH_LATENCY_MS", "50"))
 PAGE = 100
 RATE_TARGETS = {32: 0.9, 64: 0.8}
 CPU_TARGET_US = 5.0
+
+FILE_JOB = """
+entity "contact" { email = "text", name = "text", updated = "timestamp" }
+local files = provider "ndjson" { path = "." }
+sync "contacts" {
+  remote = files "contacts.ndjson", entity = "contact",
+  mapping = { email = "email", name = "name", updated = "updated_at" },
+  import = { mode = "incremental", changed = "updated_at", batch = 1000 },
+}
+"""
 
 JOB = """
 entity "contact" {{ email = "text", name = "text", updated = "timestamp" }}
@@ -101,6 +122,41 @@ def set_latency(port, ms):
         r.read()
 
 
+def compile_curl(tmp):
+    """Compiles bench_curl.c into tmp; returns its path."""
+    flags = subprocess.run(["pkg-config", "--cflags", "--libs", "libcurl"], capture_output=True, text=True).stdout.split()
+    exe = os.path.join(tmp, "bench_curl")
+    subprocess.run([os.environ.get("CC", "cc"), "-O2", "-o", exe, os.path.join(ROOT, "scripts", "bench_curl.c")]
+                   + (flags or ["-lcurl"]), check=True)
+    return exe
+
+
+def curl_alone(exe, port, pages, concurrency):
+    """The bare libcurl client's CPU seconds for the pages."""
+    run = subprocess.run([exe, str(port), "/page/contacts", str(pages), str(PAGE), str(concurrency)],
+                         capture_output=True, text=True)
+    m = re.match(r"(\d+) pages (\d+) bytes ([\d.]+)", run.stdout)
+    if run.returncode != 0 or not m or int(m.group(1)) != pages:
+        raise SystemExit("bench_http: the curl client failed: " + run.stdout + run.stderr)
+    return float(m.group(3))
+
+
+def file_import(tmp, records):
+    """entsync's CPU seconds importing the records from an NDJSON file (same mapping, fresh store)."""
+    job_dir = os.path.join(tmp, "file")
+    os.makedirs(job_dir)
+    with open(os.path.join(job_dir, "contacts.ndjson"), "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    with open(os.path.join(job_dir, "job.lua"), "w") as f:
+        f.write(FILE_JOB)
+    code, out, err, _, cpu = run_timed([ENTSYNC, "job.lua", "run", "--no-progress"], job_dir)
+    m = re.search(r"contacts: (\d+) created", out)
+    if code != 0 or not m or int(m.group(1)) != len(records):
+        raise SystemExit("bench_http: the file import failed: " + out + err)
+    return cpu
+
+
 def main():
     n = int(sys.argv[1]) if len(sys.argv) > 1 else int(os.environ.get("BENCH_HTTP_N", "200000"))
     tmp = tempfile.mkdtemp(prefix="entsync-bench-http-")
@@ -115,6 +171,8 @@ def main():
             json.dump({"resources": {"contacts": records}}, f)
         server, port = start_fixture(tmp, data, LATENCY_MS)
         pages = (n + PAGE - 1) // PAGE
+        curl_exe = compile_curl(tmp)
+        file_cpu = file_import(tmp, records)
         # every page encoded once, at no latency, before anything is timed
         set_latency(port, 0)
         remote_alone(port, pages, 8)
@@ -146,9 +204,19 @@ def main():
                 concurrency, "entsync http_json import", float(m.group(2)), rate, ideal, rate / ideal,
                 ">= %g" % target, "PASS" if rate >= target * ideal else "MISS"))
             us = cpu / n * 1e6
+            curl_cpu = curl_alone(curl_exe, port, pages, concurrency)
+            print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
+                concurrency, "curl alone CPU us a record", curl_cpu, "(cpu s)", "", curl_cpu / n * 1e6, "",
+                "baseline: HTTP's own CPU (scripts/bench_curl.c)"))
+            print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
+                concurrency, "file import CPU us a record", file_cpu, "(cpu s)", "", file_cpu / n * 1e6, "",
+                "baseline: entsync, the same records from NDJSON"))
             print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
                 concurrency, "entsync CPU us a record", cpu, "(cpu s)", "", us, "<= %g" % CPU_TARGET_US,
                 "PASS" if us <= CPU_TARGET_US else "MISS"))
+            print("%-6d %-28s %9s %11s %9s %8.2f %8s  %s" % (
+                concurrency, "entsync CPU / the baselines", "", "", "", cpu / (curl_cpu + file_cpu), "",
+                "1.00: HTTP adds nothing to file import + curl"))
         print("(entsync's seconds are its summary line's, start-up excluded; its CPU is the whole process's"
               " user + sys, start-up included, from wait4; process wall %.2fs for the last run)" % wall)
         return 0

@@ -5,6 +5,7 @@
  */
 #include "json.h"
 
+#include "document.h"
 #include "json_simd.h"
 #include "record.h"
 
@@ -574,6 +575,33 @@ static size_t reparse_big_integers(entsync_json_parser *parser, const unsigned c
     return len + extra;
 }
 
+int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len,
+                            const entsync_json_node **nodes, char *msg, size_t size)
+{
+    const char *detail = "";
+    int status = ENTSYNC_JSON_NOMEM;
+    char *buffer = entsync_json_buffer(parser, len);
+    if (buffer) {
+        memcpy(buffer, text, len);
+        status = entsync_json_parse(parser, len, nodes, &detail);
+    }
+    if (status == ENTSYNC_JSON_OK)
+        return 1;
+    scanner sc = {(const unsigned char *)text, len, 0, 0, msg, size};
+    int explained = status != ENTSYNC_JSON_NOMEM && status != ENTSYNC_JSON_TOO_BIG &&
+                    status != ENTSYNC_JSON_EMPTY && !scan_text(&sc);
+    if (!explained && status == ENTSYNC_JSON_NUMBER && sc.big) {
+        size_t grown = reparse_big_integers(parser, sc.s, len);
+        status = grown ? entsync_json_parse(parser, grown, nodes, &detail) : ENTSYNC_JSON_NOMEM;
+    }
+    if (status == ENTSYNC_JSON_OK)
+        return 1;
+    if (!explained)
+        status_message(status, detail, msg, size);
+    entsync_json_release(parser);
+    return 0;
+}
+
 /* Parses text; on success pushes its value and returns 1, else writes the
  * message and returns 0, pushing nothing. */
 static int decode_text(lua_State *L, const char *text, size_t len, char *msg, size_t size)
@@ -588,36 +616,16 @@ static int decode_text(lua_State *L, const char *text, size_t len, char *msg, si
         snprintf(msg, size, "out of memory");
         return 0;
     }
-    entsync_json_parser *parser = box->parser;
     const entsync_json_node *nodes = NULL;
-    const char *detail = "";
-    int status = ENTSYNC_JSON_NOMEM;
-    char *buffer = entsync_json_buffer(parser, len);
-    if (buffer) {
-        memcpy(buffer, text, len);
-        status = entsync_json_parse(parser, len, &nodes, &detail);
-    }
-    if (status != ENTSYNC_JSON_OK) {
-        scanner sc = {(const unsigned char *)text, len, 0, 0, msg, size};
-        int explained = status != ENTSYNC_JSON_NOMEM && status != ENTSYNC_JSON_TOO_BIG &&
-                        status != ENTSYNC_JSON_EMPTY && !scan_text(&sc);
-        if (!explained && status == ENTSYNC_JSON_NUMBER && sc.big) {
-            size_t grown = reparse_big_integers(parser, sc.s, len);
-            status = grown ? entsync_json_parse(parser, grown, &nodes, &detail) : ENTSYNC_JSON_NOMEM;
-        }
-        if (status != ENTSYNC_JSON_OK) {
-            if (!explained)
-                status_message(status, detail, msg, size);
-            entsync_json_release(parser);
-            if (own)
-                lua_pop(L, 1);
-            return 0;
-        }
+    if (!entsync_json_parse_text(box->parser, text, len, &nodes, msg, size)) {
+        if (own)
+            lua_pop(L, 1);
+        return 0;
     }
     box->busy = 1;
     push_node(L, nodes);
     box->busy = 0;
-    entsync_json_release(parser);
+    entsync_json_release(box->parser);
     if (own)
         lua_remove(L, -2);
     return 1;
@@ -1121,6 +1129,27 @@ const entsync_json_node *entsync_json_node_after(const entsync_json_node *n)
     return n;
 }
 
+const entsync_json_node *entsync_json_object_get(const entsync_json_node *obj, const char *key, size_t len)
+{
+    const entsync_json_node *n = obj + 1, *found = NULL;
+    for (size_t i = 0; i < obj->len; i++) {
+        if (n->len == len && memcmp(n->as.string, key, len) == 0)
+            found = n + 1;
+        n = entsync_json_node_after(n + 1);
+    }
+    return found;
+}
+
+const entsync_json_node *entsync_json_array_item(const entsync_json_node *arr, long long k)
+{
+    if (k < 1 || (unsigned long long)k > arr->len)
+        return NULL;
+    const entsync_json_node *item = arr + 1;
+    for (long long j = 1; j < k; j++)
+        item = entsync_json_node_after(item);
+    return item;
+}
+
 typedef struct placed_member {
     entsync_json_member m;
     size_t pos;
@@ -1425,5 +1454,6 @@ void entsync_json_register(lua_State *L)
     lua_pushnil(L); /* the marks have no state */
     set_functions(L, marks);
     lua_pop(L, 1);
+    entsync_document_register(L);
     lua_setfield(L, -2, "json");
 }

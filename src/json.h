@@ -14,7 +14,7 @@
  * -> value | nil, message, encode(value [, { pretty = true }]) -> text,
  * array([t]) and object([t]) -> t marked, is_array(v), is_object(v),
  * text_ok(s) -> true | false, offset, "utf8"|"nul" (valid UTF-8 without
- * NUL bytes: what a text column takes); the
+ * NUL bytes: what a text column takes), document() (document.h); the
  * fields null, object_mt and array_mt. The two metatables also live in
  * the registry under "entsync.json.object" and "entsync.json.array".
  */
@@ -30,8 +30,22 @@
  * node after them. */
 const entsync_json_node *entsync_json_push_node(lua_State *L, const entsync_json_node *n, int object_mt, int array_mt);
 
+/* Parses text with parser as decode does (an integer beyond 64 bits is
+ * read as a float): 1 with *nodes set (valid until the parser's next
+ * parse or release), or 0 with decode's message for the text in msg. */
+int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len,
+                            const entsync_json_node **nodes, char *msg, size_t size);
+
 /* The node after the value whose nodes start at n. */
 const entsync_json_node *entsync_json_node_after(const entsync_json_node *n);
+
+/* The value of key in the object at obj (a repeated key's last, as
+ * decoding keeps), or NULL. */
+const entsync_json_node *entsync_json_object_get(const entsync_json_node *obj, const char *key, size_t len);
+
+/* The k-th (1-based) item of the array at arr, or NULL when k is out of
+ * range. */
+const entsync_json_node *entsync_json_array_item(const entsync_json_node *arr, long long k);
 
 /* One member of a decoded object. */
 typedef struct entsync_json_member {

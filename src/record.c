@@ -9,6 +9,7 @@
  */
 #include "record.h"
 
+#include "document.h"
 #include "fsutil.h"
 #include "hash.h"
 #include "json.h"
@@ -250,18 +251,6 @@ static const member *find_member(const program *p, const char *key, size_t len)
     return NULL;
 }
 
-/* The value at key in the object at obj (the last of a repeated key). */
-static const entsync_json_node *object_get(const entsync_json_node *obj, const char *key, size_t len)
-{
-    const entsync_json_node *n = obj + 1, *found = NULL;
-    for (size_t i = 0; i < obj->len; i++) {
-        if (n->len == len && memcmp(n->as.string, key, len) == 0)
-            found = n + 1;
-        n = entsync_json_node_after(n + 1);
-    }
-    return found;
-}
-
 /* The value at a field's path, as mapping.get_path reads a decoded record:
  * a name reads an object, an index an array, anything else is nothing. */
 static const entsync_json_node *path_value(const program *p, const field *f)
@@ -274,12 +263,9 @@ static const entsync_json_node *path_value(const program *p, const field *f)
     for (int i = 1; n && i < f->nkeys; i++) {
         k = &f->keys[i];
         if (k->name) {
-            n = n->type == ENTSYNC_JSON_OBJECT ? object_get(n, k->name, k->len) : NULL;
-        } else if (n->type == ENTSYNC_JSON_ARRAY && k->index >= 1 && (size_t)k->index <= n->len) {
-            const entsync_json_node *item = n + 1;
-            for (long long j = 1; j < k->index; j++)
-                item = entsync_json_node_after(item);
-            n = item;
+            n = n->type == ENTSYNC_JSON_OBJECT ? entsync_json_object_get(n, k->name, k->len) : NULL;
+        } else if (n->type == ENTSYNC_JSON_ARRAY) {
+            n = entsync_json_array_item(n, k->index);
         } else {
             n = NULL;
         }
@@ -898,13 +884,14 @@ static int ensure_view(lua_State *L, program *p, mapping_run *r)
 }
 
 /* The record is done: a view still referenced keeps the line it came from,
- * to be decoded whole at its next use. */
+ * to be decoded whole at its next use; a view of a document's record (no
+ * line) is decoded whole now, since the document moves on to other pages. */
 static void seal_view(lua_State *L, program *p, mapping_run *r, const char *line, size_t len)
 {
     if (!r->view || r->table)
         return;
     if (lua_rawgetp(L, r->view, &VIEW_KEY) == LUA_TUSERDATA && (void *)lua_touserdata(L, -1) == (void *)p) {
-        if (p->view_removed) {
+        if (p->view_removed || !line) {
             /* a callback removed a field: the line would bring it back,
              * so the view is decoded whole now, without it */
             settle_current(L, p, r->view);
@@ -1448,19 +1435,13 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     return TAKEN;
 }
 
-/* Maps one line (map_record's results). */
-static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
-                    uint64_t raw_hash)
+/* Maps the record whose nodes are at obj: an object, read from line (or
+ * from a document's records: no line). map_record's results. */
+static int map_object(lua_State *L, program *p, mapping_run *r, const take_args *a, const entsync_json_node *obj,
+                      const char *line, size_t len, uint64_t raw_hash)
 {
     size_t arena_len = p->len;
-    const entsync_json_node *nodes;
-    const char *detail;
-    char *input = entsync_json_buffer(p->parser, len);
-    if (!input)
-        return BAIL;
-    memcpy(input, line, len);
-    if (entsync_json_parse(p->parser, len, &nodes, &detail) != ENTSYNC_JSON_OK ||
-        nodes->type != ENTSYNC_JSON_OBJECT || !index_members(p, nodes) || !cells_room(p))
+    if (obj->type != ENTSYNC_JSON_OBJECT || !index_members(p, obj) || !cells_room(p))
         return BAIL;
     entry e;
     memset(&e, 0, sizeof e);
@@ -1471,6 +1452,21 @@ static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a
         return BAIL;
     }
     return map_record(L, p, r, a, &e, arena_len, line, len);
+}
+
+/* Maps one line (map_record's results). */
+static int map_line(lua_State *L, program *p, mapping_run *r, const take_args *a, const char *line, size_t len,
+                    uint64_t raw_hash)
+{
+    const entsync_json_node *nodes;
+    const char *detail;
+    char *input = entsync_json_buffer(p->parser, len);
+    if (!input)
+        return BAIL;
+    memcpy(input, line, len);
+    if (entsync_json_parse(p->parser, len, &nodes, &detail) != ENTSYNC_JSON_OK)
+        return BAIL;
+    return map_object(L, p, r, a, nodes, line, len, raw_hash);
 }
 
 /* A value of a decoded record (at idx) as an id or mark cell: a non-empty
@@ -1685,8 +1681,9 @@ static void seed_max(lua_State *L, program *p, int idx)
 
 /* program:take_records(list, from, to, cursor_mark, cursor_id, failing,
  *   ordered, max_mark, max_id) -> taken, skipped, older, stop, passing
- * Takes the decoded records list[from..to] (a reader's page) into the
- * batch as take does lines: taken, skipped (found unchanged) and older
+ * Takes the decoded records list[from..to] (a reader's page), or records
+ * from..to of a document (document.h: mapped from its nodes, no Lua value
+ * made), into the batch as take does lines: taken, skipped (found unchanged) and older
  * count them; stop is the index of the first record it cannot take (the
  * Lua pipeline's, with the ones after it), or nil. ordered: the reader
  * promised changed order, and max_mark, max_id is the largest pair of the
@@ -1696,8 +1693,12 @@ static void seed_max(lua_State *L, program *p, int idx)
 static int program_take_records(lua_State *L)
 {
     program *p = check_program(L);
-    luaL_checktype(L, 2, LUA_TTABLE);
+    entsync_document *doc = entsync_document_test(L, 2);
+    if (!doc)
+        luaL_checktype(L, 2, LUA_TTABLE);
     lua_Integer from = luaL_checkinteger(L, 3), to = luaL_checkinteger(L, 4);
+    luaL_argcheck(L, !doc || from >= 1, 3, "records count from 1");
+    luaL_argcheck(L, !doc || to <= (lua_Integer)entsync_document_count(doc), 4, "beyond the document's records");
     lua_settop(L, 10);
     mapping_run r;
     take_args a;
@@ -1710,9 +1711,14 @@ static int program_take_records(lua_State *L)
     lua_Integer taken = 0, skipped = 0, older = 0;
     int last = TAKEN;
     for (lua_Integer i = from; i <= to; i++) {
-        lua_rawgeti(L, 2, i);
-        int result = map_table(L, p, &r, &a, -1);
-        lua_pop(L, 1);
+        int result;
+        if (doc) {
+            result = map_object(L, p, &r, &a, entsync_document_record(doc, (size_t)i), NULL, 0, 0);
+        } else {
+            lua_rawgeti(L, 2, i);
+            result = map_table(L, p, &r, &a, -1);
+            lua_pop(L, 1);
+        }
         last = result;
         if (result == TAKEN) {
             p->entries[p->n - 1].src = i;

@@ -4,8 +4,9 @@
  *
  * A program is one sync's mapping compiled for C (lua/entsync/record_path.lua
  * builds it from the compiled mapping, once a run). For each line of an
- * NDJSON input, and each record of a list a reader decoded (an http_json
- * page), it reads the remote id and the changed mark, checks the cursor,
+ * NDJSON input, and each record of a page a reader loaded (an http_json
+ * page, as a core.json.document whose nodes it maps without a Lua value
+ * made, or a Lua list a reader decoded itself), it reads the remote id and the changed mark, checks the cursor,
  * looks the id up in the id map, maps every field (its path, the user's
  * import callback, the default, required, the coercion to the declared
  * type), takes the content hash over the mapped entities with exactly
@@ -26,7 +27,7 @@
  * failure.
  *
  * Methods: take(file, known, max, max_line, cursor_mark, cursor_id,
- * failing), take_records(list, from, to, cursor_mark, cursor_id, failing,
+ * failing), take_records(document | list, from, to, cursor_mark, cursor_id, failing,
  * ordered, max_mark, max_id), held() -> record, results, errors, max() ->
  * mark, id, count(), entry(i [, handed]) -> line, raw_hash | nil, nil,
  * src, write(from, to, pass, now) -> created, updated, queue(from, to,

@@ -347,8 +347,7 @@ function Future:send()
   end
   self.id = id
   if limits then held[id] = limits end
-  count("requests")
-  M.pump() -- starts the transfer now, not at the next wait
+  count("requests") -- client:add has started the transfer
 end
 
 -- ready() -> true when wait() would not wait (the response is here).

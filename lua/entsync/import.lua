@@ -488,7 +488,7 @@ function Run:expand(plans, handed)
           if text then
             out[#out + 1] = self:prepare(json.decode(text), raw_hash, text)
           else
-            out[#out + 1] = self:prepare(part.list[src])
+            out[#out + 1] = self:prepare(part.page:list()[src])
           end
         end
       end
@@ -916,7 +916,7 @@ function M.run(session, sync, options)
             -- the program writes their creates in runs across pages
             local to = run.program:count()
             local from, last = to - value + 1, plans[#plans]
-            local part = { from = from, to = to, list = extra }
+            local part = { from = from, to = to, page = extra }
             if last and last[1] == "taken" and last.to == from - 1 then
               last.to, last.parts[#last.parts + 1] = to, part
             else

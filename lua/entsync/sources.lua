@@ -256,9 +256,11 @@ function M.new(run, reader, state, incremental, track_marks)
     return source
   end
 
-  -- Readers that hand over the records in hand as a list give them to the
+  -- Readers that hand over the records in hand as a page give them to the
   -- C record path a page at a time (run.program: entsync.record_path); a
-  -- record it cannot take, and those after it, wait in `held`.
+  -- record it cannot take, and those after it, wait in `held`. A page is
+  -- { doc = a json.document holding its records now, list = function(page)
+  -- -> its records decoded as a Lua list, at any time }.
   local program = run.program
   if program and not reader.take_records then run.program, run.mapped_in_c, program = nil, nil, nil end
   local held
@@ -289,18 +291,24 @@ function M.new(run, reader, state, incremental, track_marks)
       if held then
         record, memo = next_held()
       elseif program and run.program then
-        local list, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
-        if list then
+        local page, from, to = reader:take_records(math.max(1, math.min(room, batch_room or room, 65536)))
+        if page then
           local mark = (incremental and not checkpointed) and state.cursor_mark or nil
           local taken, same, older, stop
-          taken, same, older, stop, passing = program:take_records(list, from, to, mark, state.cursor_id, run.failing,
-            source.ordered, max_mark, max_id)
+          taken, same, older, stop, passing = program:take_records(page.doc, from, to, mark, state.cursor_id,
+            run.failing, source.ordered, max_mark, max_id)
           run.counts.skipped = run.counts.skipped + older
           if taken > 0 or same > 0 then note_pair(program:max()) end
-          if stop then held = { list = list, from = stop, to = to, memo = select(2, record_path.held(run)) } end
+          if stop then
+            -- the Lua pipeline takes the rest decoded; the record the
+            -- program stopped at comes as its callbacks left it
+            local list, record, memo = page:list(), record_path.held(run)
+            if record ~= nil then list[stop] = record end
+            held = { list = list, from = stop, to = to, memo = memo }
+          end
           if taken > 0 then
             pending_skipped = same > 0 and same or nil
-            return TAKEN, taken, list
+            return TAKEN, taken, page
           end
           if same > 0 then return UNCHANGED, same end
           goto continue
