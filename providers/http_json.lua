@@ -296,7 +296,7 @@ function Provider:list(resource, query)
   local reader = setmetatable({
     provider = self, path = self:path(resource), params = params, doc = json.document(), index = 0, count = 0,
     position = 0, done = false, ordered = self.config.ordered == true, inflight = {}, next_page = nil,
-    skip = query.offset or 0,
+    skip = query.offset or 0, tally = { n = 0 },
   }, Reader)
   local style, size = self.page.style or "none", self.page.size or 100
   reader.style, reader.size = style, size
@@ -342,7 +342,9 @@ function Reader:numbered_request(n)
     params[page.offset_param or "offset"] = n
     params[page.limit_param or "limit"] = self.size
   end
-  return self.provider:req("GET", self.path, params)
+  local req = self.provider:req("GET", self.path, params)
+  req.tally = self.tally
+  return req
 end
 
 -- Keeps `concurrency` numbered pages on the wire ahead of the one read.
@@ -353,26 +355,13 @@ end
 function Reader:fill_window()
   local window = self.provider.config.concurrency or 4
   http.pump()
-  -- the requests on the wire: those issued whose response has not come
-  -- (at most window of them, where inflight may hold four windows)
-  local wire, on_the_wire = self.wire or {}, 0
-  for i = 1, #wire do
-    local future = wire[i]
-    wire[i] = nil
-    if not future:ready() then
-      on_the_wire = on_the_wire + 1
-      wire[on_the_wire] = future
-    end
-  end
-  self.wire = wire
-  while not self.stop_issuing and on_the_wire < window and #self.inflight < 4 * window
+  -- tally.n: the requests on the wire, those issued whose response has
+  -- not come (at most window of them, where inflight may hold four windows)
+  while not self.stop_issuing and self.tally.n < window and #self.inflight < 4 * window
       and not (self.last_start and self.next_page > self.last_start) do
     local n = self.next_page
-    local future = http.start(self:numbered_request(n))
-    self.inflight[#self.inflight + 1] = future
+    self.inflight[#self.inflight + 1] = http.start(self:numbered_request(n))
     self.next_page = n + (self.style == "page" and 1 or self.size)
-    on_the_wire = on_the_wire + 1
-    wire[on_the_wire] = future
   end
 end
 
@@ -453,7 +442,8 @@ end
 -- returns the document and how many records it holds.
 function Reader:load(response)
   local doc = self.doc
-  if not doc:load(response.body) then
+  -- the payload: the body is parsed where curl left it, no Lua string made
+  if not doc:load(response.payload or response.body) then
     response:json()
     errors.raise("http", "the response is not JSON") -- response:json() raised already
   end

@@ -24,7 +24,9 @@ and, as the CPU's baselines in the same run:
                 the store's writes, with no HTTP
 
 Their sum is what an HTTP import costs that adds nothing to the two; the last row gives entsync's
-CPU over it.
+CPU over it, and the row before it entsync's CPU less the file import's (what fetching adds, to
+set beside curl alone). Every timed figure is the median of BENCH_HTTP_RUNS (3) runs: this machine's CPU
+figures vary by a fifth from one run to the next.
 
 The ideal rate is concurrency x 100 records / latency. Targets: 0.9 of ideal at concurrency 32,
 0.8 at 64 (other concurrencies 0.8), and at most 5 us of CPU a record.
@@ -48,6 +50,14 @@ LATENCY_MS = float(os.environ.get("BENCH_LATENCY_MS", "50"))
 PAGE = 100
 RATE_TARGETS = {32: 0.9, 64: 0.8}
 CPU_TARGET_US = 5.0
+RUNS = int(os.environ.get("BENCH_HTTP_RUNS", "3"))
+
+
+def median(values):
+    """The middle value (the mean of the middle two for an even count)."""
+    ordered = sorted(values)
+    half = len(ordered) // 2
+    return ordered[half] if len(ordered) % 2 else (ordered[half - 1] + ordered[half]) / 2
 
 FILE_JOB = """
 entity "contact" { email = "text", name = "text", updated = "timestamp" }
@@ -141,9 +151,9 @@ def curl_alone(exe, port, pages, concurrency):
     return float(m.group(3))
 
 
-def file_import(tmp, records):
+def file_import(tmp, records, run):
     """entsync's CPU seconds importing the records from an NDJSON file (same mapping, fresh store)."""
-    job_dir = os.path.join(tmp, "file")
+    job_dir = os.path.join(tmp, "file-%d" % run)
     os.makedirs(job_dir)
     with open(os.path.join(job_dir, "contacts.ndjson"), "w") as f:
         for r in records:
@@ -172,7 +182,7 @@ def main():
         server, port = start_fixture(tmp, data, LATENCY_MS)
         pages = (n + PAGE - 1) // PAGE
         curl_exe = compile_curl(tmp)
-        file_cpu = file_import(tmp, records)
+        file_cpu = median([file_import(tmp, records, run) for run in range(RUNS)])
         # every page encoded once, at no latency, before anything is timed
         set_latency(port, 0)
         remote_alone(port, pages, 8)
@@ -186,25 +196,30 @@ def main():
             ideal = concurrency * PAGE / (max(LATENCY_MS, 1) / 1000.0)
             target = RATE_TARGETS.get(concurrency, 0.8)
             alone = remote_alone(port, pages, concurrency)
-            job_dir = os.path.join(tmp, "c%d" % concurrency)
-            os.makedirs(job_dir)
-            with open(os.path.join(job_dir, "job.lua"), "w") as f:
-                f.write(JOB.format(port=port, page=PAGE, concurrency=concurrency))
-            code, out, err, wall, cpu = run_timed([ENTSYNC, "job.lua", "run", "--no-progress"], job_dir)
-            m = re.search(r"contacts: (\d+) created.* in ([\d.]+)s", out)
-            if code != 0 or not m or int(m.group(1)) != n:
-                print("bench_http: the run failed:", out, err)
-                return 1
-            rate = n / float(m.group(2))
+            seconds, cpus = [], []
+            for run in range(RUNS):
+                job_dir = os.path.join(tmp, "c%d-%d" % (concurrency, run))
+                os.makedirs(job_dir)
+                with open(os.path.join(job_dir, "job.lua"), "w") as f:
+                    f.write(JOB.format(port=port, page=PAGE, concurrency=concurrency))
+                code, out, err, wall, cpu = run_timed([ENTSYNC, "job.lua", "run", "--no-progress"], job_dir)
+                m = re.search(r"contacts: (\d+) created.* in ([\d.]+)s", out)
+                if code != 0 or not m or int(m.group(1)) != n:
+                    print("bench_http: the run failed:", out, err)
+                    return 1
+                seconds.append(float(m.group(2)))
+                cpus.append(cpu)
+            run_seconds, cpu = median(seconds), median(cpus)
+            rate = n / run_seconds
             print("%-6d %-28s %9.2f %11.0f %9.0f %8.2f %8s  %s (%.1fx entsync's rate)" % (
                 concurrency, "remote alone (asyncio client)", alone, n / alone, ideal, n / alone / ideal,
                 ">= %g" % target, "allows the target" if n / alone >= target * ideal else "below the target",
                 n / alone / rate))
             print("%-6d %-28s %9.2f %11.0f %9.0f %8.2f %8s  %s" % (
-                concurrency, "entsync http_json import", float(m.group(2)), rate, ideal, rate / ideal,
+                concurrency, "entsync http_json import", run_seconds, rate, ideal, rate / ideal,
                 ">= %g" % target, "PASS" if rate >= target * ideal else "MISS"))
             us = cpu / n * 1e6
-            curl_cpu = curl_alone(curl_exe, port, pages, concurrency)
+            curl_cpu = median([curl_alone(curl_exe, port, pages, concurrency) for _ in range(RUNS)])
             print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
                 concurrency, "curl alone CPU us a record", curl_cpu, "(cpu s)", "", curl_cpu / n * 1e6, "",
                 "baseline: HTTP's own CPU (scripts/bench_curl.c)"))
@@ -214,11 +229,15 @@ def main():
             print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
                 concurrency, "entsync CPU us a record", cpu, "(cpu s)", "", us, "<= %g" % CPU_TARGET_US,
                 "PASS" if us <= CPU_TARGET_US else "MISS"))
+            print("%-6d %-28s %9.2f %11s %9s %8.2f %8s  %s" % (
+                concurrency, "HTTP's share us a record", cpu - file_cpu, "(cpu s)", "", (cpu - file_cpu) / n * 1e6, "",
+                "entsync's CPU less the file import's: what fetching the pages adds"))
             print("%-6d %-28s %9s %11s %9s %8.2f %8s  %s" % (
                 concurrency, "entsync CPU / the baselines", "", "", "", cpu / (curl_cpu + file_cpu), "",
                 "1.00: HTTP adds nothing to file import + curl"))
-        print("(entsync's seconds are its summary line's, start-up excluded; its CPU is the whole process's"
-              " user + sys, start-up included, from wait4; process wall %.2fs for the last run)" % wall)
+        print("(each figure the median of %d runs; entsync's seconds are its summary line's, start-up excluded;"
+              " its CPU is the whole process's user + sys, start-up included, from wait4; process wall %.2fs for"
+              " the last run)" % (RUNS, wall))
         return 0
     finally:
         if server:

@@ -584,6 +584,50 @@ describe("entsync.http", function()
       client:close()
     end)
 
+    local function one(client, request)
+      local id = client:add(request)
+      local deadline = core.sys.monotonic() + 5
+      while core.sys.monotonic() < deadline do
+        for _, r in ipairs(client:poll(0.5)) do if r.id == id then return r end end
+      end
+      error("no response")
+    end
+
+    it("an ended transfer's handle serves the next with none of its options", function()
+      local client = core.http.client()
+      local posted = one(client, { url = url("/api/items"), method = "POST", body = '{"name":"a"}',
+        headers = { "Content-Type: application/json", "X-Once: 1" } })
+      assert.equal(201, posted.status)
+      local head = one(client, { url = url("/page/contacts"), method = "HEAD" })
+      assert.same({ 200, "" }, { head.status, head.body })
+      local got = one(client, { url = url("/page/contacts"), method = "GET" })
+      assert.equal(200, got.status)
+      assert.equal(5, fixture.decode(got.body).total) -- a body: HEAD's NOBODY went with its transfer
+      local log = server.log()
+      assert.same({ "POST", "HEAD", "GET" }, { log[1].method, log[2].method, log[3].method })
+      assert.equal('{"name":"a"}', log[1].body)
+      assert.equal("1", log[1].headers["X-Once"])
+      assert.same({ "", nil, nil }, { log[3].body, log[3].headers["X-Once"], log[3].headers["Content-Type"] })
+      client:close()
+    end)
+
+    it("a response's body and headers are made from its payload when first read, once", function()
+      local client = core.http.client()
+      local got = one(client, { url = url("/page/contacts"), method = "GET" })
+      assert.same({ nil, nil }, { rawget(got, "body"), rawget(got, "headers") })
+      local body = got.body
+      assert.equal(5, fixture.decode(body).total)
+      assert.equal(body, rawget(got, "body"))
+      assert.equal(tostring(#body), got.headers["content-length"])
+      assert.equal(got.headers, got.headers) -- kept: the same table at every read
+      -- a document reads the payload in place
+      local doc = core.json.document()
+      assert.is_true(doc:load(got.payload))
+      assert.equal(5, doc:get("total"))
+      assert.is_function(got.json)
+      client:close()
+    end)
+
     it("rejects a request without a url", function()
       local client = core.http.client()
       assert.has_error(function() client:add({}) end, "http: request needs a url")

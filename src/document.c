@@ -3,6 +3,8 @@
  */
 #include "document.h"
 
+#include "http.h"
+
 #include "json.h"
 
 #include <lauxlib.h>
@@ -125,12 +127,14 @@ static const entsync_json_node *walk(lua_State *L, const document *d, int arg)
     return n;
 }
 
-/* doc:load(text) -> true | nil, message */
+/* doc:load(text | payload) -> true | nil, message */
 static int document_load(lua_State *L)
 {
     document *d = check_document(L);
     size_t len;
-    const char *text = luaL_checklstring(L, 2, &len);
+    const char *text = entsync_http_payload_body(L, 2, &len);
+    if (!text)
+        text = luaL_checklstring(L, 2, &len);
     d->root = d->records = d->at_node = NULL;
     d->count = d->at = 0;
     if (!d->parser && !(d->parser = entsync_json_parser_new()))

@@ -17,7 +17,9 @@
  *
  * Methods:
  *   load(text) -> true | nil, message   json.decode's message for a text that
- *                                       is not JSON (the document is then empty)
+ *                                       is not JSON (the document is then empty);
+ *                                       text may be an HTTP response's payload
+ *                                       (http.h), its body read in place
  *   get(path) -> value                  the value at path, decoded (nil: none)
  *   select(path) -> kind, n | nil       makes the value at path the document's
  *                                       records; kind is "array", "object",

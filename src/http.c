@@ -3,8 +3,13 @@
  *
  * Each transfer owns its easy handle, request headers, request body copy
  * and response buffers; they are freed when its response is handed to Lua
- * or when the client is closed, exactly once. A transfer is found again
- * from its easy handle through CURLOPT_PRIVATE.
+ * or when the client is closed, exactly once. The response buffers then
+ * move into the response's payload (a userdata), from which the body and
+ * headers are made only when Lua first reads them, and which a document
+ * parses in place: a page's body is never copied into a Lua string. An
+ * ended transfer's easy handle is reset and kept for the next one (up to
+ * SPARE_HANDLES). A transfer is found again from its easy handle through
+ * CURLOPT_PRIVATE.
  *
  * The multi handle is driven through curl's socket interface
  * (curl_multi_socket_action): curl tells which sockets it waits on and
@@ -24,6 +29,9 @@
 #include <string.h>
 
 #define CLIENT_META "entsync.http.client"
+#define RESPONSE_META "entsync.http.response"
+#define PAYLOAD_META "entsync.http.payload"
+#define SPARE_HANDLES 64 /* easy handles kept for the next transfers */
 
 typedef struct buffer {
     char *data;
@@ -47,9 +55,18 @@ typedef struct watched {
     int what;
 } watched;
 
+/* What a response brought (body and header lines), moved out of its
+ * transfer: a response's body and headers are made from it when first
+ * read, and a document loads the body from it with no Lua string made. */
+typedef struct payload {
+    buffer body, headers;
+} payload;
+
 typedef struct client {
     CURLM *multi;
     transfer *active;
+    CURL *spare[SPARE_HANDLES]; /* easy handles of ended transfers, reset for reuse */
+    int nspare;
     lua_Integer next_id;
     int count;
     watched *sockets; /* as curl's socket callback last set them */
@@ -100,11 +117,15 @@ static size_t on_header(char *data, size_t size, size_t count, void *user)
     return buffer_add(&t->response_headers, data, len, 1 << 20) ? len : 0;
 }
 
-static void transfer_free(transfer *t)
+/* Frees the transfer; its easy handle is kept for the next transfer when
+ * c has room (curl_easy_init and _cleanup cost more than a reset). */
+static void transfer_free(client *c, transfer *t)
 {
     if (!t)
         return;
-    if (t->easy)
+    if (t->easy && c && c->multi && c->nspare < SPARE_HANDLES)
+        c->spare[c->nspare++] = t->easy;
+    else if (t->easy)
         curl_easy_cleanup(t->easy);
     curl_slist_free_all(t->headers);
     free(t->body);
@@ -128,11 +149,13 @@ static void client_release(client *c)
         transfer *next = t->next;
         if (c->multi)
             curl_multi_remove_handle(c->multi, t->easy);
-        transfer_free(t);
+        transfer_free(NULL, t);
         t = next;
     }
     c->active = NULL;
     c->count = 0;
+    while (c->nspare > 0)
+        curl_easy_cleanup(c->spare[--c->nspare]);
     if (c->multi) {
         curl_multi_cleanup(c->multi);
         c->multi = NULL;
@@ -315,18 +338,24 @@ static int client_add(lua_State *L)
     client *c = check_client(L);
     luaL_checktype(L, 2, LUA_TTABLE);
     transfer *t = calloc(1, sizeof *t);
-    if (!t || !(t->easy = curl_easy_init())) {
+    if (t && c->nspare > 0) {
+        t->easy = c->spare[--c->nspare];
+        curl_easy_reset(t->easy); /* the options only: connections stay the multi's */
+    } else if (t) {
+        t->easy = curl_easy_init();
+    }
+    if (!t || !t->easy) {
         free(t);
         return luaL_error(L, "http: out of memory");
     }
     const char *problem = configure(L, t, 2);
     if (problem) {
-        transfer_free(t);
+        transfer_free(c, t);
         return luaL_error(L, "http: %s", problem);
     }
     CURLMcode rc = curl_multi_add_handle(c->multi, t->easy);
     if (rc != CURLM_OK) {
-        transfer_free(t);
+        transfer_free(c, t);
         return luaL_error(L, "http: %s", curl_multi_strerror(rc));
     }
     t->id = ++c->next_id;
@@ -398,11 +427,13 @@ static const char *permanent_failure(const transfer *t, CURLcode result)
     }
 }
 
-/* Pushes the response of an ended transfer: { id, status, time, headers,
- * body [, error, permanent] }; permanent names a failure no retry mends
- * ("too_large", "tls"). */
+/* Pushes the response of an ended transfer: { id, status, time, payload
+ * [, error, permanent] } with RESPONSE_META, whose headers and body are
+ * made from the payload when first read; permanent names a failure no
+ * retry mends ("too_large", "tls"). */
 static void push_response(lua_State *L, transfer *t, CURLcode result)
 {
+    const char *permanent = result != CURLE_OK ? permanent_failure(t, result) : NULL;
     lua_createtable(L, 0, 6);
     lua_pushinteger(L, t->id);
     lua_setfield(L, -2, "id");
@@ -414,12 +445,14 @@ static void push_response(lua_State *L, transfer *t, CURLcode result)
     curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &seconds);
     lua_pushnumber(L, seconds);
     lua_setfield(L, -2, "time");
-    push_headers(L, &t->response_headers);
-    lua_setfield(L, -2, "headers");
-    lua_pushlstring(L, t->response.data ? t->response.data : "", t->response.len);
-    lua_setfield(L, -2, "body");
+    payload *pl = lua_newuserdatauv(L, sizeof *pl, 0);
+    pl->body = t->response;
+    pl->headers = t->response_headers;
+    memset(&t->response, 0, sizeof t->response);
+    memset(&t->response_headers, 0, sizeof t->response_headers);
+    luaL_setmetatable(L, PAYLOAD_META);
+    lua_setfield(L, -2, "payload");
     if (result != CURLE_OK) {
-        const char *permanent = permanent_failure(t, result);
         int too_large = permanent && strcmp(permanent, "too_large") == 0;
         lua_pushstring(L, too_large ? "response body over the size limit" : curl_easy_strerror(result));
         lua_setfield(L, -2, "error");
@@ -428,6 +461,52 @@ static void push_response(lua_State *L, transfer *t, CURLcode result)
             lua_setfield(L, -2, "permanent");
         }
     }
+    luaL_setmetatable(L, RESPONSE_META);
+}
+
+static int payload_gc(lua_State *L)
+{
+    payload *pl = luaL_checkudata(L, 1, PAYLOAD_META);
+    free(pl->body.data);
+    free(pl->headers.data);
+    memset(pl, 0, sizeof *pl);
+    return 0;
+}
+
+const char *entsync_http_payload_body(lua_State *L, int idx, size_t *len)
+{
+    payload *pl = luaL_testudata(L, idx, PAYLOAD_META);
+    if (!pl)
+        return NULL;
+    *len = pl->body.len;
+    return pl->body.data ? pl->body.data : "";
+}
+
+/* RESPONSE_META's __index: body and headers are made from the payload at
+ * their first read and kept in the response; any other key is looked up
+ * in the methods (upvalue 1: core.http.response_methods, which
+ * lua/entsync/http.lua fills). */
+static int response_index(lua_State *L)
+{
+    const char *key = lua_type(L, 2) == LUA_TSTRING ? lua_tostring(L, 2) : NULL;
+    int body = key && strcmp(key, "body") == 0, headers = key && strcmp(key, "headers") == 0;
+    if (!body && !headers) {
+        lua_pushvalue(L, 2);
+        lua_gettable(L, lua_upvalueindex(1));
+        return 1;
+    }
+    lua_pushliteral(L, "payload");
+    lua_rawget(L, 1);
+    const payload *pl = luaL_testudata(L, -1, PAYLOAD_META);
+    static const buffer none = {NULL, 0, 0, 0};
+    if (body)
+        lua_pushlstring(L, pl && pl->body.data ? pl->body.data : "", pl ? pl->body.len : 0);
+    else
+        push_headers(L, pl ? &pl->headers : &none);
+    lua_pushvalue(L, 2);
+    lua_pushvalue(L, -2);
+    lua_rawset(L, 1);
+    return 1;
 }
 
 static void unlink_transfer(client *c, transfer *t)
@@ -457,7 +536,7 @@ static lua_Integer collect(lua_State *L, client *c, lua_Integer n)
         unlink_transfer(c, t);
         push_response(L, t, result);
         lua_rawseti(L, -2, ++n);
-        transfer_free(t);
+        transfer_free(c, t);
     }
     return n;
 }
@@ -560,7 +639,7 @@ static int client_cancel(lua_State *L)
         if (t->id == id) {
             curl_multi_remove_handle(c->multi, t->easy);
             unlink_transfer(c, t);
-            transfer_free(t);
+            transfer_free(c, t);
             lua_pushboolean(L, 1);
             return 1;
         }
@@ -628,11 +707,27 @@ void entsync_http_register(lua_State *L)
         lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
+    if (luaL_newmetatable(L, PAYLOAD_META)) {
+        lua_pushcfunction(L, payload_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_pop(L, 1);
     static const luaL_Reg functions[] = {
         {"client", http_client},
         {"curl_version", http_version},
         {NULL, NULL},
     };
     luaL_newlib(L, functions);
+    /* the responses' methods, kept by RESPONSE_META (one table a state) */
+    if (luaL_newmetatable(L, RESPONSE_META)) {
+        lua_newtable(L);
+        lua_pushvalue(L, -1);
+        lua_setfield(L, -3, "methods");
+        lua_pushcclosure(L, response_index, 1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_getfield(L, -1, "methods");
+    lua_setfield(L, -3, "response_methods");
+    lua_pop(L, 1);
     lua_setfield(L, -2, "http");
 }

@@ -6,7 +6,8 @@
  * To Lua a client is a userdata (core.http.client()) with add(request) ->
  * id, which starts a transfer and returns at once, and poll(timeout) ->
  * { completed responses }, which drives every transfer until one ends or
- * the timeout passes. The program's one wait, core.loop.wait (src/loop.h),
+ * the timeout passes. A response's body and headers are made when first
+ * read (from its payload); its methods are core.http.response_methods. The program's one wait, core.loop.wait (src/loop.h),
  * drives a client the same way beside its other descriptors. Waiting
  * tasks, retries and rate limits are built on these in
  * lua/entsync/http.lua.
@@ -29,5 +30,10 @@ void entsync_http_register(lua_State *L);
  * the same (curl_multi_poll does). Shared by client:poll and
  * core.loop.wait, so a response is collected one way. */
 void entsync_http_wait(lua_State *L, int idx, struct pollfd *extra, nfds_t n, double timeout, int wait_idle);
+
+/* The body of the response payload at stack index idx (a response's
+ * payload field), and its length; NULL when idx holds no payload. The
+ * bytes stay the payload's. */
+const char *entsync_http_payload_body(lua_State *L, int idx, size_t *len);
 
 #endif

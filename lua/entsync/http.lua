@@ -28,14 +28,20 @@ local client              -- the curl multi handle, made on first use
 local arrived = {}        -- id -> response that no one was waiting for yet
 local waiting = {}        -- id -> the loop's token of the wait for it
 local held = {}           -- transfer id -> the limits whose slot it holds
+local tallied = {}        -- transfer id -> the request's tally (req.tally)
 
 -- Files a response that arrived: its slot is free at once, whoever waits
--- for it and whenever they do.
+-- for it and whenever they do, and it is off its tally.
 local function free_slot(id)
   local limits = held[id]
   if limits then
     held[id] = nil
     limits:release()
+  end
+  local tally = tallied[id]
+  if tally then
+    tallied[id] = nil
+    tally.n = tally.n - 1
   end
 end
 
@@ -185,8 +191,9 @@ local function prepare(req)
   }
 end
 
-local Response = {}
-Response.__index = Response
+-- A response's methods: src/http.c gives them to every response, whose
+-- body and headers it makes when they are first read.
+local Response = core.http.response_methods
 
 -- response:json() -> the decoded body; a body that is not JSON raises an
 -- error naming the request and the start of the body.
@@ -322,8 +329,11 @@ Future.__index = Future
 -- start(req) -> future: the request is on its way; future:wait() gives
 -- the response (after retries) or raises. req takes: method, url, query,
 -- headers, body, json, timeout, connect_timeout, verify, cafile, attempts,
--- max_retry_wait, max_response, limits, and on_response(response, attempt) -> "retry" to retry once
--- more (used to refresh an expired token).
+-- max_retry_wait, max_response, limits, tally (a table whose n counts the
+-- request while an attempt of it is on the wire: sent, no response yet, so
+-- a caller knows its requests in flight without asking each future), and
+-- on_response(response, attempt) -> "retry" to retry once more (used to
+-- refresh an expired token).
 function M.start(req)
   local prepared = prepare(req)
   if not prepared.verify then
@@ -347,12 +357,12 @@ function Future:send()
   end
   self.id = id
   if limits then held[id] = limits end
+  local tally = self.req.tally
+  if tally then
+    tally.n = tally.n + 1
+    tallied[id] = tally
+  end
   count("requests") -- client:add has started the transfer
-end
-
--- ready() -> true when wait() would not wait (the response is here).
-function Future:ready()
-  return self.done or arrived[self.id] ~= nil
 end
 
 -- pump(): moves every transfer along without waiting, filing the
@@ -413,7 +423,7 @@ function Future:wait()
     else
       self.done = true
       response.method, response.url = prepared.method, prepared.url
-      return setmetatable(response, Response)
+      return response
     end
   end
 end
