@@ -13,20 +13,26 @@
  *
  * The multi handle is driven through curl's socket interface
  * (curl_multi_socket_action): curl tells which sockets it waits on and
- * when its next timeout falls, entsync polls them beside its own
- * descriptors, and curl then runs only the transfers whose socket is ready
- * (or whose timer is due). curl_multi_perform instead visits every transfer
- * at every call, and curl 7.88 polls each one's socket there: 46 poll
- * calls a page of 100 records at concurrency 32.
+ * when its next timeout falls; the client keeps those sockets in an epoll
+ * set, whose one descriptor entsync polls beside its own, and curl then
+ * runs only the transfers whose socket is ready (or whose timer is due).
+ * curl_multi_perform instead visits every transfer at every call, and curl
+ * 7.88 polls each one's socket there: 46 poll calls a page of 100 records
+ * at concurrency 32; and a poll of every socket costs the kernel a visit
+ * of each, where the epoll set reports only the ready ones.
  */
 #include "http.h"
 
 #include "loop.h"
 
 #include <curl/curl.h>
+#include <errno.h>
 #include <lauxlib.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <unistd.h>
 
 #define CLIENT_META "entsync.http.client"
 #define RESPONSE_META "entsync.http.response"
@@ -46,14 +52,8 @@ typedef struct transfer {
     buffer response, response_headers;
     lua_Integer id;
     size_t max_body;
-    struct transfer *next;
+    struct transfer *next, **prev; /* in the client's active list; *prev points at it */
 } transfer;
-
-/* A socket curl waits on, and for what (CURL_POLL_IN, _OUT or _INOUT). */
-typedef struct watched {
-    curl_socket_t fd;
-    int what;
-} watched;
 
 /* What a response brought (body and header lines), moved out of its
  * transfer: a response's body and headers are made from it when first
@@ -69,10 +69,9 @@ typedef struct client {
     int nspare;
     lua_Integer next_id;
     int count;
-    watched *sockets; /* as curl's socket callback last set them */
-    size_t nsockets, sockets_cap;
+    int epoll; /* the sockets curl waits on, as its socket callback set them */
     double timer_at; /* when curl's timer is due (the monotonic clock), or -1: none */
-    struct pollfd *fds; /* the wait's poll set: curl's sockets, then the caller's */
+    struct pollfd *fds; /* the wait's poll set: the epoll set, then the caller's */
     size_t fds_cap;
 } client;
 
@@ -161,42 +160,36 @@ static void client_release(client *c)
         c->multi = NULL;
     }
     /* after the cleanup: it may still tell of sockets it closes */
-    free(c->sockets);
-    c->sockets = NULL;
-    c->nsockets = c->sockets_cap = 0;
+    if (c->epoll >= 0)
+        close(c->epoll);
+    c->epoll = -1;
     free(c->fds);
     c->fds = NULL;
     c->fds_cap = 0;
 }
 
 /* CURLMOPT_SOCKETFUNCTION: curl waits on s for what, or no more
- * (CURL_POLL_REMOVE). -1 (out of memory) fails the transfer. */
+ * (CURL_POLL_REMOVE). -1 (the epoll set refused it) fails the transfer.
+ * A socket closed without a remove left the set by itself (and its number
+ * may come back as a new socket): a change finds it gone and adds it. */
 static int on_socket(CURL *easy, curl_socket_t s, int what, void *user, void *socketp)
 {
     client *c = user;
     (void)easy;
     (void)socketp;
-    size_t i = 0;
-    while (i < c->nsockets && c->sockets[i].fd != s)
-        i++;
     if (what == CURL_POLL_REMOVE) {
-        if (i < c->nsockets)
-            c->sockets[i] = c->sockets[--c->nsockets];
+        epoll_ctl(c->epoll, EPOLL_CTL_DEL, s, NULL); /* gone already, if curl closed it */
         return 0;
     }
-    if (i == c->nsockets) {
-        if (c->nsockets == c->sockets_cap) {
-            size_t cap = c->sockets_cap ? 2 * c->sockets_cap : 16;
-            watched *grown = realloc(c->sockets, cap * sizeof *grown);
-            if (!grown)
-                return -1;
-            c->sockets = grown;
-            c->sockets_cap = cap;
-        }
-        c->sockets[c->nsockets++].fd = s;
-    }
-    c->sockets[i].what = what;
-    return 0;
+    struct epoll_event ev;
+    memset(&ev, 0, sizeof ev);
+    ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
+    ev.data.fd = s;
+    if (epoll_ctl(c->epoll, EPOLL_CTL_MOD, s, &ev) == 0)
+        return 0;
+    if (errno == ENOENT && epoll_ctl(c->epoll, EPOLL_CTL_ADD, s, &ev) == 0)
+        return 0;
+    return -1;
 }
 
 /* CURLMOPT_TIMERFUNCTION: curl's next timeout is ms from now (-1: none).
@@ -360,6 +353,9 @@ static int client_add(lua_State *L)
     }
     t->id = ++c->next_id;
     t->next = c->active;
+    t->prev = &c->active;
+    if (c->active)
+        c->active->prev = &t->next;
     c->active = t;
     c->count++;
     /* curl asks for its timer at once for a new transfer: running it now
@@ -511,13 +507,10 @@ static int response_index(lua_State *L)
 
 static void unlink_transfer(client *c, transfer *t)
 {
-    for (transfer **p = &c->active; *p; p = &(*p)->next) {
-        if (*p == t) {
-            *p = t->next;
-            c->count--;
-            return;
-        }
-    }
+    *t->prev = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    c->count--;
 }
 
 /* Moves the transfers that ended into the table on top of the stack, after
@@ -541,12 +534,12 @@ static lua_Integer collect(lua_State *L, client *c, lua_Integer n)
     return n;
 }
 
-/* Polls curl's sockets and the n extra descriptors (their revents are
- * set) for up to ms, then runs the transfers whose sockets are ready; 1
- * when one of the extra descriptors is. */
+/* Polls the epoll set of curl's sockets and the n extra descriptors
+ * (their revents are set) for up to ms, then runs the transfers whose
+ * sockets are ready; 1 when one of the extra descriptors is. */
 static int poll_once(lua_State *L, client *c, struct pollfd *extra, nfds_t n, int ms)
 {
-    size_t ns = c->nsockets, total = ns + n;
+    size_t total = 1 + n;
     if (total > c->fds_cap) {
         struct pollfd *grown = realloc(c->fds, total * sizeof *grown);
         if (!grown)
@@ -555,29 +548,31 @@ static int poll_once(lua_State *L, client *c, struct pollfd *extra, nfds_t n, in
         c->fds_cap = total;
     }
     struct pollfd *fds = c->fds;
-    for (size_t i = 0; i < ns; i++) {
-        fds[i].fd = c->sockets[i].fd;
-        fds[i].events = (short)(((c->sockets[i].what & CURL_POLL_IN) ? POLLIN : 0) |
-                                ((c->sockets[i].what & CURL_POLL_OUT) ? POLLOUT : 0));
-    }
-    memcpy(fds + ns, extra, n * sizeof *fds);
+    fds[0].fd = c->epoll;
+    fds[0].events = POLLIN;
+    if (n)
+        memcpy(fds + 1, extra, n * sizeof *fds); /* extra is NULL for client:poll */
     if (entsync_loop_poll(L, fds, (nfds_t)total, ms) == 0)
         return 0;
     int extra_ready = 0;
     for (nfds_t i = 0; i < n; i++) {
-        extra[i].revents = fds[ns + i].revents;
+        extra[i].revents = fds[1 + i].revents;
         extra_ready |= extra[i].revents != 0;
     }
-    /* the sockets' own list may change while curl runs: the poll set is
-     * a copy, and curl ignores a socket it no longer knows */
-    for (size_t i = 0; i < ns; i++) {
-        short r = fds[i].revents;
-        if (!r)
-            continue;
-        int bits = ((r & (POLLIN | POLLHUP)) ? CURL_CSELECT_IN : 0) | ((r & POLLOUT) ? CURL_CSELECT_OUT : 0) |
-                   ((r & (POLLERR | POLLNVAL)) ? CURL_CSELECT_ERR : 0);
+    if (!fds[0].revents)
+        return extra_ready;
+    /* the ready sockets, at once; a socket curl closes while it runs the
+     * ones before it is one it no longer knows, and ignores */
+    struct epoll_event ready[64];
+    int got = epoll_wait(c->epoll, ready, (int)(sizeof ready / sizeof ready[0]), 0);
+    if (got < 0 && errno != EINTR)
+        luaL_error(L, "http: epoll_wait: %s", strerror(errno));
+    for (int i = 0; i < got; i++) {
+        uint32_t r = ready[i].events;
+        int bits = ((r & (EPOLLIN | EPOLLHUP)) ? CURL_CSELECT_IN : 0) | ((r & EPOLLOUT) ? CURL_CSELECT_OUT : 0) |
+                   ((r & EPOLLERR) ? CURL_CSELECT_ERR : 0);
         int running;
-        CURLMcode rc = curl_multi_socket_action(c->multi, fds[i].fd, bits, &running);
+        CURLMcode rc = curl_multi_socket_action(c->multi, ready[i].data.fd, bits, &running);
         if (rc != CURLM_OK)
             luaL_error(L, "http: %s", curl_multi_strerror(rc));
     }
@@ -666,9 +661,13 @@ static int http_client(lua_State *L)
     client *c = lua_newuserdatauv(L, sizeof *c, 0);
     memset(c, 0, sizeof *c);
     luaL_setmetatable(L, CLIENT_META);
+    c->epoll = -1;
     c->multi = curl_multi_init();
     if (!c->multi)
         return luaL_error(L, "http: cannot create a curl multi handle");
+    c->epoll = epoll_create1(EPOLL_CLOEXEC);
+    if (c->epoll < 0)
+        return luaL_error(L, "http: epoll_create1: %s", strerror(errno));
     /* Idle connections kept for reuse; per-host limits are the Lua
      * layer's, per provider. */
     curl_multi_setopt(c->multi, CURLMOPT_MAXCONNECTS, 64L);
