@@ -323,6 +323,18 @@ static void run_timer(lua_State *L, client *c)
         luaL_error(L, "http: %s", curl_multi_strerror(rc));
 }
 
+/* Puts t at the head of the client's active list (unlink_transfer takes
+ * it out in constant time through t->prev). */
+static void link_transfer(client *c, transfer *t)
+{
+    t->next = c->active;
+    t->prev = &c->active;
+    if (c->active)
+        c->active->prev = &t->next;
+    c->active = t;
+    c->count++;
+}
+
 /* client:add(request) -> id: the transfer starts (its request is sent
  * when the connection allows). request: { url, method, headers =
  * { "K: v" }, body, timeout, connect_timeout, verify, cafile, max_body }. */
@@ -352,12 +364,7 @@ static int client_add(lua_State *L)
         return luaL_error(L, "http: %s", curl_multi_strerror(rc));
     }
     t->id = ++c->next_id;
-    t->next = c->active;
-    t->prev = &c->active;
-    if (c->active)
-        c->active->prev = &t->next;
-    c->active = t;
-    c->count++;
+    link_transfer(c, t);
     /* curl asks for its timer at once for a new transfer: running it now
      * sends the request, without a poll of every socket */
     run_timer(L, c);
@@ -505,6 +512,7 @@ static int response_index(lua_State *L)
     return 1;
 }
 
+/* Takes t out of the client's active list: an ended or cancelled transfer. */
 static void unlink_transfer(client *c, transfer *t)
 {
     *t->prev = t->next;
