@@ -14,19 +14,50 @@
 local cjson = require "cjson"
 local helpers = require "helpers"
 
-describe("creates written many rows a statement", function()
-  local dirs = {}
+-- Runs a job both ways, the C record path and the Lua pipeline
+-- (ENTSYNC_RECORD_PATH=lua), each in a folder of tmpdir's holding
+-- t.job: t.prepare(dir) first, when given, then one run of t.args a text
+-- of t.passes (written to t.file before it); asserts that t.dump(db) of
+-- the two stores is the same and returns the C path's.
+local function both_ways(tmpdir, t)
+  local out = {}
+  for _, path in ipairs({ "c", "lua" }) do
+    local dir = tmpdir()
+    helpers.write(dir .. "/job.lua", t.job)
+    if t.prepare then t.prepare(dir) end
+    for _, text in ipairs(t.passes) do
+      helpers.write(dir .. "/" .. t.file, text)
+      local r = helpers.run(dir, t.args, { ENTSYNC_RECORD_PATH = path })
+      assert.equal(0, r.code, r.stderr)
+      if t.check then t.check(r, path) end
+    end
+    out[path] = t.dump(dir .. "/entsync.db")
+  end
+  assert.same(out.lua, out.c)
+  return out.c
+end
 
+-- A describe block's temporary folders: each test's are removed after it.
+local function tmpdirs()
+  local dirs = {}
   after_each(function()
     for _, dir in ipairs(dirs) do helpers.rmdir(dir) end
     dirs = {}
   end)
+  return function()
+    local dir = helpers.tmpdir()
+    dirs[#dirs + 1] = dir
+    return dir
+  end
+end
+
+describe("creates written many rows a statement", function()
+  local tmpdir = tmpdirs()
 
   local N = 150 -- more than two statements' worth of rows, and a remainder
 
   local function setup()
-    local dir = helpers.tmpdir()
-    dirs[#dirs + 1] = dir
+    local dir = tmpdir()
     helpers.write(dir .. "/out/.keep", "")
     helpers.write(dir .. "/job.lua", table.concat({
       'store "entsync.db"',
@@ -108,8 +139,7 @@ describe("creates written many rows a statement", function()
   -- The job of the test above without the exporting sync, its tables made
   -- by a run over an empty file, then the user's own unique index on email.
   local function setup_failing(n)
-    local dir = helpers.tmpdir()
-    dirs[#dirs + 1] = dir
+    local dir = tmpdir()
     helpers.write(dir .. "/job.lua", table.concat({
       'store "entsync.db"',
       'entity "contact" { email = "text", name = "text" }',
@@ -203,32 +233,17 @@ end)
 -- ways (ENTSYNC_RECORD_PATH=lua and not) into two stores that must end the
 -- same.
 describe("the C record path beside the Lua pipeline", function()
-  local dirs = {}
-
-  after_each(function()
-    for _, dir in ipairs(dirs) do helpers.rmdir(dir) end
-    dirs = {}
-  end)
+  local tmpdir = tmpdirs()
 
   local function both(job, passes)
-    local out = {}
-    for _, path in ipairs({ "c", "lua" }) do
-      local dir = helpers.tmpdir()
-      dirs[#dirs + 1] = dir
-      helpers.write(dir .. "/job.lua", job)
-      for _, lines in ipairs(passes) do
-        helpers.write(dir .. "/in.ndjson", table.concat(lines, "\n") .. "\n")
-        local r = helpers.run(dir, { "job.lua", "run", "--no-progress" }, { ENTSYNC_RECORD_PATH = path })
-        assert.equal(0, r.code, r.stderr)
-      end
-      local db = dir .. "/entsync.db"
-      out[path] = {
-        rows = helpers.query(db, "SELECT * FROM thing ORDER BY id"),
-        state = helpers.query(db, "SELECT cursor_mark, cursor_id FROM entsync_state"),
-      }
-    end
-    assert.same(out.lua, out.c)
-    return out.c
+    local texts = {}
+    for i, lines in ipairs(passes) do texts[i] = table.concat(lines, "\n") .. "\n" end
+    return both_ways(tmpdir, { job = job, file = "in.ndjson", passes = texts,
+      args = { "job.lua", "run", "--no-progress" },
+      dump = function(db)
+        return { rows = helpers.query(db, "SELECT * FROM thing ORDER BY id"),
+          state = helpers.query(db, "SELECT cursor_mark, cursor_id FROM entsync_state") }
+      end })
   end
 
   local function job(mapping)
@@ -258,5 +273,119 @@ describe("the C record path beside the Lua pipeline", function()
     end
     local got = both(job('{ b = "b" }'), { first, second })
     assert.same({ { cursor_mark = 1004, cursor_id = "4" } }, got.state)
+  end)
+end)
+
+-- A run of creates leaves the ids to SQLite: the entity's rows take the
+-- ones after its table's largest, and the id-map rows the keys after the
+-- id map's largest when those are theirs. Each case runs both ways
+-- (ENTSYNC_RECORD_PATH=lua and not) into two stores that must end the
+-- same: rows, id map, change log, failures.
+describe("creates appended under the ids the tables give", function()
+  local tmpdir = tmpdirs()
+
+  local N = 150 -- two runs of 64 rows, and a remainder
+
+  local function lines(from, to)
+    local out = {}
+    for i = from, to do
+      out[#out + 1] = cjson.encode({ id = i, at = string.format("2026-01-01T00:%02d:%02dZ", i // 60, i % 60),
+        email = "c" .. i .. "@example.com", name = "Name " .. i })
+    end
+    return table.concat(out, "\n") .. "\n"
+  end
+
+  local JOB = table.concat({
+    'store "entsync.db"',
+    'entity "contact" { email = "text", name = "text" }',
+    'entity "other" { email = "text" }',
+    'local files = provider "ndjson" { path = "contacts.ndjson" }',
+    'local others = provider "ndjson" { path = "others.ndjson" }',
+    'sync "contacts" { remote = files, entity = "contact", mapping = { email = "email", name = "name" },',
+    '  import = { mode = "incremental", changed = "at", batch = 100 } }',
+    'sync "others" { remote = others, entity = "other", mapping = { email = "email" },',
+    '  import = { mode = "incremental", changed = "at", batch = 100 } }',
+  }, "\n") .. "\n"
+
+  -- prepare(dir) runs before the import; each of passes is the contacts
+  -- file of one run
+  local function both(prepare, passes)
+    return both_ways(tmpdir, { job = JOB, file = "contacts.ndjson", passes = passes,
+      args = { "job.lua", "run", "contacts", "--no-progress", "-v" },
+      prepare = function(dir)
+        helpers.write(dir .. "/others.ndjson", "")
+        if prepare then prepare(dir) end
+      end,
+      check = function(r, path)
+        if path == "c" then assert.matches("records mapped in C", r.stderr, 1, true) end
+      end,
+      dump = function(db)
+        return {
+          contact = helpers.query(db, "SELECT * FROM contact ORDER BY id"),
+          idmap = helpers.query(db, "SELECT key, sync, local_id, remote_id, changed, hash FROM entsync_idmap ORDER BY key"),
+          changes = helpers.query(db, "SELECT entity, local_id, operation FROM entsync_changes ORDER BY seq"),
+          failures = helpers.query(db, "SELECT key, error FROM entsync_failures ORDER BY key"),
+        }
+      end })
+  end
+
+  it("gives a fresh store's rows the ids in input order, and the id map their keys", function()
+    local got = both(nil, { lines(1, N), lines(N + 1, N + 70) })
+    assert.equal(N + 70, #got.contact)
+    assert.equal(N + 70, #got.idmap)
+    for i, row in ipairs(got.contact) do
+      assert.equal(i, math.tointeger(row.id))
+      assert.equal("c" .. i .. "@example.com", row.email)
+      assert.equal(i, math.tointeger(got.idmap[i].local_id))
+      assert.equal(i, math.tointeger(got.idmap[i].remote_id))
+    end
+  end)
+
+  it("keys the id-map rows itself when a later sync holds the largest key", function()
+    local got = both(function(dir)
+      -- the second sync (a larger sync id) imports first: its keys are above
+      -- every key the first sync's rows take
+      helpers.write(dir .. "/others.ndjson", lines(1, 10))
+      local r = helpers.run(dir, { "job.lua", "run", "others", "--no-progress" })
+      assert.equal(0, r.code, r.stderr)
+    end, { lines(1, N) })
+    assert.equal(N, #got.contact)
+    assert.equal(N + 10, #got.idmap)
+  end)
+
+  it("gives an AUTOINCREMENT table's rows ids past every id it gave before", function()
+    local got = both(function(dir)
+      helpers.sqlite3(dir .. "/entsync.db", table.concat({
+        "CREATE TABLE contact (id INTEGER PRIMARY KEY AUTOINCREMENT, email TEXT, name TEXT);",
+        "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300)",
+        "  INSERT INTO contact (email) SELECT 'gone' FROM n;",
+        "DELETE FROM contact;",
+      }, "\n"))
+    end, { lines(1, N) })
+    assert.equal(N, #got.contact)
+    assert.equal(301, math.tointeger(got.contact[1].id))
+    assert.equal(300 + N, math.tointeger(got.contact[N].id))
+  end)
+
+  it("writes the batch record by record when a trigger of the user's adds rows to the table mid-run", function()
+    local got = both(function(dir)
+      -- the tables made by a run over an empty file, then the user's trigger
+      helpers.write(dir .. "/contacts.ndjson", "")
+      local r = helpers.run(dir, { "job.lua", "run", "contacts", "--no-progress" })
+      assert.equal(0, r.code, r.stderr)
+      helpers.sqlite3(dir .. "/entsync.db", table.concat({
+        "CREATE TRIGGER audit AFTER INSERT ON contact WHEN NEW.email = 'c20@example.com'",
+        "BEGIN INSERT INTO contact (email, name) VALUES ('audit', 'added by the trigger'); END;",
+      }, "\n"))
+    end, { lines(1, N) })
+    assert.equal(N + 1, #got.contact)
+    assert.equal(N, #got.idmap)
+    -- each id-map row names its own record's row
+    local by_id = {}
+    for _, row in ipairs(got.contact) do by_id[math.tointeger(row.id)] = row end
+    for _, m in ipairs(got.idmap) do
+      assert.equal("c" .. math.tointeger(m.remote_id) .. "@example.com", by_id[math.tointeger(m.local_id)].email)
+    end
+    assert.equal("audit", got.contact[21].email)
   end)
 end)

@@ -176,7 +176,6 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *user, void *so
 {
     client *c = user;
     (void)easy;
-    (void)socketp;
     if (what == CURL_POLL_REMOVE) {
         epoll_ctl(c->epoll, EPOLL_CTL_DEL, s, NULL); /* gone already, if curl closed it */
         return 0;
@@ -185,11 +184,21 @@ static int on_socket(CURL *easy, curl_socket_t s, int what, void *user, void *so
     memset(&ev, 0, sizeof ev);
     ev.events = ((what & CURL_POLL_IN) ? EPOLLIN : 0) | ((what & CURL_POLL_OUT) ? EPOLLOUT : 0);
     ev.data.fd = s;
-    if (epoll_ctl(c->epoll, EPOLL_CTL_MOD, s, &ev) == 0)
-        return 0;
-    if (errno == ENOENT && epoll_ctl(c->epoll, EPOLL_CTL_ADD, s, &ev) == 0)
-        return 0;
-    return -1;
+    /* socketp is what curl_multi_assign gave the socket since curl last
+     * removed it: set, the socket is in the set already (a kept-alive
+     * connection comes back unset for each request it carries) */
+    int op = socketp ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(c->epoll, op, s, &ev) != 0) {
+        /* a socket closed and its number reused, or one never removed */
+        if (errno != (op == EPOLL_CTL_MOD ? ENOENT : EEXIST))
+            return -1;
+        op = op == EPOLL_CTL_MOD ? EPOLL_CTL_ADD : EPOLL_CTL_MOD;
+        if (epoll_ctl(c->epoll, op, s, &ev) != 0)
+            return -1;
+    }
+    if (!socketp)
+        curl_multi_assign(c->multi, s, c);
+    return 0;
 }
 
 /* CURLMOPT_TIMERFUNCTION: curl's next timeout is ms from now (-1: none).

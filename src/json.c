@@ -1117,16 +1117,7 @@ static void encode_value(lua_State *L, encoder *e, int idx, int depth)
 
 const entsync_json_node *entsync_json_node_after(const entsync_json_node *n)
 {
-    size_t left = 1;
-    while (left) {
-        if (n->type == ENTSYNC_JSON_ARRAY)
-            left += n->len;
-        else if (n->type == ENTSYNC_JSON_OBJECT)
-            left += 2 * n->len;
-        n++;
-        left--;
-    }
-    return n;
+    return n + (n->type == ENTSYNC_JSON_ARRAY || n->type == ENTSYNC_JSON_OBJECT ? n->as.nodes : 1);
 }
 
 const entsync_json_node *entsync_json_object_get(const entsync_json_node *obj, const char *key, size_t len)

@@ -107,6 +107,7 @@ int emit(entsync_json_parser *p, element e, int depth)
                 return status;
             p->nodes[at].len++;
         }
+        p->nodes[at].as.nodes = p->count - at;
         break;
     }
     case element_type::OBJECT: {
@@ -129,6 +130,7 @@ int emit(entsync_json_parser *p, element e, int depth)
                 return status;
             p->nodes[at].len++;
         }
+        p->nodes[at].as.nodes = p->count - at;
         break;
     }
     case element_type::STRING: {

@@ -12,7 +12,9 @@
  * scalar is one node; an array is a node whose len is its item count,
  * followed by the items; an object is a node whose len is its member
  * count, followed by each member as a string node (the key) and the
- * value's nodes. String nodes point into the parser (unescaped, not
+ * value's nodes. A container's as.nodes counts its nodes, itself
+ * included, so the node after it is found in one step (entsync_json_node_after
+ * in json.h). String nodes point into the parser (unescaped, not
  * NUL-terminated, possibly holding NUL bytes) and stay valid until the next
  * parse or release.
  */
@@ -46,6 +48,7 @@ typedef struct entsync_json_node {
         long long integer;
         double number;
         const char *string;
+        size_t nodes; /* an array or object: its nodes, itself included */
     } as;
 } entsync_json_node;
 

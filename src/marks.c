@@ -127,33 +127,56 @@ long long entsync_id_value(const char *s, size_t len)
     return s[0] == '-' ? -n : n;
 }
 
-int entsync_id_compare(const char *a, size_t alen, const char *b, size_t blen)
+entsync_id entsync_id_of(const char *s, size_t len)
 {
-    if (entsync_id_is_integer(a, alen) && entsync_id_is_integer(b, blen)) {
-        long long x = entsync_id_value(a, alen), y = entsync_id_value(b, blen);
-        return (x > y) - (x < y);
+    entsync_id id = {s, len, entsync_id_is_integer(s, len), 0};
+    if (id.integer)
+        id.i = entsync_id_value(s, len);
+    return id;
+}
+
+const char *entsync_id_text(const entsync_id *id, char text[24], size_t *len)
+{
+    if (id->s) {
+        *len = id->len;
+        return id->s;
     }
-    return entsync_bytes_compare(a, alen, b, blen);
+    *len = (size_t)snprintf(text, 24, "%lld", id->i);
+    return text;
+}
+
+int entsync_id_compare(const entsync_id *a, const entsync_id *b)
+{
+    if (a->integer && b->integer)
+        return (a->i > b->i) - (a->i < b->i);
+    char ta[24], tb[24];
+    size_t la, lb;
+    const char *sa = entsync_id_text(a, ta, &la), *sb = entsync_id_text(b, tb, &lb);
+    return entsync_bytes_compare(sa, la, sb, lb);
 }
 
 /* cursor.compare(mark_a, id_a, mark_b, id_b, kind); a nil mark first. */
-int entsync_cursor_compare(lua_State *L, int kind_text, const entsync_mark *ma, const char *ia, size_t ialen,
-                           const entsync_mark *mb, const char *ib, size_t iblen)
+int entsync_cursor_compare(lua_State *L, int kind_text, const entsync_mark *ma, const entsync_id *ia,
+                           const entsync_mark *mb, const entsync_id *ib)
 {
     if (ma->type == LUA_TNIL || mb->type == LUA_TNIL) {
         if (ma->type != LUA_TNIL)
             return 1;
         if (mb->type != LUA_TNIL)
             return -1;
-    } else {
+    } else if (kind_text) {
         char ta[40], tb[40];
         entsync_mark ka = entsync_mark_as_kind(L, kind_text, *ma, ta, sizeof ta),
                      kb = entsync_mark_as_kind(L, kind_text, *mb, tb, sizeof tb);
         int c = entsync_mark_compare(L, &ka, &kb);
         if (c)
             return c;
+    } else {
+        int c = entsync_mark_compare(L, ma, mb);
+        if (c)
+            return c;
     }
-    return entsync_id_compare(ia, ialen, ib, iblen);
+    return entsync_id_compare(ia, ib);
 }
 
 /* A Lua value at idx as a mark; 0 for a value no mark here is. */

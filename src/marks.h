@@ -44,14 +44,31 @@ int entsync_id_is_integer(const char *s, size_t len);
  * length only: an id's bytes need not end in a NUL. */
 long long entsync_id_value(const char *s, size_t len);
 
+/* An id's text with its value read once, for comparing it with many:
+ * integer is entsync_id_is_integer's answer and i the value then. An
+ * integer's id may come with no text (s NULL): its text is then i's
+ * decimal digits, written only where bytes are compared. */
+typedef struct entsync_id {
+    const char *s;
+    size_t len;
+    int integer;
+    long long i;
+} entsync_id;
+
+/* The id's text: s, or i's digits written into text. */
+const char *entsync_id_text(const entsync_id *id, char text[24], size_t *len);
+
+/* The id whose text is s (a view: the text is not copied). */
+entsync_id entsync_id_of(const char *s, size_t len);
+
 /* -1, 0 or 1, as cursor.lua's compare_ids. */
-int entsync_id_compare(const char *a, size_t alen, const char *b, size_t blen);
+int entsync_id_compare(const entsync_id *a, const entsync_id *b);
 
 /* -1, 0 or 1: bytewise, a prefix first. */
 int entsync_bytes_compare(const char *a, size_t alen, const char *b, size_t blen);
 
 /* -1, 0 or 1, as cursor.lua's compare(mark_a, id_a, mark_b, id_b, kind). */
-int entsync_cursor_compare(lua_State *L, int kind_text, const entsync_mark *ma, const char *ia, size_t ialen,
-                           const entsync_mark *mb, const char *ib, size_t iblen);
+int entsync_cursor_compare(lua_State *L, int kind_text, const entsync_mark *ma, const entsync_id *ia,
+                           const entsync_mark *mb, const entsync_id *ib);
 
 #endif

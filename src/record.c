@@ -138,8 +138,8 @@ typedef struct program {
     size_t ncells_used, cells_cap;
     int has_max; /* the largest (mark, id) noted since max() */
     entsync_mark max_mark;
-    const char *max_id;
-    size_t max_id_len, max_cap;
+    entsync_id max_id;
+    size_t max_cap;
     char *max_text; /* the texts of both */
     int updates;    /* a record the id map holds may be updated here */
     const void *view; /* the view of the record being mapped, or NULL */
@@ -156,6 +156,10 @@ typedef struct program {
      * anchors it): a write of one page would otherwise build their text */
     sqlite3_stmt *run_rows[16][NRUNS];
     sqlite3_stmt *run_map[NRUNS];
+    /* the same id-map rows with no key: SQLite gives each the largest key
+     * plus one, an append that skips the search for the key an explicit
+     * one takes (see write_creates) */
+    sqlite3_stmt *run_map_next[NRUNS];
     int runs_made;
     /* the batch's writes kept for hand_off, the other pair of buffers, and
      * the batch handed off last */
@@ -174,7 +178,7 @@ typedef struct program {
 enum { SLOT_WRITERS = 1, SLOT_CALLBACKS, SLOT_COERCE, SLOT_CTX, SLOT_ENCODE, SLOT_CANONICAL, SLOT_DEFAULTS,
        SLOT_STORE, SLOT_IDMAP_SQL, SLOT_KEYS, SLOT_OBJECT_MT, SLOT_LOOKUP_SQL, SLOT_SAVE_SQL, SLOT_LINKS,
        SLOT_NAMES, SLOT_IDMAP_ROWS_SQL, SLOT_PATHS, SLOT_PENDING, SLOT_MEMO, SLOT_MEMO_ERRORS,
-       SLOT_HELD, SLOT_UPDATE_SQL, SLOT_COUNT = SLOT_UPDATE_SQL };
+       SLOT_HELD, SLOT_UPDATE_SQL, SLOT_MAX_KEY_SQL, SLOT_COUNT = SLOT_MAX_KEY_SQL };
 
 static const char *const type_names[] = {"text", "integer", "real", "boolean", "json", "timestamp", NULL};
 
@@ -820,6 +824,21 @@ static const char *id_text(const program *p, const cell *c, char *text, size_t s
     return p->buf + c->off;
 }
 
+/* An id cell as marks.h compares it: an integer with no text when its
+ * digits are an integer id's (fewer than 19 bytes), else its text, an
+ * integer's written into text (32 bytes). A text id's view into the arena
+ * holds until the arena grows. */
+static entsync_id cell_id(const program *p, const cell *c, char *text, size_t size)
+{
+    if (c->type == CELL_INT && c->i > -100000000000000000LL && c->i < 1000000000000000000LL) {
+        entsync_id id = {NULL, 0, 1, c->i};
+        return id;
+    }
+    size_t len;
+    const char *s = id_text(p, c, text, size, &len);
+    return entsync_id_of(s, len);
+}
+
 /* --- mapping one record ----------------------------------------------------------- */
 
 /* What mapping one record needs on the Lua side: the program's uservalue
@@ -1167,8 +1186,7 @@ static int read_keys(program *p, cell *id, cell *changed)
 typedef struct take_args {
     int has_cursor;
     entsync_mark cursor_mark;
-    const char *cursor_id;
-    size_t cursor_id_len;
+    entsync_id cursor_id;
     int failing;          /* stack index of run.failing, or 0 when it is empty */
     int ordered;          /* the reader promised changed order */
     sqlite3_stmt *lookup; /* Ledger's by_remote, or NULL: a first import */
@@ -1280,8 +1298,9 @@ static int held_otherwise(lua_State *L, const take_args *a, program *p, const ce
 
 /* Makes (mark, id) the largest pair noted, copying their texts; 0 when
  * out of memory. */
-static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
+static int set_max(program *p, entsync_mark mark, const entsync_id *id)
 {
+    size_t idlen = id->s ? id->len : 0;
     size_t need = idlen + (mark.type == LUA_TSTRING ? mark.len : 0) + 1;
     if (need > p->max_cap) {
         char *grown = realloc(p->max_text, need);
@@ -1290,9 +1309,11 @@ static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
         p->max_text = grown;
         p->max_cap = need;
     }
-    memcpy(p->max_text, id, idlen);
-    p->max_id = p->max_text;
-    p->max_id_len = idlen;
+    p->max_id = *id;
+    if (id->s) {
+        memcpy(p->max_text, id->s, idlen);
+        p->max_id.s = p->max_text;
+    }
     p->max_mark = mark;
     if (mark.type == LUA_TSTRING) {
         memcpy(p->max_text + idlen, mark.s, mark.len);
@@ -1307,12 +1328,11 @@ static int set_max(program *p, entsync_mark mark, const char *id, size_t idlen)
 static void note_max(lua_State *L, program *p, const cell *changed, const cell *id)
 {
     char idbuf[32];
-    size_t idlen;
-    const char *idtext = id_text(p, id, idbuf, sizeof idbuf, &idlen);
+    entsync_id key = cell_id(p, id, idbuf, sizeof idbuf);
     entsync_mark mark = cell_mark(p, changed);
-    if (p->has_max && entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) <= 0)
+    if (p->has_max && entsync_cursor_compare(L, p->kind_text, &mark, &key, &p->max_mark, &p->max_id) <= 0)
         return;
-    if (!set_max(p, mark, idtext, idlen))
+    if (!set_max(p, mark, &key))
         p->failed = 1;
 }
 
@@ -1343,18 +1363,20 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
 {
     size_t cells_used = p->ncells_used;
     char idbuf[32];
-    size_t idlen = 0;
-    const char *idtext = id_text(p, &e->id, idbuf, sizeof idbuf, &idlen);
+    entsync_id key = cell_id(p, &e->id, idbuf, sizeof idbuf); /* the arena does not grow before its last use */
     int result = TAKEN;
     if (a->has_cursor && e->changed.type != CELL_NIL) {
         entsync_mark mark = cell_mark(p, &e->changed);
-        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &a->cursor_mark, a->cursor_id, a->cursor_id_len) <= 0)
+        if (entsync_cursor_compare(L, p->kind_text, &mark, &key, &a->cursor_mark, &a->cursor_id) <= 0)
             result = OLDER;
     }
     if (result == TAKEN && a->failing) {
         /* a key that failed before is the Lua pipeline's: its success
          * clears the failure */
-        lua_pushlstring(L, idtext, idlen);
+        char digits[24];
+        size_t len;
+        const char *s = entsync_id_text(&key, digits, &len);
+        lua_pushlstring(L, s, len);
         if (lua_rawget(L, a->failing) != LUA_TNIL)
             result = BAIL;
         lua_pop(L, 1);
@@ -1363,7 +1385,7 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
         /* a reader that promised changed order and breaks it: the Lua
          * pipeline says so */
         entsync_mark mark = cell_mark(p, &e->changed);
-        if (entsync_cursor_compare(L, p->kind_text, &mark, idtext, idlen, &p->max_mark, p->max_id, p->max_id_len) < 0)
+        if (entsync_cursor_compare(L, p->kind_text, &mark, &key, &p->max_mark, &p->max_id) < 0)
             result = BAIL;
     }
     stored st;
@@ -1566,7 +1588,9 @@ static void take_arguments(lua_State *L, program *p, int uv, take_args *a, int f
     if (!lua_isnil(L, first)) {
         a->has_cursor = entsync_mark_from_lua(L, first, &a->cursor_mark);
         luaL_argcheck(L, a->has_cursor, first, "a cursor mark is a number or a string");
-        a->cursor_id = luaL_optlstring(L, first + 1, "", &a->cursor_id_len);
+        size_t len;
+        const char *id = luaL_optlstring(L, first + 1, "", &len);
+        a->cursor_id = entsync_id_of(id, len);
     }
     if (lua_type(L, first + 2) == LUA_TTABLE) {
         lua_pushnil(L);
@@ -1674,8 +1698,9 @@ static void seed_max(lua_State *L, program *p, int idx)
     if (p->has_max || lua_isnil(L, idx) || !entsync_mark_from_lua(L, idx, &mark) || lua_type(L, idx + 1) != LUA_TSTRING)
         return;
     size_t idlen;
-    const char *id = lua_tolstring(L, idx + 1, &idlen);
-    if (!set_max(p, mark, id, idlen))
+    const char *text = lua_tolstring(L, idx + 1, &idlen);
+    entsync_id id = entsync_id_of(text, idlen);
+    if (!set_max(p, mark, &id))
         luaL_error(L, "record: out of memory");
 }
 
@@ -1758,7 +1783,10 @@ static int program_max(lua_State *L)
         lua_pushinteger(L, (lua_Integer)p->max_mark.i);
     else
         lua_pushnumber(L, p->max_mark.d);
-    lua_pushlstring(L, p->max_id, p->max_id_len);
+    char digits[24];
+    size_t len;
+    const char *id = entsync_id_text(&p->max_id, digits, &len);
+    lua_pushlstring(L, id, len);
     p->has_max = 0;
     return 2;
 }
@@ -1895,7 +1923,8 @@ typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
     sqlite3_stmt *insert_map, *save_map, *update_map;
-    sqlite3_stmt *max_id; /* the first entity's largest id */
+    sqlite3_stmt *max_id;  /* the first entity's largest id */
+    sqlite3_stmt *max_key; /* the id map's largest key */
     entsync_store *store;
     sqlite3 *db;
     int by_rows; /* creates go in runs of RUN_ROWS */
@@ -1933,7 +1962,7 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
             w->max_id = entsync_store_writer_max_stmt(L, -1);
         if (w->by_rows && !p->runs_made)
             for (int r = 0; r < NRUNS; r++)
-                p->run_rows[e][r] = entsync_store_writer_rows(L, -1, RUN_ROWS[r], e == 0);
+                p->run_rows[e][r] = entsync_store_writer_rows(L, -1, RUN_ROWS[r]);
         lua_pop(L, 1);
     }
     lua_pop(L, 1);
@@ -1944,6 +1973,9 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
     w->insert_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
+    lua_rawgeti(L, uv, SLOT_MAX_KEY_SQL);
+    w->max_key = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+    lua_pop(L, 1);
     w->save_map = w->update_map = NULL;
     if (lua_rawgeti(L, uv, SLOT_SAVE_SQL) == LUA_TSTRING)
         w->save_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
@@ -1952,16 +1984,20 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
         w->update_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
     if (w->by_rows && !p->runs_made) {
-        /* idmap_rows_sql(n): the text of an insert of n id-map rows */
+        /* idmap_rows_sql(n, keyed): the text of an insert of n id-map rows,
+         * with their keys or with none */
         if (lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) != LUA_TFUNCTION)
             luaL_error(L, "record: the program's idmap_rows_sql must be a function");
-        for (int r = 0; r < NRUNS; r++) {
-            lua_pushvalue(L, -1);
-            lua_pushinteger(L, RUN_ROWS[r]);
-            lua_call(L, 1, 1);
-            p->run_map[r] = entsync_store_stmt(L, store_idx, luaL_checkstring(L, -1));
-            lua_pop(L, 1);
-        }
+        for (int r = 0; r < NRUNS; r++)
+            for (int keyed = 0; keyed <= 1; keyed++) {
+                lua_pushvalue(L, -1);
+                lua_pushinteger(L, RUN_ROWS[r]);
+                lua_pushboolean(L, keyed);
+                lua_call(L, 2, 1);
+                sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, luaL_checkstring(L, -1));
+                *(keyed ? &p->run_map[r] : &p->run_map_next[r]) = stmt;
+                lua_pop(L, 1);
+            }
         lua_pop(L, 1);
         p->runs_made = 1;
     }
@@ -2102,12 +2138,12 @@ static int creates_ahead(const program *p, lua_Integer i, lua_Integer to)
 }
 
 /* Binds the id-map row of entry en, the r-th of a run, as write_map binds
- * one (its key first). */
+ * one (its key first, when keyed). */
 static int bind_map_row(sqlite3_stmt *stmt, const program *p, const entry *en, int r, sqlite3_int64 local_id,
-                        const range *g)
+                        const range *g, int keyed)
 {
-    int n = r * 10;
-    int rc = sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id);
+    int n = r * (9 + keyed) + keyed - 1; /* parameter n + 2 is the row's sync */
+    int rc = keyed ? sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id) : SQLITE_OK;
     if (rc == SQLITE_OK)
         rc = sqlite3_bind_int64(stmt, n + 2, p->sync_id);
     if (rc == SQLITE_OK)
@@ -2130,49 +2166,89 @@ static int bind_map_row(sqlite3_stmt *stmt, const program *p, const entry *en, i
     return rc;
 }
 
+/* The one integer stmt's row holds (NULL as 0) into *out; 0 with *f set
+ * when it fails. */
+static int step_integer(const write_stmts *w, sqlite3_stmt *stmt, sqlite3_int64 *out, entsync_store_failure *f)
+{
+    int rc = sqlite3_step(stmt);
+    *out = rc == SQLITE_ROW ? sqlite3_column_int64(stmt, 0) : 0;
+    if (rc != SQLITE_ROW)
+        entsync_store_fail(w->db, sqlite3_sql(stmt), f);
+    sqlite3_reset(stmt);
+    return rc == SQLITE_ROW;
+}
+
+/* Steps a run's insert that left its keys to SQLite, which gives each row
+ * the next one: its last row's must be last (else something else wrote
+ * to the table in between, a trigger, and the rows are not where the id
+ * map will say; the batch is then rolled back and written record by
+ * record). */
+static int step_appended(const write_stmts *w, sqlite3_stmt *stmt, sqlite3_int64 last, entsync_store_failure *f)
+{
+    if (!entsync_store_step_done(w->db, stmt, f))
+        return 0;
+    if (sqlite3_last_insert_rowid(w->db) != last)
+        return own_failure(f, "record: a run of creates did not get the keys that follow the table's largest (%lld)",
+                           last);
+    return 1;
+}
+
 /* Writes the creates from entry i, RUN_ROWS[run] of them, with one
- * statement a table: the first entity's rows under the ids the table
- * would give them one by one (each the largest so far plus one), the
- * others linked to them, then their id-map rows. */
+ * statement a table: the first entity's rows under the ids its table
+ * gives them one by one, the others linked to them, then their id-map
+ * rows.
+ *
+ * Why keys are left to SQLite where they can be: an insert naming its
+ * rowid first searches the table for it (the uniqueness check), a binary
+ * search down every level of the B-tree, while a row with none is
+ * appended after the last one, found at once: about 30% of an insert's
+ * instructions (callgrind, 64 rows a statement). The first entity's rows take the id after first - 1 one
+ * by one (entsync_store_writer_max_stmt). The id map's keys are the sync
+ * in the high bits and the local id in the low, so its next key is the
+ * first row's when its largest key is this sync's row of the id before
+ * first: this sync made the last rows, as a first import does. Either
+ * append is checked by the last key it gave. */
 static int write_creates(const program *p, const write_stmts *w, lua_Integer i, int run, const range *g,
                          entsync_store_failure *f)
 {
     const int rows = RUN_ROWS[run];
-    int rc = sqlite3_step(w->max_id);
-    sqlite3_int64 first = rc == SQLITE_ROW ? sqlite3_column_int64(w->max_id, 0) + 1 : 0;
-    if (rc != SQLITE_ROW)
-        entsync_store_fail(w->db, sqlite3_sql(w->max_id), f);
-    sqlite3_reset(w->max_id);
-    if (rc != SQLITE_ROW)
+    sqlite3_int64 first, max_key;
+    if (!step_integer(w, w->max_id, &first, f))
         return 0;
-    if (first + rows > ((sqlite3_int64)1 << KEY_BITS))
-        return beyond_keys(first + rows, f);
+    first++; /* at least 1 unless the table holds negative ids */
+    if (first < 0 || first + rows > ((sqlite3_int64)1 << KEY_BITS))
+        return beyond_keys(first < 0 ? first : first + rows, f);
     for (int e = 0; e < p->nentities; e++) {
         const entity *ent = &p->entities[e];
         sqlite3_stmt *stmt = p->run_rows[e][run];
-        int width = ent->nfields + 1;
-        rc = SQLITE_OK;
+        int width = ent->nfields + (e > 0); /* a split's other entities: the link to the first's id */
+        int rc = SQLITE_OK;
         sqlite3_reset(stmt); /* every parameter is bound again below: none is cleared */
         for (int r = 0; rc == SQLITE_OK && r < rows; r++) {
             const cell *cells = cells_of((program *)p, p->entries[i - 1 + r].cells);
             for (int k = 0; rc == SQLITE_OK && k < ent->nfields; k++)
                 rc = bind_cell(stmt, r * width + k + 1, p, &cells[ent->first + k]);
-            if (rc == SQLITE_OK) /* the first entity's id, or the link to it */
+            if (rc == SQLITE_OK && e > 0)
                 rc = sqlite3_bind_int64(stmt, r * width + width, first + r);
         }
         if (rc != SQLITE_OK)
             return bind_failed(w->db, stmt, f);
-        if (!entsync_store_step_done(w->db, stmt, f))
+        if (!(e > 0 ? entsync_store_step_done(w->db, stmt, f) : step_appended(w, stmt, first + rows - 1, f)))
             return 0;
     }
-    sqlite3_stmt *stmt = p->run_map[run];
+    if (!step_integer(w, w->max_key, &max_key, f))
+        return 0;
+    int keyed = max_key != ((p->sync_id << KEY_BITS) | (first - 1));
+    sqlite3_stmt *stmt = keyed ? p->run_map[run] : p->run_map_next[run];
     sqlite3_reset(stmt); /* as above */
-    rc = SQLITE_OK;
+    int rc = SQLITE_OK;
     for (int r = 0; rc == SQLITE_OK && r < rows; r++)
-        rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g);
+        rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g, keyed);
     if (rc != SQLITE_OK)
         return bind_failed(w->db, stmt, f);
-    return entsync_store_step_done(w->db, stmt, f);
+    if (keyed)
+        return entsync_store_step_done(w->db, stmt, f);
+    return step_appended(w, stmt, (p->sync_id << KEY_BITS) | (first + rows - 1), f);
 }
 
 /* Writes the entries of range g: each entity's rows as Session:write_rows
@@ -2621,7 +2697,7 @@ static void keep(lua_State *L, int spec, int uv, const char *key, int slot, int 
 }
 
 /* program(spec) -> program; spec as lua/entsync/record_path.lua builds it:
- * store, writers (one per entity, in order), idmap_sql, sync_id, seed,
+ * store, writers (one per entity, in order), idmap_sql, max_key_sql, sync_id, seed,
  * id_field, changed_field, kind, ctx, coerce, encode, canonical, and
  * entities { { name, fields { { name, keys, type, required, import,
  * default } } } } in the compiled mapping's order. */
@@ -2663,6 +2739,7 @@ static int program_new(lua_State *L)
     keep(L, 1, uv, "canonical", SLOT_CANONICAL, LUA_TFUNCTION);
     keep(L, 1, uv, "store", SLOT_STORE, LUA_TUSERDATA);
     keep(L, 1, uv, "idmap_sql", SLOT_IDMAP_SQL, LUA_TSTRING);
+    keep(L, 1, uv, "max_key_sql", SLOT_MAX_KEY_SQL, LUA_TSTRING);
     keep(L, 1, uv, "lookup_sql", SLOT_LOOKUP_SQL, LUA_TNONE);
     keep(L, 1, uv, "save_sql", SLOT_SAVE_SQL, LUA_TNONE);
     keep(L, 1, uv, "update_sql", SLOT_UPDATE_SQL, LUA_TNONE);

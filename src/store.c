@@ -1034,7 +1034,7 @@ void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out
     out->columns = writer->columns;
 }
 
-sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id)
+sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows)
 {
     idx = lua_absindex(L, idx);
     luaL_checkudata(L, idx, WRITER_META);
@@ -1054,13 +1054,10 @@ sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int wit
         lua_remove(L, -2);
         luaL_addvalue(&b);
     }
-    if (with_id)
-        luaL_addstring(&b, columns ? ",id" : "id");
     luaL_addstring(&b, ") VALUES ");
-    int width = columns + (with_id != 0);
     for (int r = 0; r < rows; r++) {
         luaL_addstring(&b, r ? ",(" : "(");
-        for (int i = 0; i < width; i++)
+        for (int i = 0; i < columns; i++)
             luaL_addstring(&b, i ? ",?" : "?");
         luaL_addchar(&b, ')');
     }
@@ -1076,9 +1073,22 @@ sqlite3_stmt *entsync_store_writer_max_stmt(lua_State *L, int idx)
     luaL_checkudata(L, idx, WRITER_META);
     lua_getiuservalue(L, idx, 1);
     int store_idx = lua_gettop(L);
-    entsync_store_check(L, store_idx);
+    entsync_store *store = entsync_store_check(L, store_idx);
     lua_getiuservalue(L, idx, 3);
-    lua_pushfstring(L, "SELECT coalesce(max(id), 0) FROM \"%s\"", lua_tostring(L, -1));
+    const char *name = lua_tostring(L, -1); /* an identifier: store_writer checked it */
+    /* an AUTOINCREMENT table's largest id ever given is in sqlite_sequence,
+     * which SQLite makes with the first such table */
+    static const char has_sequence_sql[] = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'sqlite_sequence'";
+    sqlite3_stmt *has_sequence = entsync_store_stmt(L, store_idx, has_sequence_sql);
+    int rc = sqlite3_step(has_sequence);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+        entsync_store_error(L, store, has_sequence_sql);
+    sqlite3_reset(has_sequence);
+    if (rc == SQLITE_ROW)
+        lua_pushfstring(L, "SELECT max(coalesce((SELECT max(id) FROM \"%s\"), 0), "
+                        "coalesce((SELECT seq FROM sqlite_sequence WHERE name = '%s' COLLATE NOCASE), 0))", name, name);
+    else
+        lua_pushfstring(L, "SELECT coalesce(max(id), 0) FROM \"%s\"", name);
     sqlite3_stmt *stmt = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_settop(L, store_idx - 1);
     return stmt;

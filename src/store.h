@@ -47,17 +47,22 @@ typedef struct entsync_writer_stmts {
 void entsync_store_writer_stmts(lua_State *L, int idx, entsync_writer_stmts *out);
 
 /* The statement inserting rows rows at once through the writer at idx:
- * for each row its columns, then its id when with_id, as parameters in
- * that order (prepared once, cached by the store). Leaves the stack as
- * it was. It is an INSERT OR FAIL: a row that breaks a constraint stops
- * it with the rows before it written, so the caller rolls the
- * transaction back on a failure (the import does, then writes the batch
- * record by record); in exchange SQLite keeps no statement journal, a
- * copy of each page the statement changes. */
-sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows, int with_id);
+ * for each row its columns, as parameters in that order (prepared once,
+ * cached by the store). The rows take no id of their own: SQLite gives
+ * each the next one (entsync_store_writer_max_stmt), an append that skips
+ * the search of the table a named rowid takes. Leaves the stack as it
+ * was. It is an INSERT OR FAIL: a row that breaks a constraint stops it
+ * with the rows before it written, so the caller rolls the transaction
+ * back on a failure (the import does, then writes the batch record by
+ * record); in exchange SQLite keeps no statement journal, a copy of each
+ * page the statement changes. */
+sqlite3_stmt *entsync_store_writer_rows(lua_State *L, int idx, int rows);
 
-/* The statement whose one row is the largest id in the writer's table (0
- * when empty): the next row inserted without an id takes the one after it. */
+/* The statement whose one row is the id before the one the next row
+ * inserted with no id takes: the largest id in the writer's table (0 when
+ * empty), or for an AUTOINCREMENT table the largest it ever gave. Each row
+ * after takes the one after, unless something else writes to the table
+ * in between (a trigger). */
 sqlite3_stmt *entsync_store_writer_max_stmt(lua_State *L, int idx);
 
 /* --- the writer thread --------------------------------------------------

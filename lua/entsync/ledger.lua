@@ -386,6 +386,7 @@ SQL.any_mapped = "SELECT 1 FROM entsync_idmap WHERE sync = ?1 LIMIT 1"
 SQL.mapped_count = "SELECT count(*) FROM entsync_idmap WHERE sync = ?1"
 SQL.wide_key = "SELECT key FROM entsync_idmap WHERE sync = ?1 AND local_id = ?2 AND key < 0"
 SQL.new_wide_key = "SELECT min(0, coalesce(min(key), 0)) - 1 FROM entsync_idmap"
+SQL.max_key = "SELECT max(key) FROM entsync_idmap"
 SQL.insert_map = [[INSERT INTO entsync_idmap
   (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)
   VALUES (?10, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)]]
@@ -495,17 +496,21 @@ function Ledger:insert_map(sync_id, local_id, remote_id, changed, hash, raw_hash
 end
 
 -- The SQL the C record path runs (core.record), bound as insert_map,
--- save_map and by_remote bind theirs; insert_map_rows(n) inserts n id-map
--- rows at once, each bound as key, sync, local_id, remote_id, changed,
--- hash, raw_hash, version, synced_at, seen_pass. It is an INSERT OR FAIL,
--- as the writers' many-rows statements are (src/store.h): no statement
--- journal, and a failure leaves the rows before it, so the import rolls
--- the batch back.
+-- save_map and by_remote bind theirs; insert_map_rows(n, keyed) inserts n
+-- id-map rows at once, each bound as key (when keyed), sync, local_id,
+-- remote_id, changed, hash, raw_hash, version, synced_at, seen_pass. With
+-- no key SQLite gives each row the largest key plus one: the record path
+-- does so when that is the row's own key, (sync << 40) | local_id, read
+-- from max_key first. It is an INSERT OR FAIL, as the writers' many-rows
+-- statements are (src/store.h): no statement journal, and a failure leaves
+-- the rows before it, so the import rolls the batch back.
 function Ledger:record_path_sql()
   return { insert_map = SQL.insert_map, save_map = SQL.save_map, update_map = SQL.update_map, by_remote = SQL.by_remote,
-    insert_map_rows = function(n)
-      return "INSERT OR FAIL INTO entsync_idmap (key, sync, local_id, remote_id, changed, hash, raw_hash, version, "
-        .. "synced_at, seen_pass) VALUES " .. string.rep("(?,?,?,?,?,?,?,?,?,?)", n, ",")
+    max_key = SQL.max_key,
+    insert_map_rows = function(n, keyed)
+      return "INSERT OR FAIL INTO entsync_idmap (" .. (keyed and "key, " or "")
+        .. "sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass) VALUES "
+        .. string.rep(keyed and "(?,?,?,?,?,?,?,?,?,?)" or "(?,?,?,?,?,?,?,?,?)", n, ",")
     end }
 end
 

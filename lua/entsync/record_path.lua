@@ -57,7 +57,8 @@ function M.program(run)
   run.program_fields = slots
   return core.record.program({
     store = session.store, writers = writers, links = links, sync_id = run.sync_id,
-    idmap_sql = sql.insert_map, save_sql = sql.save_map, update_sql = sql.update_map, idmap_rows_sql = sql.insert_map_rows,
+    idmap_sql = sql.insert_map, max_key_sql = sql.max_key, save_sql = sql.save_map, update_sql = sql.update_map,
+    idmap_rows_sql = sql.insert_map_rows,
     -- a first import has nothing to look up
     lookup_sql = not run.fresh and sql.by_remote or nil,
     updates = not run.exports and not run.book:has_writes(run.sync_id), track_seen = run.track_seen,
