@@ -19,9 +19,10 @@
  * import, with the statements entsync uses: a "user" row, a "profile" row
  * linked to it and the record's id-map row (a first import has no id map
  * to look up). As the C record path does, runs of ROWS records go with one
- * INSERT OR FAIL a table, the users under the ids the table would give
- * them one by one (the largest plus one); the rest of a transaction, one
- * statement a row.
+ * INSERT OR FAIL a table, the users with no id of their own (the table
+ * gives each the largest plus one) and the id-map rows with no key when
+ * the largest is the row before theirs (each then gets the next), keyed
+ * otherwise; the rest of a transaction, one statement a row.
  * Values are slices of the line of about the real values' sizes, so
  * nothing is decoded, mapped or hashed: it is what the store's own rows
  * cost, a ceiling for any importer keeping entsync's id map, however fast
@@ -40,7 +41,7 @@
 #include <string.h>
 
 enum { STMT_UPSERT_RAW, STMT_USER, STMT_PROFILE, STMT_IDMAP, STMT_USER_ROWS, STMT_PROFILE_ROWS, STMT_IDMAP_ROWS,
-       STMT_COUNT };
+       STMT_IDMAP_NEXT_ROWS, STMT_COUNT };
 enum { ROWS = 64 }; /* records a statement, as src/record.c writes creates */
 
 /* A record waiting for its run of ROWS. */
@@ -56,6 +57,7 @@ typedef struct floor_db {
     pending run[ROWS];
     int held;                  /* records in run */
     sqlite3_int64 next_user;   /* the id the user table gives its next row */
+    sqlite3_int64 last_key;    /* the id map's largest key */
 } floor_db;
 
 static void die(sqlite3 *db, const char *what)
@@ -114,6 +116,7 @@ static void write_idmap(floor_db *f, sqlite3_int64 local_id, const char *line, s
     sqlite3_bind_int64(idmap, 6, (sqlite3_int64)((uint64_t)id * 0xC2B2AE3D27D4EB4Fu));
     sqlite3_bind_double(idmap, 7, 1.7e9 + (double)id);
     step_done(f->db, idmap, "idmap insert");
+    f->last_key = ((sqlite3_int64)1 << 40) | local_id;
 }
 
 /* What entsync's first import writes for one record: the user row, the
@@ -166,24 +169,25 @@ static char *rows_sql(const char *head, int width)
 static void write_run(floor_db *f)
 {
     sqlite3_stmt *user = f->stmt[STMT_USER_ROWS], *profile = f->stmt[STMT_PROFILE_ROWS];
-    sqlite3_stmt *idmap = f->stmt[STMT_IDMAP_ROWS];
+    int keyed = f->last_key != (((sqlite3_int64)1 << 40) | (f->next_user - 1));
+    sqlite3_stmt *idmap = f->stmt[keyed ? STMT_IDMAP_ROWS : STMT_IDMAP_NEXT_ROWS];
     for (int r = 0; r < ROWS; r++) {
         const char *line = f->run[r].line;
         size_t len = f->run[r].len;
         long long id = f->run[r].id;
         sqlite3_int64 user_id = f->next_user + r;
-        int u = r * 5, m = r * 10;
+        int u = r * 4, pr = r * 5, m = r * (9 + keyed) + keyed - 1; /* m + 2: the row's sync */
         bind_slice(user, u + 1, line, len, 10, 30);
         bind_slice(user, u + 2, line, len, 50, 17);
         sqlite3_bind_int(user, u + 3, (int)(id & 1));
         bind_slice(user, u + 4, line, len, 150, 20);
-        sqlite3_bind_int64(user, u + 5, user_id);
-        bind_slice(profile, u + 1, line, len, 190, 8);
-        bind_slice(profile, u + 2, line, len, 200, 8);
-        bind_slice(profile, u + 3, line, len, 240, 14);
-        bind_slice(profile, u + 4, line, len, 220, 7);
-        sqlite3_bind_int64(profile, u + 5, user_id);
-        sqlite3_bind_int64(idmap, m + 1, ((sqlite3_int64)1 << 40) | user_id);
+        bind_slice(profile, pr + 1, line, len, 190, 8);
+        bind_slice(profile, pr + 2, line, len, 200, 8);
+        bind_slice(profile, pr + 3, line, len, 240, 14);
+        bind_slice(profile, pr + 4, line, len, 220, 7);
+        sqlite3_bind_int64(profile, pr + 5, user_id);
+        if (keyed)
+            sqlite3_bind_int64(idmap, m + 1, ((sqlite3_int64)1 << 40) | user_id);
         sqlite3_bind_int64(idmap, m + 2, 1);
         sqlite3_bind_int64(idmap, m + 3, user_id);
         sqlite3_bind_int64(idmap, m + 4, id);
@@ -198,6 +202,7 @@ static void write_run(floor_db *f)
     step_done(f->db, profile, "profile rows insert");
     step_done(f->db, idmap, "idmap rows insert");
     f->next_user += ROWS;
+    f->last_key = ((sqlite3_int64)1 << 40) | (f->next_user - 1);
     f->held = 0;
 }
 
@@ -237,11 +242,13 @@ static void prepare_store(floor_db *f)
         " (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass)"
         " VALUES ((?1 << 40) | ?2, ?1, ?2, ?3, ?4, ?5, ?6, NULL, ?7, NULL)");
     static const struct { int slot, width; const char *head; } rows[] = {
-        {STMT_USER_ROWS, 5, "INSERT OR FAIL INTO \"user\" (\"email\",\"name\",\"status\",\"updated\",id) VALUES"},
+        {STMT_USER_ROWS, 4, "INSERT OR FAIL INTO \"user\" (\"email\",\"name\",\"status\",\"updated\") VALUES"},
         {STMT_PROFILE_ROWS, 5,
          "INSERT OR FAIL INTO \"profile\" (\"city\",\"company\",\"phone\",\"tags\",\"user_id\") VALUES"},
         {STMT_IDMAP_ROWS, 10, "INSERT OR FAIL INTO entsync_idmap"
          " (key, sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass) VALUES"},
+        {STMT_IDMAP_NEXT_ROWS, 9, "INSERT OR FAIL INTO entsync_idmap"
+         " (sync, local_id, remote_id, changed, hash, raw_hash, version, synced_at, seen_pass) VALUES"},
     };
     for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
         char *sql = rows_sql(rows[i].head, rows[i].width);
@@ -252,6 +259,11 @@ static void prepare_store(floor_db *f)
     if (sqlite3_step(top) != SQLITE_ROW)
         die(f->db, "max(id)");
     f->next_user = sqlite3_column_int64(top, 0);
+    sqlite3_finalize(top);
+    top = prepare(f->db, "SELECT coalesce(max(key), 0) FROM entsync_idmap");
+    if (sqlite3_step(top) != SQLITE_ROW)
+        die(f->db, "max(key)");
+    f->last_key = sqlite3_column_int64(top, 0);
     sqlite3_finalize(top);
 }
 
