@@ -279,6 +279,38 @@ end
 
 -- listing --------------------------------------------------------------------------
 
+-- A reader's numbered pages asked for and not read yet, oldest first: a
+-- queue, so taking the oldest moves none of the others (table.remove of
+-- the first moved up to four windows of futures for every page read).
+local Inflight = {}
+Inflight.__index = Inflight
+
+local function inflight() return setmetatable({ head = 1, tail = 0 }, Inflight) end
+
+function Inflight:size() return self.tail - self.head + 1 end
+
+function Inflight:push(future)
+  self.tail = self.tail + 1
+  self[self.tail] = future
+end
+
+function Inflight:pop()
+  if self.head > self.tail then return nil end
+  local future = self[self.head]
+  self[self.head] = nil
+  self.head = self.head + 1
+  return future
+end
+
+-- for future in q:each() do ... end, oldest first
+function Inflight:each()
+  local i = self.head - 1
+  return function()
+    i = i + 1
+    if i <= self.tail then return self[i] end
+  end
+end
+
 local Reader = {}
 Reader.__index = Reader
 
@@ -295,7 +327,7 @@ function Provider:list(resource, query)
   end
   local reader = setmetatable({
     provider = self, path = self:path(resource), params = params, doc = json.document(), index = 0, count = 0,
-    position = 0, done = false, ordered = self.config.ordered == true, inflight = {}, next_page = nil,
+    position = 0, done = false, ordered = self.config.ordered == true, inflight = inflight(), next_page = nil,
     skip = query.offset or 0, tally = { n = 0 },
   }, Reader)
   local style, size = self.page.style or "none", self.page.size or 100
@@ -357,17 +389,17 @@ function Reader:fill_window()
   http.pump()
   -- tally.n: the requests on the wire, those issued whose response has
   -- not come (at most window of them, where inflight may hold four windows)
-  while not self.stop_issuing and self.tally.n < window and #self.inflight < 4 * window
+  while not self.stop_issuing and self.tally.n < window and self.inflight:size() < 4 * window
       and not (self.last_start and self.next_page > self.last_start) do
     local n = self.next_page
-    self.inflight[#self.inflight + 1] = http.start(self:numbered_request(n))
+    self.inflight:push(http.start(self:numbered_request(n)))
     self.next_page = n + (self.style == "page" and 1 or self.size)
   end
 end
 
 function Reader:fetch_numbered()
   self:fill_window()
-  local future = table.remove(self.inflight, 1)
+  local future = self.inflight:pop()
   local response = future:wait()
   -- responses that came in meanwhile free their places on the wire: the
   -- next pages go out before this one is stored
@@ -381,12 +413,12 @@ function Reader:fetch_numbered()
     self.last_start = self.style == "page" and ((self.provider.page.first or 1) + math.max(0, math.ceil(total / self.size) - 1))
       or math.max(0, (math.ceil(total / self.size) - 1) * self.size)
   end
-  if count < self.size or (self.last_start and #self.inflight == 0 and self.next_page > self.last_start) then
+  if count < self.size or (self.last_start and self.inflight:size() == 0 and self.next_page > self.last_start) then
     -- A short page is the last. The pages asked for beyond it are answered
     -- (the server did the work) and dropped.
     self.stop_issuing, self.done = true, true
-    for _, pending in ipairs(self.inflight) do pcall(pending.wait, pending) end
-    self.inflight = {}
+    for pending in self.inflight:each() do pcall(pending.wait, pending) end
+    self.inflight = inflight()
   end
   return count
 end
@@ -516,12 +548,12 @@ end
 -- a page at a time cost the import a transaction a page (a third of its
 -- CPU at concurrency 64).
 function Reader:ready()
-  return self.index < self.count or self.done or (self.skip == 0 and self.inflight ~= nil and #self.inflight > 0)
+  return self.index < self.count or self.done or (self.skip == 0 and self.inflight ~= nil and self.inflight:size() > 0)
 end
 
 function Reader:close()
-  for _, pending in ipairs(self.inflight) do pending:cancel() end
-  self.inflight = {}
+  for pending in self.inflight:each() do pending:cancel() end
+  self.inflight = inflight()
   self.done = true
 end
 
