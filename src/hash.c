@@ -38,6 +38,19 @@ uint64_t entsync_hash_bytes(const void *data, size_t len)
     return entsync_hash_continue(FNV_OFFSET, data, len);
 }
 
+void entsync_hash_pair(const void *a, size_t alen, const void *b, size_t blen, uint64_t *ha, uint64_t *hb)
+{
+    const unsigned char *p = a, *q = b;
+    size_t both = alen < blen ? alen : blen;
+    uint64_t x = FNV_OFFSET, y = FNV_OFFSET;
+    for (size_t i = 0; i < both; i++) {
+        x = (x ^ p[i]) * FNV_PRIME;
+        y = (y ^ q[i]) * FNV_PRIME;
+    }
+    *ha = entsync_hash_continue(x, p + both, alen - both);
+    *hb = entsync_hash_continue(y, q + both, blen - both);
+}
+
 uint64_t entsync_hash_line(uint64_t seed, const void *data, size_t len)
 {
     return (uint64_t)XXH3_64bits_withSeed(data, len, (XXH64_hash_t)seed);

@@ -33,6 +33,11 @@ const char *entsync_hash_tagged(char text[ENTSYNC_HASH_TAGGED], char tag, long l
  * fingerprint and then the bytes of a record. */
 uint64_t entsync_hash_continue(uint64_t seed, const void *data, size_t len);
 
+/* entsync_hash_bytes of a and of b, into *ha and *hb, the two hashed side
+ * by side: each byte's multiply waits for the one before, so two
+ * independent hashes run in about the time of one. */
+void entsync_hash_pair(const void *a, size_t alen, const void *b, size_t blen, uint64_t *ha, uint64_t *hb);
+
 /* The hash of a raw input line (XXH3 64, seeded with the sync's
  * fingerprint): what a re-import recognises a line by without decoding
  * it. Not the canonical hash, so it may change between entsync versions

@@ -98,7 +98,8 @@ typedef struct entity {
 /* A record taken, waiting for the write phase. */
 typedef struct entry {
     size_t line_off, line_len;
-    uint64_t raw_hash, hash;
+    uint64_t raw_hash, hash; /* hash: 0 until hashed (a create's is left to its write: entry_hash) */
+    int hashed;
     cell id, changed;
     size_t cells;
     lua_Integer src;    /* a decoded record's index in the caller's list (no line) */
@@ -715,13 +716,25 @@ static int lua_cell(lua_State *L, program *p, int uv, const field *f, int idx, c
 
 /* --- the canonical hash -------------------------------------------------------- */
 
+/* The canonical encoding being hashed, or gathered into buf (up to cap
+ * bytes; over when it did not fit) for entsync_hash_pair. */
 typedef struct canon {
     uint64_t h;
+    char *buf;
+    size_t len, cap;
+    int over;
 } canon;
 
 static void canon_add(canon *k, const void *s, size_t n)
 {
-    k->h = entsync_hash_continue(k->h, s, n);
+    if (!k->buf) {
+        k->h = entsync_hash_continue(k->h, s, n);
+    } else if (n > k->cap - k->len) {
+        k->over = 1;
+    } else {
+        memcpy(k->buf + k->len, s, n);
+        k->len += n;
+    }
 }
 
 /* tag, n's digits, end: hash.c's buf_add_tagged. */
@@ -769,34 +782,76 @@ static void canon_cell(canon *k, const program *p, const cell *c)
     }
 }
 
-/* core.hash.of the mapped entities { entity = { field = value } }: the
- * entities and their fields in bytewise order of their names, an entity
- * with no value an empty sequence. */
-static uint64_t record_hash(const program *p, const cell *cells)
+/* The canonical encoding of the mapped entities { entity = { field = value } }
+ * as core.hash.of encodes them: the entities and their fields in bytewise
+ * order of their names, an entity with no value an empty sequence. */
+static void record_canon(canon *k, const program *p, const cell *cells)
 {
-    canon k = {entsync_hash_bytes("", 0)};
-    canon_tagged(&k, 'o', p->nentities, ':');
+    canon_tagged(k, 'o', p->nentities, ':');
     for (int e = 0; e < p->nentities; e++) {
         const entity *en = &p->entities[p->entity_order[e]];
-        canon_add(&k, en->canon, en->canon_len);
+        canon_add(k, en->canon, en->canon_len);
         int present = 0;
         for (int i = 0; i < en->nfields; i++)
             present += cells[en->first + i].type != CELL_NIL;
         if (!present) {
-            canon_add(&k, "a0:", 3);
+            canon_add(k, "a0:", 3);
             continue;
         }
-        canon_tagged(&k, 'o', present, ':');
+        canon_tagged(k, 'o', present, ':');
         for (int i = 0; i < en->nfields; i++) {
             const field *f = &en->fields[en->order[i]];
             const cell *c = &cells[en->first + en->order[i]];
             if (c->type == CELL_NIL)
                 continue;
-            canon_add(&k, f->canon, f->canon_len);
-            canon_cell(&k, p, c);
+            canon_add(k, f->canon, f->canon_len);
+            canon_cell(k, p, c);
         }
     }
+}
+
+/* core.hash.of the mapped entities (record_canon). */
+static uint64_t record_hash(const program *p, const cell *cells)
+{
+    canon k = {entsync_hash_bytes("", 0), NULL, 0, 0, 0};
+    record_canon(&k, p, cells);
     return k.h;
+}
+
+/* An entry's record hash: map_record's, or for a create the one it left
+ * to the write. */
+static uint64_t entry_hash(const program *p, const entry *en)
+{
+    return en->hashed ? en->hash : record_hash(p, cells_of((program *)p, en->cells));
+}
+
+/* Records whose canonical encoding is longer than this are hashed alone. */
+#define PAIR_BYTES 1024
+
+/* The hashes of entries from..from + n - 1, two at a time: FNV-1a is one
+ * multiply after another, byte after byte, so the bytes of two records
+ * hashed side by side (entsync_hash_pair) take about the time of one. */
+static void run_hashes(const program *p, lua_Integer from, int n, uint64_t *out)
+{
+    char a[PAIR_BYTES], b[PAIR_BYTES];
+    for (int r = 0; r < n; r += 2) {
+        const entry *x = &p->entries[from - 1 + r];
+        if (r + 1 == n || x[0].hashed || x[1].hashed) {
+            out[r] = entry_hash(p, x);
+            if (r + 1 < n)
+                out[r + 1] = entry_hash(p, x + 1);
+            continue;
+        }
+        canon ka = {0, a, 0, sizeof a, 0}, kb = {0, b, 0, sizeof b, 0};
+        record_canon(&ka, p, cells_of((program *)p, x[0].cells));
+        record_canon(&kb, p, cells_of((program *)p, x[1].cells));
+        if (ka.over || kb.over) {
+            out[r] = entry_hash(p, x);
+            out[r + 1] = entry_hash(p, x + 1);
+        } else {
+            entsync_hash_pair(a, ka.len, b, kb.len, &out[r], &out[r + 1]);
+        }
+    }
 }
 
 /* A cell (an id or a mark read here) as a mark. */
@@ -1419,11 +1474,15 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     }
     if (p->npending)
         result = resolve_json(L, p, r, result == TAKEN ? cells_of(p, e->cells) : NULL);
-    if (result == TAKEN) {
+    e->hashed = 0;
+    if (result == TAKEN && st.found) {
+        /* a create's hash is left to its write (run_hashes): nothing here
+         * compares it */
         e->hash = record_hash(p, cells_of(p, e->cells));
+        e->hashed = 1;
         /* the Lua pipeline marks it seen, and keeps a line's new hash */
         int raw_known = !line || (st.has_raw_hash && st.raw_hash == e->raw_hash);
-        if (st.found && st.has_hash && st.hash == e->hash && !st.gone)
+        if (st.has_hash && st.hash == e->hash && !st.gone)
             result = p->track_seen || !raw_known ? BAIL : SAME;
     }
     seal_view(L, p, r, line, len);
@@ -2086,7 +2145,7 @@ static int bind_map(sqlite3_stmt *stmt, const program *p, const entry *en, sqlit
     if (rc == SQLITE_OK)
         rc = bind_cell(stmt, 4, p, &en->changed);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(stmt, 5, (sqlite3_int64)en->hash);
+        rc = sqlite3_bind_int64(stmt, 5, (sqlite3_int64)entry_hash(p, en));
     if (rc == SQLITE_OK) /* a decoded record has no line, nor its hash */
         rc = en->line_len ? sqlite3_bind_int64(stmt, 6, (sqlite3_int64)en->raw_hash) : sqlite3_bind_null(stmt, 6);
     if (rc == SQLITE_OK)
@@ -2138,9 +2197,9 @@ static int creates_ahead(const program *p, lua_Integer i, lua_Integer to)
 }
 
 /* Binds the id-map row of entry en, the r-th of a run, as write_map binds
- * one (its key first, when keyed). */
+ * one (its key first, when keyed; its record hash given). */
 static int bind_map_row(sqlite3_stmt *stmt, const program *p, const entry *en, int r, sqlite3_int64 local_id,
-                        const range *g, int keyed)
+                        const range *g, int keyed, uint64_t hash)
 {
     int n = r * (9 + keyed) + keyed - 1; /* parameter n + 2 is the row's sync */
     int rc = keyed ? sqlite3_bind_int64(stmt, n + 1, (p->sync_id << KEY_BITS) | local_id) : SQLITE_OK;
@@ -2153,7 +2212,7 @@ static int bind_map_row(sqlite3_stmt *stmt, const program *p, const entry *en, i
     if (rc == SQLITE_OK)
         rc = bind_cell(stmt, n + 5, p, &en->changed);
     if (rc == SQLITE_OK)
-        rc = sqlite3_bind_int64(stmt, n + 6, (sqlite3_int64)en->hash);
+        rc = sqlite3_bind_int64(stmt, n + 6, (sqlite3_int64)hash);
     if (rc == SQLITE_OK)
         rc = en->line_len ? sqlite3_bind_int64(stmt, n + 7, (sqlite3_int64)en->raw_hash)
                           : sqlite3_bind_null(stmt, n + 7);
@@ -2240,10 +2299,12 @@ static int write_creates(const program *p, const write_stmts *w, lua_Integer i, 
         return 0;
     int keyed = max_key != ((p->sync_id << KEY_BITS) | (first - 1));
     sqlite3_stmt *stmt = keyed ? p->run_map[run] : p->run_map_next[run];
+    uint64_t hashes[ROWS];
+    run_hashes(p, i, rows, hashes);
     sqlite3_reset(stmt); /* as above */
     int rc = SQLITE_OK;
     for (int r = 0; rc == SQLITE_OK && r < rows; r++)
-        rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g, keyed);
+        rc = bind_map_row(stmt, p, &p->entries[i - 1 + r], r, first + r, g, keyed, hashes[r]);
     if (rc != SQLITE_OK)
         return bind_failed(w->db, stmt, f);
     if (keyed)
