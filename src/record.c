@@ -98,8 +98,8 @@ typedef struct entity {
 /* A record taken, waiting for the write phase. */
 typedef struct entry {
     size_t line_off, line_len;
-    uint64_t raw_hash, hash; /* hash: 0 until hashed (a create's is left to its write: entry_hash) */
-    int hashed;
+    uint64_t raw_hash, hash;
+    int hashed; /* hash is map_record's; else (a create) it is taken at the write: entry_hash */
     cell id, changed;
     size_t cells;
     lua_Integer src;    /* a decoded record's index in the caller's list (no line) */
