@@ -164,15 +164,14 @@ int entsync_cursor_compare(lua_State *L, int kind_text, const entsync_mark *ma, 
             return 1;
         if (mb->type != LUA_TNIL)
             return -1;
-    } else if (kind_text) {
-        char ta[40], tb[40];
-        entsync_mark ka = entsync_mark_as_kind(L, kind_text, *ma, ta, sizeof ta),
-                     kb = entsync_mark_as_kind(L, kind_text, *mb, tb, sizeof tb);
-        int c = entsync_mark_compare(L, &ka, &kb);
-        if (c)
-            return c;
     } else {
-        int c = entsync_mark_compare(L, ma, mb);
+        char ta[40], tb[40];
+        entsync_mark ka = *ma, kb = *mb;
+        if (kind_text) { /* else each mark compares as it is */
+            ka = entsync_mark_as_kind(L, kind_text, ka, ta, sizeof ta);
+            kb = entsync_mark_as_kind(L, kind_text, kb, tb, sizeof tb);
+        }
+        int c = entsync_mark_compare(L, &ka, &kb);
         if (c)
             return c;
     }

@@ -161,6 +161,8 @@ typedef struct program {
      * plus one, an append that skips the search for the key an explicit
      * one takes (see write_creates) */
     sqlite3_stmt *run_map_next[NRUNS];
+    sqlite3_stmt *run_max_id;  /* the first entity's last id given (entsync_store_writer_max_stmt) */
+    sqlite3_stmt *run_max_key; /* the id map's largest key */
     int runs_made;
     /* the batch's writes kept for hand_off, the other pair of buffers, and
      * the batch handed off last */
@@ -828,19 +830,18 @@ static uint64_t entry_hash(const program *p, const entry *en)
 /* Records whose canonical encoding is longer than this are hashed alone. */
 #define PAIR_BYTES 1024
 
-/* The hashes of entries from..from + n - 1, two at a time: FNV-1a is one
- * multiply after another, byte after byte, so the bytes of two records
- * hashed side by side (entsync_hash_pair) take about the time of one. */
+/* The hashes of entries from..from + n - 1, a run of creates (whose
+ * hashes map_record left to here), two at a time: FNV-1a is one multiply
+ * after another, byte after byte, so the bytes of two records hashed side
+ * by side (entsync_hash_pair) take about the time of one. */
 static void run_hashes(const program *p, lua_Integer from, int n, uint64_t *out)
 {
     char a[PAIR_BYTES], b[PAIR_BYTES];
     for (int r = 0; r < n; r += 2) {
         const entry *x = &p->entries[from - 1 + r];
-        if (r + 1 == n || x[0].hashed || x[1].hashed) {
+        if (r + 1 == n) {
             out[r] = entry_hash(p, x);
-            if (r + 1 < n)
-                out[r + 1] = entry_hash(p, x + 1);
-            continue;
+            break;
         }
         canon ka = {0, a, 0, sizeof a, 0}, kb = {0, b, 0, sizeof b, 0};
         record_canon(&ka, p, cells_of((program *)p, x[0].cells));
@@ -1982,8 +1983,6 @@ typedef struct write_stmts {
     entsync_writer_stmts writers[16];
     sqlite3_stmt *links[16]; /* a split's entity by its link column, for updates */
     sqlite3_stmt *insert_map, *save_map, *update_map;
-    sqlite3_stmt *max_id;  /* the first entity's largest id */
-    sqlite3_stmt *max_key; /* the id map's largest key */
     entsync_store *store;
     sqlite3 *db;
     int by_rows; /* creates go in runs of RUN_ROWS */
@@ -2017,8 +2016,8 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
         lua_pop(L, 1); /* the writer's store */
         if (w->writers[e].columns != p->entities[e].nfields + (e > 0))
             luaL_error(L, "record: entity %s's writer has %d columns", p->entities[e].name, w->writers[e].columns);
-        if (e == 0)
-            w->max_id = entsync_store_writer_max_stmt(L, -1);
+        if (e == 0 && w->by_rows && !p->runs_made)
+            p->run_max_id = entsync_store_writer_max_stmt(L, -1);
         if (w->by_rows && !p->runs_made)
             for (int r = 0; r < NRUNS; r++)
                 p->run_rows[e][r] = entsync_store_writer_rows(L, -1, RUN_ROWS[r]);
@@ -2032,9 +2031,6 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     lua_rawgeti(L, uv, SLOT_IDMAP_SQL);
     w->insert_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
     lua_pop(L, 1);
-    lua_rawgeti(L, uv, SLOT_MAX_KEY_SQL);
-    w->max_key = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
-    lua_pop(L, 1);
     w->save_map = w->update_map = NULL;
     if (lua_rawgeti(L, uv, SLOT_SAVE_SQL) == LUA_TSTRING)
         w->save_map = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
@@ -2045,6 +2041,9 @@ static void fetch_stmts(lua_State *L, program *p, int uv, write_stmts *w)
     if (w->by_rows && !p->runs_made) {
         /* idmap_rows_sql(n, keyed): the text of an insert of n id-map rows,
          * with their keys or with none */
+        lua_rawgeti(L, uv, SLOT_MAX_KEY_SQL);
+        p->run_max_key = entsync_store_stmt(L, store_idx, lua_tostring(L, -1));
+        lua_pop(L, 1);
         if (lua_rawgeti(L, uv, SLOT_IDMAP_ROWS_SQL) != LUA_TFUNCTION)
             luaL_error(L, "record: the program's idmap_rows_sql must be a function");
         for (int r = 0; r < NRUNS; r++)
@@ -2272,7 +2271,7 @@ static int write_creates(const program *p, const write_stmts *w, lua_Integer i, 
 {
     const int rows = RUN_ROWS[run];
     sqlite3_int64 first, max_key;
-    if (!step_integer(w, w->max_id, &first, f))
+    if (!step_integer(w, p->run_max_id, &first, f))
         return 0;
     first++; /* at least 1 unless the table holds negative ids */
     if (first < 0 || first + rows > ((sqlite3_int64)1 << KEY_BITS))
@@ -2295,7 +2294,7 @@ static int write_creates(const program *p, const write_stmts *w, lua_Integer i, 
         if (!(e > 0 ? entsync_store_step_done(w->db, stmt, f) : step_appended(w, stmt, first + rows - 1, f)))
             return 0;
     }
-    if (!step_integer(w, w->max_key, &max_key, f))
+    if (!step_integer(w, p->run_max_key, &max_key, f))
         return 0;
     int keyed = max_key != ((p->sync_id << KEY_BITS) | (first - 1));
     sqlite3_stmt *stmt = keyed ? p->run_map[run] : p->run_map_next[run];
