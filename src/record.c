@@ -476,7 +476,9 @@ static int looks_dated(const char *s, size_t len)
 }
 
 /* A JSON entsync_mark node as its column takes it (mapping.lua's coerce for the
- * cases done here); BAIL for the rest. Containers are not scalars. */
+ * cases done here); BAIL for the rest. Containers are not scalars. A text
+ * node's UTF-8 was checked by its parse: a NUL is all a text column is
+ * left to refuse. */
 static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
 {
     long long i;
@@ -519,7 +521,7 @@ static int node_cell(program *p, const field *f, const entsync_json_node *n, cel
         return BAIL;
     case F_TIMESTAMP:
         if (n->type == ENTSYNC_JSON_STRING && looks_dated(n->as.string, n->len) &&
-            !entsync_json_text_bad(n->as.string, n->len))
+            !memchr(n->as.string, 0, n->len))
             return text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
         return BAIL;
     default:
@@ -1201,7 +1203,8 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
         result = BAIL;
     }
 done:
-    lua_settop(L, top);
+    if (lua_gettop(L) != top) /* a field read from its node pushed nothing */
+        lua_settop(L, top);
     return result;
 }
 
