@@ -363,20 +363,48 @@ function Reader:checkpoint()
   return { url = self.page_url, skip = self.index }
 end
 
--- The request for page number n (page style) or offset n (offset style).
+-- Stands for the page number in a reader's prepared URL.
+local NUMBER = "entsync-page-number"
+
+-- The request for page number n (page style) or offset n (offset style),
+-- and its prepared form (http.prepare). A listing's numbered requests
+-- differ in their number only, so the reader prepares one (its headers,
+-- auth and encoded query) and gives each page a copy with its number in
+-- the URL. An OAuth2 token may be refreshed between two pages: those
+-- requests are built afresh each time.
 function Reader:numbered_request(n)
-  local page, params = self.provider.page, {}
-  for k, v in pairs(self.params) do params[k] = v end
-  if self.style == "page" then
-    params[page.page_param or "page"] = n
-    params[page.size_param or "per_page"] = self.size
-  else
-    params[page.offset_param or "offset"] = n
-    params[page.limit_param or "limit"] = self.size
+  local template = self.template
+  if not template then
+    local page, params = self.provider.page, {}
+    for k, v in pairs(self.params) do params[k] = v end
+    local key
+    if self.style == "page" then
+      key = page.page_param or "page"
+      params[page.size_param or "per_page"] = self.size
+    else
+      key = page.offset_param or "offset"
+      params[page.limit_param or "limit"] = self.size
+    end
+    local auth = self.provider.config.auth
+    if auth and auth.oauth2 then
+      params[key] = n
+      local req = self.provider:req("GET", self.path, params)
+      req.tally = self.tally
+      return req
+    end
+    params[key] = NUMBER
+    local req = self.provider:req("GET", self.path, params)
+    req.tally = self.tally
+    local prepared = http.prepare(req)
+    local url = prepared.url
+    local _, to = url:find("[?&]" .. (http.encode(key) .. "=" .. NUMBER):gsub("%p", "%%%0"))
+    template = { req = req, prepared = prepared, before = url:sub(1, to - #NUMBER), after = url:sub(to + 1) }
+    self.template = template
   end
-  local req = self.provider:req("GET", self.path, params)
-  req.tally = self.tally
-  return req
+  local prepared = {}
+  for k, v in pairs(template.prepared) do prepared[k] = v end
+  prepared.url = template.before .. n .. template.after
+  return template.req, prepared
 end
 
 -- Keeps `concurrency` numbered pages on the wire ahead of the one read.

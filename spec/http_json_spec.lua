@@ -105,6 +105,40 @@ describe("http_json", function()
       assert_all_once("contacts", "contact", S.records(200))
     end)
 
+    -- A listing prepares its first numbered request and sends each page a
+    -- copy with its own number: every query is the whole one, keys sorted
+    -- and encoded, auth and since filter included, whatever the number.
+    for _, case in ipairs({ { style = "page", key = "page", size = "per_page", first = 1, step = 1 },
+      { style = "offset", key = "offset", size = "limit", first = 0, step = 100, records = "results.items" } }) do
+      it("every numbered " .. case.style .. " request sends the whole query with its own number", function()
+        server.auth({ api_key = { query = "api key", value = "K&1=é" } })
+        job({ page = { style = case.style, size = 100 }, records = case.records, since = { param = "updated_from" },
+          auth = { api_key = { query = "api key", value = "K&1=é" } } },
+          { resource = case.style .. "/contacts", import = { mode = "incremental", changed = "updated_at" } })
+        for run = 1, 2 do
+          server.reset_log()
+          local r = S.run(dir)
+          assert.equal(0, r.code, r.stderr)
+          local gets = S.entries(server.log(), { method = "GET", path = "/" .. case.style .. "/contacts" })
+          assert.is_true(#gets >= (run == 1 and 3 or 1), #gets .. " requests")
+          local seen = {}
+          for _, e in ipairs(gets) do
+            assert.equal(200, e.status)
+            local n = assert(tonumber(S.query(e.query)[case.key]), e.query)
+            assert.is_nil(seen[n], "asked twice: " .. e.query)
+            seen[n] = true
+            local since = run == 2 and ("&updated_from=" .. http.encode(LAST_MARK)) or ""
+            assert.equal("api%20key=K%261%3D%C3%A9&" .. (case.style == "page"
+              and ("page=" .. n .. "&per_page=100") or ("limit=100&offset=" .. n)) .. since, e.query)
+          end
+          for n = case.first, case.first + (run == 1 and 2 or 0) * case.step, case.step do
+            assert.is_true(seen[n], case.key .. " " .. n .. " was not asked for")
+          end
+        end
+        assert_all_once()
+      end)
+    end
+
     it("custom parameter names for page and offset", function()
       job({ page = { style = "offset", size = 100, offset_param = "offset", limit_param = "limit" },
         records = "results.items" }, { resource = "offset/contacts" })

@@ -159,7 +159,9 @@ local function with_query(url, query)
   return url .. (url:find("?", 1, true) and "&" or "?") .. encoded
 end
 
--- Normalizes a request table into what the C client takes.
+-- prepare(req) -> the request table normalized into what the C client
+-- takes (M.start does it; a caller sending many requests alike prepares
+-- one and gives each a copy: see M.start).
 local function prepare(req)
   if type(req) ~= "table" or type(req.url) ~= "string" then
     errors.raise("usage", "http.request needs a table with a url")
@@ -190,6 +192,7 @@ local function prepare(req)
     verify = verify, cafile = req.cafile, max_body = req.max_response or M.defaults.max_response,
   }
 end
+M.prepare = prepare
 
 -- A response's methods: src/http.c gives them to every response, whose
 -- body and headers it makes when they are first read.
@@ -333,9 +336,11 @@ Future.__index = Future
 -- request while an attempt of it is on the wire: sent, no response yet, so
 -- a caller knows its requests in flight without asking each future), and
 -- on_response(response, attempt) -> "retry" to retry once more (used to
--- refresh an expired token).
-function M.start(req)
-  local prepared = prepare(req)
+-- refresh an expired token). prepared, when given, is what M.prepare made
+-- of req, less what the caller changed since (the URL of a listing's
+-- numbered page): req then only gives the retries, limits and tally.
+function M.start(req, prepared)
+  prepared = prepared or prepare(req)
   if not prepared.verify then
     log("warn", "TLS peer verification is off for " .. redacted_url(prepared.url):match("^%a+://[^/]+"))
   end
