@@ -1113,8 +1113,11 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
 {
     c->type = CELL_NIL;
     int view = f->callback ? ensure_view(L, p, r) : 0; /* below top: it outlives the field */
-    int top = lua_gettop(L), result = TAKEN;
+    /* the stack as the field found it, taken (and put back at done) by the
+     * branches that push: a field read from its node pushes nothing */
+    int top = -1, result = TAKEN;
     if (f->callback) {
+        top = lua_gettop(L);
         lua_rawgeti(L, r->uv, SLOT_CALLBACKS);
         lua_rawgeti(L, -1, f->callback);
         lua_remove(L, -2);
@@ -1169,10 +1172,10 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
             /* a later callback may change the value in the record: it is
              * read through the view and encoded once every field is mapped */
             ensure_view(L, p, r);
-            top = lua_gettop(L);
             through_view = 1;
         }
         if (through_view) {
+            top = lua_gettop(L);
             push_view_path(L, f, r->table ? r->table : r->view, r->uv, slot);
             if (lua_type(L, -1) == LUA_TLIGHTUSERDATA && lua_touserdata(L, -1) == NULL)
                 lua_pushnil(L);
@@ -1183,11 +1186,12 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
         } else {
             const entsync_json_node *n = path_value(p, f);
             if (n && n->type != ENTSYNC_JSON_NULL) {
-                if (f->type == F_JSON)
+                if (f->type == F_JSON) {
+                    top = lua_gettop(L); /* its encoder may use the stack */
                     result = json_node_cell(L, p, n, c);
-                else if (n->type == ENTSYNC_JSON_ARRAY || n->type == ENTSYNC_JSON_OBJECT)
+                } else if (n->type == ENTSYNC_JSON_ARRAY || n->type == ENTSYNC_JSON_OBJECT) {
                     result = BAIL;
-                else {
+                } else {
                     result = node_cell(p, f, n, c);
                 }
                 goto done;
@@ -1196,6 +1200,8 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
     }
     /* nothing: the default, or nothing (a missing required value fails) */
     if (f->has_default) {
+        if (top < 0)
+            top = lua_gettop(L);
         lua_rawgeti(L, r->uv, SLOT_DEFAULTS);
         lua_rawgeti(L, -1, slot);
         result = lua_cell(L, p, r->uv, f, -1, c);
@@ -1203,7 +1209,7 @@ static int map_field(lua_State *L, program *p, mapping_run *r, const field *f, i
         result = BAIL;
     }
 done:
-    if (lua_gettop(L) != top) /* a field read from its node pushed nothing */
+    if (top >= 0)
         lua_settop(L, top);
     return result;
 }
@@ -1492,7 +1498,8 @@ static int map_record(lua_State *L, program *p, mapping_run *r, const take_args 
     seal_view(L, p, r, line, len);
     if (result == BAIL && r->ran)
         hold_record(L, p, r); /* its callbacks ran: the Lua pipeline does not call them again */
-    lua_settop(L, top);
+    if (lua_gettop(L) != top) /* a record mapped from its nodes alone left the stack as it was */
+        lua_settop(L, top);
     if (result == TAKEN && p->entries_cap == p->n) {
         size_t cap = p->entries_cap ? 2 * p->entries_cap : 1024;
         entry *grown = realloc(p->entries, cap * sizeof *grown);
