@@ -133,6 +133,7 @@ static int document_load(lua_State *L)
     document *d = check_document(L);
     size_t len;
     const char *text = entsync_http_payload_body(L, 2, &len);
+    int padded = text != NULL; /* a payload's body is padded for the parse: see http.h */
     if (!text)
         text = luaL_checklstring(L, 2, &len);
     d->root = d->records = d->at_node = NULL;
@@ -143,7 +144,7 @@ static int document_load(lua_State *L)
     entsync_json_release(d->parser);
     char msg[MESSAGE_SIZE];
     const entsync_json_node *nodes;
-    if (!entsync_json_parse_text(d->parser, text, len, &nodes, msg, sizeof msg)) {
+    if (!entsync_json_parse_text(d->parser, text, len, padded, &nodes, msg, sizeof msg)) {
         lua_pushnil(L);
         lua_pushstring(L, msg);
         return 2;

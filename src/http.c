@@ -23,6 +23,7 @@
  */
 #include "http.h"
 
+#include "json_simd.h"
 #include "loop.h"
 
 #include <curl/curl.h>
@@ -75,22 +76,34 @@ typedef struct client {
     size_t fds_cap;
 } client;
 
+/* Makes room in b for len bytes and ENTSYNC_JSON_PADDING after them (a
+ * body is parsed where it is: document.c), growing it by doubling from
+ * at least `first`; 0 when out of memory. */
+static int buffer_room(buffer *b, size_t len, size_t first)
+{
+    if (len > SIZE_MAX - ENTSYNC_JSON_PADDING)
+        return 0;
+    if (len + ENTSYNC_JSON_PADDING <= b->cap)
+        return 1;
+    size_t cap = b->cap ? b->cap : first;
+    while (cap < len + ENTSYNC_JSON_PADDING)
+        cap = cap <= SIZE_MAX / 2 ? cap * 2 : len + ENTSYNC_JSON_PADDING;
+    char *grown = realloc(b->data, cap);
+    if (!grown)
+        return 0;
+    b->data = grown;
+    b->cap = cap;
+    return 1;
+}
+
 static int buffer_add(buffer *b, const char *data, size_t len, size_t limit)
 {
     if (limit && b->len + len > limit) {
         b->overflow = 1;
         return 0;
     }
-    if (b->len + len + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap < b->len + len + 1)
-            cap *= 2;
-        char *grown = realloc(b->data, cap);
-        if (!grown)
-            return 0;
-        b->data = grown;
-        b->cap = cap;
-    }
+    if (!buffer_room(b, b->len + len, 4096))
+        return 0;
     memcpy(b->data + b->len, data, len);
     b->len += len;
     b->data[b->len] = '\0';
@@ -101,6 +114,14 @@ static size_t on_body(char *data, size_t size, size_t count, void *user)
 {
     transfer *t = user;
     size_t len = size * count;
+    if (!t->response.data) {
+        /* the whole body at once when its length is declared: no copy
+         * while it grows (a length beyond the limit ended the transfer) */
+        curl_off_t declared = -1;
+        if (curl_easy_getinfo(t->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &declared) == CURLE_OK && declared > 0 &&
+            (!t->max_body || (size_t)declared <= t->max_body))
+            buffer_room(&t->response, (size_t)declared, (size_t)declared + ENTSYNC_JSON_PADDING);
+    }
     /* Returning less than len makes curl fail the transfer: a body over
      * the limit or out of memory ends it with an error, not a crash. */
     return buffer_add(&t->response, data, len, t->max_body) ? len : 0;
@@ -458,6 +479,8 @@ static void push_response(lua_State *L, transfer *t, CURLcode result)
     lua_pushnumber(L, seconds);
     lua_setfield(L, -2, "time");
     payload *pl = lua_newuserdatauv(L, sizeof *pl, 0);
+    if (t->response.data) /* its padding, zeroed for the parse (buffer_room made room) */
+        memset(t->response.data + t->response.len, 0, ENTSYNC_JSON_PADDING);
     pl->body = t->response;
     pl->headers = t->response_headers;
     memset(&t->response, 0, sizeof t->response);
@@ -490,8 +513,9 @@ const char *entsync_http_payload_body(lua_State *L, int idx, size_t *len)
     payload *pl = luaL_testudata(L, idx, PAYLOAD_META);
     if (!pl)
         return NULL;
+    static const char empty[ENTSYNC_JSON_PADDING + 1]; /* a body that never came, padded too */
     *len = pl->body.len;
-    return pl->body.data ? pl->body.data : "";
+    return pl->body.data ? pl->body.data : empty;
 }
 
 /* RESPONSE_META's __index: body and headers are made from the payload at

@@ -33,7 +33,8 @@ void entsync_http_wait(lua_State *L, int idx, struct pollfd *extra, nfds_t n, do
 
 /* The body of the response payload at stack index idx (a response's
  * payload field), and its length; NULL when idx holds no payload. The
- * bytes stay the payload's. */
+ * bytes stay the payload's; ENTSYNC_JSON_PADDING zeroed bytes follow them
+ * (json_simd.h), so the body is parsed where it is. */
 const char *entsync_http_payload_body(lua_State *L, int idx, size_t *len);
 
 #endif

@@ -575,13 +575,15 @@ static size_t reparse_big_integers(entsync_json_parser *parser, const unsigned c
     return len + extra;
 }
 
-int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len,
+int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len, int padded,
                             const entsync_json_node **nodes, char *msg, size_t size)
 {
     const char *detail = "";
     int status = ENTSYNC_JSON_NOMEM;
-    char *buffer = entsync_json_buffer(parser, len);
-    if (buffer) {
+    char *buffer = padded ? NULL : entsync_json_buffer(parser, len);
+    if (padded) {
+        status = entsync_json_parse_padded(parser, text, len, nodes, &detail);
+    } else if (buffer) {
         memcpy(buffer, text, len);
         status = entsync_json_parse(parser, len, nodes, &detail);
     }
@@ -617,7 +619,7 @@ static int decode_text(lua_State *L, const char *text, size_t len, char *msg, si
         return 0;
     }
     const entsync_json_node *nodes = NULL;
-    if (!entsync_json_parse_text(box->parser, text, len, &nodes, msg, size)) {
+    if (!entsync_json_parse_text(box->parser, text, len, 0, &nodes, msg, size)) {
         if (own)
             lua_pop(L, 1);
         return 0;

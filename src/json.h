@@ -32,8 +32,10 @@ const entsync_json_node *entsync_json_push_node(lua_State *L, const entsync_json
 
 /* Parses text with parser as decode does (an integer beyond 64 bits is
  * read as a float): 1 with *nodes set (valid until the parser's next
- * parse or release), or 0 with decode's message for the text in msg. */
-int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len,
+ * parse or release), or 0 with decode's message for the text in msg.
+ * padded: ENTSYNC_JSON_PADDING zeroed bytes follow the text, which is then
+ * parsed where it is, not copied into the parser first. */
+int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_t len, int padded,
                             const entsync_json_node **nodes, char *msg, size_t size);
 
 /* The node after the value whose nodes start at n. */

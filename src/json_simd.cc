@@ -194,13 +194,12 @@ char *entsync_json_buffer(entsync_json_parser *p, size_t len)
     return p->buffer;
 }
 
-int entsync_json_parse(entsync_json_parser *p, size_t len, const entsync_json_node **nodes, const char **detail)
+static_assert(ENTSYNC_JSON_PADDING >= simdjson::SIMDJSON_PADDING, "a padded text has simdjson's padding");
+
+/* Parses len bytes at text, which simdjson's padding follows. */
+static int parse_at(entsync_json_parser *p, const char *text, size_t len, const entsync_json_node **nodes,
+                    const char **detail)
 {
-    *detail = "";
-    if (!p->buffer || p->buffer_cap < len) {
-        *detail = "no input buffer";
-        return ENTSYNC_JSON_OTHER;
-    }
     size_t want = len < 4096 ? 4096 : len;
     if (!p->dom_ready || p->dom.capacity() < want || p->dom.doc.capacity() < want) {
         /* Grown by doubling, parser and document together (simdjson would
@@ -223,10 +222,8 @@ int entsync_json_parse(entsync_json_parser *p, size_t len, const entsync_json_no
         }
         p->dom_ready = true;
     }
-    /* The padding is read, never used: zeroed, it is never uninitialised. */
-    std::memset(p->buffer + len, 0, simdjson::SIMDJSON_PADDING);
     element root;
-    simdjson::error_code code = p->dom.parse(p->buffer, len, false).get(root);
+    simdjson::error_code code = p->dom.parse(text, len, false).get(root);
     if (code != simdjson::SUCCESS) {
         *detail = simdjson::error_message(code);
         return status_of(code);
@@ -239,6 +236,25 @@ int entsync_json_parse(entsync_json_parser *p, size_t len, const entsync_json_no
     }
     *nodes = p->nodes;
     return ENTSYNC_JSON_OK;
+}
+
+int entsync_json_parse(entsync_json_parser *p, size_t len, const entsync_json_node **nodes, const char **detail)
+{
+    *detail = "";
+    if (!p->buffer || p->buffer_cap < len) {
+        *detail = "no input buffer";
+        return ENTSYNC_JSON_OTHER;
+    }
+    /* The padding is read, never used: zeroed, it is never uninitialised. */
+    std::memset(p->buffer + len, 0, simdjson::SIMDJSON_PADDING);
+    return parse_at(p, p->buffer, len, nodes, detail);
+}
+
+int entsync_json_parse_padded(entsync_json_parser *p, const char *text, size_t len, const entsync_json_node **nodes,
+                              const char **detail)
+{
+    *detail = "";
+    return parse_at(p, text, len, nodes, detail);
 }
 
 void entsync_json_release(entsync_json_parser *p)

@@ -87,6 +87,17 @@ char *entsync_json_buffer(entsync_json_parser *parser, size_t len);
 int entsync_json_parse(entsync_json_parser *parser, size_t len, const entsync_json_node **nodes,
                        const char **detail);
 
+/* The bytes simdjson reads past a text's end: a buffer that keeps this
+ * many readable bytes after its text can be parsed where it is. */
+#define ENTSYNC_JSON_PADDING 64
+
+/* Parses len bytes of text where they are, as entsync_json_parse parses
+ * the input buffer: text is followed by ENTSYNC_JSON_PADDING readable
+ * bytes (zeroed, so that none is uninitialised), which the parse reads and
+ * never writes. The nodes point into the parser, never into text. */
+int entsync_json_parse_padded(entsync_json_parser *parser, const char *text, size_t len,
+                              const entsync_json_node **nodes, const char **detail);
+
 /* Done with the nodes of the last parse: a parser that grew for a large
  * document gives that memory back here, so one big document does not pin
  * its size for the life of the Lua state. */
