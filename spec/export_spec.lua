@@ -477,6 +477,28 @@ describe("run drains the outbox of on_change syncs", function()
     assert.same({ operation = "outbox", mode = "export", status = "ok", created = 1, updated = 1 }, run)
   end)
 
+  -- http_json caps its requests itself (its limits): the drain runs twice
+  -- as many tasks, so the remote has `concurrency` requests at once while
+  -- answers are mapped, and never more.
+  it("a drain keeps the provider's concurrency of requests at the remote, never more", function()
+    server.set_data({ contacts = X.records(12, 101) })
+    X.http_job(dir, server.url)
+    local job = helpers.read(dir .. "/job.lua"):gsub('attempts = 2 }', 'attempts = 2, concurrency = 3 }')
+    helpers.write(dir .. "/job.lua", job)
+    ok_run(dir)
+    X.sql(dir, "UPDATE contact SET age = age + 1")
+    server.latency(60)
+    server.reset_log()
+    local r = ok_run(dir)
+    assert.equal(12, X.summary(r.stdout, true).updated, r.stdout)
+    local sent = {}
+    for _, e in ipairs(server.log()) do
+      if e.path:match("^/api/contacts/%d+$") then sent[#sent + 1] = e end
+    end
+    assert.equal(24, #sent) -- a GET (the conflict check) and a PUT each
+    assert.equal(3, S.peak(sent))
+  end)
+
   it("deletes = \"delete\": a local delete deletes the remote", function()
     X.http_job(dir, server.url, { export = '{ on_change = true, deletes = "delete" }' })
     ok_run(dir)

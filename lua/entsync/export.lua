@@ -575,8 +575,15 @@ local function run_concurrently(width, jobs, on_done)
   end
 end
 
-local function width_of(sync)
-  return sync.provider.config.concurrency or 4
+-- How many exports run at once: the provider's concurrency, or twice it
+-- when the provider caps its requests itself (provider.limits, as
+-- http_json's; providers/README.md). A task mapping an answer or writing
+-- the store then holds no slot: another task's request takes it, so the
+-- remote always has `concurrency` requests to answer, where a task a slot
+-- left the slot idle for each answer's Lua and SQLite.
+local function width_of(exporter)
+  local width = exporter.sync.provider.config.concurrency or 4
+  return exporter.provider.limits and 2 * width or width
 end
 
 -- operations -------------------------------------------------------------------------------
@@ -589,7 +596,7 @@ function M.export_list(session, sync, local_ids)
     local failing = exporter.book:failing(exporter.sync_id, "export")
     local jobs = {}
     for i, id in ipairs(local_ids) do jobs[i] = function() return exporter:export_one(id) end end
-    run_concurrently(width_of(sync), jobs, function(i, ok, outcome)
+    run_concurrently(width_of(exporter), jobs, function(i, ok, outcome)
       if ok then exporter:succeeded(local_ids[i], outcome, failing) else exporter:failed(local_ids[i], outcome) end
     end)
     return { complete = true, export = true }
@@ -648,7 +655,7 @@ function M.drain(session, sync)
     local book, sync_id = exporter.book, exporter.sync_id
     local entity_ids = json.encode({ book:entity_id(sync.entities[1]) })
     local failing = book:failing(sync_id, "export")
-    local width = width_of(sync)
+    local width = width_of(exporter)
     local batched = type(exporter.provider.write_batch) == "function"
     -- with get_batch too, the copies a batch's updates are checked against
     -- are read at once, after planning
@@ -823,7 +830,7 @@ function M.dry_drain(session, sync)
         return plan.op == "create" and "created" or "updated"
       end
     end
-    run_concurrently(width_of(sync), jobs, function(i, ok, outcome)
+    run_concurrently(width_of(exporter), jobs, function(i, ok, outcome)
       if ok then
         counts[outcome] = counts[outcome] + 1
       else

@@ -27,6 +27,9 @@
 --       is the record of ids[i], nil when the remote has none (a drain
 --       through write_batch reads the copies its updates check with it)
 --   version(record) -> token | nil                   a record's version (ETag, _rev)
+--   limits = an entsync.http limits                 the provider caps its own
+--       requests with it (each request made with it): an export then runs
+--       more tasks than its concurrency, the cap keeping the requests to it
 --
 -- A reader:
 --   next() -> record | tombstone | nil (the end) | false, message [, text]
