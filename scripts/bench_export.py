@@ -15,6 +15,9 @@ one UPDATE through sqlite3 (as another program would), which queues N outbox row
                  /_all_docs, up to the export's batch of 1000 at once: a batch's records are read
                  in one request before its writes): its records a second beside the single
                  writes' records a second; target 5x.
+and, beside the single writes, the remote timed alone: bench_fixture.py's own client reading and
+writing back 5,000 of the records (a GET and a PUT each) at the same concurrency and latency,
+which shows the remote is not the limit.
 (The cost of change capture is scripts/bench_capture.py's.)
 """
 
@@ -23,17 +26,19 @@ import os
 import re
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tempfile
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_http import ENTSYNC, ROOT, run_timed, start_fixture  # noqa: E402
+from bench_http import ENTSYNC, FIXTURE, PYTHON, ROOT, run_timed, start_fixture  # noqa: E402
 
 LATENCY_MS = 20
 CONCURRENCY = 8
 RATE_TARGET = 0.9
 BATCH_TARGET = 5.0
+ALONE_RECORDS = 5000  # the remote timed alone on this many records' GET and PUT (a rate: fewer do)
 
 SINGLE_JOB = """
 entity "contact" {{ email = "text", name = "text" }}
@@ -76,6 +81,18 @@ def run(job_dir, what):
     return out, cpu
 
 
+def remote_alone(port, records):
+    """The fixture's own rate for single writes: requests a second of its client reading and writing
+    back records 1..records (a GET and a PUT each) over CONCURRENCY keep-alive connections."""
+    run = subprocess.run([PYTHON, FIXTURE, "client", "--port", str(port), "--path", "/api/contacts",
+                          "--records", str(records), "--concurrency", str(CONCURRENCY)],
+                         capture_output=True, text=True)
+    m = re.match(r"CLIENT ([\d.]+) (\d+)", run.stdout)
+    if run.returncode != 0 or not m or int(m.group(2)) != 2 * records:
+        raise SystemExit("bench_export: the remote-alone client failed: " + run.stdout + run.stderr)
+    return int(m.group(2)) / float(m.group(1))
+
+
 def drain(tmp, name, job, n, data):
     """Imports n contacts with job, changes every row, drains them; (seconds, CPU seconds of the run,
     stats of the remote)."""
@@ -104,7 +121,10 @@ def drain(tmp, name, job, n, data):
         m = re.search(r"contacts: exported \d+ created, (\d+) updated.* in ([\d.]+)s", out)
         if not m or int(m.group(1)) != n:
             raise SystemExit("bench_export: the drain did not update %d: %s" % (n, out))
-        return float(m.group(2)), cpu, control(port, "/_control/stats")
+        stats = control(port, "/_control/stats")
+        if name == "single":
+            stats["alone"] = remote_alone(port, min(n, ALONE_RECORDS))
+        return float(m.group(2)), cpu, stats
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -128,6 +148,11 @@ def main():
         print("%-36s %8s %6s %9s %10s %9s %8s  %s" % ("drain", "seconds", "cpu s", "requests", "records/s",
                                                       "measured", "target", "result"))
         print("-" * 100)
+        alone = stats["alone"]
+        print("%-36s %8s %6s %9d %10s %9.2f %8s  %s  (%.0f requests/s; %.2fx entsync's rate)" % (
+            "remote alone (asyncio client)", "", "", 2 * min(n, ALONE_RECORDS), "", alone / ideal,
+            ">= %g" % RATE_TARGET, "allows the target" if alone >= RATE_TARGET * ideal else "below the target",
+            alone, alone / rate))
         print("%-36s %8.2f %6.2f %9d %10.0f %9.2f %8s  %s  (%.0f requests/s of ideal %.0f)" % (
             "single writes (http_json GET + PUT)", seconds, cpu, requests, single_rps, rate / ideal,
             ">= %g" % RATE_TARGET, "PASS" if rate >= RATE_TARGET * ideal else "MISS", rate, ideal))
