@@ -580,12 +580,14 @@ int entsync_json_parse_text(entsync_json_parser *parser, const char *text, size_
 {
     const char *detail = "";
     int status = ENTSYNC_JSON_NOMEM;
-    char *buffer = padded ? NULL : entsync_json_buffer(parser, len);
     if (padded) {
         status = entsync_json_parse_padded(parser, text, len, nodes, &detail);
-    } else if (buffer) {
-        memcpy(buffer, text, len);
-        status = entsync_json_parse(parser, len, nodes, &detail);
+    } else {
+        char *buffer = entsync_json_buffer(parser, len);
+        if (buffer) {
+            memcpy(buffer, text, len);
+            status = entsync_json_parse(parser, len, nodes, &detail);
+        }
     }
     if (status == ENTSYNC_JSON_OK)
         return 1;
