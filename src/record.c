@@ -475,17 +475,22 @@ static int looks_dated(const char *s, size_t len)
     return 1;
 }
 
+/* A string node into a text cell. Its UTF-8 was checked by its parse: a
+ * NUL is all a text column is left to refuse. */
+static int string_cell(program *p, cell *c, const entsync_json_node *n)
+{
+    return !memchr(n->as.string, 0, n->len) && text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
+}
+
 /* A JSON entsync_mark node as its column takes it (mapping.lua's coerce for the
- * cases done here); BAIL for the rest. Containers are not scalars. A text
- * node's UTF-8 was checked by its parse: a NUL is all a text column is
- * left to refuse. */
+ * cases done here); BAIL for the rest. Containers are not scalars. */
 static int node_cell(program *p, const field *f, const entsync_json_node *n, cell *c)
 {
     long long i;
     switch (f->type) {
     case F_TEXT:
         if (n->type == ENTSYNC_JSON_STRING)
-            return memchr(n->as.string, 0, n->len) ? BAIL : text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
+            return string_cell(p, c, n);
         if (n->type == ENTSYNC_JSON_INTEGER)
             return integer_text_cell(p, c, n->as.integer) ? TAKEN : BAIL;
         if (n->type == ENTSYNC_JSON_FLOAT && fabs(n->as.number) < 9007199254740992.0 && float_integer(n->as.number, &i))
@@ -520,9 +525,8 @@ static int node_cell(program *p, const field *f, const entsync_json_node *n, cel
             return c->i = n->as.number == 1, TAKEN;
         return BAIL;
     case F_TIMESTAMP:
-        if (n->type == ENTSYNC_JSON_STRING && looks_dated(n->as.string, n->len) &&
-            !memchr(n->as.string, 0, n->len))
-            return text_cell(p, c, n->as.string, n->len) ? TAKEN : BAIL;
+        if (n->type == ENTSYNC_JSON_STRING && looks_dated(n->as.string, n->len))
+            return string_cell(p, c, n);
         return BAIL;
     default:
         return BAIL;
