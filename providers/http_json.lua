@@ -386,15 +386,11 @@ function Reader:numbered_request(n)
       params[page.limit_param or "limit"] = self.size
     end
     local auth = self.provider.config.auth
-    if auth and auth.oauth2 then
-      params[key] = n
-      local req = self.provider:req("GET", self.path, params)
-      req.tally = self.tally
-      return req
-    end
-    params[key] = NUMBER
+    local oauth2 = auth and auth.oauth2
+    params[key] = oauth2 and n or NUMBER
     local req = self.provider:req("GET", self.path, params)
     req.tally = self.tally
+    if oauth2 then return req end
     local prepared = http.prepare(req)
     local url = prepared.url
     local _, to = url:find("[?&]" .. (http.encode(key) .. "=" .. NUMBER):gsub("%p", "%%%0"))
