@@ -70,6 +70,36 @@ function M.peak(entries)
   return best
 end
 
+-- How entries reached the server against a rate of per_second requests a
+-- second counted from t0 (core.sys.now() taken before the first could be
+-- sent): a line for each entry that arrived before its slot ("n=3 at
+-- +0.105s, its slot +0.200s") and for each three that arrived within one
+-- interval ("n=2 to n=4 within 0.004s"), {} when the rate held. A limiter
+-- lets the k-th request (in order of arrival) go no sooner than t0 +
+-- (k - 1) / per_second, and a request reaches the server only after it
+-- went, so a server slow to take one up (a loaded machine) never puts it
+-- ahead of its slot. The gap between two arrivals does shrink when the
+-- first is taken up late; three arriving within one interval (two gaps
+-- that should be two intervals) are a burst, as when requests started
+-- ahead go out together at a later wait.
+function M.rate_breaches(entries, t0, per_second)
+  local sorted = { table.unpack(entries) }
+  table.sort(sorted, function(a, b) return a.start < b.start end)
+  local interval, breaches = 1 / per_second, {}
+  for k, e in ipairs(sorted) do
+    local slot = (k - 1) * interval
+    -- 5 ms for the two processes' readings of the same clock
+    if e.start - t0 < slot - 0.005 then
+      breaches[#breaches + 1] = string.format("%s at +%.3fs, its slot +%.3fs", e.query, e.start - t0, slot)
+    end
+    local before = sorted[k - 2]
+    if before and e.start - before.start < interval then
+      breaches[#breaches + 1] = string.format("%s to %s within %.3fs", before.query, e.query, e.start - before.start)
+    end
+  end
+  return breaches
+end
+
 -- Parses a query string into { name = value } (last one wins) .
 function M.query(qs)
   local out = {}
