@@ -1,5 +1,5 @@
 -- Shared by spec/http_spec.lua and spec/http_json_spec.lua: records for the
--- fixture server, reading its request log (overlaps, peak concurrency,
+-- fixture server, reading its request log (overlaps, peak concurrency, rates,
 -- query strings), and http_json job files run through the real binary.
 
 local core = require "entsync.core"
