@@ -65,7 +65,7 @@ end
 -- Starts a writer (python3) appending the text of `pieces` to path, one
 -- piece every `pause` seconds; returns its pid.
 local function writer(path, pieces, pause)
-  local script = os.tmpname()
+  local script, data = helpers.tmpfile(), helpers.tmpfile()
   helpers.write(script, string.format([[
 import json, sys, time
 pieces = json.load(open(%q))
@@ -74,8 +74,8 @@ with open(%q, "ab") as f:
         f.write(piece.encode())
         f.flush()
         time.sleep(%s)
-]], script .. ".json", path, pause))
-  helpers.write(script .. ".json", require("cjson").encode(pieces))
+]], data, path, pause))
+  helpers.write(data, require("cjson").encode(pieces))
   local pipe = io.popen(string.format("python3 %s >/dev/null 2>&1 & echo $!", helpers.quote(script)))
   local pid = tonumber(pipe:read("l"))
   pipe:close()

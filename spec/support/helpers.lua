@@ -14,15 +14,42 @@ local root = core.fs.cwd()
 M.root = root
 M.bin = os.getenv("ENTSYNC_BIN") or (root .. "/bin/entsync-run")
 
+function M.rmdir(dir)
+  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
+end
+
+-- The temp files and dirs handed out below, removed when the suite ends
+-- (whatever a test's own cleanup left: a spawned run's output files, say,
+-- which its test reads after the run stopped). Each spec file runs in a
+-- busted of its own, so that is when the file's tests are done.
+local handed = {}
+local function hand(path)
+  handed[#handed + 1] = path
+  return path
+end
+local has_busted, busted = pcall(require, "busted")
+if has_busted and type(busted) == "table" and busted.subscribe then
+  busted.subscribe({ "suite", "end" }, function()
+    for first = 1, #handed, 100 do
+      local quoted = {}
+      for i = first, math.min(first + 99, #handed) do quoted[#quoted + 1] = shell_quote(handed[i]) end
+      os.execute("rm -rf " .. table.concat(quoted, " "))
+    end
+    handed = {}
+    return nil, true
+  end)
+end
+
+-- A temp file's path (the file made, empty), removed at the suite's end.
+function M.tmpfile()
+  return hand(os.tmpname())
+end
+
 function M.tmpdir()
   local name = os.tmpname()
   os.remove(name)
   assert(core.fs.mkdir(name))
-  return name
-end
-
-function M.rmdir(dir)
-  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
+  return hand(name)
 end
 
 -- Inside a describe block: one fixture remote holding resources for the
@@ -137,7 +164,7 @@ end
 -- Starts entsync-run in the background; returns its pid and the paths of
 -- its stdout and stderr.
 function M.spawn(dir, args, env)
-  local out, err = os.tmpname(), os.tmpname()
+  local out, err = M.tmpfile(), M.tmpfile()
   local prefix = env_prefix(env)
   local cmd = string.format("cd %s && exec %s%s %s </dev/null >%s 2>%s & echo $!", shell_quote(dir), prefix,
     shell_quote(M.bin), command_line(args), out, err)
