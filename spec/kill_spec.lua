@@ -96,13 +96,18 @@ end
 
 -- Spawns a run and SIGKILLs it once the store shows at least `rows`
 -- committed records (by the progress function, committed ones by
--- default); returns whether it was still running when killed.
+-- default) and some committed by this run: a run killed before its first
+-- commit may not have started its history row, and a fast run before it
+-- can have committed past `rows` between two looks at the store. Returns
+-- whether it was still running when killed.
 local function kill_after(d, rows, progress)
   progress = progress or committed
+  local before = progress(d)
   local child = S.spawn(d, { "job.lua", "run", "--no-progress" })
   S.own(child.pid)
   local reached = helpers.wait_for(function()
-    return progress(d) >= rows or not helpers.alive(child.pid)
+    local now = progress(d)
+    return (now >= rows and now > before) or not helpers.alive(child.pid)
   end, 20)
   assert.is_truthy(reached, "the run made no progress")
   local killed = helpers.alive(child.pid)
