@@ -14,10 +14,6 @@ local root = core.fs.cwd()
 M.root = root
 M.bin = os.getenv("ENTSYNC_BIN") or (root .. "/bin/entsync-run")
 
-function M.rmdir(dir)
-  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
-end
-
 -- The temp files and dirs handed out below, removed when the suite ends
 -- (whatever a test's own cleanup left: a spawned run's output files, say,
 -- which its test reads after the run stopped). Each spec file runs in a
@@ -28,18 +24,13 @@ local function hand(path)
   handed[#handed + 1] = path
   return path
 end
-local has_busted, busted = pcall(require, "busted")
-if has_busted and type(busted) == "table" and busted.subscribe then
-  busted.subscribe({ "suite", "end" }, function()
-    for first = 1, #handed, 100 do
-      local quoted = {}
-      for i = first, math.min(first + 99, #handed) do quoted[#quoted + 1] = shell_quote(handed[i]) end
-      os.execute("rm -rf " .. table.concat(quoted, " "))
-    end
-    handed = {}
-    return nil, true
-  end)
-end
+require("busted").subscribe({ "suite", "end" }, function()
+  local quoted = {}
+  for i, path in ipairs(handed) do quoted[i] = shell_quote(path) end
+  if #quoted > 0 then os.execute("rm -rf " .. table.concat(quoted, " ")) end
+  handed = {}
+  return nil, true
+end)
 
 -- A temp file's path (the file made, empty), removed at the suite's end.
 function M.tmpfile()
@@ -51,6 +42,10 @@ function M.tmpdir()
   os.remove(name)
   assert(core.fs.mkdir(name))
   return hand(name)
+end
+
+function M.rmdir(dir)
+  if dir and dir:match("^/tmp/") then os.execute("rm -rf " .. shell_quote(dir)) end
 end
 
 -- Inside a describe block: one fixture remote holding resources for the
